@@ -1,0 +1,1 @@
+"""Measurements behind `aegaeon bench ...`; figures go to benchmarks/RESULTS.md."""
