@@ -1,0 +1,58 @@
+"""Configuration dataclasses shared across aegaeon (no torch here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape of a Llama-family model: enough to size weights and KV cache."""
+
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int
+    max_context: int
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    dtype_bytes: int = 2
+    tokenizer: str = ""  # names the length distribution of sharegpt_lengths.csv
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_parameters(self) -> int:
+        h, m, kv = self.hidden_size, self.intermediate_size, self.num_kv_heads * self.head_dim
+        attention = h * h + 2 * h * kv + h * h + (h + 2 * kv if self.qkv_bias else 0)
+        layer = attention + 3 * h * m + 2 * h
+        embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
+        return self.num_layers * layer + embeddings + h
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.num_parameters * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+
+# The paper's three models, with their published configurations.
+PAPER_MODELS: dict[str, ModelSpec] = {
+    "qwen2_5_7b": ModelSpec("qwen2_5_7b", 3584, 18944, 28, 28, 4, 152064, 32768, qkv_bias=True, tokenizer="qwen2.5"),
+    "yi1_5_9b_chat": ModelSpec("yi1_5_9b_chat", 4096, 11008, 48, 32, 4, 64000, 4096, tokenizer="yi1.5"),
+    "llama2_13b_chat": ModelSpec("llama2_13b_chat", 5120, 13824, 40, 40, 40, 32000, 4096, tokenizer="llama2"),
+}
+
+# Model i of a synthetic workload stands for PAPER_MIX[i % 10] (the paper's runs).
+PAPER_MIX: tuple[str, ...] = ("qwen2_5_7b",) * 6 + ("yi1_5_9b_chat",) * 2 + ("llama2_13b_chat",) * 2
+
+
+def synthetic_model_name(index: int) -> str:
+    return f"synth_model_{index:02d}"
