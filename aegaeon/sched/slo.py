@@ -27,6 +27,7 @@ from aegaeon.errors import ConfigError
 
 DEFAULT_TTFT_SLO = 10.0
 DEFAULT_TPOT_SLO = 0.1
+_EPS = 1e-9  # timestamps are floats: a token exactly on its deadline is on time
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def request_attainment(arrival: float, token_times: Sequence[float], output_len:
     lifetime = times[-1] - arrival
     if lifetime <= 0:
         return 1.0
-    late = np.maximum(0.0, times - token_deadlines(arrival, times, slo)).sum()
+    late = np.maximum(0.0, times - token_deadlines(arrival, times, slo) - _EPS).sum()
     return float(max(0.0, 1.0 - late / lifetime))
 
 
@@ -88,7 +89,7 @@ def meets_both(arrival: float, token_times: Sequence[float], output_len: int, sl
         return False
     ttft = token_times[0] - arrival
     tpot = (token_times[-1] - token_times[0]) / (len(token_times) - 1) if len(token_times) > 1 else 0.0
-    return ttft <= slo.ttft and tpot <= slo.tpot
+    return ttft <= slo.ttft + _EPS and tpot <= slo.tpot + _EPS
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,110 @@
+"""Decode policy: weighted round-robin over per-model batches.
+
+At the top of each round an instance regroups its requests FCFS into one batch
+per model (bounded by the batch size and the KV memory). Batch i has predicted
+step time d_i and n_i = TPOT_SLO / d_i (steps it can afford per TPOT). With c
+the summed switch time of the round's models and Q the largest quota:
+    alpha   = max(c / (min_i n_i * Q) + sum_j 1/n_j, 0.5)
+    quota_i = c / (n_i * (alpha - sum_j 1/n_j))
+Each batch decodes until its quota is spent, then the instance switches to the
+next batch; a round ends when every batch had its turn. With no switch to pay
+(c = 0: one model, already loaded), the batch simply runs for Q.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from aegaeon.errors import ConfigError
+from aegaeon.sched.cost import CostModel
+
+DEFAULT_MAX_QUOTA = 4.0
+DEFAULT_MAX_BATCH = 64
+MIN_ALPHA = 0.5
+
+
+@dataclass(frozen=True)
+class DecodeCandidate:
+    """A request waiting on a decode instance, in FCFS order."""
+
+    request_id: int
+    model: str
+    context_len: int
+
+
+@dataclass(frozen=True)
+class DecodeBatch:
+    model: str
+    request_ids: tuple[int, ...]
+    context_tokens: int
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    batches: tuple[DecodeBatch, ...]
+    quotas: tuple[float, ...]  # seconds of decoding per batch, same order
+    step_times: tuple[float, ...]
+    switch_cost: float  # c
+    alpha: float
+    load: float  # sum_j 1/n_j: above 1 the round cannot meet the TPOT SLO
+
+
+def form_batches(candidates: Sequence[DecodeCandidate], cost: CostModel, kv_capacity_bytes: int,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> tuple[list[DecodeBatch], list[int]]:
+    """FCFS regrouping into per-model batches; returns (batches, request ids left waiting).
+
+    Batches are ordered by their first request's position (FCFS across models).
+    A request is admitted while its model's batch has room and its KV fits the
+    memory left; the rest wait (their KV stays in host memory).
+    """
+    members: dict[str, list[DecodeCandidate]] = {}
+    waiting: list[int] = []
+    used = 0
+    for cand in candidates:
+        need = cand.context_len * cost.kv_bytes_per_token(cand.model)
+        batch = members.setdefault(cand.model, [])
+        if len(batch) >= max_batch or used + need > kv_capacity_bytes:
+            waiting.append(cand.request_id)
+            continue
+        batch.append(cand)
+        used += need
+    batches = [DecodeBatch(model, tuple(c.request_id for c in batch), sum(c.context_len for c in batch))
+               for model, batch in members.items() if batch]
+    return batches, waiting
+
+
+def compute_quotas(step_times: Sequence[float], switch_cost: float, tpot_slo: float,
+                   max_quota: float = DEFAULT_MAX_QUOTA) -> tuple[tuple[float, ...], float, float]:
+    """The quota formula; returns (quotas, alpha, load)."""
+    if not step_times:
+        return (), MIN_ALPHA, 0.0
+    if min(step_times) <= 0 or tpot_slo <= 0 or max_quota <= 0 or switch_cost < 0:
+        raise ConfigError(f"quota inputs out of range: steps {step_times}, c {switch_cost}, SLO {tpot_slo}, Q {max_quota}")
+    n = [tpot_slo / d for d in step_times]
+    load = sum(1.0 / x for x in n)
+    if switch_cost == 0:
+        return tuple(max_quota for _ in n), MIN_ALPHA, load
+    alpha = max(switch_cost / (min(n) * max_quota) + load, MIN_ALPHA)
+    return tuple(switch_cost / (x * (alpha - load)) for x in n), alpha, load
+
+
+def plan_round(batches: Sequence[DecodeBatch], loaded_model: str | None, cost: CostModel, tpot_slo: float,
+               max_quota: float = DEFAULT_MAX_QUOTA) -> RoundPlan:
+    """Quotas for one round. Batches run in the given order, starting from `loaded_model`."""
+    steps = tuple(cost.decode_time(b.model, len(b.request_ids), b.context_tokens) for b in batches)
+    models = [b.model for b in batches]
+    if len(models) == 1:
+        switch_cost = cost.switch_time(loaded_model, models[0])
+    else:  # a cycling round loads every one of its models once
+        switch_cost = sum(cost.switch_time(None, m) for m in dict.fromkeys(models))
+    quotas, alpha, load = compute_quotas(steps, switch_cost, tpot_slo, max_quota)
+    return RoundPlan(tuple(batches), quotas, steps, switch_cost, alpha, load)
+
+
+def rotate_to_loaded(batches: list[DecodeBatch], loaded_model: str | None) -> list[DecodeBatch]:
+    """Start the round with the batch of the model already loaded (saves one switch)."""
+    for i, batch in enumerate(batches):
+        if batch.model == loaded_model:
+            return batches[i:] + batches[:i]
+    return batches

@@ -1,0 +1,12 @@
+"""The policy package stays pure: no torch, so the simulator and the engine share it."""
+
+import subprocess
+import sys
+
+
+def test_scheduler_and_simulator_import_no_torch():
+    code = ("import sys, aegaeon.sched.cost, aegaeon.sched.decode, aegaeon.sched.prefill, aegaeon.sched.slo, "
+            "aegaeon.sched.request, aegaeon.workload, aegaeon.profiles; "
+            "import aegaeon.sim.runner; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
