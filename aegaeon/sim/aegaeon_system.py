@@ -1,0 +1,150 @@
+"""Aegaeon in the simulator: disaggregated prefill/decode with token-level scaling.
+
+Prefill instances run grouped FCFS (aegaeon.sched.prefill); each request's KV
+then moves to a decode instance (its swap overlaps compute, so it only delays
+that request). Decode instances run weighted round-robin rounds
+(aegaeon.sched.decode): regroup, plan quotas, then per batch switch and decode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aegaeon.sched.cost import CostModel
+from aegaeon.sched.decode import DecodeCandidate, RoundPlan, form_batches, plan_round, rotate_to_loaded
+from aegaeon.sched.prefill import GroupedFCFS
+from aegaeon.sched.request import RequestState
+from aegaeon.sched.slo import SLO
+from aegaeon.sim.core import EventLoop, SimConfig, decode_for
+
+
+@dataclass
+class _PrefillInstance:
+    busy_until: float = 0.0
+    loaded: str | None = None
+    running: bool = False
+
+
+@dataclass
+class _DecodeInstance:
+    requests: list[RequestState] = field(default_factory=list)
+    loaded: str | None = None
+    running: bool = False
+    turns: list[tuple[str, float]] = field(default_factory=list)  # (model, quota) left in this round
+    round_models: list[str] = field(default_factory=list)
+
+
+class AegaeonSystem:
+    name = "aegaeon"
+
+    def __init__(self, loop: EventLoop, cost: CostModel, slo: SLO, config: SimConfig):
+        self.loop, self.cost, self.slo, self.config = loop, cost, slo, config
+        num_prefill = config.prefill_instances or max(1, config.num_gpus // 4)
+        if num_prefill >= config.num_gpus:
+            num_prefill = max(1, config.num_gpus - 1)
+        self.prefill_sched = GroupedFCFS(num_prefill, config.max_group_size)
+        self.prefill = [_PrefillInstance() for _ in range(num_prefill)]
+        self.decode = [_DecodeInstance() for _ in range(max(1, config.num_gpus - num_prefill))]
+        self.switches = 0
+        self._states: dict[int, RequestState] = {}
+
+    # -- prefill ---------------------------------------------------------
+    def submit(self, state: RequestState) -> None:
+        self._states[state.spec.request_id] = state
+        busy = [p.busy_until for p in self.prefill]
+        loaded = [p.loaded for p in self.prefill]
+        placement = self.prefill_sched.submit(state.spec, busy, loaded, self.loop.now, self.cost)
+        if not self.prefill[placement.instance].running:
+            self._start_group(placement.instance)
+
+    def _start_group(self, index: int) -> None:
+        instance = self.prefill[index]
+        group = self.prefill_sched.next_group(index)
+        if group is None:
+            instance.running = False
+            return
+        instance.running = True
+        t = self.loop.now + self.cost.switch_time(instance.loaded, group.model)
+        self.switches += instance.loaded != group.model
+        instance.loaded = group.model
+        for spec in group.requests:  # one by one: each first token as early as possible
+            state = self._states[spec.request_id]
+            t += self.cost.prefill_time(spec.model, [spec.input_len])
+            state.token_times.append(t)
+            if not state.finished:
+                handoff = self.cost.swap_time(spec.input_len * self.cost.kv_bytes_per_token(spec.model))
+                self.loop.at(t + handoff, lambda s=state: self._to_decode(s))
+        instance.busy_until = t
+        self.loop.at(t, lambda: self._start_group(index))
+
+    # -- decode ----------------------------------------------------------
+    def _to_decode(self, state: RequestState) -> None:
+        index = self._choose_decode(state.model)
+        instance = self.decode[index]
+        instance.requests.append(state)
+        if instance.running:
+            self._join_round(index, state)
+        else:
+            self._start_round(index)
+
+    def _choose_decode(self, model: str) -> int:
+        """An instance already decoding this model (no new switch), else the one with fewest models."""
+        def models(inst: _DecodeInstance) -> set[str]:
+            return {s.model for s in inst.requests}
+
+        holding = [i for i, d in enumerate(self.decode)
+                   if model in models(d) and sum(s.model == model for s in d.requests) < self.config.max_batch]
+        if holding:
+            return min(holding, key=lambda i: len(self.decode[i].requests))
+        return min(range(len(self.decode)), key=lambda i: (len(models(self.decode[i])), len(self.decode[i].requests)))
+
+    def _start_round(self, index: int) -> None:
+        """Top of a round: regroup every request into per-model batches and plan quotas."""
+        instance = self.decode[index]
+        instance.requests = [s for s in instance.requests if not s.finished]
+        if not instance.requests:
+            instance.running, instance.turns, instance.round_models = False, [], []
+            return
+        instance.running = True
+        plan = self._plan(instance, instance.requests)
+        instance.turns = list(zip((b.model for b in plan.batches), plan.quotas))
+        instance.round_models = [b.model for b in plan.batches]
+        self._next_turn(index)
+
+    def _plan(self, instance: _DecodeInstance, requests: list[RequestState]) -> RoundPlan:
+        candidates = [DecodeCandidate(s.spec.request_id, s.model, s.context_len) for s in requests]
+        largest = max(self.cost.weight_bytes(c.model) for c in candidates)
+        batches, _waiting = form_batches(candidates, self.cost, self.config.device_memory_bytes - largest,
+                                         self.config.max_batch)
+        if not batches:  # the first request alone overflows memory: run it anyway, it cannot wait forever
+            batches, _ = form_batches(candidates[:1], self.cost, 2**62, self.config.max_batch)
+        batches = rotate_to_loaded(batches, instance.loaded)
+        return plan_round(batches, instance.loaded, self.cost, self.slo.tpot, self.config.max_quota)
+
+    def _join_round(self, index: int, state: RequestState) -> None:
+        """A request arriving mid-round joins its model's coming turn, or gets a turn at the round's end."""
+        instance = self.decode[index]
+        if any(model == state.model for model, _ in instance.turns):
+            return  # the batch is formed when the turn starts, so it joins then
+        models = instance.round_models + [state.model]
+        members = [s for s in instance.requests if not s.finished and s.model in models]
+        plan = self._plan(instance, members)
+        quota = dict(zip((b.model for b in plan.batches), plan.quotas)).get(state.model)
+        if quota is not None:
+            instance.turns.append((state.model, quota))
+            instance.round_models.append(state.model)
+
+    def _next_turn(self, index: int) -> None:
+        instance = self.decode[index]
+        if not instance.turns:
+            self._start_round(index)
+            return
+        model, quota = instance.turns.pop(0)
+        batch = [s for s in instance.requests if s.model == model and not s.finished][: self.config.max_batch]
+        t = self.loop.now
+        if batch:
+            t += self.cost.switch_time(instance.loaded, model)
+            self.switches += instance.loaded != model
+            instance.loaded = model
+            t = decode_for(self.cost, model, batch, t, quota)
+        self.loop.at(t, lambda: self._next_turn(index))

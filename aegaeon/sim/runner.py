@@ -1,0 +1,162 @@
+"""Run simulations and write result JSON (the schema the live benchmark uses too).
+
+Result JSON keys: policy, num_models, arrival_rate, inlen_scale, outlen_scale,
+num_gpus, ttft_slo, tpot_slo, slo_attainment (0..1, aegaeon.sched.slo),
+met_both_share, goodput (req/s), finished_share, ttft_p50/p90/p99,
+tpot_p50/p90/p99 (s, finished requests), switches, unservable_models, source
+("sim" or "live"), and `requests`: per-request records (id, model, arrival,
+input_len, output_len, ttft, tpot, attainment, finish).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from aegaeon.errors import ConfigError
+from aegaeon.sched.cost import CostModel, TableCostModel
+from aegaeon.sched.request import RequestSpec, RequestState
+from aegaeon.sched.slo import SLO, meets_both, request_attainment, summarize
+from aegaeon.sim.aegaeon_system import AegaeonSystem
+from aegaeon.sim.core import EventLoop, SimConfig
+from aegaeon.sim.muxserve import MuxServeSystem
+from aegaeon.sim.serverless import ServerlessSystem
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("aegaeon", "sllm", "sllm+", "muxserve")
+
+
+@dataclass(frozen=True)
+class RunLabel:
+    """What a result stands for (goes into the JSON and its file name)."""
+
+    num_models: int
+    arrival_rate: float
+    inlen_scale: float = 1.0
+    outlen_scale: float = 1.0
+
+
+def _make_system(policy: str, loop: EventLoop, cost: CostModel, slo: SLO, config: SimConfig,
+                 models: list[str]):
+    if policy == "aegaeon":
+        return AegaeonSystem(loop, cost, slo, config)
+    if policy in ("sllm", "sllm+"):
+        return ServerlessSystem(loop, cost, slo, config, plus=policy == "sllm+")
+    if policy == "muxserve":
+        return MuxServeSystem(loop, cost, slo, config, models)
+    raise ConfigError(f"unknown policy {policy!r}: choose from {', '.join(POLICIES)}")
+
+
+def simulate(policy: str, requests: Sequence[RequestSpec], cost: TableCostModel, slo: SLO, config: SimConfig,
+             duration: float, aegaeon_switch_efficiency: float | None = None) -> tuple[list[RequestState], dict]:
+    """Replays `requests` through one system; returns final states and extra facts.
+
+    Request-level systems load models at the link's `switch_efficiency`;
+    Aegaeon switches at `fast_switch_efficiency` unless told otherwise.
+    """
+    if not requests:
+        raise ConfigError("cannot simulate an empty workload")
+    if policy == "aegaeon":
+        cost = cost.with_switch_efficiency(aegaeon_switch_efficiency or cost.link.fast_switch_efficiency)
+    loop = EventLoop()
+    models = sorted({r.model for r in requests})
+    system = _make_system(policy, loop, cost, slo, config, models)
+    states = [RequestState(spec) for spec in requests]
+    for state in states:
+        loop.at(state.spec.arrival, lambda s=state: system.submit(s))
+    loop.run(until=duration * config.horizon_factor + slo.ttft)
+    extra = {"switches": system.switches, "unservable_models": getattr(system, "unservable", []),
+             "switch_efficiency": cost.link.switch_efficiency}
+    return states, extra
+
+
+def result_record(policy: str, label: RunLabel, states: Sequence[RequestState], slo: SLO, duration: float,
+                  num_gpus: int, extra: dict, source: str = "sim") -> dict:
+    records = [(s.spec.arrival, s.token_times[: s.spec.output_len], s.spec.output_len) for s in states]
+    summary = summarize(records, slo, duration)
+    finished = [s for s in states if s.finished]
+    ttfts = [s.token_times[0] - s.spec.arrival for s in finished]
+    tpots = [(s.token_times[s.spec.output_len - 1] - s.token_times[0]) / (s.spec.output_len - 1)
+             for s in finished if s.spec.output_len > 1]
+    return {
+        "policy": policy, "source": source,
+        "num_models": label.num_models, "arrival_rate": label.arrival_rate,
+        "inlen_scale": label.inlen_scale, "outlen_scale": label.outlen_scale,
+        "num_gpus": num_gpus, "ttft_slo": slo.ttft, "tpot_slo": slo.tpot, "duration": duration,
+        "num_requests": len(states),
+        "slo_attainment": summary.slo_attainment, "met_both_share": summary.met_both_share,
+        "goodput": summary.goodput, "finished_share": summary.finished_share,
+        **_percentiles("ttft", ttfts), **_percentiles("tpot", tpots),
+        **extra,
+        "requests": [_request_record(s, slo) for s in states],
+    }
+
+
+def _percentiles(name: str, values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {f"{name}_p{p}": None for p in (50, 90, 99)}
+    return {f"{name}_p{p}": float(np.percentile(values, p)) for p in (50, 90, 99)}
+
+
+def _request_record(state: RequestState, slo: SLO) -> dict:
+    spec, times = state.spec, state.token_times[: state.spec.output_len]
+    done = len(times) >= spec.output_len
+    return {
+        "id": spec.request_id, "model": spec.model, "arrival": spec.arrival,
+        "input_len": spec.input_len, "output_len": spec.output_len,
+        "ttft": times[0] - spec.arrival if times else None,
+        "tpot": (times[-1] - times[0]) / (len(times) - 1) if done and len(times) > 1 else None,
+        "finish": times[-1] if done else None,
+        "attainment": request_attainment(spec.arrival, times, spec.output_len, slo),
+        "met_both": meets_both(spec.arrival, times, spec.output_len, slo),
+        "failed": state.failed,
+    }
+
+
+def result_filename(policy: str, label: RunLabel, slo: SLO) -> str:
+    return (f"{policy}-{label.num_models}-{label.arrival_rate:g}-{label.inlen_scale:.1f}-{label.outlen_scale:.1f}"
+            f"-ttft{slo.ttft:g}-tpot{slo.tpot:g}.json")
+
+
+def write_result(out_dir: Path, result: dict) -> Path:
+    """Atomic write: a file under plots/json/ is always a complete result."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label = RunLabel(result["num_models"], result["arrival_rate"], result["inlen_scale"], result["outlen_scale"])
+    path = out_dir / result_filename(result["policy"], label, SLO(result["ttft_slo"], result["tpot_slo"]))
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(result, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def run_sweep(points: Iterable[tuple[str, RunLabel]], load_requests: Callable[[RunLabel], tuple[list, float]],
+              make_cost: Callable[[list[RequestSpec]], TableCostModel], slo: SLO, config: SimConfig, out_dir: Path,
+              progress: Callable[[str, dict], None] | None = None,
+              aegaeon_switch_efficiency: float | None = None) -> list[Path]:
+    """Simulates every (policy, label) point and writes one JSON each."""
+    written, cache = [], {}
+    for policy, label in points:
+        if label not in cache:
+            requests, duration = load_requests(label)
+            cache = {label: (requests, duration, make_cost(requests))}
+        requests, duration, cost = cache[label]
+        states, extra = simulate(policy, requests, cost, slo, config, duration, aegaeon_switch_efficiency)
+        result = result_record(policy, label, states, slo, duration, config.num_gpus, extra)
+        written.append(write_result(out_dir, result))
+        if progress:
+            progress(policy, result)
+    return written
