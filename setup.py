@@ -50,8 +50,10 @@ setup(
         "msgpack>=1.0",
         "pybind11>=2.12",
         "ninja>=1.11",
+        "matplotlib>=3.7",
+        "tokenizers>=0.15",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "transformers>=4.40"]},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={

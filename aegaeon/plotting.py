@@ -1,0 +1,99 @@
+"""Figures from result JSON (simulated or live): the paper's figures 11-13.
+
+Each spec names a slice of the results and the x axis; one line per system.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from aegaeon.errors import ConfigError
+from aegaeon.sched.slo import DEFAULT_TPOT_SLO, DEFAULT_TTFT_SLO
+
+log = logging.getLogger(__name__)
+
+POLICY_STYLE = {"aegaeon": ("Aegaeon", "o"), "sllm": ("ServerlessLLM", "s"), "sllm+": ("ServerlessLLM+", "^"),
+                "muxserve": ("MuxServe", "x")}
+
+
+@dataclass(frozen=True)
+class E2ESpec:
+    title: str
+    x_key: str  # "num_models" or "arrival_rate"
+    arrival_rate: float | None = None
+    num_models: int | None = None
+    inlen_scale: float = 1.0
+    outlen_scale: float = 1.0
+    slo_scale: float = 1.0
+
+    def matches(self, r: dict) -> bool:
+        return ((self.arrival_rate is None or abs(r["arrival_rate"] - self.arrival_rate) < 1e-9)
+                and (self.num_models is None or r["num_models"] == self.num_models)
+                and abs(r["inlen_scale"] - self.inlen_scale) < 1e-9
+                and abs(r["outlen_scale"] - self.outlen_scale) < 1e-9
+                and abs(r["ttft_slo"] - DEFAULT_TTFT_SLO * self.slo_scale) < 1e-9
+                and abs(r["tpot_slo"] - DEFAULT_TPOT_SLO * self.slo_scale) < 1e-9)
+
+
+E2E_SPECS: dict[str, E2ESpec] = {
+    "0.1": E2ESpec("Fig. 11(a): rate 0.1 req/s per model", "num_models", arrival_rate=0.1),
+    "0.5": E2ESpec("Fig. 11(b): rate 0.5 req/s per model", "num_models", arrival_rate=0.5),
+    "40": E2ESpec("Fig. 11(c): 40 models", "arrival_rate", num_models=40),
+    "0.1-ix2": E2ESpec("Fig. 12: rate 0.1, inputs x2", "num_models", arrival_rate=0.1, inlen_scale=2.0),
+    "0.1-ox2": E2ESpec("Fig. 12: rate 0.1, outputs x2", "num_models", arrival_rate=0.1, outlen_scale=2.0),
+    "0.5-ix2": E2ESpec("Fig. 12: rate 0.5, inputs x2", "num_models", arrival_rate=0.5, inlen_scale=2.0),
+    "0.5-ox2": E2ESpec("Fig. 12: rate 0.5, outputs x2", "num_models", arrival_rate=0.5, outlen_scale=2.0),
+    "slo0.5": E2ESpec("Fig. 13: SLOs x0.5, rate 0.1", "num_models", arrival_rate=0.1, slo_scale=0.5),
+    "slo0.3": E2ESpec("Fig. 13: SLOs x0.3, rate 0.1", "num_models", arrival_rate=0.1, slo_scale=0.3),
+}
+
+
+def load_results(json_dir: Path) -> list[dict]:
+    results = []
+    for path in sorted(Path(json_dir).glob("*.json")):
+        try:
+            results.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            log.warning("skipping %s: not valid JSON (%s)", path, exc)
+    return results
+
+
+def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path) -> list[Path]:
+    """Draws one figure; returns the PDF and PNG paths."""
+    if spec_name not in E2E_SPECS:
+        raise ConfigError(f"unknown figure spec {spec_name!r}: choose from {', '.join(E2E_SPECS)}")
+    spec = E2E_SPECS[spec_name]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in load_results(json_dir):
+        if spec.matches(r):
+            series.setdefault(r["policy"], []).append((r[spec.x_key], 100.0 * r["slo_attainment"]))
+    if not series:
+        raise ConfigError(f"no results in {json_dir} match figure {spec_name!r} ({spec.title}): run `aegaeon sim` first")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for policy in sorted(series, key=lambda p: list(POLICY_STYLE).index(p) if p in POLICY_STYLE else 99):
+        label, marker = POLICY_STYLE.get(policy, (policy, "."))
+        xs, ys = zip(*sorted(series[policy]))
+        ax.plot(xs, ys, marker=marker, label=label)
+    ax.axhline(90, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("Number of models" if spec.x_key == "num_models" else "Arrival rate per model (req/s)")
+    ax.set_ylabel("SLO attainment (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(spec.title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"e2e-{spec_name}.{ext}" for ext in ("pdf", "png")]
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
+    return paths

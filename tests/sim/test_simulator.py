@@ -1,0 +1,90 @@
+"""Simulator: determinism, result schema, baselines' rules and the expected shape."""
+
+import json
+
+import pytest
+
+from aegaeon.errors import ConfigError
+from aegaeon.profiles import cost_model_for_workload
+from aegaeon.sched.request import RequestSpec, RequestState
+from aegaeon.sched.slo import SLO
+from aegaeon.sim.core import SimConfig, decode_segment
+from aegaeon.sim.muxserve import place_models
+from aegaeon.sim.runner import RunLabel, result_record, simulate, write_result
+from aegaeon.workload import WorkloadSpec, generate
+from tests.sched.fixed_cost import FixedCost
+
+KEYS = {"policy", "num_models", "arrival_rate", "inlen_scale", "outlen_scale", "num_gpus", "ttft_slo", "tpot_slo",
+        "slo_attainment", "goodput", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "requests"}
+
+
+def run(policy, n, rate=0.1, duration=120.0, config=SimConfig()):
+    reqs = generate(WorkloadSpec(n, rate, duration, seed=0))
+    cost = cost_model_for_workload({r.model for r in reqs})
+    states, extra = simulate(policy, reqs, cost, SLO(), config, duration)
+    return result_record(policy, RunLabel(n, rate), states, SLO(), duration, config.num_gpus, extra)
+
+
+def test_decode_segment_matches_a_step_by_step_loop():
+    class Linear(FixedCost):
+        def decode_time(self, model, batch, context_tokens):
+            return 0.01 + 1e-5 * context_tokens
+
+    cost = Linear()
+    a = [RequestState(RequestSpec(0, "a", 0.0, 100, 6)), RequestState(RequestSpec(1, "a", 0.0, 50, 4))]
+    end = decode_segment(cost, "a", a, 1.0, None)
+    t, ctx, expected = 1.0, 150, []
+    for _ in range(4):  # stops when the shorter request finishes
+        t += cost.decode_time("a", 2, ctx)
+        ctx += 2
+        expected.append(t)
+    assert a[1].token_times == pytest.approx(expected) and end == pytest.approx(expected[-1])
+
+
+@pytest.mark.parametrize("policy", ["aegaeon", "sllm", "sllm+", "muxserve"])
+def test_every_policy_finishes_a_light_workload_on_time_and_deterministically(policy):
+    first, second = run(policy, 8), run(policy, 8)
+    assert KEYS <= set(first)
+    assert first["slo_attainment"] == second["slo_attainment"]
+    assert first["finished_share"] == 1.0 and first["slo_attainment"] > 0.95
+    for record in first["requests"]:
+        assert record["ttft"] >= 0
+
+
+def test_aegaeon_sustains_far_more_models_than_serverlessllm():
+    """Expected shape (rate 0.1, 16 GPUs): the largest model count kept at >= 90%."""
+    counts = (24, 40, 56, 72)
+    best = {p: max([n for n in counts if run(p, n, duration=180)["slo_attainment"] >= 0.9], default=0)
+            for p in ("aegaeon", "sllm")}
+    assert best["aegaeon"] >= 72
+    assert best["aegaeon"] >= 1.5 * best["sllm"]
+
+
+def test_muxserve_cannot_place_every_model():
+    reqs = generate(WorkloadSpec(64, 0.1, 30))
+    cost = cost_model_for_workload({r.model for r in reqs})
+    placement, unplaced = place_models(sorted({r.model for r in reqs}), cost, SimConfig(num_gpus=8))
+    assert len(placement) == 16 and len(unplaced) == len({r.model for r in reqs}) - 16
+    assert len(set(placement.values())) == 8
+
+
+def test_unknown_policy_and_empty_workload_are_rejected():
+    cost = cost_model_for_workload(["synth_model_00"])
+    with pytest.raises(ConfigError, match="unknown policy"):
+        simulate("vllm", [RequestSpec(0, "synth_model_00", 0.0, 10, 10)], cost, SLO(), SimConfig(), 10)
+    with pytest.raises(ConfigError, match="empty"):
+        simulate("aegaeon", [], cost, SLO(), SimConfig(), 10)
+
+
+def test_results_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    result = run("sllm", 4, duration=30)
+    path = write_result(tmp_path, result)
+    assert json.loads(path.read_text())["policy"] == "sllm"
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(json, "dump", explode)
+    with pytest.raises(RuntimeError):
+        write_result(tmp_path / "other", result)
+    assert list((tmp_path / "other").iterdir()) == []

@@ -1,0 +1,90 @@
+"""The `aegaeon` and `aegaeon-launch` commands: happy paths and clean errors."""
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from aegaeon.cli import main
+from aegaeon.launch import main as launch_main
+
+RAW = Path(__file__).resolve().parent / "data"
+
+
+def invoke(*args, cwd=None):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result
+
+
+def test_workload_gen_writes_every_combination(tmp_path):
+    result = invoke("workload", "gen", "--num-models", "4,8", "--arrival-rate", "0.1", "--duration", "60",
+                    "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth-4-0.1-1.0-1.0.csv", "synth-8-0.1-1.0-1.0.csv"]
+
+
+def test_sim_writes_json_and_plot_draws_it(tmp_path):
+    out, work, figs = tmp_path / "json", tmp_path / "workloads", tmp_path / "figs"
+    result = invoke("sim", "--num-models", "4:8:4", "--arrival-rate", "0.1", "--duration", "60",
+                    "--policy", "aegaeon,sllm", "--workloads", str(work), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["aegaeon-4-0.1-1.0-1.0-ttft10-tpot0.1.json", "aegaeon-8-0.1-1.0-1.0-ttft10-tpot0.1.json",
+                     "sllm-4-0.1-1.0-1.0-ttft10-tpot0.1.json", "sllm-8-0.1-1.0-1.0-ttft10-tpot0.1.json"]
+    assert (work / "synth-8-0.1-1.0-1.0.csv").exists()
+    assert 0.0 <= json.loads((out / files[0]).read_text())["slo_attainment"] <= 1.0
+    result = invoke("plot", "e2e", "--spec", "0.1", "--json-dir", str(out), "--out", str(figs))
+    assert result.exit_code == 0, result.output
+    assert (figs / "e2e-0.1.png").stat().st_size > 1000 and (figs / "e2e-0.1.pdf").exists()
+
+
+def test_sim_replays_an_existing_paper_workload(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "synth-16-0.1-1.0-1.0.csv").write_text((RAW / "synth-16-0.1-1.0-1.0.csv").read_text())
+    result = invoke("sim", "--num-models", "16", "--arrival-rate", "0.1", "--policy", "aegaeon",
+                    "--workloads", str(work), "--out", str(tmp_path / "j"))
+    assert result.exit_code == 0, result.output
+    data = json.loads(next((tmp_path / "j").iterdir()).read_text())
+    assert data["num_requests"] == 156
+
+
+def test_bad_flags_give_one_clear_line_not_a_traceback(tmp_path):
+    cases = [
+        (["sim", "--num-models", "16", "--arrival-rate", "0.1", "--policy", "vllm"], "unknown"),
+        (["sim", "--num-models", "x", "--arrival-rate", "0.1"], "--num-models"),
+        (["sim", "--num-models", "", "--arrival-rate", "0.1"], "empty"),
+        (["plot", "e2e", "--spec", "0.1", "--json-dir", str(tmp_path)], "no results"),
+        (["plot", "e2e", "--spec", "fig99", "--json-dir", str(tmp_path)], "unknown figure"),
+        (["workload", "gen", "--num-models", "0", "--arrival-rate", "0.1"], "at least 1"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "o")] if args[0] != "plot" else args)
+        assert result.exit_code != 0, args
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_profile_fit_reports_the_fit_error(tmp_path):
+    raw = tmp_path / "raw" / "qwen2_5_7b"
+    raw.mkdir(parents=True)
+    for i, b, p, d in [(16, 1, 0.01, 0.009), (64, 4, 0.012, 0.0092), (256, 4, 0.024, 0.0093),
+                       (512, 8, 0.09, 0.0098), (128, 16, 0.045, 0.0105), (16, 100, 0.043, 0.017)]:
+        (raw / f"i{i}b{b}.json").write_text(json.dumps({"avg_prefill_latency": p, "avg_decode_latency": d}))
+    result = invoke("profile", "fit", str(tmp_path / "raw"), "--device", "T", "--out", str(tmp_path / "p"))
+    assert result.exit_code == 0, result.output
+    assert "decode mean" in result.output and (tmp_path / "p" / "T" / "qwen2_5_7b.json").exists()
+
+
+def test_bench_alloc_prints_json():
+    result = invoke("bench", "alloc", "--pairs", "2000", "--json")
+    data = json.loads(result.output)
+    assert data["pairs"] == 2000 and data["cpp_pairs_per_s"] > 0
+
+
+def test_launch_status_and_cleanup_on_an_empty_cluster():
+    runner = CliRunner()
+    assert "0 objects" in runner.invoke(launch_main, ["status", "--cluster-id", "clitest"]).output
+    assert "removed 0" in runner.invoke(launch_main, ["cleanup", "--cluster-id", "clitest"]).output
+    bad = runner.invoke(launch_main, ["status", "--cluster-id", "bad/id"])
+    assert bad.exit_code != 0 and "cluster id" in bad.output
