@@ -36,3 +36,11 @@ class ClusterRunningError(SharedMemoryError):
 
 class ConfigError(AegaeonError, ValueError):
     """A configuration value, flag or input file is invalid."""
+
+
+class CheckpointError(AegaeonError, ValueError):
+    """A model checkpoint is missing, malformed or of an unsupported kind."""
+
+
+class RequestError(AegaeonError, ValueError):
+    """A request cannot be served as asked (prompt too long, unknown model, ...)."""

@@ -1,0 +1,1 @@
+"""The per-device engine: model runner, switcher and step loop."""

@@ -1,0 +1,90 @@
+"""KV blocks of live sequences in the arena, and their swap to host memory.
+
+Each model's sequences take blocks of that model's size from the shared slab
+pool. When the pool is short, or a larger model's weights need the slabs a
+block sits in, whole sequences are swapped out to host memory and swapped
+back in before they next run. The CPU path copies synchronously; the GPU path
+(see the GPU issue) does the same copies on a side stream.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from aegaeon.arena import Arena
+from aegaeon.engine.sequence import Sequence, SeqStatus
+from aegaeon.errors import OutOfBlocksError
+from aegaeon.kv.layout import KVLayout
+
+log = logging.getLogger(__name__)
+
+
+class KVCacheManager:
+    def __init__(self, arena: Arena):
+        self.arena = arena
+        self.owner: dict[int, Sequence] = {}  # block handle -> sequence
+        self.swapped_bytes = 0
+
+    def grow(self, seq: Sequence, num_tokens: int, layout: KVLayout) -> None:
+        """Give `seq` blocks for `num_tokens` tokens; raises OutOfBlocksError (nothing taken) when short."""
+        needed = layout.blocks_needed(num_tokens) - len(seq.blocks)
+        taken: list[int] = []
+        try:
+            for _ in range(needed):
+                taken.append(self.arena.allocate_block(layout.block_bytes))
+        except OutOfBlocksError:
+            for handle in taken:
+                self.arena.free_block(handle)
+            raise
+        seq.blocks.extend(taken)
+        self.owner.update({handle: seq for handle in taken})
+
+    def release(self, seq: Sequence) -> None:
+        for handle in seq.blocks:
+            self.arena.free_block(handle)
+            del self.owner[handle]
+        seq.blocks = []
+        seq.host_kv = None
+
+    def swap_out(self, seq: Sequence, layout: KVLayout) -> None:
+        """Copy the sequence's blocks to host memory and free them."""
+        if not seq.blocks:
+            seq.status = SeqStatus.SWAPPED if seq.num_cached else seq.status
+            return
+        host = torch.empty((len(seq.blocks), layout.block_bytes), dtype=torch.uint8)
+        for i, handle in enumerate(seq.blocks):
+            host[i].copy_(self.arena.block_view(handle, torch.uint8))
+        self.release(seq)
+        seq.host_kv = host
+        seq.status = SeqStatus.SWAPPED
+        self.swapped_bytes += host.numel()
+        log.debug("swapped out seq %d (%d bytes)", seq.seq_id, host.numel())
+
+    def swap_in(self, seq: Sequence, layout: KVLayout) -> None:
+        """Bring a swapped sequence's KV back into fresh blocks (OutOfBlocksError when short)."""
+        host = seq.host_kv
+        if host is None:
+            seq.status = SeqStatus.RUNNING
+            return
+        self.grow(seq, host.shape[0] * layout.block_size, layout)
+        for i, handle in enumerate(seq.blocks):
+            self.arena.block_view(handle, torch.uint8).copy_(host[i])
+        seq.host_kv = None
+        seq.status = SeqStatus.RUNNING
+        self.swapped_bytes += host.numel()
+
+    def apply_moves(self, moved: dict[int, int]) -> None:
+        """Re-point sequences at blocks the arena relocated (their bytes were copied)."""
+        for old, new in moved.items():
+            seq = self.owner.pop(old)
+            seq.blocks[seq.blocks.index(old)] = new
+            self.owner[new] = seq
+
+    def owners_of(self, handles: tuple[int, ...]) -> list[Sequence]:
+        seen: dict[int, Sequence] = {}
+        for handle in handles:
+            seq = self.owner[handle]
+            seen[seq.seq_id] = seq
+        return list(seen.values())

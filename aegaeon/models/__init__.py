@@ -1,0 +1,1 @@
+"""Model definitions written over arena views (the Llama family)."""

@@ -1,0 +1,95 @@
+"""The Llama family (Llama-2, Yi, Qwen2/Qwen2.5) over paged KV blocks.
+
+The model owns no storage: `bind` points it at parameter tensors (views into
+the device arena), so switching models re-binds views after the bytes are
+copied; nothing is re-initialised. `forward` runs prefill and decode alike on
+a `StepBatch` (ragged chunks, padded), reading and writing KV rows of the arena.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from aegaeon.kv.batch import StepBatch
+from aegaeon.kv.layout import KVLayout
+from aegaeon.models.config import ArchConfig
+from aegaeon.models.layers import apply_rotary, paged_attention, rms_norm, rotary_tables, swiglu_mlp
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    input_norm: torch.Tensor
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    q_bias: torch.Tensor | None
+    k_bias: torch.Tensor | None
+    v_bias: torch.Tensor | None
+    o: torch.Tensor
+    post_norm: torch.Tensor
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+
+
+class LlamaModel:
+    def __init__(self, config: ArchConfig):
+        self.config = config
+        self.layers: list[LayerWeights] = []
+        self.embed: torch.Tensor | None = None
+        self.final_norm: torch.Tensor | None = None
+        self.lm_head: torch.Tensor | None = None
+
+    def bind(self, params: dict[str, torch.Tensor]) -> None:
+        """Point the model at its parameters (any tensors with the checkpoint's names)."""
+        self.embed = params["model.embed_tokens.weight"]
+        self.final_norm = params["model.norm.weight"]
+        self.lm_head = self.embed if self.config.tie_word_embeddings else params["lm_head.weight"]
+        self.layers = [self._layer(params, f"model.layers.{i}.") for i in range(self.config.num_layers)]
+
+    def _layer(self, params: dict[str, torch.Tensor], p: str) -> LayerWeights:
+        attn, mlp = p + "self_attn.", p + "mlp."
+        return LayerWeights(
+            params[p + "input_layernorm.weight"],
+            params[attn + "q_proj.weight"], params[attn + "k_proj.weight"], params[attn + "v_proj.weight"],
+            params.get(attn + "q_proj.bias"), params.get(attn + "k_proj.bias"), params.get(attn + "v_proj.bias"),
+            params[attn + "o_proj.weight"], params[p + "post_attention_layernorm.weight"],
+            params[mlp + "gate_proj.weight"], params[mlp + "up_proj.weight"], params[mlp + "down_proj.weight"],
+        )
+
+    @torch.inference_mode()
+    def forward(self, step: StepBatch, kv_units: torch.Tensor, layout: KVLayout, all_logits: bool = False
+                ) -> torch.Tensor:
+        """Logits of each sequence's last new token ([B, V]), or of every query ([B, Q, V])."""
+        if self.embed is None:
+            raise RuntimeError("LlamaModel.forward before bind(): place the model's weights first")
+        cfg = self.config
+        x = F.embedding(step.tokens, self.embed)
+        cos, sin = rotary_tables(step.positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor, x.dtype)
+        for index, layer in enumerate(self.layers):
+            x = x + self._attention(index, layer, rms_norm(x, layer.input_norm, cfg.rms_norm_eps), cos, sin,
+                                    step, kv_units, layout)
+            x = x + swiglu_mlp(rms_norm(x, layer.post_norm, cfg.rms_norm_eps), layer.gate, layer.up, layer.down)
+        if not all_logits:
+            x = x[torch.arange(x.shape[0], device=x.device), step.last]
+        return F.linear(rms_norm(x, self.final_norm, cfg.rms_norm_eps), self.lm_head)
+
+    def _attention(self, index: int, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   step: StepBatch, kv_units: torch.Tensor, layout: KVLayout) -> torch.Tensor:
+        cfg = self.config
+        batch, queries, _ = x.shape
+        q = F.linear(x, w.q, w.q_bias).view(batch, queries, cfg.num_heads, cfg.head_dim)
+        k = F.linear(x, w.k, w.k_bias).view(batch, queries, cfg.num_kv_heads, cfg.head_dim)
+        v = F.linear(x, w.v, w.v_bias).view(batch, queries, cfg.num_kv_heads, cfg.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        key_off, value_off = layout.unit_offset(index, False), layout.unit_offset(index, True)
+        unit = kv_units.shape[1]
+        kv_units.index_copy_(0, (step.write_units + key_off).flatten(), k[step.valid].reshape(-1, unit))
+        kv_units.index_copy_(0, (step.write_units + value_off).flatten(), v[step.valid].reshape(-1, unit))
+        context = step.read_units.shape[1]
+        keys = kv_units[step.read_units + key_off].view(batch, context, cfg.num_kv_heads, cfg.head_dim)
+        values = kv_units[step.read_units + value_off].view(batch, context, cfg.num_kv_heads, cfg.head_dim)
+        return F.linear(paged_attention(q, keys, values, step.mask), w.o)

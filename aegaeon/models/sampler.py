@@ -1,0 +1,49 @@
+"""Greedy and temperature/top-p sampling, reproducible per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aegaeon.errors import RequestError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise RequestError(f"max_tokens={self.max_tokens} must be at least 1")
+        if self.temperature < 0:
+            raise RequestError(f"temperature={self.temperature} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise RequestError(f"top_p={self.top_p} must be in (0, 1]")
+
+
+def new_generator(params: SamplingParams) -> torch.Generator | None:
+    """A per-request generator, so the tokens drawn do not depend on batching."""
+    if params.temperature == 0:
+        return None
+    generator = torch.Generator()
+    generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+    return generator
+
+
+def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """One token from a [vocab] row of logits."""
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
+    if params.top_p < 1:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))

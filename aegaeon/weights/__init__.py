@@ -1,0 +1,1 @@
+"""Checkpoints: validation, the packed weight layout and the host weight cache."""
