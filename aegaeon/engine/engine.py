@@ -32,6 +32,7 @@ from aegaeon.weights.checkpoint import Checkpoint, open_checkpoint
 from aegaeon.weights.host_cache import HostWeightCache
 
 log = logging.getLogger(__name__)
+_engine_ids = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Engine:
         self.config = config
         self.unavailable: dict[str, str] = {}
         checkpoints = self._open_checkpoints(models)
-        self.namespace = ShmNamespace(config.cluster_id or f"engine{os.getpid()}").claim()
+        self.namespace = ShmNamespace(config.cluster_id or f"engine{os.getpid()}.{next(_engine_ids)}").claim()
         try:
             self.host_cache = HostWeightCache(self.namespace, checkpoints, config.dtype)
             self.host_cache.start_prefetch([m for m in prefetch_order or [] if m in self.host_cache.models])
@@ -77,6 +78,8 @@ class Engine:
             for ckpt in checkpoints:
                 self._register(ckpt)
         except BaseException:
+            if hasattr(self, "host_cache"):
+                self.host_cache.close()
             self.namespace.close()
             raise
         self.sequences: list[Sequence] = []
@@ -269,6 +272,7 @@ class Engine:
                 seq.status = SeqStatus.FAILED
 
     def close(self) -> None:
+        self.host_cache.close()
         self.namespace.close()
 
     def __enter__(self) -> "Engine":

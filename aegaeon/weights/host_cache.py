@@ -65,6 +65,7 @@ class HostWeightCache:
         self._ready = {name: threading.Event() for name in self.models}
         self._errors: dict[str, Exception] = {}
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         log.info("host weight cache: %d models, %.1f MiB in /dev/shm", len(self.models), offset / 2**20)
 
     def region(self, model: str) -> torch.Tensor:
@@ -90,6 +91,8 @@ class HostWeightCache:
 
     def _prefetch(self, order: list[str], progress: ProgressFn | None) -> None:
         for name in order:
+            if self._stop.is_set():
+                return
             if not self._ready[name].is_set():
                 self.load(name, progress)
 
@@ -102,6 +105,9 @@ class HostWeightCache:
             total = entry.layout.total_bytes
             sources = sorted(entry.checkpoint.tensors.values(), key=lambda s: (str(s.file), s.offset))
             for source in sources:
+                if self._stop.is_set():
+                    self._errors[model] = CheckpointError(f"model {model}: the cache was closed while loading")
+                    return
                 slot = entry.layout.slots.get(source.name)
                 if slot is None:
                     continue  # e.g. rotary caches some checkpoints carry
@@ -148,3 +154,8 @@ class HostWeightCache:
     def join(self) -> None:
         if self._thread is not None:
             self._thread.join()
+
+    def close(self) -> None:
+        """Stop prefetching; the segment itself goes with its namespace."""
+        self._stop.set()
+        self.join()

@@ -1,0 +1,118 @@
+import pytest
+
+from aegaeon.engine.engine import Engine, EngineConfig
+from aegaeon.errors import RequestError
+from aegaeon.models.maker import config_for, make_model
+from aegaeon.models.sampler import SamplingParams
+
+PROMPTS = ["the model serves many requests", "hot and cold models share a pool", "one gpu"]
+SMALL_SLAB = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    small = config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=400)
+    large = config_for("qwen2", layers=3, hidden=96, heads=6, kv_heads=3, intermediate=192, vocab=500)
+    return {
+        "a": make_model(root / "a", small, seed=1),
+        "b": make_model(root / "b", small, seed=2),
+        "c": make_model(root / "c", large, seed=3),
+    }
+
+
+def _alone(pool, model, prompt, sampling, **cfg):
+    with Engine({model: pool[model]}, EngineConfig(slab_bytes=SMALL_SLAB, **cfg)) as engine:
+        return engine.generate([(model, prompt)], sampling)[0]
+
+
+def test_interleaved_requests_equal_their_uninterleaved_greedy_outputs(pool):
+    sampling = SamplingParams(max_tokens=12)
+    requests = [(m, p) for p in PROMPTS for m in pool]
+    with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB, steps_per_turn=2)) as engine:
+        results = engine.generate(requests, sampling)
+        switches = len(engine.runner.switches)
+    assert switches >= 3 * 5, "models should alternate every couple of tokens"
+    for (model, prompt), result in zip(requests, results):
+        assert result.error is None
+        assert result.token_ids == _alone(pool, model, prompt, sampling).token_ids, (model, prompt)
+
+
+def test_seeded_sampling_does_not_depend_on_interleaving(pool):
+    sampling = SamplingParams(max_tokens=10, temperature=0.8, top_p=0.9, seed=7)
+    requests = [(m, PROMPTS[0]) for m in pool]
+    with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB, steps_per_turn=1)) as engine:
+        results = engine.generate(requests, sampling)
+    for (model, prompt), result in zip(requests, results):
+        assert result.token_ids == _alone(pool, model, prompt, sampling).token_ids
+
+
+def test_switching_reuses_components_and_binds_views_into_the_arena(pool):
+    with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB, steps_per_turn=1)) as engine:
+        models_before = {name: entry.model for name, entry in engine.runner.entries.items()}
+        buffer_ptr = engine.arena.buffer.data_ptr()
+        engine.generate([(m, PROMPTS[1]) for m in pool], SamplingParams(max_tokens=6))
+        assert {name: entry.model for name, entry in engine.runner.entries.items()} == models_before
+        assert engine.arena.buffer.data_ptr() == buffer_ptr
+        bound = engine.runner.entries[engine.runner.active].model
+        start, end = buffer_ptr, buffer_ptr + engine.arena.total_bytes
+        for tensor in (bound.embed, bound.lm_head, bound.layers[0].q, bound.layers[-1].down):
+            assert start <= tensor.data_ptr() < end
+
+
+def test_short_kv_memory_swaps_requests_out_and_back_without_changing_outputs(pool):
+    sampling = SamplingParams(max_tokens=20)
+    requests = [(m, p) for p in PROMPTS for m in pool]
+    with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB)) as sizing:
+        largest = max(e.weights.total_bytes for e in sizing.runner.entries.values())
+    # room for a few slabs of KV beyond the largest model: requests must take turns in it
+    config = EngineConfig(slab_bytes=SMALL_SLAB, steps_per_turn=3, arena_bytes=largest + 4 * SMALL_SLAB)
+    with Engine(pool, config) as engine:
+        results = engine.generate(requests, sampling)
+        assert engine.kv.swapped_bytes > 0
+    for (model, prompt), result in zip(requests, results):
+        assert result.error is None
+        assert result.token_ids == _alone(pool, model, prompt, sampling).token_ids
+
+
+def test_a_bad_checkpoint_is_unavailable_and_the_others_keep_serving(pool, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    with Engine({**pool, "broken": broken}, EngineConfig(slab_bytes=SMALL_SLAB)) as engine:
+        assert "no config.json" in engine.unavailable["broken"]
+        results = engine.generate([("broken", "hi"), ("a", "hi")], SamplingParams(max_tokens=3))
+    assert "model broken is unavailable" in results[0].error
+    assert results[1].error is None and len(results[1].token_ids) == 3
+
+
+def test_a_model_larger_than_the_arena_is_unavailable_with_the_sizes_named(pool):
+    with Engine({"a": pool["a"]}, EngineConfig(slab_bytes=SMALL_SLAB)) as small_only:
+        weights = small_only.runner.entries["a"].weights.total_bytes
+    arena_bytes = -(-weights // SMALL_SLAB) * SMALL_SLAB + 2 * SMALL_SLAB
+    with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB, arena_bytes=arena_bytes)) as engine:
+        assert "do not fit the arena" in engine.unavailable["c"]
+        with pytest.raises(RequestError, match="model c is unavailable"):
+            engine.submit("c", "hi")
+        assert engine.generate([("a", "hi")], SamplingParams(max_tokens=2))[0].error is None
+
+
+def test_prompt_longer_than_the_context_and_unknown_models_are_refused(tmp_path):
+    path = make_model(tmp_path / "short", config_for("llama", max_position=8))
+    with Engine({"short": path}, EngineConfig(slab_bytes=SMALL_SLAB)) as engine:
+        with pytest.raises(RequestError, match=r"model short: the prompt has \d+ tokens, the context holds 8"):
+            engine.submit("short", "the model serves many requests from one pool of devices")
+        with pytest.raises(RequestError, match="model nope is not served here"):
+            engine.submit("nope", "hi")
+        with pytest.raises(RequestError, match="max_tokens=0"):
+            engine.submit("short", "hi", SamplingParams(max_tokens=0))
+        result = engine.generate([("short", "hi")], SamplingParams(max_tokens=50))[0]
+    assert result.finish_reason == "length" and len(result.token_ids) == 8 - 1
+
+
+def test_a_request_larger_than_the_whole_kv_pool_fails_with_a_clear_error(pool):
+    with Engine({"a": pool["a"]}, EngineConfig(slab_bytes=SMALL_SLAB)) as first:
+        weights = first.runner.entries["a"].weights.total_bytes
+    config = EngineConfig(slab_bytes=SMALL_SLAB, block_size=16, arena_bytes=-(-weights // SMALL_SLAB) * SMALL_SLAB + SMALL_SLAB)
+    with Engine({"a": pool["a"]}, config) as engine:
+        result = engine.generate([("a", "hi " * 30)], SamplingParams(max_tokens=2000))[0]
+    assert result.error and "the KV cache cannot hold" in result.error

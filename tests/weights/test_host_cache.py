@@ -1,0 +1,94 @@
+import os
+import stat
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aegaeon.errors import CheckpointError, ConfigError
+from aegaeon.ipc.shm import SHM_DIR, ShmNamespace
+from aegaeon.models.maker import config_for, make_model
+from aegaeon.weights.checkpoint import open_checkpoint
+from aegaeon.weights.host_cache import HostWeightCache
+
+
+@pytest.fixture
+def two_models(tmp_path):
+    a = make_model(tmp_path / "a", config_for("llama"), seed=1)
+    b = make_model(tmp_path / "b", config_for("qwen2", hidden=96, heads=6, kv_heads=3), seed=2, shard_bytes=60_000)
+    return [open_checkpoint(a), open_checkpoint(b)]
+
+
+def _tensors(ckpt):
+    out = {}
+    for file in sorted(ckpt.path.glob("*.safetensors")):
+        out.update(load_file(str(file)))
+    return out
+
+
+def test_cached_weights_equal_the_checkpoint_and_live_in_a_0600_segment(two_models):
+    with ShmNamespace("hcache1") as ns:
+        cache = HostWeightCache(ns, two_models)
+        cache.start_prefetch(order=["b"])
+        for ckpt in two_models:
+            cache.wait(ckpt.name)
+            views = cache.models[ckpt.name].layout.views(cache.region(ckpt.name))
+            for name, tensor in _tensors(ckpt).items():
+                assert torch.equal(views[name], tensor), name
+        mode = stat.S_IMODE(os.stat(SHM_DIR / "aegaeon-hcache1-weights").st_mode)
+        assert mode == 0o600
+    assert not (SHM_DIR / "aegaeon-hcache1-weights").exists()
+
+
+def test_dtype_conversion_on_load(two_models):
+    with ShmNamespace("hcache2") as ns:
+        cache = HostWeightCache(ns, two_models, dtype="bfloat16")
+        cache.load("a")
+        views = cache.models["a"].layout.views(cache.region("a"))
+        ref = _tensors(two_models[0])["model.embed_tokens.weight"].to(torch.bfloat16)
+        assert views["model.embed_tokens.weight"].dtype == torch.bfloat16
+        assert torch.equal(views["model.embed_tokens.weight"], ref)
+
+
+def test_progress_reports_reach_the_model_size(two_models):
+    seen = []
+    with ShmNamespace("hcache3") as ns:
+        cache = HostWeightCache(ns, two_models)
+        cache.load("a", progress=lambda model, done, total: seen.append((model, done, total)))
+    assert seen[-1][1] <= seen[-1][2] and seen[-1][1] > 0.99 * seen[-1][2]
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
+
+
+def test_a_file_changed_after_validation_fails_that_model_only(two_models):
+    path = two_models[0].path / "model.safetensors"
+    with ShmNamespace("hcache4") as ns:
+        cache = HostWeightCache(ns, two_models)
+        path.write_bytes(path.read_bytes()[:1000])
+        cache.start_prefetch()
+        with pytest.raises(CheckpointError, match="model a: loading weights failed"):
+            cache.wait("a")
+        cache.wait("b")
+        assert cache.is_ready("b") and not cache.is_ready("a")
+
+
+def test_unknown_model_and_duplicate_names_are_refused(two_models):
+    with ShmNamespace("hcache5") as ns:
+        with pytest.raises(ConfigError, match="registered twice"):
+            HostWeightCache(ns, [two_models[0], two_models[0]])
+        cache = HostWeightCache(ns, two_models)
+        with pytest.raises(ConfigError, match="model zz is not in the host weight cache"):
+            cache.region("zz")
+
+
+def test_a_stale_cache_segment_of_a_crashed_run_is_removed_at_start(two_models):
+    import subprocess
+    import sys
+
+    code = ("import os; from aegaeon.ipc.shm import ShmNamespace; ns = ShmNamespace('hcache6').claim(); "
+            "ns.create_segment('weights', 4096); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (SHM_DIR / "aegaeon-hcache6-weights").exists()
+    with ShmNamespace("hcache6") as ns:
+        HostWeightCache(ns, two_models)
+        assert (SHM_DIR / "aegaeon-hcache6-weights").stat().st_size > 4096
+    assert not (SHM_DIR / "aegaeon-hcache6-weights").exists()
