@@ -55,8 +55,201 @@ def bench_alloc(pairs: int, live: int, block_bytes: int, as_json: bool) -> None:
     click.echo(f"ratio Python->C++ / free list:  {result.binding_vs_freelist:.2f}x")
 
 
+def _bench_model(model: str | None) -> "Path":
+    from pathlib import Path
+
+    from aegaeon.bench.engine import default_bench_model
+    from aegaeon.models.demo import aegaeon_home
+
+    return Path(model) if model else default_bench_model(aegaeon_home())
+
+
+@bench.command("switch")
+@click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--switches", default=20, show_default=True)
+def bench_switch_cmd(model: str | None, device: str, switches: int) -> None:
+    """Model switch (scale-up) time vs a plain copy of the same bytes (and, on a GPU, vs pinned H2D bandwidth)."""
+    from aegaeon.bench.engine import bench_switch
+
+    r = bench_switch(_bench_model(model), device, switches)
+    click.echo(f"device:                 {r.device}")
+    click.echo(f"bytes per switch:       {r.bytes_per_switch:,}")
+    click.echo(f"median switch:          {r.median_switch_s * 1e3:.3f} ms over {r.switches} switches")
+    click.echo(f"median plain copy:      {r.median_plain_copy_s * 1e3:.3f} ms")
+    click.echo(f"switch / plain copy:    {r.ratio_to_plain_copy:.2f}x")
+    if r.pinned_h2d_gb_s:
+        click.echo(f"pinned H2D bandwidth:   {r.pinned_h2d_gb_s:.2f} GB/s")
+        click.echo(f"switch / (bytes / bw):  {r.ratio_to_pcie_bound:.2f}x")
+
+
+@bench.command("weights")
+@click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
+def bench_weights_cmd(model: str | None) -> None:
+    """Host weight-cache load throughput vs a raw sequential read of the same safetensors files."""
+    from aegaeon.bench.engine import bench_weight_load
+
+    r = bench_weight_load(_bench_model(model))
+    click.echo(f"checkpoint bytes:       {r.file_bytes:,}")
+    click.echo(f"weight cache load:      {r.cache_gb_s:.2f} GB/s ({r.cache_load_s * 1e3:.1f} ms)")
+    click.echo(f"  + faulting in pages:  {r.populate_s * 1e3:.1f} ms (first touch of the shm segment)")
+    click.echo(f"raw sequential read:    {r.raw_gb_s:.2f} GB/s ({r.raw_read_s * 1e3:.1f} ms)")
+    click.echo(f"ratio cache / raw:      {r.ratio:.2f}x")
+
+
+@bench.command("decode")
+@click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
+@click.option("--batch", default=8, show_default=True)
+@click.option("--steps", default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def bench_decode_cmd(model: str | None, batch: int, steps: int, device: str) -> None:
+    """Decode tokens/s of one batch in the engine vs Hugging Face transformers on the same model."""
+    from aegaeon.bench.engine import bench_decode
+
+    r = bench_decode(_bench_model(model), batch, steps, device)
+    click.echo(f"batch {r.batch}, {r.steps} decode steps")
+    click.echo(f"aegaeon engine:         {r.tokens_per_s:,.0f} tokens/s")
+    if r.reference_tokens_per_s is None:
+        click.echo("transformers:           not installed, reference skipped")
+    else:
+        click.echo(f"transformers:           {r.reference_tokens_per_s:,.0f} tokens/s")
+        click.echo(f"ratio aegaeon / hf:     {r.ratio:.2f}x")
+
+
 def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
+
+
+def _parse_models(spec: str | None) -> dict[str, str]:
+    """`DIR1,DIR2` or `name=DIR,...`; None means the embedded demo pool."""
+    from pathlib import Path
+
+    if not spec:
+        from aegaeon.models.demo import demo_models
+
+        return {name: str(path) for name, path in demo_models().items()}
+    models: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
+        if not name:
+            raise click.BadParameter(f"model {item!r} has no name: use NAME=DIR or a directory path", param_hint="--models")
+        if name in models:
+            raise click.BadParameter(f"model name {name!r} appears twice: use NAME=DIR to tell them apart",
+                                     param_hint="--models")
+        models[name] = path
+    if not models:
+        raise click.BadParameter("no models given", param_hint="--models")
+    return models
+
+
+def _progress_bar(label: str):
+    """A progress callback (model, done, total) that draws a bar on stderr for large loads."""
+    bars: dict[str, object] = {}
+
+    def report(model: str, done: int, total: int) -> None:
+        if total < 256 * 2**20:
+            return
+        bar = bars.get(model)
+        if bar is None:
+            bar = bars[model] = click.progressbar(length=total, label=f"{label} {model}", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+        if done >= total:
+            bar.__exit__(None, None, None)
+
+    return report
+
+
+@main.command("make-model")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--arch", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True)
+@click.option("--like", type=click.Choice(["qwen2.5-7b", "yi-1.5-9b", "llama-2-13b"]), default=None,
+              help="Use the published configuration of this model (real size, random weights).")
+@click.option("--layers", default=2, show_default=True)
+@click.option("--hidden", default=64, show_default=True)
+@click.option("--heads", default=4, show_default=True)
+@click.option("--kv-heads", default=2, show_default=True)
+@click.option("--intermediate", default=128, show_default=True)
+@click.option("--vocab", default=512, show_default=True)
+@click.option("--max-position", default=2048, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="Weight dtype [default: float32, or the preset's].")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--shard-mib", default=2048, show_default=True, help="Largest safetensors shard.")
+def make_model_cmd(out_dir: str, arch: str, like: str | None, layers: int, hidden: int, heads: int, kv_heads: int,
+                   intermediate: int, vocab: int, max_position: int, dtype: str | None, seed: int,
+                   shard_mib: int) -> None:
+    """Write a Hugging Face checkpoint with random weights and a working tokenizer to OUT_DIR."""
+    from dataclasses import replace
+
+    from aegaeon.errors import AegaeonError
+    from aegaeon.models.maker import PRESETS, config_for, make_model
+
+    try:
+        if like:
+            config = PRESETS[like] if dtype is None else replace(PRESETS[like], dtype=dtype)
+        else:
+            config = config_for(arch, layers, hidden, heads, kv_heads, intermediate, vocab, max_position,
+                                dtype or "float32")
+        total = config.num_parameters() * (4 if config.dtype == "float32" else 2)
+        with click.progressbar(length=total, label="writing weights", file=sys.stderr) as bar:
+            path = make_model(out_dir, config, seed=seed, shard_bytes=shard_mib * 2**20,
+                              progress=lambda done, _total: bar.update(done - bar.pos))
+    except AegaeonError as exc:
+        raise _fail(exc) from None
+    click.echo(f"wrote {config.arch} model, {config.num_parameters():,} parameters, to {path}")
+
+
+@main.command()
+@click.option("--models", "models_spec", default=None,
+              help="Comma-separated checkpoint dirs (or NAME=DIR) [default: the embedded demo pool].")
+@click.option("--prompt", "prompts", multiple=True, help="A prompt; repeat for more. Each goes to every model.")
+@click.option("--max-tokens", default=16, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 means greedy.")
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--seed", default=None, type=int, help="Seed for sampling (with --temperature > 0).")
+@click.option("--steps-per-turn", default=4, show_default=True,
+              help="Decode steps a model runs before the engine switches to the next model.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="Convert weights to this dtype [default: keep the checkpoint's].")
+@click.option("--kv-mib", default=64, show_default=True, help="Arena memory for the KV cache beyond the weights.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per (model, prompt) and line.")
+def generate(models_spec: str | None, prompts: tuple[str, ...], max_tokens: int, temperature: float, top_p: float,
+             seed: int | None, steps_per_turn: int, dtype: str | None, kv_mib: int, device: str,
+             as_json: bool) -> None:
+    """Serve prompts for several models from one engine that switches models between decode steps."""
+    from aegaeon.engine.engine import Engine, EngineConfig
+    from aegaeon.errors import AegaeonError
+    from aegaeon.models.demo import DEMO_PROMPTS
+    from aegaeon.models.sampler import SamplingParams
+
+    models = _parse_models(models_spec)
+    sampling = SamplingParams(max_tokens, temperature, top_p, seed)
+    config = EngineConfig(device=device, kv_bytes=kv_mib * 2**20, steps_per_turn=steps_per_turn, dtype=dtype)
+    try:
+        sampling.validate()
+        with Engine(models, config, progress=_progress_bar("loading")) as engine:
+            for name, reason in engine.unavailable.items():
+                click.echo(f"warning: {reason}", err=True)
+            results = engine.generate([(m, p) for p in (prompts or DEMO_PROMPTS) for m in models], sampling)
+            switches = len(engine.runner.switches)
+    except AegaeonError as exc:
+        raise _fail(exc) from None
+    for r in results:
+        if as_json:
+            payload = {"model": r.model, "prompt": r.prompt, "token_ids": r.token_ids, "text": r.text}
+            if r.error:
+                payload["error"] = r.error
+            click.echo(json.dumps(payload))
+        elif r.error:
+            click.echo(f"[{r.model}] error: {r.error}")
+        else:
+            click.echo(f"[{r.model}] {r.prompt!r} -> {r.text!r} ({len(r.token_ids)} tokens, {r.finish_reason})")
+    if not as_json:
+        click.echo(f"{len(results)} completions from {len(models)} models, {switches} model switches", err=True)
+    if all(r.error for r in results):
+        raise SystemExit(1)
 
 
 @main.group()
@@ -152,9 +345,57 @@ def sim(num_models: str, arrival_rate: str, inlen_scale: float, outlen_scale: fl
     click.echo(f"wrote {len(rows)} results to {out_dir}/")
 
 
-@main.group()
-def profile() -> None:
-    """Cost-model profiles (profiles/<device>/<model>.json)."""
+@main.group(invoke_without_command=True)
+@click.option("--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Measure a profile of this checkpoint on the local device.")
+@click.option("--name", default=None, help="Model name in the profile [default: the directory name].")
+@click.option("--device", default="cpu", show_default=True, help="torch device to measure on (cpu, cuda, cuda:1).")
+@click.option("--device-name", default=None, help="Folder under the output dir [default: cpu, or the GPU's name].")
+@click.option("--input-lens", default="16,32,64,128,256", show_default=True)
+@click.option("--batches", default="1,2,4,8", show_default=True)
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Output root [default: the profiles/ folder, or AEGAEON_PROFILES].")
+@click.pass_context
+def profile(ctx: click.Context, model_dir: str | None, name: str | None, device: str, device_name: str | None,
+            input_lens: str, batches: str, out_dir: str | None) -> None:
+    """Cost-model profiles (profiles/<device>/<model>.json): measure one with --model, or `fit` measured tables."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model_dir is None:
+        click.echo(ctx.get_help())
+        return
+    from pathlib import Path
+
+    from aegaeon.errors import AegaeonError
+    from aegaeon.profiler import ProfileRequest, measure_profile
+    from aegaeon.profiles import profiles_dir, write_profile
+
+    def ints(flag: str, text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=flag) from None
+        if not values or min(values) <= 0:
+            raise click.BadParameter("give positive integers", param_hint=flag)
+        return values
+
+    if device_name is None:
+        import torch
+
+        device_name = "cpu" if device == "cpu" else torch.cuda.get_device_name(torch.device(device)).replace(" ", "_")
+    req = ProfileRequest(Path(model_dir), name or Path(model_dir).name, device, device_name,
+                         ints("--input-lens", input_lens), ints("--batches", batches))
+    grid = len(req.input_lens) * len(req.batches)
+    try:
+        with click.progressbar(length=grid, label="profiling", file=sys.stderr) as bar:
+            result = measure_profile(req, progress=lambda done, _total: bar.update(done - bar.pos))
+        path = write_profile(result, Path(out_dir) if out_dir else profiles_dir())
+    except AegaeonError as exc:
+        raise _fail(exc) from None
+    err = result["fit_error"]
+    click.echo(f"wrote {path}")
+    click.echo(f"fit error: prefill mean {err['prefill_mean_rel']:.1%} max {err['prefill_max_rel']:.1%}; "
+               f"decode mean {err['decode_mean_rel']:.1%} max {err['decode_max_rel']:.1%}")
 
 
 @profile.command("fit")

@@ -88,3 +88,64 @@ def test_launch_status_and_cleanup_on_an_empty_cluster():
     assert "removed 0" in runner.invoke(launch_main, ["cleanup", "--cluster-id", "clitest"]).output
     bad = runner.invoke(launch_main, ["status", "--cluster-id", "bad/id"])
     assert bad.exit_code != 0 and "cluster id" in bad.output
+
+
+def test_make_model_then_generate_json_lines_for_every_model_and_prompt(tmp_path):
+    runner = CliRunner()
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert runner.invoke(main, ["make-model", str(a), "--seed", "1"]).exit_code == 0
+    made = runner.invoke(main, ["make-model", str(b), "--arch", "qwen2", "--hidden", "96", "--heads", "6"])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(main, ["generate", "--models", f"{a},{b}", "--prompt", "one pool", "--prompt", "two",
+                                  "--max-tokens", "5", "--steps-per-turn", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(d["model"], d["prompt"]) for d in lines] == [("a", "one pool"), ("b", "one pool"), ("a", "two"),
+                                                          ("b", "two")]
+    assert all(len(d["token_ids"]) == 5 and isinstance(d["text"], str) for d in lines)
+
+
+def test_generate_reports_a_bad_model_and_still_serves_the_good_one(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["make-model", str(tmp_path / "good")]).exit_code == 0
+    (tmp_path / "bad").mkdir()
+    result = runner.invoke(main, ["generate", "--models", f"{tmp_path / 'good'},{tmp_path / 'bad'}", "--json",
+                                  "--max-tokens", "2", "--prompt", "x"])
+    assert result.exit_code == 0
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "error" not in lines[0] and "no config.json" in lines[1]["error"]
+    assert "Traceback" not in result.output
+
+
+def test_generate_runs_the_embedded_demo_pool(tmp_path, monkeypatch):
+    monkeypatch.setenv("AEGAEON_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["generate", "--max-tokens", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    models = {json.loads(line)["model"] for line in result.stdout.splitlines()}
+    assert models == {"demo-llama-a", "demo-llama-b", "demo-qwen"}
+
+
+def test_profile_measures_a_checkpoint_in_the_shared_schema_and_the_simulator_loads_it(tmp_path):
+    from aegaeon.profiles import load_profile
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["make-model", str(tmp_path / "tiny")]).exit_code == 0
+    result = runner.invoke(main, ["profile", "--model", str(tmp_path / "tiny"), "--input-lens", "8,16,32",
+                                  "--batches", "1,2", "--out", str(tmp_path / "profiles")])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "profiles" / "cpu" / "tiny.json"
+    data = json.loads(path.read_text())
+    assert data["schema"] == "aegaeon-profile/1" and len(data["table"]) == 6
+    assert all(row["prefill_s"] > 0 and row["decode_s"] > 0 for row in data["table"])
+    cost, link = load_profile(path)
+    assert cost.decode_time(2, 64) > 0 and link.h2d_bandwidth > 0 and 0 < link.switch_efficiency <= 1
+
+
+def test_profile_refuses_input_lengths_beyond_the_context(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["make-model", str(tmp_path / "t"), "--max-position", "32"]).exit_code == 0
+    result = runner.invoke(main, ["profile", "--model", str(tmp_path / "t"), "--input-lens", "64",
+                                  "--out", str(tmp_path / "p")])
+    assert result.exit_code != 0 and "exceed its context of 32" in result.output
+    bad = runner.invoke(main, ["profile", "--model", str(tmp_path / "t"), "--batches", "two"])
+    assert bad.exit_code == 2 and "--batches" in bad.output

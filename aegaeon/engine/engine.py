@@ -29,7 +29,7 @@ from aegaeon.kv.layout import DEFAULT_BLOCK_SIZE
 from aegaeon.kv.manager import KVCacheManager
 from aegaeon.models.sampler import SamplingParams, new_generator, sample_one
 from aegaeon.weights.checkpoint import Checkpoint, open_checkpoint
-from aegaeon.weights.host_cache import HostWeightCache
+from aegaeon.weights.host_cache import HostWeightCache, ProgressFn
 
 log = logging.getLogger(__name__)
 _engine_ids = itertools.count()
@@ -60,7 +60,7 @@ class GenerationResult:
 
 class Engine:
     def __init__(self, models: dict[str, str | Path], config: EngineConfig = EngineConfig(),
-                 prefetch_order: list[str] | None = None):
+                 prefetch_order: list[str] | None = None, progress: ProgressFn | None = None):
         if config.steps_per_turn < 1 or config.max_batch_size < 1:
             raise RequestError("steps_per_turn and max_batch_size must be at least 1")
         self.config = config
@@ -69,7 +69,7 @@ class Engine:
         self.namespace = ShmNamespace(config.cluster_id or f"engine{os.getpid()}.{next(_engine_ids)}").claim()
         try:
             self.host_cache = HostWeightCache(self.namespace, checkpoints, config.dtype)
-            self.host_cache.start_prefetch([m for m in prefetch_order or [] if m in self.host_cache.models])
+            self.host_cache.start_prefetch([m for m in prefetch_order or [] if m in self.host_cache.models], progress)
             largest = max(self.host_cache.models[c.name].layout.total_bytes for c in checkpoints)
             self.arena = Arena(config.arena_bytes or largest + config.kv_bytes, config.slab_bytes, config.device)
             self.kv = KVCacheManager(self.arena)
@@ -127,16 +127,24 @@ class Engine:
 
     def submit(self, model: str, prompt: str, sampling: SamplingParams = SamplingParams()) -> Sequence:
         """Queue a prompt; raises RequestError for an unknown or unavailable model or a prompt too long."""
+        self._entry(model)
+        return self.submit_ids(model, self.tokenizers[model].encode(prompt).ids, sampling, prompt)
+
+    def submit_ids(self, model: str, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
+                   prompt: str = "") -> Sequence:
+        """Queue a tokenised prompt (see `submit`)."""
         entry = self._entry(model)
         sampling.validate()
-        prompt_ids = self.tokenizers[model].encode(prompt).ids
+        vocab = entry.checkpoint.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise RequestError(f"model {model}: prompt token ids must lie in [0, {vocab})")
         if not prompt_ids:
             raise RequestError(f"model {model}: the prompt is empty")
         if len(prompt_ids) >= entry.max_position:
             raise RequestError(
                 f"model {model}: the prompt has {len(prompt_ids)} tokens, the context holds {entry.max_position}"
             )
-        seq = Sequence(next(self._ids), model, prompt, prompt_ids, sampling, new_generator(sampling))
+        seq = Sequence(next(self._ids), model, prompt, list(prompt_ids), sampling, new_generator(sampling))
         self.sequences.append(seq)
         return seq
 

@@ -36,6 +36,7 @@ MODE = 0o600
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
 _OWNER = "owner"
 _OWNER_FORMAT = "<qq"  # pid, process start time in clock ticks
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
 
 
 def _check_part(kind: str, value: str) -> str:
@@ -106,6 +107,17 @@ class SharedSegment:
         count = int(np.prod(shape, dtype=np.int64))
         self._check_range(offset, count * itemsize)
         return torch.frombuffer(self._map, dtype=dtype, count=count, offset=offset).view(shape)
+
+    def populate(self, offset: int = 0, nbytes: int | None = None) -> None:
+        """Fault in the pages of a byte range now, so later copies into it run at memory speed."""
+        nbytes = self.size - offset if nbytes is None else nbytes
+        self._check_range(offset, nbytes)
+        start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+        try:
+            self._map.madvise(_MADV_POPULATE_WRITE, start, offset + nbytes - start)
+        except OSError:  # kernels before 5.14: touch one byte per page instead
+            pages = np.frombuffer(self._map, dtype=np.uint8, count=offset + nbytes - start, offset=start)
+            pages[:: mmap.PAGESIZE] |= 0
 
     def _check_range(self, offset: int, nbytes: int) -> None:
         if offset < 0 or offset + nbytes > self.size:

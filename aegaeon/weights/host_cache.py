@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 
 SEGMENT_NAME = "weights"
 ProgressFn = Callable[[str, int, int], None]  # model, bytes done, bytes of that model
+
+
+@dataclass(frozen=True)
+class LoadStats:
+    populate_s: float  # faulting in the model's shm pages (first touch of tmpfs memory)
+    copy_s: float  # reading the checkpoint into them
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class HostWeightCache:
         self._errors: dict[str, Exception] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.load_stats: dict[str, LoadStats] = {}
         log.info("host weight cache: %d models, %.1f MiB in /dev/shm", len(self.models), offset / 2**20)
 
     def region(self, model: str) -> torch.Tensor:
@@ -103,6 +111,9 @@ class HostWeightCache:
             done = 0
             itemsize = torch.empty((), dtype=entry.layout.dtype).element_size()
             total = entry.layout.total_bytes
+            start = time.perf_counter()
+            self.segment.populate(entry.offset, total)
+            populated = time.perf_counter()
             sources = sorted(entry.checkpoint.tensors.values(), key=lambda s: (str(s.file), s.offset))
             for source in sources:
                 if self._stop.is_set():
@@ -115,6 +126,7 @@ class HostWeightCache:
                 done += slot.nbytes(itemsize)
                 if progress:
                     progress(model, done, total)
+            self.load_stats[model] = LoadStats(populated - start, time.perf_counter() - populated)
         except (OSError, CheckpointError, RuntimeError) as err:
             self._errors[model] = CheckpointError(f"model {model}: loading weights failed: {err}")
             log.error("%s", self._errors[model])

@@ -110,3 +110,15 @@ def test_bad_names_and_sizes_are_rejected(cluster_id):
             ns.create_segment("twice", 64)
         with pytest.raises(SharedMemoryError, match="missing"):
             ns.attach_segment("missing")
+
+
+def test_populate_faults_in_pages_without_changing_their_bytes():
+    from aegaeon.ipc.shm import ShmNamespace
+
+    with ShmNamespace("populate1") as ns:
+        seg = ns.create_segment("data", 3 * 4096 + 100)
+        view = seg.as_numpy("uint8", (seg.size,))
+        view[5000:5010] = 7
+        seg.populate(4000, 6000)
+        seg.populate()
+        assert view[5000:5010].tolist() == [7] * 10 and int(view.sum()) == 70

@@ -1,0 +1,186 @@
+"""Engine benchmarks: model switch vs a plain copy, weight-cache load vs a raw
+file read, and decode throughput vs Hugging Face transformers.
+
+Each returns a dataclass of measured figures; the CLI prints them. On a GPU the
+switch benchmark also measures pinned host->device bandwidth, the bound a
+switch should approach.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aegaeon.engine.engine import Engine, EngineConfig
+from aegaeon.ipc.shm import ShmNamespace
+from aegaeon.models.sampler import SamplingParams
+from aegaeon.weights.checkpoint import open_checkpoint
+from aegaeon.weights.host_cache import HostWeightCache
+
+BENCH_CONFIG = dict(arch="llama", layers=4, hidden=512, heads=8, kv_heads=4, intermediate=1408, vocab=8192)
+
+
+def default_bench_model(root: Path) -> Path:
+    """A ~20M-parameter model, big enough that copies dominate fixed costs on a CPU."""
+    from aegaeon.models.maker import config_for, make_model
+
+    path = root / "bench-llama-20m"
+    if not (path / "config.json").is_file():
+        make_model(path, config_for(**BENCH_CONFIG), seed=0)
+    return path
+
+
+@dataclass(frozen=True)
+class SwitchBench:
+    device: str
+    bytes_per_switch: int
+    switches: int
+    median_switch_s: float
+    median_plain_copy_s: float
+    pinned_h2d_gb_s: float | None  # GPU only
+
+    @property
+    def ratio_to_plain_copy(self) -> float:
+        return self.median_switch_s / self.median_plain_copy_s
+
+    @property
+    def ratio_to_pcie_bound(self) -> float | None:
+        if not self.pinned_h2d_gb_s:
+            return None
+        return self.median_switch_s / (self.bytes_per_switch / (self.pinned_h2d_gb_s * 1e9))
+
+
+def bench_switch(model: Path, device: str = "cpu", switches: int = 20) -> SwitchBench:
+    """Alternate two copies of `model` in one engine; compare with copying the same bytes."""
+    config = EngineConfig(device=device, kv_bytes=8 * 2**20)
+    with Engine({"first": model, "second": model}, config) as engine:
+        for name in ("first", "second"):
+            engine.host_cache.wait(name)
+        engine.runner.switch_to("first")
+        times = []
+        for i in range(switches):
+            record = engine.runner.switch_to("second" if i % 2 == 0 else "first")
+            _sync(device)
+            times.append(record.seconds)
+        nbytes = engine.runner.entries["first"].weights.total_bytes
+        src = engine.host_cache.region("first")
+        dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        copies = []
+        for _ in range(switches):
+            start = time.perf_counter()
+            dst.copy_(src)
+            _sync(device)
+            copies.append(time.perf_counter() - start)
+    return SwitchBench(device, nbytes, switches, statistics.median(times), statistics.median(copies),
+                       pinned_h2d_bandwidth(nbytes) if device.startswith("cuda") else None)
+
+
+def pinned_h2d_bandwidth(nbytes: int, repeats: int = 5) -> float:
+    """GB/s of a pinned host->device copy of `nbytes` (the best of `repeats`)."""
+    src = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best / 1e9
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@dataclass(frozen=True)
+class WeightLoadBench:
+    file_bytes: int
+    cache_load_s: float  # reading the checkpoint into already faulted-in shm pages
+    populate_s: float  # faulting in those pages first (once per node start)
+    raw_read_s: float
+
+    @property
+    def cache_gb_s(self) -> float:
+        return self.file_bytes / self.cache_load_s / 1e9
+
+    @property
+    def raw_gb_s(self) -> float:
+        return self.file_bytes / self.raw_read_s / 1e9
+
+    @property
+    def ratio(self) -> float:
+        return self.cache_gb_s / self.raw_gb_s
+
+
+def bench_weight_load(model: Path, repeats: int = 3) -> WeightLoadBench:
+    """Load into the shm cache vs read the same files sequentially (page cache warm for both)."""
+    ckpt = open_checkpoint(model)
+    files = sorted({source.file for source in ckpt.tensors.values()})
+    raw_times, load_times, populate_times = [], [], []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        for file in files:
+            with open(file, "rb") as f:
+                while f.read(16 * 2**20):
+                    pass
+        raw_times.append(time.perf_counter() - start)
+        with ShmNamespace(f"benchload{i}") as ns:
+            cache = HostWeightCache(ns, [ckpt])
+            cache.load(ckpt.name)
+            cache.wait(ckpt.name)
+            load_times.append(cache.load_stats[ckpt.name].copy_s)
+            populate_times.append(cache.load_stats[ckpt.name].populate_s)
+    file_bytes = sum(f.stat().st_size for f in files)
+    return WeightLoadBench(file_bytes, min(load_times[1:]), min(populate_times[1:]), min(raw_times[1:]))
+
+
+@dataclass(frozen=True)
+class DecodeBench:
+    batch: int
+    steps: int
+    tokens_per_s: float
+    reference_tokens_per_s: float | None  # transformers, when installed
+
+    @property
+    def ratio(self) -> float | None:
+        return self.tokens_per_s / self.reference_tokens_per_s if self.reference_tokens_per_s else None
+
+
+def bench_decode(model: Path, batch: int = 8, steps: int = 64, device: str = "cpu") -> DecodeBench:
+    """Decode tokens/s of one batch (prompt prefill excluded) in our engine and in transformers."""
+    prompt = "the model serves many requests from one pool"
+    with Engine({"m": model}, EngineConfig(device=device, max_batch_size=batch, steps_per_turn=1)) as engine:
+        seqs = [engine.submit("m", prompt, SamplingParams(max_tokens=steps + 1)) for _ in range(batch)]
+        engine.run_turn()  # prefill and the first token
+        _sync(device)
+        start = time.perf_counter()
+        engine.run()
+        _sync(device)
+        ours = batch * steps / (time.perf_counter() - start)
+        prompt_ids = seqs[0].prompt_ids
+    return DecodeBench(batch, steps, ours, _reference_decode(model, prompt_ids, batch, steps, device))
+
+
+def _reference_decode(model: Path, prompt_ids: list[int], batch: int, steps: int, device: str) -> float | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model).to(device).eval()
+    ids = torch.tensor([prompt_ids] * batch, device=device)
+    with torch.no_grad():
+        out = hf(ids, use_cache=True)
+        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = hf(token, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        _sync(device)
+    return batch * steps / (time.perf_counter() - start)
