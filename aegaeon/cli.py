@@ -214,10 +214,12 @@ def make_model_cmd(out_dir: str, arch: str, like: str | None, layers: int, hidde
               help="Convert weights to this dtype [default: keep the checkpoint's].")
 @click.option("--kv-mib", default=64, show_default=True, help="Arena memory for the KV cache beyond the weights.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--prefetch-order", default=None,
+              help="Comma-separated model names to load into the host cache first [default: as given].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per (model, prompt) and line.")
 def generate(models_spec: str | None, prompts: tuple[str, ...], max_tokens: int, temperature: float, top_p: float,
              seed: int | None, steps_per_turn: int, dtype: str | None, kv_mib: int, device: str,
-             as_json: bool) -> None:
+             prefetch_order: str | None, as_json: bool) -> None:
     """Serve prompts for several models from one engine that switches models between decode steps."""
     from aegaeon.engine.engine import Engine, EngineConfig
     from aegaeon.errors import AegaeonError
@@ -229,7 +231,11 @@ def generate(models_spec: str | None, prompts: tuple[str, ...], max_tokens: int,
     config = EngineConfig(device=device, kv_bytes=kv_mib * 2**20, steps_per_turn=steps_per_turn, dtype=dtype)
     try:
         sampling.validate()
-        with Engine(models, config, progress=_progress_bar("loading")) as engine:
+        order = [m.strip() for m in (prefetch_order or "").split(",") if m.strip()]
+        unknown = [m for m in order if m not in models]
+        if unknown:
+            raise click.BadParameter(f"{unknown} are not among --models {sorted(models)}", param_hint="--prefetch-order")
+        with Engine(models, config, prefetch_order=order, progress=_progress_bar("loading")) as engine:
             for name, reason in engine.unavailable.items():
                 click.echo(f"warning: {reason}", err=True)
             results = engine.generate([(m, p) for p in (prompts or DEMO_PROMPTS) for m in models], sampling)

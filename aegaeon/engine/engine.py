@@ -193,7 +193,7 @@ class Engine:
             batch = [seq for seq in batch if not seq.done]
             if not batch:
                 break
-            self._step(model, batch)
+            self.step_batch(model, batch)
         self.sequences = [seq for seq in self.sequences if not seq.done]
         return True
 
@@ -216,7 +216,11 @@ class Engine:
             batch.append(seq)
         return batch
 
-    def _step(self, model: str, batch: list[Sequence]) -> None:
+    def step_batch(self, model: str, batch: list[Sequence]) -> None:
+        """One forward step of the bound model for `batch` (prefill or decode per request); samples a token each.
+
+        Requests that cannot get KV blocks are swapped out to wait (or failed when they alone fill the pool).
+        """
         entry = self.runner.entries[model]
         for seq in list(batch):
             if not self._make_room(lambda: self.kv.grow(seq, len(seq.token_ids), entry.kv), keep=batch):

@@ -92,3 +92,14 @@ def test_a_stale_cache_segment_of_a_crashed_run_is_removed_at_start(two_models):
         HostWeightCache(ns, two_models)
         assert (SHM_DIR / "aegaeon-hcache6-weights").stat().st_size > 4096
     assert not (SHM_DIR / "aegaeon-hcache6-weights").exists()
+
+
+def test_prefetch_loads_models_in_the_configured_order(two_models):
+    order = []
+    with ShmNamespace("hcache7") as ns:
+        cache = HostWeightCache(ns, two_models)
+        cache.start_prefetch(order=["b"], progress=lambda model, done, total: order.append(model))
+        cache.join()
+        with pytest.raises(ConfigError, match="model zz"):
+            cache.start_prefetch(order=["zz"])
+    assert list(dict.fromkeys(order)) == ["b", "a"]
