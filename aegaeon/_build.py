@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-CPP_SOURCES = ("slab_allocator.cpp", "arena.cpp", "bindings.cpp")
-CUDA_SOURCES = ("cuda_probe.cu",)
+CPP_SOURCES = ("slab_allocator.cpp", "arena.cpp", "swap.cpp", "bindings.cpp")
+CUDA_SOURCES = ("cuda_probe.cu", "swap_kernels.cu")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,19 @@ def find_nvcc(cuda_home: str | None = None) -> str | None:
     if home and (Path(home) / "bin" / "nvcc").is_file():
         return str(Path(home) / "bin" / "nvcc")
     return shutil.which("nvcc")
+
+
+def find_cuda_include(nvcc: str | None = None) -> Path | None:
+    """The CUDA toolkit's include folder (CUDA_HOME, beside nvcc, or /usr/local/cuda), None if absent."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = nvcc or find_nvcc()
+    if nvcc:
+        homes.append(str(Path(nvcc).resolve().parents[1]))
+    homes.append("/usr/local/cuda")
+    for home in filter(None, homes):
+        if (Path(home) / "include" / "cuda_runtime_api.h").is_file():
+            return Path(home) / "include"
+    return None
 
 
 def plan_build(torch_cuda_version: str | None, nvcc: str | None, force: str | None = None) -> BuildPlan:

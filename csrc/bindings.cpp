@@ -5,6 +5,7 @@
 
 #include "arena.h"
 #include "slab_allocator.h"
+#include "swap.h"
 
 namespace py = pybind11;
 using aegaeon::Arena;
@@ -117,6 +118,14 @@ Each slab serves one block size at a time and returns to the pool when empty.
       .def_property_readonly("weight_bytes", &Arena::weight_bytes)
       .def_property_readonly("total_bytes", &Arena::total_bytes);
 
+  m.def("copy_blocks", &aegaeon::copy_blocks, py::arg("src"), py::arg("src_offsets"), py::arg("dst"),
+        py::arg("dst_offsets"), py::arg("block_bytes"), py::call_guard<py::gil_scoped_release>(),
+        "Copy block i (block_bytes) from src[src_offsets[i]] to dst[dst_offsets[i]]; CPU loop or one CUDA launch "
+        "on the current stream.");
+  m.def("register_host_memory", &aegaeon::register_host_memory, py::arg("ptr"), py::arg("nbytes"),
+        "Page-lock and map host memory for DMA (CUDA builds only).");
+  m.def("unregister_host_memory", &aegaeon::unregister_host_memory, py::arg("ptr"));
+  m.def("built_with_cuda", &aegaeon::built_with_cuda);
   m.def("bench_alloc_free_pairs", &bench_alloc_free_pairs, py::arg("allocator"), py::arg("block_bytes"),
         py::arg("pairs"), py::arg("live"), "Seconds for `pairs` free+allocate pairs run in C++.");
 }

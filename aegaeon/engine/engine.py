@@ -285,6 +285,7 @@ class Engine:
 
     def close(self) -> None:
         self.host_cache.close()
+        self.kv.swapper.close()
         self.namespace.close()
 
     def __enter__(self) -> "Engine":

@@ -29,7 +29,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     status: SeqStatus = SeqStatus.WAITING
     blocks: list[int] = field(default_factory=list)  # arena handles while RUNNING
-    host_kv: torch.Tensor | None = None  # [blocks, block_bytes] uint8 while SWAPPED
+    host_kv: torch.Tensor | None = None  # blocks * block_bytes uint8, in block order, while SWAPPED
     num_cached: int = 0  # tokens whose KV is in the cache
     finish_reason: str | None = None
     error: str | None = None

@@ -4,7 +4,10 @@ Prefill and decode are one case: each sequence brings `new_tokens` starting
 at position `start` (0 for a prompt, its length so far for a decode step).
 Queries are padded to the longest chunk and keys to the longest context; a
 query may attend a key at or before its own position, which is also what
-keeps padded queries (position 0) well defined.
+keeps padded queries (position 0) well defined. Key slots past a sequence's
+context (the unwritten tail of its last block, padding) hold whatever bytes
+the arena had, possibly NaN patterns; `key_valid` lets attention zero them,
+since a zero attention weight times NaN is still NaN.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class StepBatch:
     write_units: torch.Tensor  # [valid tokens, units_per_row] arena units (layer 0, key) of each new token
     read_units: torch.Tensor  # [B, C, units_per_row] arena units (layer 0, key) of each context position
     mask: torch.Tensor  # [B, Q, C] bool
+    key_valid: torch.Tensor  # [B, C] bool: positions inside each sequence's context
     last: torch.Tensor  # [B] index of each sequence's last query token
 
 
@@ -55,5 +59,8 @@ def build_step(chunks: list[SeqChunk], block_size: int, units_per_row: int = 1,
     read_units = read_first.unsqueeze(-1) + within_row
     write_units = write_first.unsqueeze(-1) + within_row
     mask = key_pos.view(1, 1, -1) <= positions.unsqueeze(-1)
+    lengths = torch.tensor([c.start + len(c.new_tokens) for c in chunks])
+    key_valid = key_pos.view(1, -1) < lengths.view(-1, 1)
     last = valid.sum(dim=1) - 1
-    return StepBatch(*(t.to(device) for t in (tokens, positions, valid, write_units, read_units, mask, last)))
+    tensors = (tokens, positions, valid, write_units, read_units, mask, key_valid, last)
+    return StepBatch(*(t.to(device) for t in tensors))

@@ -3,8 +3,9 @@
 Each model's sequences take blocks of that model's size from the shared slab
 pool. When the pool is short, or a larger model's weights need the slabs a
 block sits in, whole sequences are swapped out to host memory and swapped
-back in before they next run. The CPU path copies synchronously; the GPU path
-(see the GPU issue) does the same copies on a side stream.
+back in before they next run. Each swap is one `BlockSwapper` copy of all the
+sequence's blocks (a worker thread on CPU, one kernel on a side stream on GPU),
+ordered before any later use of the blocks or the host copy.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aegaeon.arena import Arena
 from aegaeon.engine.sequence import Sequence, SeqStatus
 from aegaeon.errors import OutOfBlocksError
 from aegaeon.kv.layout import KVLayout
+from aegaeon.kv.swap import BlockSwapper
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 class KVCacheManager:
     def __init__(self, arena: Arena):
         self.arena = arena
+        self.swapper = BlockSwapper(arena.device)
         self.owner: dict[int, Sequence] = {}  # block handle -> sequence
         self.swapped_bytes = 0
 
@@ -53,9 +56,13 @@ class KVCacheManager:
         if not seq.blocks:
             seq.status = SeqStatus.SWAPPED if seq.num_cached else seq.status
             return
-        host = torch.empty((len(seq.blocks), layout.block_bytes), dtype=torch.uint8)
-        for i, handle in enumerate(seq.blocks):
-            host[i].copy_(self.arena.block_view(handle, torch.uint8))
+        block = layout.block_bytes
+        host = torch.empty(len(seq.blocks) * block, dtype=torch.uint8, pin_memory=self.arena.device.type == "cuda")
+        ticket = self.swapper.copy(self.arena.buffer, seq.blocks, host, [i * block for i in range(len(seq.blocks))],
+                                   block)
+        ticket.wait()
+        if ticket.event is not None:
+            ticket.event.synchronize()  # the host copy may be read by the CPU next
         self.release(seq)
         seq.host_kv = host
         seq.status = SeqStatus.SWAPPED
@@ -68,9 +75,10 @@ class KVCacheManager:
         if host is None:
             seq.status = SeqStatus.RUNNING
             return
-        self.grow(seq, host.shape[0] * layout.block_size, layout)
-        for i, handle in enumerate(seq.blocks):
-            self.arena.block_view(handle, torch.uint8).copy_(host[i])
+        block = layout.block_bytes
+        self.grow(seq, host.numel() // block * layout.block_size, layout)
+        self.swapper.copy(host, [i * block for i in range(len(seq.blocks))], self.arena.buffer, seq.blocks,
+                          block).wait()
         seq.host_kv = None
         seq.status = SeqStatus.RUNNING
         self.swapped_bytes += host.numel()

@@ -77,6 +77,10 @@ class LlamaModel:
             x = x[torch.arange(x.shape[0], device=x.device), step.last]
         return F.linear(rms_norm(x, self.final_norm, cfg.rms_norm_eps), self.lm_head)
 
+    @staticmethod
+    def _has_stale_slots(step: StepBatch) -> bool:
+        return not bool(step.key_valid.all())
+
     def _attention(self, index: int, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    step: StepBatch, kv_units: torch.Tensor, layout: KVLayout) -> torch.Tensor:
         cfg = self.config
@@ -92,4 +96,7 @@ class LlamaModel:
         context = step.read_units.shape[1]
         keys = kv_units[step.read_units + key_off].view(batch, context, cfg.num_kv_heads, cfg.head_dim)
         values = kv_units[step.read_units + value_off].view(batch, context, cfg.num_kv_heads, cfg.head_dim)
+        if self._has_stale_slots(step):
+            stale = ~step.key_valid.view(batch, context, 1, 1)
+            keys, values = keys.masked_fill(stale, 0), values.masked_fill(stale, 0)
         return F.linear(paged_attention(q, keys, values, step.mask), w.o)

@@ -44,6 +44,8 @@ class BareModel:
         views = self.weights.views(region)
         for name, view in views.items():
             view.copy_(tensors[name].to(dtype))
+        # Poison the KV region: slots a sequence has not written must never reach its output.
+        self.arena.buffer[-(-self.weights.total_bytes // slab_bytes) * slab_bytes:].fill_(0xFF)
         self.model = LlamaModel(self.config)
         self.model.bind(views)
         self.kv = KVLayout(self.config.num_layers, block_size, self.config.kv_size, dtype, slab_bytes)
