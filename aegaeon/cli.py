@@ -83,6 +83,35 @@ def bench_switch_cmd(model: str | None, device: str, switches: int) -> None:
         click.echo(f"switch / (bytes / bw):  {r.ratio_to_pcie_bound:.2f}x")
 
 
+@bench.command("swap")
+@click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--blocks", default=512, show_default=True, help="KV blocks per swap.")
+@click.option("--threads", default=None, type=int,
+              help="torch compute threads (on CPU, leave a core to the swap thread) [default: torch's].")
+def bench_swap_cmd(model: str | None, device: str, blocks: int, threads: int | None) -> None:
+    """KV swap out/in throughput vs a plain copy of the same bytes, and decode slowdown during swaps."""
+    import torch
+
+    from aegaeon.bench.engine import bench_swap
+
+    if threads is not None:
+        if threads < 1:
+            raise click.BadParameter("must be at least 1", param_hint="--threads")
+        torch.set_num_threads(threads)
+
+    r = bench_swap(_bench_model(model), device, blocks)
+    gb = r.nbytes / 1e9
+    click.echo(f"device:                 {r.device}")
+    click.echo(f"swap size:              {r.blocks} blocks x {r.block_bytes:,} B = {r.nbytes:,} B")
+    click.echo(f"swap out (to host):     {r.swap_out_s * 1e3:.2f} ms ({gb / r.swap_out_s:.2f} GB/s)")
+    click.echo(f"swap in (from host):    {r.swap_in_s * 1e3:.2f} ms ({gb / r.swap_in_s:.2f} GB/s)")
+    click.echo(f"plain copy, same bytes: {r.plain_copy_s * 1e3:.2f} ms ({gb / r.plain_copy_s:.2f} GB/s)")
+    click.echo(f"slower swap / copy:     {r.ratio_to_plain_copy:.2f}x")
+    click.echo(f"decode step, batch 8:   {r.decode_step_s * 1e3:.2f} ms alone, "
+               f"{r.decode_step_with_swap_s * 1e3:.2f} ms during swaps ({r.decode_slowdown:+.1%})")
+
+
 @bench.command("weights")
 @click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
 def bench_weights_cmd(model: str | None) -> None:

@@ -1,7 +1,5 @@
 #include "swap.h"
 
-#include <ATen/Parallel.h>
-
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
@@ -39,9 +37,9 @@ void check_offsets(const torch::Tensor& offsets, int64_t limit, int64_t block_by
 
 void copy_blocks_cpu(const uint8_t* src, const int64_t* src_off, uint8_t* dst, const int64_t* dst_off,
                      int64_t n, int64_t block_bytes) {
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) std::memcpy(dst + dst_off[i], src + src_off[i], block_bytes);
-  });
+  // One thread on purpose: the copy runs beside the compute (on the swapper's
+  // worker thread) and must not take the intra-op threads the forward uses.
+  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + dst_off[i], src + src_off[i], block_bytes);
 }
 
 }  // namespace

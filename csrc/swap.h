@@ -1,5 +1,5 @@
 // KV block swap between the arena and host memory, and page-locking of host
-// memory for DMA. The CPU path copies with a parallel loop; the CUDA path
+// memory for DMA. The CPU path copies in the calling thread; the CUDA path
 // (built with AEGAEON_WITH_CUDA) launches one gather/scatter kernel on the
 // caller's current stream, so a side stream plus an event overlaps it with
 // compute. Both paths check every offset against its buffer first.

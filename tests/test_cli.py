@@ -149,3 +149,18 @@ def test_profile_refuses_input_lengths_beyond_the_context(tmp_path):
     assert result.exit_code != 0 and "exceed its context of 32" in result.output
     bad = runner.invoke(main, ["profile", "--model", str(tmp_path / "t"), "--batches", "two"])
     assert bad.exit_code == 2 and "--batches" in bad.output
+
+
+def test_engine_benchmarks_run_on_a_tiny_model(tmp_path):
+    runner = CliRunner()
+    model = str(tmp_path / "tiny")
+    assert runner.invoke(main, ["make-model", model]).exit_code == 0
+    for args, expect in [
+        (["switch", "--model", model, "--switches", "2"], "switch / plain copy:"),
+        (["weights", "--model", model], "ratio cache / raw:"),
+        (["swap", "--model", model, "--blocks", "4", "--threads", "1"], "during swaps"),
+        (["decode", "--model", model, "--batch", "2", "--steps", "2"], "ratio aegaeon / hf:"),
+    ]:
+        result = runner.invoke(main, ["bench", *args])
+        assert result.exit_code == 0, (args, result.output)
+        assert expect in result.output

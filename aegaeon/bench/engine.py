@@ -172,15 +172,109 @@ def _reference_decode(model: Path, prompt_ids: list[int], batch: int, steps: int
         import transformers
     except ImportError:
         return None
+    import inspect
+
     hf = transformers.AutoModelForCausalLM.from_pretrained(model).to(device).eval()
+    # transformers 5 renamed `past_key_values` to `cache`; use whichever this version has.
+    key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
     ids = torch.tensor([prompt_ids] * batch, device=device)
     with torch.no_grad():
         out = hf(ids, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        cache, token = getattr(out, key), out.logits[:, -1].argmax(-1, keepdim=True)
         _sync(device)
         start = time.perf_counter()
         for _ in range(steps):
-            out = hf(token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            out = hf(token, use_cache=True, **{key: cache})
+            cache, token = getattr(out, key), out.logits[:, -1].argmax(-1, keepdim=True)
         _sync(device)
     return batch * steps / (time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class SwapBench:
+    device: str
+    blocks: int
+    block_bytes: int
+    swap_out_s: float  # arena -> host, all blocks, one copy call
+    swap_in_s: float  # host -> arena
+    plain_copy_s: float  # one contiguous copy of the same bytes host -> device (pinned on a GPU)
+    decode_step_s: float  # batch of 8, alone
+    decode_step_with_swap_s: float  # the same while swaps run continuously
+
+    @property
+    def nbytes(self) -> int:
+        return self.blocks * self.block_bytes
+
+    @property
+    def ratio_to_plain_copy(self) -> float:
+        return max(self.swap_out_s, self.swap_in_s) / self.plain_copy_s
+
+    @property
+    def decode_slowdown(self) -> float:
+        return self.decode_step_with_swap_s / self.decode_step_s - 1
+
+
+def bench_swap(model: Path, device: str = "cpu", blocks: int = 512, steps: int = 32) -> SwapBench:
+    """KV swap throughput vs a plain copy, and the slowdown of decode steps while swaps run."""
+    import threading
+
+    with Engine({"m": model}, EngineConfig(device=device, kv_bytes=256 * 2**20, steps_per_turn=1)) as engine:
+        engine.runner.switch_to("m")
+        layout = engine.runner.entries["m"].kv
+        handles = [engine.arena.allocate_block(layout.block_bytes) for _ in range(blocks)]
+        nbytes = blocks * layout.block_bytes
+        host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=device.startswith("cuda"))
+        host_offsets = [i * layout.block_bytes for i in range(blocks)]
+        swapper = engine.kv.swapper
+
+        def swap(out: bool) -> None:
+            if out:
+                ticket = swapper.copy(engine.arena.buffer, handles, host, host_offsets, layout.block_bytes)
+            else:
+                ticket = swapper.copy(host, host_offsets, engine.arena.buffer, handles, layout.block_bytes)
+            ticket.wait()
+            if ticket.event is not None:
+                ticket.event.synchronize()
+
+        out_s = min(_timed_call(lambda: swap(True), device) for _ in range(5))
+        in_s = min(_timed_call(lambda: swap(False), device) for _ in range(5))
+        dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        plain_s = min(_timed_call(lambda: dst.copy_(host, non_blocking=True), device) for _ in range(5))
+
+        seqs = [engine.submit("m", "the model serves many requests", SamplingParams(max_tokens=2 * steps + 4))
+                for _ in range(8)]
+        engine.step_batch("m", list(seqs))  # prefill
+        alone = _decode_steps(engine, seqs, steps, device)
+        stop = threading.Event()
+        background = threading.Thread(target=_swap_until, args=(stop, swap), name="bench-swap")
+        background.start()
+        busy = _decode_steps(engine, seqs, steps, device)
+        stop.set()
+        background.join()
+        for handle in handles:
+            engine.arena.free_block(handle)
+    return SwapBench(device, blocks, layout.block_bytes, out_s, in_s, plain_s, alone, busy)
+
+
+def _swap_until(stop, swap) -> None:
+    out = True
+    while not stop.is_set():
+        swap(out)
+        out = not out
+
+
+def _decode_steps(engine: Engine, seqs: list, steps: int, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.step_batch("m", list(seqs))
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def _timed_call(fn, device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start

@@ -69,6 +69,8 @@ class Engine:
         self.namespace = ShmNamespace(config.cluster_id or f"engine{os.getpid()}.{next(_engine_ids)}").claim()
         try:
             self.host_cache = HostWeightCache(self.namespace, checkpoints, config.dtype)
+            if config.device.startswith("cuda"):
+                self.host_cache.pin()
             self.host_cache.start_prefetch([m for m in prefetch_order or [] if m in self.host_cache.models], progress)
             largest = max(self.host_cache.models[c.name].layout.total_bytes for c in checkpoints)
             self.arena = Arena(config.arena_bytes or largest + config.kv_bytes, config.slab_bytes, config.device)

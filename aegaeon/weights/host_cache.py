@@ -74,6 +74,7 @@ class HostWeightCache:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.load_stats: dict[str, LoadStats] = {}
+        self._pinned_at: int | None = None
         log.info("host weight cache: %d models, %.1f MiB in /dev/shm", len(self.models), offset / 2**20)
 
     def region(self, model: str) -> torch.Tensor:
@@ -167,7 +168,23 @@ class HostWeightCache:
         if self._thread is not None:
             self._thread.join()
 
+    def pin(self) -> None:
+        """Page-lock the whole segment for DMA (once per process; undone by `close`)."""
+        if self._pinned_at is not None:
+            return
+        from aegaeon.native import _C
+
+        address = self.segment.as_numpy("uint8", (self.total_bytes,)).ctypes.data
+        _C.register_host_memory(address, self.total_bytes)
+        self._pinned_at = address
+        log.info("host weight cache page-locked (%.1f MiB)", self.total_bytes / 2**20)
+
     def close(self) -> None:
-        """Stop prefetching; the segment itself goes with its namespace."""
+        """Stop prefetching and unpin; the segment itself goes with its namespace."""
         self._stop.set()
         self.join()
+        if self._pinned_at is not None:
+            from aegaeon.native import _C
+
+            _C.unregister_host_memory(self._pinned_at)
+            self._pinned_at = None

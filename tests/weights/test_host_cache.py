@@ -103,3 +103,15 @@ def test_prefetch_loads_models_in_the_configured_order(two_models):
         with pytest.raises(ConfigError, match="model zz"):
             cache.start_prefetch(order=["zz"])
     assert list(dict.fromkeys(order)) == ["b", "a"]
+
+
+def test_pinning_on_a_build_without_cuda_fails_clearly_and_close_still_works(two_models):
+    from aegaeon.native import _C
+
+    if _C.built_with_cuda():
+        pytest.skip("CUDA build: pinning works there")
+    with ShmNamespace("hcache8") as ns:
+        cache = HostWeightCache(ns, two_models)
+        with pytest.raises(RuntimeError, match="needs a CUDA build"):
+            cache.pin()
+        cache.close()
