@@ -83,6 +83,21 @@ def bench_switch_cmd(model: str | None, device: str, switches: int) -> None:
         click.echo(f"switch / (bytes / bw):  {r.ratio_to_pcie_bound:.2f}x")
 
 
+@bench.command("ipc")
+@click.option("--round-trips", default=20000, show_default=True)
+def bench_ipc_cmd(round_trips: int) -> None:
+    """Round trip between two processes: the shm ring vs a multiprocessing.Pipe, same message."""
+    from aegaeon.bench.ipc import bench_ipc
+
+    if round_trips < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--round-trips")
+    r = bench_ipc(round_trips)
+    click.echo(f"round trips:            {r.round_trips} of a {r.message_bytes}-byte Tokens message")
+    click.echo(f"shm ring:               median {r.ring_median_us:.1f} us, p99 {r.ring_p99_us:.1f} us")
+    click.echo(f"multiprocessing.Pipe:   median {r.pipe_median_us:.1f} us, p99 {r.pipe_p99_us:.1f} us")
+    click.echo(f"ratio ring / pipe:      {r.ratio:.2f}x")
+
+
 @bench.command("swap")
 @click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
 @click.option("--device", default="cpu", show_default=True)

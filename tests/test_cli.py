@@ -164,3 +164,9 @@ def test_engine_benchmarks_run_on_a_tiny_model(tmp_path):
         result = runner.invoke(main, ["bench", *args])
         assert result.exit_code == 0, (args, result.output)
         assert expect in result.output
+
+
+def test_ipc_benchmark_reports_both_transports():
+    result = CliRunner().invoke(main, ["bench", "ipc", "--round-trips", "200"])
+    assert result.exit_code == 0, result.output
+    assert "shm ring:" in result.output and "ratio ring / pipe:" in result.output

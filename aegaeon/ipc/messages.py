@@ -1,0 +1,121 @@
+"""Every message that crosses a process boundary, in one place.
+
+Messages are frozen dataclasses of plain fields. `encode` writes a msgpack
+array `[type tag, field values...]`; `decode` checks the tag and the field
+count and rebuilds the dataclass, so a malformed frame is an error that names
+what is wrong, never a half-built message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+
+import msgpack
+
+from aegaeon.errors import AegaeonError
+
+
+class MessageError(AegaeonError, ValueError):
+    """A frame that is not a well-formed aegaeon message."""
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Proxy -> worker: a new request (prompt tokens and sampling)."""
+
+    request_id: int
+    model: str
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Proxy -> decode worker: run `model`'s batch for up to `quantum` seconds."""
+
+    model: str
+    request_ids: tuple[int, ...]
+    quantum: float
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Proxy -> worker: bind `model` (prefetch hint when `prefetch_only`)."""
+
+    model: str
+    prefetch_only: bool = False
+
+
+@dataclass(frozen=True)
+class SwapOut:
+    """Worker -> proxy: a request's KV now lives in the host KV cache at these handles."""
+
+    request_id: int
+    model: str
+    host_handles: tuple[int, ...]
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class SwapIn:
+    """Proxy -> worker: bring a request's KV in from the host KV cache."""
+
+    request_id: int
+    model: str
+    host_handles: tuple[int, ...]
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Worker -> proxy: new tokens of a request, with their wall-clock times."""
+
+    request_id: int
+    token_ids: tuple[int, ...]
+    times: tuple[float, ...]
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """Worker -> proxy: a quantum ended; measured timings feed the cost model."""
+
+    model: str
+    steps: int
+    seconds: float
+    switch_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    reason: str = ""
+
+
+MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, Switch, SwapOut, SwapIn, Tokens, StepDone, Shutdown)
+_TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
+
+
+def encode(message: object) -> bytes:
+    tag = _TAG.get(type(message))
+    if tag is None:
+        raise MessageError(f"{type(message).__name__} is not an aegaeon message type")
+    return msgpack.packb([tag, *astuple(message)], use_bin_type=True)
+
+
+def decode(frame: bytes) -> object:
+    try:
+        items = msgpack.unpackb(frame, raw=False)
+    except (msgpack.UnpackException, ValueError) as bad:
+        raise MessageError(f"frame of {len(frame)} bytes is not msgpack ({bad})") from None
+    if not isinstance(items, list) or not items or not isinstance(items[0], int) or not 0 <= items[0] < len(MESSAGE_TYPES):
+        raise MessageError(f"frame does not start with a known message tag: {str(items)[:80]}")
+    cls = MESSAGE_TYPES[items[0]]
+    names = [f.name for f in fields(cls)]
+    if len(items) - 1 != len(names):
+        raise MessageError(f"{cls.__name__} frame has {len(items) - 1} fields, expected {len(names)}")
+    values = [tuple(v) if isinstance(v, list) else v for v in items[1:]]
+    return cls(**dict(zip(names, values)))

@@ -1,0 +1,31 @@
+import msgpack
+import pytest
+
+from aegaeon.ipc.messages import (MESSAGE_TYPES, MessageError, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut,
+                                  Switch, Tokens, decode, encode)
+
+EXAMPLES = [
+    Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42), Schedule("m", (1, 2), 0.25), Switch("m", True),
+    SwapOut(7, "m", (4096, 8192), 33), SwapIn(7, "m", (4096,), 16), Tokens(7, (5, 6), (1.5, 1.6), "length"),
+    StepDone("m", 4, 0.1, 0.02), Shutdown("bye"),
+]
+
+
+def test_every_message_type_round_trips():
+    assert {type(m) for m in EXAMPLES} == set(MESSAGE_TYPES)
+    for message in EXAMPLES:
+        assert decode(encode(message)) == message
+
+
+@pytest.mark.parametrize("frame, words", [
+    (b"\xc1", "not msgpack"), (msgpack.packb([99, 1]), "known message tag"), (msgpack.packb({"a": 1}), "known message tag"),
+    (msgpack.packb([0, 1, "m"]), "Submit frame has 2 fields, expected 7"),
+])
+def test_malformed_frames_are_errors_that_say_why(frame, words):
+    with pytest.raises(MessageError, match=words):
+        decode(frame)
+
+
+def test_encoding_a_foreign_object_is_refused():
+    with pytest.raises(MessageError, match="dict is not an aegaeon message type"):
+        encode({"x": 1})
