@@ -114,7 +114,7 @@ class Engine:
                 raise RequestError(f"model {ckpt.name}: no tokenizer.json in {ckpt.path}")
             self.tokenizers[ckpt.name] = Tokenizer.from_file(str(tokenizer_file))
             self.runner.register(ckpt, self.config.block_size)
-        except (AegaeonError, Exception) as err:  # a bad model never takes the engine down
+        except Exception as err:  # a bad model (any failure) never takes the engine down
             self._mark_unavailable(ckpt.name, str(err))
 
     def _mark_unavailable(self, name: str, reason: str) -> None:

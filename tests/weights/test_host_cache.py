@@ -115,3 +115,45 @@ def test_pinning_on_a_build_without_cuda_fails_clearly_and_close_still_works(two
         with pytest.raises(RuntimeError, match="needs a CUDA build"):
             cache.pin()
         cache.close()
+
+
+def _attached_reader(cluster: str, paths: list, out) -> None:
+    from aegaeon.weights.checkpoint import open_checkpoint as open_ckpt
+
+    ckpts = [open_ckpt(p) for p in paths]
+    cache = HostWeightCache.attach(cluster, ckpts)
+    try:
+        cache.wait("b", timeout=60)
+        views = cache.models["b"].layout.views(cache.region("b"))
+        ok = all(torch.equal(views[name], tensor) for name, tensor in _tensors(ckpts[1]).items())
+        out.put(("ok" if ok else "mismatch", cache.is_ready("b")))
+    except Exception as err:  # report to the parent instead of dying silently
+        out.put((repr(err), False))
+    finally:
+        cache.close()
+
+
+def test_another_process_attaches_the_node_cache_and_reads_the_weights_once_ready(two_models):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ShmNamespace("hcache9") as ns:
+        cache = HostWeightCache(ns, two_models)
+        out = ctx.Queue()
+        child = ctx.Process(target=_attached_reader, args=("hcache9", [c.path for c in two_models], out))
+        child.start()
+        cache.start_prefetch(order=["b"])
+        result = out.get(timeout=120)
+        child.join(timeout=60)
+    assert result == ("ok", True)
+
+
+def test_attaching_with_other_checkpoints_or_loading_from_a_reader_is_refused(two_models):
+    with ShmNamespace("hcache10") as ns:
+        HostWeightCache(ns, two_models)
+        with pytest.raises(ConfigError, match="not the 1 models"):
+            HostWeightCache.attach("hcache10", two_models[:1])
+        reader = HostWeightCache.attach("hcache10", two_models)
+        with pytest.raises(ConfigError, match="only the process that created"):
+            reader.load("a")
+        reader.close()
