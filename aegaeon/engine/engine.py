@@ -60,18 +60,27 @@ class GenerationResult:
 
 class Engine:
     def __init__(self, models: dict[str, str | Path], config: EngineConfig = EngineConfig(),
-                 prefetch_order: list[str] | None = None, progress: ProgressFn | None = None):
+                 prefetch_order: list[str] | None = None, progress: ProgressFn | None = None,
+                 host_cache_of: str | None = None):
+        """Serve `models` (name -> checkpoint dir). With `host_cache_of` (a cluster id) the engine attaches
+        the node's weight cache made by that cluster's launcher instead of making its own."""
         if config.steps_per_turn < 1 or config.max_batch_size < 1:
             raise RequestError("steps_per_turn and max_batch_size must be at least 1")
         self.config = config
         self.unavailable: dict[str, str] = {}
         checkpoints = self._open_checkpoints(models)
-        self.namespace = ShmNamespace(config.cluster_id or f"engine{os.getpid()}.{next(_engine_ids)}").claim()
+        self.namespace = None
+        if host_cache_of is None:
+            self.namespace = ShmNamespace(config.cluster_id or f"engine{os.getpid()}.{next(_engine_ids)}").claim()
         try:
-            self.host_cache = HostWeightCache(self.namespace, checkpoints, config.dtype)
+            if self.namespace is None:
+                self.host_cache = HostWeightCache.attach(host_cache_of, checkpoints, config.dtype)
+            else:
+                self.host_cache = HostWeightCache(self.namespace, checkpoints, config.dtype)
+                self.host_cache.start_prefetch([m for m in prefetch_order or [] if m in self.host_cache.models],
+                                               progress)
             if config.device.startswith("cuda"):
                 self.host_cache.pin()
-            self.host_cache.start_prefetch([m for m in prefetch_order or [] if m in self.host_cache.models], progress)
             largest = max(self.host_cache.models[c.name].layout.total_bytes for c in checkpoints)
             self.arena = Arena(config.arena_bytes or largest + config.kv_bytes, config.slab_bytes, config.device)
             self.kv = KVCacheManager(self.arena)
@@ -82,7 +91,8 @@ class Engine:
         except BaseException:
             if hasattr(self, "host_cache"):
                 self.host_cache.close()
-            self.namespace.close()
+            if self.namespace is not None:
+                self.namespace.close()
             raise
         self.sequences: list[Sequence] = []
         self._ids = itertools.count()
@@ -129,13 +139,13 @@ class Engine:
 
     def submit(self, model: str, prompt: str, sampling: SamplingParams = SamplingParams()) -> Sequence:
         """Queue a prompt; raises RequestError for an unknown or unavailable model or a prompt too long."""
-        self._entry(model)
+        self.entry(model)
         return self.submit_ids(model, self.tokenizers[model].encode(prompt).ids, sampling, prompt)
 
     def submit_ids(self, model: str, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
                    prompt: str = "") -> Sequence:
         """Queue a tokenised prompt (see `submit`)."""
-        entry = self._entry(model)
+        entry = self.entry(model)
         sampling.validate()
         vocab = entry.checkpoint.config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_ids):
@@ -150,7 +160,7 @@ class Engine:
         self.sequences.append(seq)
         return seq
 
-    def _entry(self, model: str) -> ModelEntry:
+    def entry(self, model: str) -> ModelEntry:
         if model in self.unavailable:
             raise RequestError(f"model {model} is unavailable: {self.unavailable[model]}")
         if model not in self.runner.entries:
@@ -209,10 +219,15 @@ class Engine:
 
     def _admit(self, model: str) -> list[Sequence]:
         """The turn's batch: the model's oldest requests, with their KV resident."""
-        entry = self.runner.entries[model]
+        return self.make_resident([s for s in self.sequences if s.model == model and not s.done]
+                                  [: self.config.max_batch_size])
+
+    def make_resident(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Swap in those of `seqs` whose KV is in host memory, while room can be made; returns the resident ones."""
         batch: list[Sequence] = []
-        for seq in [s for s in self.sequences if s.model == model and not s.done][: self.config.max_batch_size]:
+        for seq in seqs:
             if seq.status == SeqStatus.SWAPPED:
+                entry = self.runner.entries[seq.model]
                 if not self._make_room(lambda: self.kv.swap_in(seq, entry.kv), keep=batch + [seq]):
                     continue
             batch.append(seq)
@@ -288,7 +303,8 @@ class Engine:
     def close(self) -> None:
         self.host_cache.close()
         self.kv.swapper.close()
-        self.namespace.close()
+        if self.namespace is not None:
+            self.namespace.close()
 
     def __enter__(self) -> "Engine":
         return self

@@ -51,22 +51,25 @@ class Switch:
 
 @dataclass(frozen=True)
 class SwapOut:
-    """Worker -> proxy: a request's KV now lives in the host KV cache at these handles."""
+    """Worker -> proxy: a request's KV (of `num_tokens` tokens) now lives in the host KV cache at these
+    handles; `generated` are the tokens it has produced so far."""
 
     request_id: int
     model: str
     host_handles: tuple[int, ...]
     num_tokens: int
+    generated: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class SwapIn:
-    """Proxy -> worker: bring a request's KV in from the host KV cache."""
+    """Proxy -> worker: bring a request's KV in from the host KV cache and continue after `generated`."""
 
     request_id: int
     model: str
     host_handles: tuple[int, ...]
     num_tokens: int
+    generated: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,29 @@ class StepDone:
 
 
 @dataclass(frozen=True)
+class KvRelease:
+    """Decode worker -> proxy -> prefill worker: host KV blocks that were swapped in and may be reused."""
+
+    request_id: int
+    host_handles: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """Worker -> proxy: started, with the models it can serve and why the others cannot."""
+
+    worker_id: int
+    role: str
+    unavailable: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Shutdown:
     reason: str = ""
 
 
-MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, Switch, SwapOut, SwapIn, Tokens, StepDone, Shutdown)
+MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, Switch, SwapOut, SwapIn, Tokens, StepDone, KvRelease,
+                                   WorkerReady, Shutdown)
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
 
 

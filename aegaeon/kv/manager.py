@@ -83,6 +83,18 @@ class KVCacheManager:
         seq.status = SeqStatus.RUNNING
         self.swapped_bytes += host.numel()
 
+    def export_blocks(self, seq: Sequence, layout: KVLayout, host: torch.Tensor, host_offsets: list[int]) -> None:
+        """Copy the sequence's blocks to `host` (a 1-D uint8 buffer) at `host_offsets`; keeps its blocks."""
+        self.swapper.copy(self.arena.buffer, seq.blocks, host, host_offsets, layout.block_bytes).wait()
+        self.swapped_bytes += len(seq.blocks) * layout.block_bytes
+
+    def import_blocks(self, seq: Sequence, layout: KVLayout, host: torch.Tensor, host_offsets: list[int],
+                      num_tokens: int) -> None:
+        """Give `seq` blocks for `num_tokens` tokens and fill them from `host` (OutOfBlocksError when short)."""
+        self.grow(seq, num_tokens, layout)
+        self.swapper.copy(host, host_offsets, self.arena.buffer, seq.blocks, layout.block_bytes).wait()
+        self.swapped_bytes += len(seq.blocks) * layout.block_bytes
+
     def apply_moves(self, moved: dict[int, int]) -> None:
         """Re-point sequences at blocks the arena relocated (their bytes were copied)."""
         for old, new in moved.items():

@@ -1,0 +1,318 @@
+"""A worker process: one device (or a virtual CPU instance), one engine, one role.
+
+The proxy talks to it over two shm rings (`w<id>.in`, `w<id>.out`) with the
+messages of `aegaeon.ipc.messages`. A prefill worker runs the groups the proxy
+schedules (grouped FCFS lives in the proxy), sends each request's first token
+and moves its KV to the node's host KV cache, in a partition of the segment it
+alone allocates from. A decode worker swaps requests' KV in from there and
+runs weighted round-robin over per-model batches (`aegaeon.sched.decode`, the
+same code the simulator runs) with quotas from its own measured step and
+switch times, sending every token as it is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from aegaeon.engine.engine import Engine, EngineConfig
+from aegaeon.engine.sequence import Sequence, SeqStatus
+from aegaeon.errors import AegaeonError, OutOfBlocksError
+from aegaeon.ipc.messages import (KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
+                                  WorkerReady, decode, encode)
+from aegaeon.ipc.ring import Ring, RingEmptyError
+from aegaeon.ipc.shm import ShmNamespace
+from aegaeon.models.sampler import SamplingParams, new_generator
+from aegaeon.sched.decode import DecodeCandidate, form_batches, plan_round, rotate_to_loaded
+
+log = logging.getLogger(__name__)
+
+KV_SEGMENT = "kvcache"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    cluster_id: str
+    worker_id: int
+    role: str  # "prefill" or "decode"
+    models: dict[str, str]
+    engine: EngineConfig
+    kv_partition: tuple[int, int] = (0, 0)  # prefill: [start, end) of its share of the host KV segment
+    kv_slab_bytes: int = 2 * 1024 * 1024
+    tpot_slo: float = 0.1
+    threads: int = 1
+
+
+def inbox_name(worker_id: int) -> str:
+    return f"w{worker_id}.in"
+
+
+def outbox_name(worker_id: int) -> str:
+    return f"w{worker_id}.out"
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Process entry point: serve until a Shutdown message arrives."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s w{spec.worker_id} %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(spec.threads)
+    worker = (PrefillWorker if spec.role == "prefill" else DecodeWorker)(spec)
+    try:
+        worker.serve()
+    finally:
+        worker.close()
+
+
+class _Worker:
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.inbox = Ring.attach(spec.cluster_id, inbox_name(spec.worker_id), reader=True)
+        self.outbox = Ring.attach(spec.cluster_id, outbox_name(spec.worker_id))
+        self.kv_segment = ShmNamespace(spec.cluster_id).attach_segment(KV_SEGMENT)
+        self.host_kv = self.kv_segment.as_tensor(torch.uint8, (self.kv_segment.size,))
+        self.engine = Engine(spec.models, spec.engine, host_cache_of=spec.cluster_id)
+        self.submitted: dict[int, Submit] = {}
+        self.running = True
+        self.send(WorkerReady(spec.worker_id, spec.role, dict(self.engine.unavailable)))
+
+    def send(self, message: object) -> None:
+        self.outbox.put(encode(message))
+
+    def receive(self, timeout: float | None) -> object | None:
+        try:
+            return decode(self.inbox.get(timeout))
+        except RingEmptyError:
+            return None
+
+    def drain(self, timeout: float | None = 0) -> None:
+        """Handle every waiting message (waiting up to `timeout` for the first)."""
+        message = self.receive(timeout)
+        while message is not None:
+            self.handle(message)
+            message = self.receive(0)
+
+    def handle(self, message: object) -> None:
+        if isinstance(message, Submit):
+            self.submitted[message.request_id] = message
+        elif isinstance(message, Shutdown):
+            self.running = False
+        else:
+            self.handle_role(message)
+
+    def handle_role(self, message: object) -> None:
+        raise NotImplementedError
+
+    def new_sequence(self, submit: Submit) -> Sequence:
+        sampling = SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed)
+        return Sequence(submit.request_id, submit.model, "", list(submit.prompt_ids), sampling, new_generator(sampling))
+
+    def report_tokens(self, seq: Sequence, start: int) -> None:
+        now = time.time()
+        new = tuple(seq.output_ids[start:])
+        if new or seq.done:
+            self.send(Tokens(seq.seq_id, new, tuple(now for _ in new), seq.finish_reason, seq.error))
+
+    def close(self) -> None:
+        self.engine.close()
+        self.inbox.close()
+        self.outbox.close()
+
+
+class PrefillWorker(_Worker):
+    def __init__(self, spec: WorkerSpec):
+        from aegaeon.native import _C
+
+        start, end = spec.kv_partition
+        self.kv_base = start
+        self.kv_allocator = _C.SlabAllocator((end - start) // spec.kv_slab_bytes, spec.kv_slab_bytes)
+        self.groups: deque[Schedule] = deque()
+        super().__init__(spec)
+
+    def serve(self) -> None:
+        while self.running:
+            if self.groups:
+                self.prefill(self.groups.popleft())
+                self.drain(0)
+            else:
+                self.drain(0.05)
+
+    def handle_role(self, message: object) -> None:
+        if isinstance(message, Schedule):
+            self.groups.append(message)
+        elif isinstance(message, KvRelease):
+            for handle in message.host_handles:
+                self.kv_allocator.free(handle - self.kv_base)
+
+    def prefill(self, group: Schedule) -> None:
+        engine = self.engine
+        started = time.perf_counter()
+        pending = []
+        for request_id in group.request_ids:
+            seq = self.new_sequence(self.submitted.pop(request_id))
+            try:
+                engine.entry(seq.model)
+            except AegaeonError as err:
+                self.fail(seq, str(err))
+                continue
+            pending.append(seq)
+        if not pending:
+            return
+        record = engine.runner.switch_to(group.model)
+        while pending:
+            chunk = pending[: engine.config.max_batch_size]
+            engine.sequences.extend(chunk)
+            engine.step_batch(group.model, list(chunk))
+            finished = [s for s in chunk if s.output_ids or s.done]
+            for seq in finished:
+                self.report_tokens(seq, 0)
+                if not seq.done:
+                    self.hand_off(seq)
+            engine.sequences = [s for s in engine.sequences if s not in chunk]
+            if not finished:  # not even the first request of the chunk fits the arena
+                self.fail(chunk[0], f"model {chunk[0].model}: the prompt does not fit this worker's KV memory")
+                finished = [chunk[0]]
+            pending = [s for s in pending if s not in finished]
+        self.send(StepDone(group.model, 1, time.perf_counter() - started, record.seconds if record else 0.0))
+
+    def fail(self, seq: Sequence, reason: str) -> None:
+        self.engine.kv.release(seq)
+        seq.error, seq.status = reason, SeqStatus.FAILED
+        self.report_tokens(seq, 0)
+
+    def hand_off(self, seq: Sequence) -> None:
+        """Copy the prompt's KV to this worker's partition of the host KV cache; wait for room if full."""
+        layout = self.engine.runner.entries[seq.model].kv
+        handles = self._allocate(len(seq.blocks), layout.block_bytes)
+        self.engine.kv.export_blocks(seq, layout, self.host_kv, handles)
+        self.engine.kv.release(seq)
+        self.send(SwapOut(seq.seq_id, seq.model, tuple(handles), seq.num_cached, tuple(seq.output_ids)))
+
+    def _allocate(self, count: int, block_bytes: int) -> list[int]:
+        while True:
+            taken = []
+            try:
+                for _ in range(count):
+                    taken.append(self.kv_allocator.allocate(block_bytes))
+                return [self.kv_base + h for h in taken]
+            except OutOfBlocksError:
+                for handle in taken:
+                    self.kv_allocator.free(handle)
+                log.info("host KV partition full: waiting for decode workers to release blocks")
+                self.drain(0.05)  # back-pressure: handles KvRelease (and queues new groups)
+                if not self.running:
+                    raise
+
+
+@dataclass
+class _Estimates:
+    """Measured decode step and switch times per model (exponential moving averages)."""
+
+    step: dict[str, float] = field(default_factory=dict)
+    switch: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def update(table: dict[str, float], model: str, value: float) -> None:
+        table[model] = value if model not in table else 0.7 * table[model] + 0.3 * value
+
+
+class _MeasuredCost:
+    """The CostModel the decode policy needs, from this worker's own measurements."""
+
+    def __init__(self, estimates: _Estimates, engine: Engine):
+        self.estimates, self.engine = estimates, engine
+
+    def decode_time(self, model: str, batch: int, context_tokens: int) -> float:
+        return self.estimates.step.get(model, 0.01)
+
+    def switch_time(self, from_model: str | None, to_model: str) -> float:
+        return 0.0 if from_model == to_model else self.estimates.switch.get(to_model, 0.001)
+
+    def kv_bytes_per_token(self, model: str) -> int:
+        kv = self.engine.runner.entries[model].kv
+        return kv.block_bytes // kv.block_size
+
+    def prefill_time(self, model: str, input_lens) -> float:
+        return 0.0
+
+    def swap_time(self, nbytes: int) -> float:
+        return 0.0
+
+    def weight_bytes(self, model: str) -> int:
+        return self.engine.runner.entries[model].weights.total_bytes
+
+
+class DecodeWorker(_Worker):
+    def __init__(self, spec: WorkerSpec):
+        super().__init__(spec)
+        self.estimates = _Estimates()
+        self.cost = _MeasuredCost(self.estimates, self.engine)
+        self.waiting: deque[tuple[Sequence, SwapIn]] = deque()
+
+    def serve(self) -> None:
+        while self.running:
+            self.drain(0 if self.engine.sequences or self.waiting else 0.05)
+            self.admit()
+            if self.engine.sequences:
+                self.run_round()
+
+    def handle_role(self, message: object) -> None:
+        if isinstance(message, SwapIn):
+            seq = self.new_sequence(self.submitted.pop(message.request_id))
+            self.waiting.append((seq, message))
+
+    def admit(self) -> None:
+        """Swap waiting requests' KV in from the host cache while the arena has room."""
+        while self.waiting:
+            seq, swap = self.waiting[0]
+            layout = self.engine.runner.entries[seq.model].kv
+            try:
+                self.engine.kv.import_blocks(seq, layout, self.host_kv, list(swap.host_handles), swap.num_tokens)
+            except OutOfBlocksError:
+                return  # wait for requests to finish
+            self.waiting.popleft()
+            seq.output_ids = list(swap.generated)
+            seq.num_cached = swap.num_tokens
+            seq.status = SeqStatus.RUNNING
+            self.engine.sequences.append(seq)
+            self.send(KvRelease(seq.seq_id, swap.host_handles))
+
+    def run_round(self) -> None:
+        engine = self.engine
+        candidates = [DecodeCandidate(s.seq_id, s.model, len(s.token_ids)) for s in engine.sequences if not s.done]
+        batches, _ = form_batches(candidates, self.cost, engine.arena.total_bytes, engine.config.max_batch_size)
+        batches = rotate_to_loaded(batches, engine.runner.active)
+        plan = plan_round(batches, engine.runner.active, self.cost, self.spec.tpot_slo)
+        by_id = {s.seq_id: s for s in engine.sequences}
+        for batch, quota in zip(plan.batches, plan.quotas):
+            started = time.perf_counter()
+            record = engine.runner.switch_to(batch.model)
+            if record:
+                self.estimates.update(self.estimates.switch, batch.model, record.seconds)
+            steps = self.run_quota(batch.model, [by_id[i] for i in batch.request_ids], quota)
+            self.send(StepDone(batch.model, steps, time.perf_counter() - started, record.seconds if record else 0.0))
+            self.drain(0)
+
+    def run_quota(self, model: str, seqs: list[Sequence], quota: float) -> int:
+        """Decode steps for `seqs` until the quota is spent or they finish; returns the steps run."""
+        deadline = time.perf_counter() + quota
+        seqs = self.engine.make_resident(seqs)
+        steps = 0
+        while seqs and time.perf_counter() < deadline:
+            steps += 1
+            starts = {s.seq_id: len(s.output_ids) for s in seqs}
+            began = time.perf_counter()
+            self.engine.step_batch(model, seqs)
+            self.estimates.update(self.estimates.step, model, time.perf_counter() - began)
+            for seq in seqs:
+                self.report_tokens(seq, starts[seq.seq_id])
+            seqs = [s for s in seqs if not s.done and s.status == SeqStatus.RUNNING]
+        self.engine.sequences = [s for s in self.engine.sequences if not s.done]
+        return steps
+
+
+def default_threads(num_workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, num_workers))

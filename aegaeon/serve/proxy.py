@@ -1,0 +1,269 @@
+"""The proxy of a node: routes requests to prefill workers with grouped FCFS,
+hands finished prefills to decode workers, and streams tokens back.
+
+It never touches tensors. Each worker has an inbox and an outbox ring; one
+thread per outbox turns the worker's messages into state changes under one
+lock. Grouped FCFS (`aegaeon.sched.prefill`) decides which prefill worker runs
+which group; a prefill worker gets its next group when it reports the last one
+done. A decode worker is chosen per request: one already serving that model if
+it is not busier than the rest, else the least busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from aegaeon.errors import RequestError
+from aegaeon.ipc.messages import (KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
+                                  WorkerReady, decode, encode)
+from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
+from aegaeon.sched.prefill import GroupedFCFS
+from aegaeon.sched.request import RequestSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestState:
+    submit: Submit
+    arrival: float
+    tokens: "queue.Queue[Tokens]" = field(default_factory=queue.Queue)
+    prefill_worker: int | None = None
+    decode_worker: int | None = None
+    unreleased: tuple[int, ...] = ()  # host KV handles handed to a decode worker, not yet released
+    done: bool = False
+
+
+@dataclass
+class WorkerLink:
+    worker_id: int
+    role: str
+    inbox: Ring
+    outbox: Ring
+    kv_partition: tuple[int, int] = (0, 0)
+    ready: threading.Event = field(default_factory=threading.Event)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    busy: bool = False  # prefill: running a group
+    loaded: str | None = None
+    live: dict[int, str] = field(default_factory=dict)  # decode: request id -> model
+    served: int = 0  # requests handed to this worker
+    switches: int = 0  # model switches it reported
+    steps: int = 0
+    outgoing: "queue.Queue[bytes | None]" = field(default_factory=queue.Queue)
+    dead: bool = False
+
+    def send(self, message: object) -> None:
+        """Queue a message; the link's sender thread writes it, so a full ring never blocks the caller."""
+        if not self.dead:
+            self.outgoing.put(encode(message))
+
+    def run_sender(self) -> None:
+        while (frame := self.outgoing.get()) is not None:
+            while not self.dead:
+                try:
+                    self.inbox.put(frame, timeout=0.5)
+                    break
+                except RingFullError:
+                    continue  # the worker is behind: keep the frame (back-pressure), unless it died
+
+
+class _PrefillCost:
+    """What grouped FCFS needs to compare prefill workers: per-token and switch times, measured."""
+
+    def __init__(self) -> None:
+        self.per_token = 1e-4
+        self.switch = 0.01
+
+    def prefill_time(self, model: str, input_lens) -> float:
+        return self.per_token * sum(input_lens)
+
+    def switch_time(self, from_model: str | None, to_model: str) -> float:
+        return 0.0 if from_model == to_model else self.switch
+
+
+class Proxy:
+    def __init__(self, links: list[WorkerLink], max_group_size: int = 8):
+        self.links = {link.worker_id: link for link in links}
+        self.prefill = [link for link in links if link.role == "prefill"]
+        self.decode = [link for link in links if link.role == "decode"]
+        if not self.prefill or not self.decode:
+            raise RequestError("a node needs at least one prefill and one decode worker")
+        self.grouped = GroupedFCFS(len(self.prefill), max_group_size)
+        self.cost = _PrefillCost()
+        self.requests: dict[int, RequestState] = {}
+        self.lock = threading.Lock()
+        self._next_id = 0
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._read, args=(link,), name=f"proxy-read-w{link.worker_id}",
+                                          daemon=True) for link in links]
+        self._threads += [threading.Thread(target=link.run_sender, name=f"proxy-send-w{link.worker_id}", daemon=True)
+                          for link in links]
+        for thread in self._threads:
+            thread.start()
+
+    # ---- requests ---------------------------------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float) -> dict[str, str]:
+        """Wait for every worker's hello; returns the models some worker could not load (name -> why)."""
+        deadline = time.monotonic() + timeout
+        unavailable: dict[str, str] = {}
+        for link in self.links.values():
+            if not link.ready.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"worker {link.worker_id} did not start within {timeout} s: see its log")
+            unavailable.update(link.unavailable)
+        return unavailable
+
+    def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int | None = None) -> RequestState:
+        with self.lock:
+            if self._stopping:
+                raise RequestError("the node is shutting down")
+            request_id = self._next_id
+            self._next_id += 1
+            state = RequestState(Submit(request_id, model, tuple(prompt_ids), max_tokens, temperature, top_p, seed),
+                                 time.monotonic())
+            self.requests[request_id] = state
+            if all(w.dead for w in self.prefill):
+                del self.requests[request_id]
+                raise RequestError("no prefill worker is alive: restart the node")
+            spec = RequestSpec(request_id, model, state.arrival, len(prompt_ids), max_tokens)
+            busy = [float("inf") if w.dead else 0.0 for w in self.prefill]  # a dead instance never wins
+            index = self.grouped.submit(spec, busy, [w.loaded for w in self.prefill], state.arrival, self.cost).instance
+            state.prefill_worker = self.prefill[index].worker_id
+            self._dispatch_prefill(index)
+        return state
+
+    def _dispatch_prefill(self, index: int) -> None:
+        link = self.prefill[index]
+        if link.busy:
+            return
+        group = self.grouped.next_group(index)
+        if group is None:
+            return
+        link.busy, link.loaded = True, group.model
+        ids = tuple(r.request_id for r in group.requests)
+        for request_id in ids:
+            link.send(self.requests[request_id].submit)
+        link.send(Schedule(group.model, ids, 0.0))
+
+    # ---- worker messages ----------------------------------------------------------------------------------
+
+    def _read(self, link: WorkerLink) -> None:
+        while not self._stopping:
+            try:
+                message = decode(link.outbox.get(timeout=0.1))
+            except RingEmptyError:
+                continue
+            with self.lock:
+                self._on_message(link, message)
+
+    def _on_message(self, link: WorkerLink, message: object) -> None:
+        if isinstance(message, WorkerReady):
+            link.unavailable = message.unavailable
+            link.ready.set()
+        elif isinstance(message, Tokens):
+            self._on_tokens(link, message)
+        elif isinstance(message, SwapOut):
+            self._hand_to_decode(message)
+        elif isinstance(message, KvRelease):
+            state = self.requests.get(message.request_id)
+            if state is not None:
+                state.unreleased = ()
+            self._release(message)
+        elif isinstance(message, StepDone):
+            link.steps += message.steps
+            link.switches += message.switch_seconds > 0
+            if link.role == "prefill":
+                link.busy = False
+                self._dispatch_prefill(self.prefill.index(link))
+
+    def _release(self, message: KvRelease) -> None:
+        """Return host KV blocks to the prefill worker whose partition holds them."""
+        owner = self._owner_of(message.host_handles[0]) if message.host_handles else None
+        if owner is not None:
+            owner.send(message)
+
+    def _owner_of(self, handle: int) -> WorkerLink | None:
+        for link in self.prefill:
+            start, end = link.kv_partition
+            if start <= handle < end:
+                return link
+        return None
+
+    def _on_tokens(self, link: WorkerLink, message: Tokens) -> None:
+        state = self.requests.get(message.request_id)
+        if state is None:
+            return
+        state.tokens.put(message)
+        if message.finish_reason is not None or message.error is not None:
+            state.done = True
+            link.live.pop(message.request_id, None)
+            del self.requests[message.request_id]
+
+    def _hand_to_decode(self, swap: SwapOut) -> None:
+        state = self.requests.get(swap.request_id)
+        target = self._pick_decode(swap.model)
+        if state is None or target is None:
+            self._release(KvRelease(swap.request_id, swap.host_handles))
+            if state is not None:
+                self._fail(state, "no decode worker is alive: the request cannot continue")
+            return
+        target.live[swap.request_id] = swap.model
+        target.served += 1
+        state.decode_worker = target.worker_id
+        state.unreleased = swap.host_handles
+        target.send(state.submit)
+        target.send(SwapIn(swap.request_id, swap.model, swap.host_handles, swap.num_tokens, swap.generated))
+
+    def _pick_decode(self, model: str) -> WorkerLink | None:
+        alive = [w for w in self.decode if not w.dead]
+        if not alive:
+            return None
+        least = min(alive, key=lambda w: (len(w.live), w.worker_id))
+        serving = [w for w in alive if model in w.live.values()]
+        if serving:
+            best = min(serving, key=lambda w: (len(w.live), w.worker_id))
+            if len(best.live) <= len(least.live) + 1:
+                return best
+        return least
+
+    def _fail(self, state: RequestState, reason: str) -> None:
+        state.tokens.put(Tokens(state.submit.request_id, (), (), None, reason))
+        state.done = True
+        self.requests.pop(state.submit.request_id, None)
+
+    def worker_died(self, worker_id: int, exitcode: int | None) -> None:
+        """Fail the requests a dead worker held (they are not re-run) and stop routing to it."""
+        with self.lock:
+            link = self.links[worker_id]
+            if link.dead:
+                return
+            link.dead = True
+            link.outgoing.put(None)
+            reason = (f"worker {worker_id} ({link.role}) died with exit code {exitcode}; the request was lost: "
+                      f"submit it again")
+            log.error("worker %d died (exit code %s)", worker_id, exitcode)
+            for state in list(self.requests.values()):
+                mine = state.decode_worker == worker_id if link.role == "decode" else (
+                    state.prefill_worker == worker_id and state.decode_worker is None)
+                if not mine:
+                    continue
+                if state.unreleased:
+                    self._release(KvRelease(state.submit.request_id, state.unreleased))
+                self._fail(state, reason)
+            link.live.clear()
+            if link.role == "prefill":
+                self.grouped.queues[self.prefill.index(link)].clear()
+
+    def close(self) -> None:
+        with self.lock:
+            self._stopping = True
+        for link in self.links.values():
+            link.send(Shutdown("node stopping"))
+            link.outgoing.put(None)
+        for thread in self._threads:
+            thread.join(timeout=2)

@@ -1,0 +1,93 @@
+"""A node on CPU: 4 virtual instances (1 prefill, 3 decode) serving 12 tiny models of two shapes."""
+
+import pytest
+
+from aegaeon.client import Client
+from aegaeon.engine.engine import Engine, EngineConfig
+from aegaeon.ipc.shm import SHM_DIR
+from aegaeon.models.maker import config_for, make_model
+from aegaeon.models.sampler import SamplingParams
+from aegaeon.serve.node import Node, NodeConfig
+
+PROMPTS = ["the model serves many requests", "hot and cold models share one pool", "one gpu many models"]
+SLAB = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def twelve_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("market")
+    small = config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=400)
+    large = config_for("qwen2", layers=3, hidden=96, heads=6, kv_heads=3, intermediate=192, vocab=500)
+    return {f"m{i:02d}": str(make_model(root / f"m{i:02d}", small if i % 2 else large, seed=i)) for i in range(12)}
+
+
+def test_token_level_scaling_serves_every_request_with_single_model_greedy_outputs(twelve_models):
+    with Engine(twelve_models, EngineConfig(slab_bytes=SLAB, steps_per_turn=100)) as reference:
+        seqs = [reference.submit(m, p, SamplingParams(max_tokens=12)) for m in twelve_models for p in PROMPTS]
+        reference.run()
+        expected = {(s.model, tuple(s.prompt_ids)): s.output_ids for s in seqs}
+    config = NodeConfig(twelve_models, num_instances=4, prefill_instances=1, cluster_id="nodetest1",
+                        engine=EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20), host_kv_bytes=4 * 2**20,
+                        kv_slab_bytes=SLAB, threads_per_worker=1)
+    with Node(config) as node:
+        client = Client(node.proxy)
+        requests = [(model, list(ids)) for model, ids in expected]
+        results = client.complete_many(requests, max_tokens=12)
+        decode_links = node.proxy.decode
+        served = [link.served for link in decode_links]
+        switches = sum(link.switches for link in decode_links)
+    assert all(r.error is None for r in results), [r.error for r in results if r.error]
+    for (model, ids), result in zip(requests, results):
+        assert result.token_ids == expected[(model, tuple(ids))], model
+    assert not list(SHM_DIR.glob("*aegaeon-nodetest1-*"))
+    assert sum(served) == len(requests) and min(served) > 0, served
+    assert switches > len(twelve_models), "decode workers should switch models between quanta"
+
+
+def _node(models, cluster, **overrides):
+    base = dict(num_instances=4, prefill_instances=1, cluster_id=cluster,
+                engine=EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20), host_kv_bytes=4 * 2**20,
+                kv_slab_bytes=SLAB, threads_per_worker=1)
+    return Node(NodeConfig(models, **{**base, **overrides}))
+
+
+def _prompt_ids(models, model, prompt):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(f"{models[model]}/tokenizer.json").encode(prompt).ids
+
+
+def test_a_full_host_kv_cache_applies_back_pressure_and_loses_nothing(twelve_models):
+    models = dict(list(twelve_models.items())[:4])
+    with Engine(models, EngineConfig(slab_bytes=SLAB, steps_per_turn=100)) as reference:
+        expected = reference.generate([(m, p) for m in models for p in PROMPTS], SamplingParams(max_tokens=20))
+    # one 64 KiB slab of host KV for the prefill worker: a few prompts' blocks at a time
+    with _node(models, "nodetest2", host_kv_bytes=SLAB) as node:
+        client = Client(node.proxy)
+        requests = [(m, _prompt_ids(models, m, p)) for m in models for p in PROMPTS] * 3
+        results = client.complete_many(requests, max_tokens=20)
+    assert [r.token_ids for r in results] == [e.token_ids for e in expected] * 3
+
+
+def test_killing_a_decode_worker_fails_its_requests_and_the_node_keeps_serving(twelve_models):
+    import os
+    import signal
+    import time
+
+    models = dict(list(twelve_models.items())[:6])
+    with _node(models, "nodetest3") as node:
+        client = Client(node.proxy, timeout=60)
+        states = [client.submit(m, _prompt_ids(models, m, PROMPTS[0]), max_tokens=400) for m in models]
+        deadline = time.monotonic() + 60
+        while not all(s.decode_worker is not None for s in states) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim = states[0].decode_worker
+        os.kill(node.processes[victim].pid, signal.SIGKILL)
+        results = [client.complete(s) for s in states]
+        lost = [r for r, s in zip(results, states) if s.decode_worker == victim]
+        kept = [r for r, s in zip(results, states) if s.decode_worker != victim]
+        assert lost and all("died" in r.error and "submit it again" in r.error for r in lost)
+        assert kept and all(r.error is None for r in kept)
+        after = client.complete(client.submit("m00", _prompt_ids(models, "m00", PROMPTS[1]), max_tokens=8))
+        assert after.error is None and len(after.token_ids) == 8
+    assert not list(SHM_DIR.glob("*aegaeon-nodetest3-*"))
