@@ -98,6 +98,59 @@ def bench_ipc_cmd(round_trips: int) -> None:
     click.echo(f"ratio ring / pipe:      {r.ratio:.2f}x")
 
 
+@bench.command("live")
+@click.option("--num-models", default=12, show_default=True)
+@click.option("--arrival-rate", "rates", default="0.5", show_default=True, help="Requests/s per model: 0.5,1.0")
+@click.option("--duration", default=60.0, show_default=True, help="Seconds of arrivals.")
+@click.option("--inlen-scale", default=0.25, show_default=True)
+@click.option("--outlen-scale", default=0.25, show_default=True)
+@click.option("--instances", default=4, show_default=True, help="Virtual CPU instances (worker processes).")
+@click.option("--prefill-instances", default=1, show_default=True)
+@click.option("--policy", "policies", default="aegaeon,sllm", show_default=True,
+              help="aegaeon (token-level) and/or sllm (request-level decode scaling).")
+@click.option("--ttft-slo", type=float, default=None, help="Seconds [env AEGAEON_TTFT_SLO, default 10].")
+@click.option("--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1].")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "out_dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
+def bench_live_cmd(num_models: int, rates: str, duration: float, inlen_scale: float, outlen_scale: float,
+                   instances: int, prefill_instances: int, policies: str, ttft_slo: float | None,
+                   tpot_slo: float | None, seed: int, out_dir: str) -> None:
+    """Replay a synthetic workload in real time on a CPU node of tiny models; SLO attainment per policy."""
+    from pathlib import Path
+
+    from aegaeon.bench.live import LiveRun, run_live
+    from aegaeon.errors import AegaeonError
+    from aegaeon.models.demo import aegaeon_home
+    from aegaeon.sched.slo import SLO
+    from aegaeon.sim.runner import write_result
+
+    try:
+        rate_values = [float(r) for r in rates.split(",") if r.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{rates!r} is not a comma-separated list of numbers", param_hint="--arrival-rate")
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    unknown = [p for p in names if p not in ("aegaeon", "sllm")]
+    if unknown or not names or not rate_values:
+        raise click.BadParameter(f"use aegaeon and/or sllm, and at least one rate (got {policies!r}, {rates!r})")
+    try:
+        slo = SLO.from_env(ttft_slo, tpot_slo)
+        click.echo("policy    models  rate SLO att. met both p99 TTFT p99 TPOT")
+        for rate in rate_values:
+            for policy in names:
+                run = LiveRun(num_models, rate, duration, inlen_scale, outlen_scale, instances, prefill_instances,
+                              policy, seed, slo)
+                with click.progressbar(length=1, label=f"{policy} rate {rate:g}", file=sys.stderr) as bar:
+                    def advance(done: int, total: int) -> None:
+                        bar.length = total
+                        bar.update(done - bar.pos)
+                    result = run_live(run, aegaeon_home() / "market", advance)
+                write_result(Path(out_dir), result)
+                click.echo(f"{policy:8s} {num_models:6d} {rate:5g} {result['slo_attainment']:7.1%} "
+                           f"{result['met_both_share']:8.1%} {result['ttft_p99'] or 0:8.3f} {result['tpot_p99'] or 0:8.3f}")
+    except AegaeonError as exc:
+        raise _fail(exc) from None
+
+
 @bench.command("swap")
 @click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
 @click.option("--device", default="cpu", show_default=True)

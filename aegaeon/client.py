@@ -28,12 +28,12 @@ class Client:
         self.timeout = timeout
 
     def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int | None = None) -> RequestState:
+               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> RequestState:
         if not prompt_ids:
             raise RequestError(f"model {model}: the prompt is empty")
         if max_tokens < 1:
             raise RequestError(f"max_tokens={max_tokens} must be at least 1")
-        return self.proxy.submit(model, prompt_ids, max_tokens, temperature, top_p, seed)
+        return self.proxy.submit(model, prompt_ids, max_tokens, temperature, top_p, seed, ignore_eos)
 
     def stream(self, state: RequestState) -> Iterator[tuple[int, float]]:
         """(token id, time) pairs as they arrive; raises RequestError if the request fails."""

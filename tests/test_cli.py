@@ -170,3 +170,16 @@ def test_ipc_benchmark_reports_both_transports():
     result = CliRunner().invoke(main, ["bench", "ipc", "--round-trips", "200"])
     assert result.exit_code == 0, result.output
     assert "shm ring:" in result.output and "ratio ring / pipe:" in result.output
+
+
+def test_live_benchmark_replays_a_small_workload_and_writes_live_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("AEGAEON_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(main, ["bench", "live", "--num-models", "3", "--arrival-rate", "0.5", "--duration",
+                                       "4", "--instances", "2", "--policy", "aegaeon", "--outlen-scale", "0.1",
+                                       "--out", str(tmp_path / "json")])
+    assert result.exit_code == 0, result.output
+    files = list((tmp_path / "json").glob("live-aegaeon-3-0.5-*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["source"] == "live" and data["num_requests"] == len(data["requests"]) > 0
+    assert data["finished_share"] == 1.0

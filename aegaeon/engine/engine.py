@@ -282,7 +282,7 @@ class Engine:
     def _append(self, seq: Sequence, token: int, entry: ModelEntry) -> None:
         seq.output_ids.append(token)
         eos = entry.checkpoint.config.eos_token_id
-        if eos is not None and token == eos:
+        if eos is not None and token == eos and not seq.sampling.ignore_eos:
             self._finish(seq, "stop")
         elif len(seq.output_ids) >= seq.sampling.max_tokens or len(seq.token_ids) >= entry.max_position:
             self._finish(seq, "length")

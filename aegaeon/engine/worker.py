@@ -46,6 +46,7 @@ class WorkerSpec:
     kv_slab_bytes: int = 2 * 1024 * 1024
     tpot_slo: float = 0.1
     threads: int = 1
+    policy: str = "aegaeon"  # decode: "aegaeon" (token-level WRR) or "sllm" (a model's batch runs until it empties)
 
 
 def inbox_name(worker_id: int) -> str:
@@ -107,7 +108,7 @@ class _Worker:
         raise NotImplementedError
 
     def new_sequence(self, submit: Submit) -> Sequence:
-        sampling = SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed)
+        sampling = SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed, submit.ignore_eos)
         return Sequence(submit.request_id, submit.model, "", list(submit.prompt_ids), sampling, new_generator(sampling))
 
     def report_tokens(self, seq: Sequence, start: int) -> None:
@@ -257,7 +258,7 @@ class DecodeWorker(_Worker):
             self.drain(0 if self.engine.sequences or self.waiting else 0.05)
             self.admit()
             if self.engine.sequences:
-                self.run_round()
+                self.run_round() if self.spec.policy == "aegaeon" else self.run_to_completion()
 
     def handle_role(self, message: object) -> None:
         if isinstance(message, SwapIn):
@@ -295,6 +296,22 @@ class DecodeWorker(_Worker):
             steps = self.run_quota(batch.model, [by_id[i] for i in batch.request_ids], quota)
             self.send(StepDone(batch.model, steps, time.perf_counter() - started, record.seconds if record else 0.0))
             self.drain(0)
+
+    def run_to_completion(self) -> None:
+        """Request-level scaling (the ServerlessLLM baseline): the oldest request's model keeps the worker
+        until none of its requests is left; new requests of that model join, other models wait."""
+        model = self.engine.sequences[0].model
+        started = time.perf_counter()
+        record = self.engine.runner.switch_to(model)
+        steps = 0
+        while True:
+            batch = [s for s in self.engine.sequences if s.model == model][: self.engine.config.max_batch_size]
+            if not batch:
+                break
+            steps += self.run_quota(model, batch, 0.05)
+            self.drain(0)
+            self.admit()
+        self.send(StepDone(model, steps, time.perf_counter() - started, record.seconds if record else 0.0))
 
     def run_quota(self, model: str, seqs: list[Sequence], quota: float) -> int:
         """Decode steps for `seqs` until the quota is spent or they finish; returns the steps run."""

@@ -30,6 +30,7 @@ class Submit:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

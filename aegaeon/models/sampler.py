@@ -15,6 +15,7 @@ class SamplingParams:
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens
 
     def validate(self) -> None:
         if self.max_tokens < 1:

@@ -42,8 +42,11 @@ class NodeConfig:
     tpot_slo: float = 0.1
     threads_per_worker: int | None = None
     start_timeout: float = 120.0
+    policy: str = "aegaeon"  # decode scaling: "aegaeon" (token-level) or "sllm" (request-level)
 
     def validate(self) -> None:
+        if self.policy not in ("aegaeon", "sllm"):
+            raise ConfigError(f"--policy {self.policy!r} is not a live policy: use aegaeon or sllm")
         if not 1 <= self.prefill_instances < self.num_instances:
             raise ConfigError(f"--prefill-instances {self.prefill_instances} must be at least 1 and below "
                               f"--num-instances {self.num_instances}, leaving decode instances")
@@ -81,7 +84,8 @@ class Node:
             good = {c.name: str(c.path) for c in checkpoints}
             links = [self._spawn(worker_id, good) for worker_id in range(cfg.num_instances)]
             self.proxy = Proxy(links)
-            self.unavailable.update(self.proxy.wait_ready(cfg.start_timeout))
+            self.unavailable.update(self.proxy.wait_ready(cfg.start_timeout,
+                                                          alive=lambda wid: self.processes[wid].is_alive()))
             self._watching = True
             self._watcher = threading.Thread(target=self._watch, name="node-watch", daemon=True)
             self._watcher.start()
@@ -101,7 +105,7 @@ class Node:
         outbox = Ring.create(self.namespace, outbox_name(worker_id), cfg.ring_slots, cfg.ring_slot_bytes)
         spec = WorkerSpec(cfg.cluster_id, worker_id, role, models, replace(cfg.engine, device=cfg.device), partition,
                           cfg.kv_slab_bytes, cfg.tpot_slo,
-                          cfg.threads_per_worker or default_threads(cfg.num_instances))
+                          cfg.threads_per_worker or default_threads(cfg.num_instances), cfg.policy)
         process = mp.get_context("spawn").Process(target=worker_main, args=(spec,), name=f"aegaeon-w{worker_id}")
         process.start()
         self.processes.append(process)

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aegaeon.errors import RequestError
@@ -107,25 +108,29 @@ class Proxy:
 
     # ---- requests ---------------------------------------------------------------------------------------------
 
-    def wait_ready(self, timeout: float) -> dict[str, str]:
-        """Wait for every worker's hello; returns the models some worker could not load (name -> why)."""
+    def wait_ready(self, timeout: float, alive: Callable[[int], bool] | None = None) -> dict[str, str]:
+        """Wait for every worker's hello; returns the models some worker could not load (name -> why).
+        `alive(worker_id)` lets a worker that dies while starting fail the wait at once."""
         deadline = time.monotonic() + timeout
         unavailable: dict[str, str] = {}
         for link in self.links.values():
-            if not link.ready.wait(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"worker {link.worker_id} did not start within {timeout} s: see its log")
+            while not link.ready.wait(0.1):
+                if alive is not None and not alive(link.worker_id):
+                    raise RuntimeError(f"worker {link.worker_id} exited while starting: see its log above")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"worker {link.worker_id} did not start within {timeout} s: see its log")
             unavailable.update(link.unavailable)
         return unavailable
 
     def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int | None = None) -> RequestState:
+               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> RequestState:
         with self.lock:
             if self._stopping:
                 raise RequestError("the node is shutting down")
             request_id = self._next_id
             self._next_id += 1
-            state = RequestState(Submit(request_id, model, tuple(prompt_ids), max_tokens, temperature, top_p, seed),
-                                 time.monotonic())
+            state = RequestState(Submit(request_id, model, tuple(prompt_ids), max_tokens, temperature, top_p, seed,
+                                        ignore_eos), time.monotonic())
             self.requests[request_id] = state
             if all(w.dead for w in self.prefill):
                 del self.requests[request_id]

@@ -131,7 +131,8 @@ def write_result(out_dir: Path, result: dict) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     label = RunLabel(result["num_models"], result["arrival_rate"], result["inlen_scale"], result["outlen_scale"])
-    path = out_dir / result_filename(result["policy"], label, SLO(result["ttft_slo"], result["tpot_slo"]))
+    name = result_filename(result["policy"], label, SLO(result["ttft_slo"], result["tpot_slo"]))
+    path = out_dir / (name if result.get("source", "sim") == "sim" else f"{result['source']}-{name}")
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:

@@ -5,7 +5,7 @@ from aegaeon.ipc.messages import (MESSAGE_TYPES, KvRelease, MessageError, Schedu
                                   SwapOut, Switch, Tokens, WorkerReady, decode, encode)
 
 EXAMPLES = [
-    Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42), Schedule("m", (1, 2), 0.25), Switch("m", True),
+    Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42, True), Schedule("m", (1, 2), 0.25), Switch("m", True),
     SwapOut(7, "m", (4096, 8192), 33, (9,)), SwapIn(7, "m", (4096,), 16, (9, 10)), Tokens(7, (5, 6), (1.5, 1.6), "length"),
     StepDone("m", 4, 0.1, 0.02), KvRelease(7, (4096,)), WorkerReady(2, "decode", {"x": "bad"}), Shutdown("bye"),
 ]
@@ -19,7 +19,7 @@ def test_every_message_type_round_trips():
 
 @pytest.mark.parametrize("frame, words", [
     (b"\xc1", "not msgpack"), (msgpack.packb([99, 1]), "known message tag"), (msgpack.packb({"a": 1}), "known message tag"),
-    (msgpack.packb([0, 1, "m"]), "Submit frame has 2 fields, expected 7"),
+    (msgpack.packb([0, 1, "m"]), "Submit frame has 2 fields, expected 8"),
 ])
 def test_malformed_frames_are_errors_that_say_why(frame, words):
     with pytest.raises(MessageError, match=words):
