@@ -151,6 +151,17 @@ def bench_live_cmd(num_models: int, rates: str, duration: float, inlen_scale: fl
         raise _fail(exc) from None
 
 
+@bench.command("sched")
+def bench_sched_cmd() -> None:
+    """Scheduling decisions per second: grouped-FCFS placements and weighted-round-robin rounds."""
+    from aegaeon.bench.sched import bench_sched
+
+    r = bench_sched()
+    click.echo(f"prefill placements:     {r.prefill_decisions_per_s:,.0f} /s (grouped FCFS, {r.models} models, 4 instances)")
+    click.echo(f"decode rounds:          {r.decode_rounds_per_s:,.0f} /s ({r.requests_per_round} requests regrouped "
+               f"and given quotas per round)")
+
+
 @bench.command("swap")
 @click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
 @click.option("--device", default="cpu", show_default=True)

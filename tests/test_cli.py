@@ -183,3 +183,9 @@ def test_live_benchmark_replays_a_small_workload_and_writes_live_json(tmp_path, 
     data = json.loads(files[0].read_text())
     assert data["source"] == "live" and data["num_requests"] == len(data["requests"]) > 0
     assert data["finished_share"] == 1.0
+
+
+def test_sched_benchmark_reports_both_policies():
+    result = CliRunner().invoke(main, ["bench", "sched"])
+    assert result.exit_code == 0, result.output
+    assert "prefill placements:" in result.output and "decode rounds:" in result.output
