@@ -51,26 +51,22 @@ class Switch:
 
 
 @dataclass(frozen=True)
-class SwapOut:
-    """Worker -> proxy: a request's KV (of `num_tokens` tokens) now lives in the host KV cache at these
-    handles; `generated` are the tokens it has produced so far."""
-
+class _KvHandoff:
     request_id: int
     model: str
-    host_handles: tuple[int, ...]
-    num_tokens: int
-    generated: tuple[int, ...] = ()
+    host_handles: tuple[int, ...]  # blocks in the host KV cache
+    num_tokens: int  # tokens whose KV the blocks hold
+    generated: tuple[int, ...] = ()  # tokens the request has produced so far
 
 
 @dataclass(frozen=True)
-class SwapIn:
-    """Proxy -> worker: bring a request's KV in from the host KV cache and continue after `generated`."""
+class SwapOut(_KvHandoff):
+    """Worker -> proxy: a request's KV now lives in the host KV cache."""
 
-    request_id: int
-    model: str
-    host_handles: tuple[int, ...]
-    num_tokens: int
-    generated: tuple[int, ...] = ()
+
+@dataclass(frozen=True)
+class SwapIn(_KvHandoff):
+    """Proxy -> worker: bring a request's KV in from the host KV cache and continue after `generated`."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from aegaeon.engine.engine import Engine, EngineConfig
 from aegaeon.errors import RequestError
 from aegaeon.models.maker import config_for, make_model
 from aegaeon.models.sampler import SamplingParams
+from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
 
 PROMPTS = ["the model serves many requests", "hot and cold models share a pool", "one gpu"]
 SMALL_SLAB = 64 * 1024
@@ -12,12 +13,10 @@ SMALL_SLAB = 64 * 1024
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     root = tmp_path_factory.mktemp("pool")
-    small = config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=400)
-    large = config_for("qwen2", layers=3, hidden=96, heads=6, kv_heads=3, intermediate=192, vocab=500)
     return {
-        "a": make_model(root / "a", small, seed=1),
-        "b": make_model(root / "b", small, seed=2),
-        "c": make_model(root / "c", large, seed=3),
+        "a": make_model(root / "a", SMALL_SHAPE, seed=1),
+        "b": make_model(root / "b", SMALL_SHAPE, seed=2),
+        "c": make_model(root / "c", LARGE_SHAPE, seed=3),
     }
 
 

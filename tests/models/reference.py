@@ -25,6 +25,11 @@ VARIANTS = {
 }
 
 
+# Two model shapes that share one arena in engine and node tests.
+SMALL_SHAPE = config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=400)
+LARGE_SHAPE = config_for("qwen2", layers=3, hidden=96, heads=6, kv_heads=3, intermediate=192, vocab=500)
+
+
 def make_variant(root: Path, variant: str, seed: int = 0, **overrides) -> Path:
     config = config_for(**{**VARIANTS[variant], **overrides})
     return make_model(root / variant, config, seed=seed)

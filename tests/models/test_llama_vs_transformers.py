@@ -22,6 +22,11 @@ def hf_logits(hf, tokens: list[int]) -> torch.Tensor:
         return hf(torch.tensor([tokens])).logits[0]
 
 
+def _pair(path, dtype):
+    """The transformers reference and our model, both on the checkpoint at `path`, in `dtype`."""
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval(), BareModel(path, dtype)
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
@@ -30,9 +35,7 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_batched_ragged_prefill_and_16_decode_steps_match_transformers_in_float32(checkpoints, variant):
-    path = checkpoints[variant]
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ours = BareModel(path, torch.float32)
+    hf, ours = _pair(checkpoints[variant], torch.float32)
     logits = ours.step(PROMPTS, all_logits=True)
     for i, prompt in enumerate(PROMPTS):
         diff = (logits[i, : len(prompt)] - hf_logits(hf, prompt)).abs().max().item()
@@ -51,9 +54,7 @@ def test_batched_ragged_prefill_and_16_decode_steps_match_transformers_in_float3
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_bfloat16_prefill_and_decode_match_transformers_within_stated_tolerance(checkpoints, variant):
-    path = checkpoints[variant]
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    ours = BareModel(path, torch.bfloat16)
+    hf, ours = _pair(checkpoints[variant], torch.bfloat16)
     logits = ours.step(PROMPTS, all_logits=True)
     sequences = [list(p) for p in PROMPTS]
     for step in range(4):
@@ -74,8 +75,7 @@ def test_tied_embeddings_and_linear_rope_scaling_match_transformers(tmp_path):
     raw = json.loads((path / "config.json").read_text())
     raw["rope_scaling"] = {"type": "linear", "factor": 2.0}
     (path / "config.json").write_text(json.dumps(raw))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ours = BareModel(path, torch.float32)
+    hf, ours = _pair(path, torch.float32)
     logits = ours.step(PROMPTS, all_logits=True)
     for i, prompt in enumerate(PROMPTS):
         assert (logits[i, : len(prompt)] - hf_logits(hf, prompt)).abs().max().item() < 1e-4

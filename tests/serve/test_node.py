@@ -5,9 +5,10 @@ import pytest
 from aegaeon.client import Client
 from aegaeon.engine.engine import Engine, EngineConfig
 from aegaeon.ipc.shm import SHM_DIR
-from aegaeon.models.maker import config_for, make_model
+from aegaeon.models.maker import make_model
 from aegaeon.models.sampler import SamplingParams
 from aegaeon.serve.node import Node, NodeConfig
+from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
 
 PROMPTS = ["the model serves many requests", "hot and cold models share one pool", "one gpu many models"]
 SLAB = 64 * 1024
@@ -16,9 +17,8 @@ SLAB = 64 * 1024
 @pytest.fixture(scope="module")
 def twelve_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("market")
-    small = config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=400)
-    large = config_for("qwen2", layers=3, hidden=96, heads=6, kv_heads=3, intermediate=192, vocab=500)
-    return {f"m{i:02d}": str(make_model(root / f"m{i:02d}", small if i % 2 else large, seed=i)) for i in range(12)}
+    return {f"m{i:02d}": str(make_model(root / f"m{i:02d}", SMALL_SHAPE if i % 2 else LARGE_SHAPE, seed=i))
+            for i in range(12)}
 
 
 def test_token_level_scaling_serves_every_request_with_single_model_greedy_outputs(twelve_models):
