@@ -78,6 +78,7 @@ class _Worker:
         self.engine = Engine(spec.models, spec.engine, host_cache_of=spec.cluster_id)
         self.submitted: dict[int, Submit] = {}
         self.running = True
+        self.parent_pid = os.getppid()
         self.send(WorkerReady(spec.worker_id, spec.role, dict(self.engine.unavailable)))
 
     def send(self, message: object) -> None:
@@ -91,6 +92,10 @@ class _Worker:
 
     def drain(self, timeout: float | None = 0) -> None:
         """Handle every waiting message (waiting up to `timeout` for the first)."""
+        if os.getppid() != self.parent_pid:  # the node process died (kill -9): do not linger as an orphan
+            log.error("the node process is gone; worker %d exits", self.spec.worker_id)
+            self.running = False
+            return
         message = self.receive(timeout)
         while message is not None:
             self.handle(message)
@@ -190,7 +195,8 @@ class PrefillWorker(_Worker):
         handles = self._allocate(len(seq.blocks), layout.block_bytes)
         self.engine.kv.export_blocks(seq, layout, self.host_kv, handles)
         self.engine.kv.release(seq)
-        self.send(SwapOut(seq.seq_id, seq.model, tuple(handles), seq.num_cached, tuple(seq.output_ids)))
+        state = bytes(seq.generator.get_state().numpy()) if seq.generator is not None else b""
+        self.send(SwapOut(seq.seq_id, seq.model, tuple(handles), seq.num_cached, tuple(seq.output_ids), state))
 
     def _allocate(self, count: int, block_bytes: int) -> list[int]:
         while True:
@@ -276,6 +282,8 @@ class DecodeWorker(_Worker):
                 return  # wait for requests to finish
             self.waiting.popleft()
             seq.output_ids = list(swap.generated)
+            if seq.generator is not None and swap.sampler_state:
+                seq.generator.set_state(torch.frombuffer(bytearray(swap.sampler_state), dtype=torch.uint8))
             seq.num_cached = swap.num_tokens
             seq.status = SeqStatus.RUNNING
             self.engine.sequences.append(seq)

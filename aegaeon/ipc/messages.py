@@ -57,6 +57,7 @@ class _KvHandoff:
     host_handles: tuple[int, ...]  # blocks in the host KV cache
     num_tokens: int  # tokens whose KV the blocks hold
     generated: tuple[int, ...] = ()  # tokens the request has produced so far
+    sampler_state: bytes = b""  # the request's random generator, so seeded sampling continues exactly
 
 
 @dataclass(frozen=True)

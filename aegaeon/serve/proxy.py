@@ -222,7 +222,8 @@ class Proxy:
         state.decode_worker = target.worker_id
         state.unreleased = swap.host_handles
         target.send(state.submit)
-        target.send(SwapIn(swap.request_id, swap.model, swap.host_handles, swap.num_tokens, swap.generated))
+        target.send(SwapIn(swap.request_id, swap.model, swap.host_handles, swap.num_tokens, swap.generated,
+                           swap.sampler_state))
 
     def _pick_decode(self, model: str) -> WorkerLink | None:
         alive = [w for w in self.decode if not w.dead]

@@ -91,3 +91,62 @@ def test_killing_a_decode_worker_fails_its_requests_and_the_node_keeps_serving(t
         after = client.complete(client.submit("m00", _prompt_ids(models, "m00", PROMPTS[1]), max_tokens=8))
         assert after.error is None and len(after.token_ids) == 8
     assert not list(SHM_DIR.glob("*aegaeon-nodetest3-*"))
+
+
+def test_seeded_sampling_continues_exactly_across_the_kv_handoff(twelve_models):
+    models = dict(list(twelve_models.items())[:2])
+    sampling = SamplingParams(max_tokens=10, temperature=0.9, top_p=0.95, seed=11)
+    with Engine(models, EngineConfig(slab_bytes=SLAB)) as reference:
+        expected = reference.generate([(m, PROMPTS[0]) for m in models], sampling)
+    with _node(models, "nodetest4") as node:
+        client = Client(node.proxy)
+        states = [client.submit(m, _prompt_ids(models, m, PROMPTS[0]), max_tokens=10, temperature=0.9, top_p=0.95,
+                                seed=11) for m in models]
+        results = [client.complete(s) for s in states]
+    assert [r.token_ids for r in results] == [e.token_ids for e in expected]
+
+
+def test_workers_exit_when_the_node_process_is_killed(twelve_models, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "node.py"
+    script.write_text(
+        "import sys, time\n"
+        "from aegaeon.engine.engine import EngineConfig\n"
+        "from aegaeon.serve.node import Node, NodeConfig\n"
+        "if __name__ == '__main__':\n"
+        f"    node = Node(NodeConfig({dict(list(twelve_models.items())[:1])!r}, num_instances=2, cluster_id='nodetest5',"
+        " engine=EngineConfig(slab_bytes=65536, kv_bytes=2**22), host_kv_bytes=2**22, kv_slab_bytes=65536,"
+        " threads_per_worker=1))\n"
+        "    node.start()\n"
+        "    print(' '.join(str(p.pid) for p in node.processes), flush=True)\n"
+        "    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+    from aegaeon.ipc.shm import remove_stale
+
+    assert remove_stale("nodetest5")  # the crashed run's objects are found (and removed) by the next start
+    assert not list(SHM_DIR.glob("*aegaeon-nodetest5-*"))
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    return status != "Z"
