@@ -118,6 +118,8 @@ def bench_live_cmd(num_models: int, rates: str, duration: float, inlen_scale: fl
     """Replay a synthetic workload in real time on a CPU node of tiny models; SLO attainment per policy."""
     from pathlib import Path
 
+    import signal
+
     from aegaeon.bench.live import LiveRun, run_live
     from aegaeon.errors import AegaeonError
     from aegaeon.models.demo import aegaeon_home
@@ -132,6 +134,8 @@ def bench_live_cmd(num_models: int, rates: str, duration: float, inlen_scale: fl
     unknown = [p for p in names if p not in ("aegaeon", "sllm")]
     if unknown or not names or not rate_values:
         raise click.BadParameter(f"use aegaeon and/or sllm, and at least one rate (got {policies!r}, {rates!r})")
+    # SIGTERM unwinds like Ctrl-C, so the node stops its workers and removes its shared memory.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         slo = SLO.from_env(ttft_slo, tpot_slo)
         click.echo("policy    models  rate SLO att. met both p99 TTFT p99 TPOT")

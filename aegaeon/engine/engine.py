@@ -145,6 +145,13 @@ class Engine:
     def submit_ids(self, model: str, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
                    prompt: str = "") -> Sequence:
         """Queue a tokenised prompt (see `submit`)."""
+        self.check_request(model, prompt_ids, sampling)
+        seq = Sequence(next(self._ids), model, prompt, list(prompt_ids), sampling, new_generator(sampling))
+        self.sequences.append(seq)
+        return seq
+
+    def check_request(self, model: str, prompt_ids: list[int], sampling: SamplingParams) -> None:
+        """Raise RequestError unless this engine can serve the request as asked."""
         entry = self.entry(model)
         sampling.validate()
         vocab = entry.checkpoint.config.vocab_size
@@ -156,9 +163,6 @@ class Engine:
             raise RequestError(
                 f"model {model}: the prompt has {len(prompt_ids)} tokens, the context holds {entry.max_position}"
             )
-        seq = Sequence(next(self._ids), model, prompt, list(prompt_ids), sampling, new_generator(sampling))
-        self.sequences.append(seq)
-        return seq
 
     def entry(self, model: str) -> ModelEntry:
         if model in self.unavailable:

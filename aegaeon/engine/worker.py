@@ -160,12 +160,13 @@ class PrefillWorker(_Worker):
         for request_id in group.request_ids:
             seq = self.new_sequence(self.submitted.pop(request_id))
             try:
-                engine.entry(seq.model)
+                engine.check_request(seq.model, seq.prompt_ids, seq.sampling)
             except AegaeonError as err:
                 self.fail(seq, str(err))
                 continue
             pending.append(seq)
-        if not pending:
+        if not pending:  # still report the group done, so the proxy sends the next one
+            self.send(StepDone(group.model, 0, time.perf_counter() - started, 0.0))
             return
         record = engine.runner.switch_to(group.model)
         while pending:

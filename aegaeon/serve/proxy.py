@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aegaeon.errors import RequestError
+from aegaeon.errors import AegaeonError, RequestError
 from aegaeon.ipc.messages import (KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
                                   WorkerReady, decode, encode)
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
@@ -70,6 +70,9 @@ class WorkerLink:
                     break
                 except RingFullError:
                     continue  # the worker is behind: keep the frame (back-pressure), unless it died
+                except AegaeonError as err:  # never let one bad frame stop the link
+                    log.error("worker %d: message dropped: %s", self.worker_id, err)
+                    break
 
 
 class _PrefillCost:
@@ -129,8 +132,13 @@ class Proxy:
                 raise RequestError("the node is shutting down")
             request_id = self._next_id
             self._next_id += 1
-            state = RequestState(Submit(request_id, model, tuple(prompt_ids), max_tokens, temperature, top_p, seed,
-                                        ignore_eos), time.monotonic())
+            submit = Submit(request_id, model, tuple(prompt_ids), max_tokens, temperature, top_p, seed, ignore_eos)
+            frame = len(encode(submit))
+            limit = self.prefill[0].inbox.max_message_bytes
+            if frame > limit:
+                raise RequestError(f"model {model}: a prompt of {len(prompt_ids)} tokens makes a {frame}-byte message, "
+                                   f"over the {limit}-byte ring slot: start the node with larger ring slots")
+            state = RequestState(submit, time.monotonic())
             self.requests[request_id] = state
             if all(w.dead for w in self.prefill):
                 del self.requests[request_id]

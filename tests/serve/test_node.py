@@ -2,6 +2,8 @@
 
 import pytest
 
+from aegaeon.errors import RequestError
+
 from aegaeon.client import Client
 from aegaeon.engine.engine import Engine, EngineConfig
 from aegaeon.ipc.shm import SHM_DIR
@@ -150,3 +152,21 @@ def _alive(pid: int) -> bool:
         return False
     status = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
     return status != "Z"
+
+
+def test_bad_requests_fail_with_the_reason_and_the_node_keeps_serving(twelve_models):
+    models = dict(list(twelve_models.items())[:1])
+    with _node(models, "nodetest6", num_instances=2) as node:
+        client = Client(node.proxy)
+        unknown = client.complete(client.submit("nope", [1, 2, 3], max_tokens=4))
+        too_long = client.complete(client.submit("m00", [1] * 5000, max_tokens=4))
+        bad_ids = client.complete(client.submit("m00", [10**6], max_tokens=4))
+        hot = client.complete(client.submit("m00", [1, 2, 3], max_tokens=4, temperature=-1.0))
+        fine = client.complete(client.submit("m00", [1, 2, 3], max_tokens=4))
+        with pytest.raises(RequestError, match="20000 tokens makes a .* over the 16380-byte ring slot"):
+            client.submit("m00", [1] * 20000, max_tokens=4)
+    assert "model nope is not served here" in unknown.error
+    assert "the context holds 2048" in too_long.error
+    assert "prompt token ids must lie in" in bad_ids.error
+    assert "temperature=-1.0" in hot.error
+    assert fine.error is None and len(fine.token_ids) == 4
