@@ -52,8 +52,11 @@ setup(
         "ninja>=1.11",
         "matplotlib>=3.7",
         "tokenizers>=0.15",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "jinja2>=3.1",
     ],
-    extras_require={"test": ["pytest>=7", "transformers>=4.40"]},
+    extras_require={"test": ["pytest>=7", "transformers>=4.40", "openai>=1.0", "httpx>=0.27"]},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={

@@ -272,6 +272,42 @@ def _progress_bar(label: str):
     return report
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--models", "models_spec", default=None,
+              help="Comma-separated checkpoint dirs (or NAME=DIR) [default: the embedded demo pool].")
+@click.option("--instances", default=3, show_default=True, help="Worker processes (virtual CPU instances).")
+@click.option("--prefill-instances", default=1, show_default=True)
+@click.option("--cluster-id", default="serve", show_default=True)
+@click.option("--api-key", default=None, help="Require `Authorization: Bearer KEY` on /v1/ endpoints.")
+def serve(host: str, port: int, models_spec: str | None, instances: int, prefill_instances: int, cluster_id: str,
+          api_key: str | None) -> None:
+    """Serve an OpenAI-compatible API from a node of worker processes (CPU: the demo pool by default)."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from aegaeon.errors import AegaeonError
+    from aegaeon.serve.node import Node, NodeConfig
+    from aegaeon.serve.openai_api import create_app
+
+    models = _parse_models(models_spec)
+    try:
+        node = Node(NodeConfig(models, instances, prefill_instances, cluster_id=cluster_id))
+        proxy = node.start()
+    except AegaeonError as exc:
+        raise _fail(exc) from None
+    try:
+        good = {name: Path(path) for name, path in models.items() if name not in node.unavailable}
+        for name, reason in node.unavailable.items():
+            click.echo(f"warning: {reason}", err=True)
+        click.echo(f"serving {sorted(good)} on http://{host}:{port}/v1", err=True)
+        uvicorn.run(create_app(proxy, good, api_key), host=host, port=port, log_level="warning")
+    finally:
+        node.stop()
+
+
 @main.command("make-model")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--arch", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True)

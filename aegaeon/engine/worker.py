@@ -23,7 +23,7 @@ import torch
 from aegaeon.engine.engine import Engine, EngineConfig
 from aegaeon.engine.sequence import Sequence, SeqStatus
 from aegaeon.errors import AegaeonError, OutOfBlocksError
-from aegaeon.ipc.messages import (KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
+from aegaeon.ipc.messages import (Cancel, KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
                                   WorkerReady, decode, encode)
 from aegaeon.ipc.ring import Ring, RingEmptyError
 from aegaeon.ipc.shm import ShmNamespace
@@ -106,11 +106,21 @@ class _Worker:
             self.submitted[message.request_id] = message
         elif isinstance(message, Shutdown):
             self.running = False
+        elif isinstance(message, Cancel):
+            self.submitted.pop(message.request_id, None)  # not started here: never will be
+            self.cancel(message.request_id)
         else:
             self.handle_role(message)
 
     def handle_role(self, message: object) -> None:
         raise NotImplementedError
+
+    def cancel(self, request_id: int) -> None:
+        """Drop a live request of this worker and free its KV blocks."""
+        for seq in self.engine.sequences:
+            if seq.seq_id == request_id and not seq.done:
+                self.engine.kv.release(seq)
+                seq.status, seq.finish_reason = SeqStatus.FINISHED, "cancelled"
 
     def new_sequence(self, submit: Submit) -> Sequence:
         sampling = SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed, submit.ignore_eos)
@@ -158,7 +168,10 @@ class PrefillWorker(_Worker):
         started = time.perf_counter()
         pending = []
         for request_id in group.request_ids:
-            seq = self.new_sequence(self.submitted.pop(request_id))
+            submit = self.submitted.pop(request_id, None)
+            if submit is None:  # cancelled before its group ran
+                continue
+            seq = self.new_sequence(submit)
             try:
                 engine.check_request(seq.model, seq.prompt_ids, seq.sampling)
             except AegaeonError as err:
@@ -267,6 +280,14 @@ class DecodeWorker(_Worker):
             if self.engine.sequences:
                 self.run_round() if self.spec.policy == "aegaeon" else self.run_to_completion()
 
+    def cancel(self, request_id: int) -> None:
+        super().cancel(request_id)
+        for seq, swap in list(self.waiting):
+            if seq.seq_id == request_id:  # its KV is still in the host cache: give it back
+                self.waiting.remove((seq, swap))
+                self.send(KvRelease(seq.seq_id, swap.host_handles))
+        self.engine.sequences = [s for s in self.engine.sequences if not s.done]
+
     def handle_role(self, message: object) -> None:
         if isinstance(message, SwapIn):
             seq = self.new_sequence(self.submitted.pop(message.request_id))
@@ -325,7 +346,7 @@ class DecodeWorker(_Worker):
     def run_quota(self, model: str, seqs: list[Sequence], quota: float) -> int:
         """Decode steps for `seqs` until the quota is spent or they finish; returns the steps run."""
         deadline = time.perf_counter() + quota
-        seqs = self.engine.make_resident(seqs)
+        seqs = self.engine.make_resident([s for s in seqs if not s.done])  # a cancel may have ended some
         steps = 0
         while seqs and time.perf_counter() < deadline:
             steps += 1

@@ -109,12 +109,19 @@ class WorkerReady:
 
 
 @dataclass(frozen=True)
+class Cancel:
+    """Proxy -> worker: the client went away; drop the request and free its KV."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
 class Shutdown:
     reason: str = ""
 
 
 MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, Switch, SwapOut, SwapIn, Tokens, StepDone, KvRelease,
-                                   WorkerReady, Shutdown)
+                                   WorkerReady, Cancel, Shutdown)
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
 
 

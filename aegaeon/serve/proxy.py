@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aegaeon.errors import AegaeonError, RequestError
-from aegaeon.ipc.messages import (KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
+from aegaeon.ipc.messages import (Cancel, KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
                                   WorkerReady, decode, encode)
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
 from aegaeon.sched.prefill import GroupedFCFS
@@ -101,6 +101,7 @@ class Proxy:
         self.requests: dict[int, RequestState] = {}
         self.lock = threading.Lock()
         self._next_id = 0
+        self.cancelled = 0
         self._stopping = False
         self._threads = [threading.Thread(target=self._read, args=(link,), name=f"proxy-read-w{link.worker_id}",
                                           daemon=True) for link in links]
@@ -220,7 +221,7 @@ class Proxy:
     def _hand_to_decode(self, swap: SwapOut) -> None:
         state = self.requests.get(swap.request_id)
         target = self._pick_decode(swap.model)
-        if state is None or target is None:
+        if state is None or target is None:  # cancelled meanwhile, or nowhere to go: free the host blocks
             self._release(KvRelease(swap.request_id, swap.host_handles))
             if state is not None:
                 self._fail(state, "no decode worker is alive: the request cannot continue")
@@ -244,6 +245,20 @@ class Proxy:
             if len(best.live) <= len(least.live) + 1:
                 return best
         return least
+
+    def cancel(self, request_id: int) -> None:
+        """The client is gone: stop the request wherever it is and free its KV (host and device)."""
+        with self.lock:
+            state = self.requests.pop(request_id, None)
+            if state is None or state.done:
+                return
+            state.done = True
+            self.cancelled += 1
+            worker = state.decode_worker if state.decode_worker is not None else state.prefill_worker
+            if worker is not None:
+                self.links[worker].send(Cancel(request_id))
+                self.links[worker].live.pop(request_id, None)
+            log.info("request %d cancelled by its client", request_id)
 
     def _fail(self, state: RequestState, reason: str) -> None:
         state.tokens.put(Tokens(state.submit.request_id, (), (), None, reason))

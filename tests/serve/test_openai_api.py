@@ -1,0 +1,135 @@
+"""The HTTP API with real clients: the `openai` package and curl."""
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from aegaeon.engine.engine import EngineConfig
+from aegaeon.models.maker import make_model
+from aegaeon.serve.node import Node, NodeConfig
+from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+KEY = "test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from aegaeon.serve.openai_api import create_app
+
+    root = tmp_path_factory.mktemp("api")
+    models = {"small": make_model(root / "small", SMALL_SHAPE, seed=1), "large": make_model(root / "large", LARGE_SHAPE, seed=2)}
+    node = Node(NodeConfig({k: str(v) for k, v in models.items()}, num_instances=3, cluster_id="apitest",
+                           engine=EngineConfig(slab_bytes=65536, kv_bytes=8 * 2**20), host_kv_bytes=4 * 2**20,
+                           kv_slab_bytes=65536, threads_per_worker=1))
+    proxy = node.start()
+    port = _free_port()
+    config = uvicorn.Config(create_app(proxy, models, api_key=KEY), host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", proxy
+    srv.should_exit = True
+    thread.join(timeout=10)
+    node.stop()
+
+
+def _client(server):
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0)
+
+
+def test_completions_with_the_openai_package_streaming_and_not(server):
+    client = _client(server)
+    full = client.completions.create(model="small", prompt="the model serves", max_tokens=8, temperature=0)
+    assert full.choices[0].finish_reason in ("length", "stop") and full.usage.completion_tokens <= 8
+    pieces = [c.choices[0].text for c in client.completions.create(model="small", prompt="the model serves",
+                                                                    max_tokens=8, temperature=0, stream=True)]
+    assert "".join(pieces) == full.choices[0].text
+
+
+def test_chat_completions_with_the_openai_package(server):
+    client = _client(server)
+    reply = client.chat.completions.create(model="large", messages=[{"role": "user", "content": "hello"}],
+                                           max_tokens=6, temperature=0)
+    assert reply.choices[0].message.role == "assistant" and reply.usage.completion_tokens <= 6
+    stream = client.chat.completions.create(model="large", messages=[{"role": "user", "content": "hello"}],
+                                            max_tokens=6, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == reply.choices[0].message.content
+
+
+def test_models_health_and_metrics(server):
+    assert {m.id for m in _client(server).models.list()} == {"small", "large"}
+    assert httpx.get(f"{server[0]}/health").json()["status"] == "ok"
+    text = httpx.get(f"{server[0]}/metrics").text
+    assert "aegaeon_requests_total" in text and "# TYPE aegaeon_ttft_seconds histogram" in text
+
+
+def test_unknown_model_is_a_404_with_an_openai_error(server):
+    with pytest.raises(openai.NotFoundError) as err:
+        _client(server).completions.create(model="nope", prompt="hi", max_tokens=2)
+    assert err.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "small", "prompt": "hi", "max_tokens": -1}, "max_tokens"),
+    ({"model": "small", "prompt": "hi", "max_tokens": "many"}, "max_tokens"),
+    ({"model": "small", "prompt": "hi", "n": 2}, "n"),
+    ({"model": "small", "prompt": "hi", "frobnicate": True}, "frobnicate"),
+    ({"prompt": "hi"}, "model"),
+    ({"model": "small", "prompt": "hi " * 3000, "max_tokens": 10}, "max_tokens"),
+])
+def test_bad_bodies_are_400s_that_name_the_field(server, body, param):
+    response = httpx.post(f"{server[0]}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_malformed_json_and_missing_key_are_client_errors(server):
+    bad = httpx.post(f"{server[0]}/v1/completions", content=b"{not json", headers={"Authorization": f"Bearer {KEY}",
+                                                                                "Content-Type": "application/json"})
+    assert bad.status_code == 400 and "error" in bad.json()
+    assert httpx.get(f"{server[0]}/v1/models").status_code == 401
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_streams_server_sent_events(server):
+    out = subprocess.run(["curl", "-sN", f"{server[0]}/v1/completions", "-H", f"Authorization: Bearer {KEY}",
+                          "-H", "Content-Type: application/json",
+                          "-d", json.dumps({"model": "small", "prompt": "one pool", "max_tokens": 4, "stream": True})],
+                         capture_output=True, text=True, timeout=60).stdout
+    events = [line[6:] for line in out.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and all("choices" in json.loads(e) for e in events[:-1])
+
+
+def test_a_client_that_disconnects_mid_stream_cancels_its_request(server):
+    url, proxy = server
+    cancelled_before = proxy.cancelled
+    body = {"model": "small", "prompt": "the model serves", "max_tokens": 1900, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        first = next(r.iter_lines())
+        assert first.startswith("data: ")
+    # 1900 tokens take several seconds to generate: an empty proxy this soon means the request was cancelled
+    deadline = time.monotonic() + 3
+    while proxy.requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not proxy.requests and not any(link.live for link in proxy.links.values())
+    assert proxy.cancelled == cancelled_before + 1
+    after = _client(server).completions.create(model="small", prompt="again", max_tokens=4, temperature=0)
+    assert after.usage.completion_tokens <= 4
