@@ -91,7 +91,18 @@ class ServedModel:
         extra = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        self.chat_template = ImmutableSandboxedEnvironment().from_string(extra.get("chat_template") or DEFAULT_CHAT_TEMPLATE)
+        env = ImmutableSandboxedEnvironment()
+        env.globals["raise_exception"] = _raise_template_error  # what Hugging Face chat templates call
+        self.special_tokens = {k: v for k, v in extra.items() if k in ("bos_token", "eos_token") and isinstance(v, str)}
+        self.chat_template = env.from_string(extra.get("chat_template") or DEFAULT_CHAT_TEMPLATE)
+
+    def render_chat(self, messages: list[dict]) -> str:
+        from jinja2 import TemplateError
+
+        try:
+            return self.chat_template.render(messages=messages, add_generation_prompt=True, **self.special_tokens)
+        except TemplateError as err:
+            raise ApiError(400, f"the chat template of {self.name} rejected the messages: {err}", "messages") from None
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
@@ -169,8 +180,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody):
         model = _model(body.model)
-        text = model.chat_template.render(messages=[m.model_dump() for m in body.messages],
-                                          add_generation_prompt=True)
+        text = model.render_chat([m.model_dump() for m in body.messages])
         state = _start(model, model.encode(text), body)
         return await _respond(state, model, body.stream, chat=True)
 
@@ -200,7 +210,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None
         while True:
             message = await asyncio.to_thread(_next_message, state, deadline)
             if message.error is not None:
-                raise ApiError(500 if "died" in message.error else 400, message.error, None, "request_failed")
+                raise ApiError(503 if "died" in message.error else 400, message.error, None, "request_failed")
             yield list(message.token_ids), list(message.times), message.finish_reason
             if message.finish_reason is not None:
                 return
@@ -230,6 +240,12 @@ def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None
         yield b"data: [DONE]\n\n"
 
     return app
+
+
+def _raise_template_error(message: str) -> None:
+    from jinja2 import TemplateError
+
+    raise TemplateError(message)
 
 
 def _next_message(state: RequestState, deadline: float):

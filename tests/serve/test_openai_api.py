@@ -133,3 +133,21 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_request(server):
     assert proxy.cancelled == cancelled_before + 1
     after = _client(server).completions.create(model="small", prompt="again", max_tokens=4, temperature=0)
     assert after.usage.completion_tokens <= 4
+
+
+def test_a_chat_template_that_rejects_the_messages_is_a_400(tmp_path):
+    import json as _json
+
+    from aegaeon.serve.openai_api import ApiError, ServedModel
+
+    path = make_model(tmp_path / "templated", SMALL_SHAPE)
+    config = _json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% if messages[0].role != 'user' %}{{ raise_exception('first message must come "
+                               "from the user') }}{% endif %}{{ bos_token }}{{ messages[0].content }}")
+    config["bos_token"] = "<s>"
+    (path / "tokenizer_config.json").write_text(_json.dumps(config))
+    model = ServedModel("templated", path)
+    assert model.render_chat([{"role": "user", "content": "hi"}]) == "<s>hi"
+    with pytest.raises(ApiError, match="first message must come from the user") as err:
+        model.render_chat([{"role": "system", "content": "x"}])
+    assert err.value.status == 400 and err.value.param == "messages"
