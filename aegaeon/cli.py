@@ -284,28 +284,15 @@ def _progress_bar(label: str):
 def serve(host: str, port: int, models_spec: str | None, instances: int, prefill_instances: int, cluster_id: str,
           api_key: str | None) -> None:
     """Serve an OpenAI-compatible API from a node of worker processes (CPU: the demo pool by default)."""
-    from pathlib import Path
-
-    import uvicorn
-
     from aegaeon.errors import AegaeonError
-    from aegaeon.serve.node import Node, NodeConfig
-    from aegaeon.serve.openai_api import create_app
+    from aegaeon.serve.node import NodeConfig
+    from aegaeon.serve.server import serve_node
 
-    models = _parse_models(models_spec)
+    config = NodeConfig(_parse_models(models_spec), instances, prefill_instances, cluster_id=cluster_id)
     try:
-        node = Node(NodeConfig(models, instances, prefill_instances, cluster_id=cluster_id))
-        proxy = node.start()
+        serve_node(config, host, port, api_key, announce=lambda line: click.echo(line, err=True))
     except AegaeonError as exc:
         raise _fail(exc) from None
-    try:
-        good = {name: Path(path) for name, path in models.items() if name not in node.unavailable}
-        for name, reason in node.unavailable.items():
-            click.echo(f"warning: {reason}", err=True)
-        click.echo(f"serving {sorted(good)} on http://{host}:{port}/v1", err=True)
-        uvicorn.run(create_app(proxy, good, api_key), host=host, port=port, log_level="warning")
-    finally:
-        node.stop()
 
 
 @main.command("make-model")

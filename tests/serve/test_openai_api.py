@@ -151,3 +151,44 @@ def test_a_chat_template_that_rejects_the_messages_is_a_400(tmp_path):
     with pytest.raises(ApiError, match="first message must come from the user") as err:
         model.render_chat([{"role": "system", "content": "x"}])
     assert err.value.status == 400 and err.value.param == "messages"
+
+
+def _wait_healthy(url: str, proc, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the launcher exited early"
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the node did not come up")
+
+
+def test_launcher_cleans_up_on_sigterm_and_recovers_after_a_crash(tmp_path):
+    import signal
+    import sys
+
+    from aegaeon.ipc.shm import SHM_DIR
+
+    model = make_model(tmp_path / "solo", SMALL_SHAPE)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "aegaeon.launch", "start", "--models", str(model), "--num-instances", "2",
+           "--cluster-id", "launchtest", "--port", str(port)]
+    crashed = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    _wait_healthy(f"http://127.0.0.1:{port}", crashed)
+    crashed.kill()  # no cleanup: its shm objects stay behind
+    crashed.wait()
+    assert list(SHM_DIR.glob("*aegaeon-launchtest-*"))
+    port = _free_port()
+    cmd[-1] = str(port)
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    _wait_healthy(f"http://127.0.0.1:{port}", proc)  # the restart removed the crashed run's objects first
+    reply = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": "solo", "prompt": "hi",
+                                                                         "max_tokens": 3}, timeout=30)
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    time.sleep(0.5)
+    assert not list(SHM_DIR.glob("*aegaeon-launchtest-*"))
