@@ -166,6 +166,26 @@ def bench_sched_cmd() -> None:
                f"and given quotas per round)")
 
 
+@bench.command("http")
+@click.option("--requests", default=64, show_default=True)
+@click.option("--concurrency", default=8, show_default=True)
+@click.option("--max-tokens", default=32, show_default=True)
+def bench_http_cmd(requests: int, concurrency: int, max_tokens: int) -> None:
+    """Requests/s and TTFT/TPOT percentiles through the HTTP API vs the in-process client (demo pool)."""
+    from aegaeon.bench.http import bench_http
+    from aegaeon.models.demo import demo_models
+
+    if min(requests, concurrency, max_tokens) < 1:
+        raise click.BadParameter("--requests, --concurrency and --max-tokens must be at least 1")
+    r = bench_http({k: str(v) for k, v in demo_models().items()}, requests, concurrency, max_tokens)
+    click.echo(f"{r.requests} requests, {r.concurrency} concurrent, {r.max_tokens} tokens each (streaming)")
+    click.echo("path         req/s  TTFT p50  TTFT p99  TPOT p50  TPOT p99   (seconds)")
+    for name, f in (("http", r.http), ("in-process", r.inprocess)):
+        click.echo(f"{name:10s} {f.requests_per_s:7.2f} {f.ttft_p50:9.4f} {f.ttft_p99:9.4f} {f.tpot_p50:9.4f} "
+                   f"{f.tpot_p99:9.4f}")
+    click.echo(f"in-process / http throughput: {r.overhead:.2f}x")
+
+
 @bench.command("swap")
 @click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
 @click.option("--device", default="cpu", show_default=True)

@@ -189,3 +189,10 @@ def test_sched_benchmark_reports_both_policies():
     result = CliRunner().invoke(main, ["bench", "sched"])
     assert result.exit_code == 0, result.output
     assert "prefill placements:" in result.output and "decode rounds:" in result.output
+
+
+def test_http_benchmark_compares_both_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("AEGAEON_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["bench", "http", "--requests", "6", "--concurrency", "2", "--max-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert "in-process / http throughput:" in result.output

@@ -205,10 +205,16 @@ def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None
                 "model": model.name, "choices": [choice], "usage": usage}
 
     async def _tokens(state: RequestState) -> AsyncIterator[tuple[list[int], list[float], str | None]]:
-        """Token batches from the proxy without blocking the event loop; raises ApiError on failure."""
-        deadline = time.monotonic() + client.timeout
+        """Token batches from the proxy, awaited on the event loop (no thread per stream); ApiError on failure."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue = asyncio.Queue()
+        proxy.listen(state, lambda message: loop.call_soon_threadsafe(inbox.put_nowait, message))
         while True:
-            message = await asyncio.to_thread(_next_message, state, deadline)
+            try:
+                message = await asyncio.wait_for(inbox.get(), timeout=client.timeout)
+            except asyncio.TimeoutError:
+                raise ApiError(504, f"request {state.submit.request_id} produced no token in time", None,
+                               "timeout") from None
             if message.error is not None:
                 raise ApiError(503 if "died" in message.error else 400, message.error, None, "request_failed")
             yield list(message.token_ids), list(message.times), message.finish_reason
@@ -246,12 +252,3 @@ def _raise_template_error(message: str) -> None:
     from jinja2 import TemplateError
 
     raise TemplateError(message)
-
-
-def _next_message(state: RequestState, deadline: float):
-    import queue
-
-    try:
-        return state.tokens.get(timeout=max(0.0, deadline - time.monotonic()))
-    except queue.Empty:
-        raise ApiError(504, f"request {state.submit.request_id} produced no token in time", None, "timeout") from None

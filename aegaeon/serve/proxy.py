@@ -33,6 +33,13 @@ class RequestState:
     submit: Submit
     arrival: float
     tokens: "queue.Queue[Tokens]" = field(default_factory=queue.Queue)
+    listener: Callable[[Tokens], None] | None = None  # set by async front ends instead of reading `tokens`
+
+    def deliver(self, message: Tokens) -> None:
+        if self.listener is not None:
+            self.listener(message)
+        else:
+            self.tokens.put(message)
     prefill_worker: int | None = None
     decode_worker: int | None = None
     unreleased: tuple[int, ...] = ()  # host KV handles handed to a decode worker, not yet released
@@ -212,7 +219,7 @@ class Proxy:
         state = self.requests.get(message.request_id)
         if state is None:
             return
-        state.tokens.put(message)
+        state.deliver(message)
         if message.finish_reason is not None or message.error is not None:
             state.done = True
             link.live.pop(message.request_id, None)
@@ -246,6 +253,13 @@ class Proxy:
                 return best
         return least
 
+    def listen(self, state: RequestState, listener: Callable[[Tokens], None]) -> None:
+        """Route the request's token messages to `listener` (called on a proxy thread), oldest first."""
+        with self.lock:
+            while not state.tokens.empty():
+                listener(state.tokens.get_nowait())
+            state.listener = listener
+
     def cancel(self, request_id: int) -> None:
         """The client is gone: stop the request wherever it is and free its KV (host and device)."""
         with self.lock:
@@ -261,7 +275,7 @@ class Proxy:
             log.info("request %d cancelled by its client", request_id)
 
     def _fail(self, state: RequestState, reason: str) -> None:
-        state.tokens.put(Tokens(state.submit.request_id, (), (), None, reason))
+        state.deliver(Tokens(state.submit.request_id, (), (), None, reason))
         state.done = True
         self.requests.pop(state.submit.request_id, None)
 
