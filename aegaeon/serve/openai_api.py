@@ -40,9 +40,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CompletionBody(_Strict):
+class _Generation(_Strict):
+    """Fields both endpoints share."""
+
     model: str
-    prompt: str | list[str]
     max_tokens: int = Field(16, ge=1, le=1_000_000)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -50,6 +51,10 @@ class CompletionBody(_Strict):
     stream: bool = False
     seed: int | None = None
     user: str | None = None
+
+
+class CompletionBody(_Generation):
+    prompt: str | list[str]
 
 
 class ChatMessage(_Strict):
@@ -57,16 +62,8 @@ class ChatMessage(_Strict):
     content: str
 
 
-class ChatBody(_Strict):
-    model: str
+class ChatBody(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int = Field(16, ge=1, le=1_000_000)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: Literal[1] = 1
-    stream: bool = False
-    seed: int | None = None
-    user: str | None = None
 
 
 class ApiError(Exception):
