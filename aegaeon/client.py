@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aegaeon.errors import RequestError
+from aegaeon.ipc.messages import Tokens
 from aegaeon.serve.proxy import Proxy, RequestState
 
 
@@ -37,28 +38,30 @@ class Client:
 
     def stream(self, state: RequestState) -> Iterator[tuple[int, float]]:
         """(token id, time) pairs as they arrive; raises RequestError if the request fails."""
+        for message in self._messages(state):
+            yield from zip(message.token_ids, message.times)
+            if message.error is not None:
+                raise RequestError(message.error)
+
+    def _messages(self, state: RequestState) -> Iterator[Tokens]:
+        """The request's token messages up to and including its last (finished or failed) one."""
         deadline = time.monotonic() + self.timeout
         while True:
             try:
                 message = state.tokens.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise TimeoutError(f"request {state.submit.request_id}: no token within {self.timeout} s") from None
-            yield from zip(message.token_ids, message.times)
-            if message.error is not None:
-                raise RequestError(message.error)
-            if message.finish_reason is not None:
+            yield message
+            if message.error is not None or message.finish_reason is not None:
                 return
 
     def complete(self, state: RequestState) -> Completion:
         done = Completion(state.submit.request_id, state.submit.model, arrival=time.time())
-        try:
-            for token, at in self.stream(state):
-                done.token_ids.append(token)
-                done.token_times.append(at)
-        except RequestError as err:
-            done.error = str(err)
-        done.finish_reason = "error" if done.error else ("length" if len(done.token_ids) >= state.submit.max_tokens
-                                                         else "stop")
+        for message in self._messages(state):
+            done.token_ids += message.token_ids
+            done.token_times += message.times
+            done.finish_reason = "error" if message.error is not None else message.finish_reason
+            done.error = message.error
         return done
 
     def complete_many(self, requests: list[tuple[str, list[int]]], max_tokens: int = 16) -> list[Completion]:

@@ -88,9 +88,9 @@ def _measure_point(engine: Engine, req: ProfileRequest, input_len: int, batch: i
     for _ in range(req.repeats + 1):  # the first round warms up
         seqs = [engine.submit_ids(req.name, [rng.randrange(vocab) for _ in range(input_len)],
                                   SamplingParams(max_tokens=req.decode_steps + 1)) for _ in range(batch)]
-        prefills.append(_timed(req.device, lambda: engine.step_batch(req.name, list(seqs))))
+        prefills.append(timed(req.device, lambda: engine.step_batch(req.name, list(seqs))))
         for _ in range(req.decode_steps):
-            decodes.append(_timed(req.device, lambda: engine.step_batch(req.name, list(seqs))))
+            decodes.append(timed(req.device, lambda: engine.step_batch(req.name, list(seqs))))
         for seq in seqs:
             engine.kv.release(seq)
         engine.sequences.clear()
@@ -98,15 +98,16 @@ def _measure_point(engine: Engine, req: ProfileRequest, input_len: int, batch: i
     return TablePoint(input_len, batch, min(prefills[1:]), sum(decodes) / len(decodes))
 
 
-def _timed(device: str, fn: Callable[[], None]) -> float:
-    _sync(device)
+def timed(device: str, fn: Callable[[], None]) -> float:
+    """Wall seconds of `fn`, with the device's queued work drained before and after."""
+    sync(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -116,16 +117,16 @@ def _measure_link(engine: Engine, req: ProfileRequest) -> LinkCost:
     entry = engine.runner.entries[req.name]
     src = engine.host_cache.region(req.name)
     dst = torch.empty_like(src, device=req.device)
-    copy_s = min(_timed(req.device, lambda: dst.copy_(src)) for _ in range(5))
+    copy_s = min(timed(req.device, lambda: dst.copy_(src)) for _ in range(5))
     bandwidth = src.numel() / copy_s
-    switch_s = min(_timed(req.device, lambda: engine.runner.entries[req.name].model.bind(
+    switch_s = min(timed(req.device, lambda: engine.runner.entries[req.name].model.bind(
         entry.weights.views(_copy_weights(engine, req.name)))) for _ in range(5))
     seq = engine.submit_ids(req.name, [1] * (entry.kv.block_size * 8), SamplingParams(max_tokens=2))
     engine.kv.grow(seq, len(seq.prompt_ids), entry.kv)
     seq.num_cached = len(seq.prompt_ids)
     swap_s, swap_bytes = [], len(seq.blocks) * entry.kv.block_bytes
     for _ in range(5):
-        swap_s.append(_timed(req.device, lambda: (engine.kv.swap_out(seq, entry.kv),
+        swap_s.append(timed(req.device, lambda: (engine.kv.swap_out(seq, entry.kv),
                                                            engine.kv.swap_in(seq, entry.kv))) / 2)
     engine.kv.release(seq)
     engine.sequences.clear()

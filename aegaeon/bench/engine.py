@@ -18,6 +18,7 @@ import torch
 from aegaeon.engine.engine import Engine, EngineConfig
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.models.sampler import SamplingParams
+from aegaeon.profiler import sync, timed
 from aegaeon.weights.checkpoint import open_checkpoint
 from aegaeon.weights.host_cache import HostWeightCache
 
@@ -64,7 +65,7 @@ def bench_switch(model: Path, device: str = "cpu", switches: int = 20) -> Switch
         times = []
         for i in range(switches):
             record = engine.runner.switch_to("second" if i % 2 == 0 else "first")
-            _sync(device)
+            sync(device)
             times.append(record.seconds)
         nbytes = engine.runner.entries["first"].weights.total_bytes
         src = engine.host_cache.region("first")
@@ -73,7 +74,7 @@ def bench_switch(model: Path, device: str = "cpu", switches: int = 20) -> Switch
         for _ in range(switches):
             start = time.perf_counter()
             dst.copy_(src)
-            _sync(device)
+            sync(device)
             copies.append(time.perf_counter() - start)
     return SwitchBench(device, nbytes, switches, statistics.median(times), statistics.median(copies),
                        pinned_h2d_bandwidth(nbytes) if device.startswith("cuda") else None)
@@ -91,11 +92,6 @@ def pinned_h2d_bandwidth(nbytes: int, repeats: int = 5) -> float:
         torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return nbytes / best / 1e9
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 @dataclass(frozen=True)
@@ -158,10 +154,10 @@ def bench_decode(model: Path, batch: int = 8, steps: int = 64, device: str = "cp
     with Engine({"m": model}, EngineConfig(device=device, max_batch_size=batch, steps_per_turn=1)) as engine:
         seqs = [engine.submit("m", prompt, SamplingParams(max_tokens=steps + 1)) for _ in range(batch)]
         engine.run_turn()  # prefill and the first token
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         engine.run()
-        _sync(device)
+        sync(device)
         ours = batch * steps / (time.perf_counter() - start)
         prompt_ids = seqs[0].prompt_ids
     return DecodeBench(batch, steps, ours, _reference_decode(model, prompt_ids, batch, steps, device))
@@ -181,12 +177,12 @@ def _reference_decode(model: Path, prompt_ids: list[int], batch: int, steps: int
     with torch.no_grad():
         out = hf(ids, use_cache=True)
         cache, token = getattr(out, key), out.logits[:, -1].argmax(-1, keepdim=True)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(steps):
             out = hf(token, use_cache=True, **{key: cache})
             cache, token = getattr(out, key), out.logits[:, -1].argmax(-1, keepdim=True)
-        _sync(device)
+        sync(device)
     return batch * steps / (time.perf_counter() - start)
 
 
@@ -236,10 +232,10 @@ def bench_swap(model: Path, device: str = "cpu", blocks: int = 512, steps: int =
             if ticket.event is not None:
                 ticket.event.synchronize()
 
-        out_s = min(_timed_call(lambda: swap(True), device) for _ in range(5))
-        in_s = min(_timed_call(lambda: swap(False), device) for _ in range(5))
+        out_s = min(timed(device, lambda: swap(True)) for _ in range(5))
+        in_s = min(timed(device, lambda: swap(False)) for _ in range(5))
         dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
-        plain_s = min(_timed_call(lambda: dst.copy_(host, non_blocking=True), device) for _ in range(5))
+        plain_s = min(timed(device, lambda: dst.copy_(host, non_blocking=True)) for _ in range(5))
 
         seqs = [engine.submit("m", "the model serves many requests", SamplingParams(max_tokens=2 * steps + 4))
                 for _ in range(8)]
@@ -264,17 +260,9 @@ def _swap_until(stop, swap) -> None:
 
 
 def _decode_steps(engine: Engine, seqs: list, steps: int, device: str) -> float:
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         engine.step_batch("m", list(seqs))
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / steps
-
-
-def _timed_call(fn, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start

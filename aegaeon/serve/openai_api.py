@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aegaeon.client import Client
 from aegaeon.errors import RequestError
+from aegaeon.models.config import load_arch_config
 from aegaeon.serve.metrics import Metrics
 from aegaeon.serve.proxy import Proxy, RequestState
 
@@ -82,8 +83,7 @@ class ServedModel:
 
         self.name = name
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        config = json.loads((path / "config.json").read_text())
-        self.max_position = int(config.get("max_position_embeddings", 2048))
+        self.max_position = load_arch_config(path).max_position
         tokenizer_config = path / "tokenizer_config.json"
         extra = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
         from jinja2.sandbox import ImmutableSandboxedEnvironment

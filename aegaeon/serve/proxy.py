@@ -56,6 +56,7 @@ class WorkerLink:
     ready: threading.Event = field(default_factory=threading.Event)
     unavailable: dict[str, str] = field(default_factory=dict)
     busy: bool = False  # prefill: running a group
+    group_tokens: int = 0  # prefill: prompt tokens of the running group
     loaded: str | None = None
     live: dict[int, str] = field(default_factory=dict)  # decode: request id -> model
     served: int = 0  # requests handed to this worker
@@ -83,11 +84,18 @@ class WorkerLink:
 
 
 class _PrefillCost:
-    """What grouped FCFS needs to compare prefill workers: per-token and switch times, measured."""
+    """What grouped FCFS needs to compare prefill workers: per-token and switch times, learnt from the
+    workers' StepDone reports (moving averages; the starting values only matter until the first group)."""
 
     def __init__(self) -> None:
         self.per_token = 1e-4
         self.switch = 0.01
+
+    def observe(self, tokens: int, seconds: float, switch_seconds: float) -> None:
+        if switch_seconds > 0:
+            self.switch = 0.7 * self.switch + 0.3 * switch_seconds
+        if tokens > 0:
+            self.per_token = 0.7 * self.per_token + 0.3 * max(0.0, seconds - switch_seconds) / tokens
 
     def prefill_time(self, model: str, input_lens) -> float:
         return self.per_token * sum(input_lens)
@@ -166,6 +174,7 @@ class Proxy:
         if group is None:
             return
         link.busy, link.loaded = True, group.model
+        link.group_tokens = sum(r.input_len for r in group.requests)
         ids = tuple(r.request_id for r in group.requests)
         for request_id in ids:
             link.send(self.requests[request_id].submit)
@@ -199,6 +208,7 @@ class Proxy:
             link.steps += message.steps
             link.switches += message.switch_seconds > 0
             if link.role == "prefill":
+                self.cost.observe(link.group_tokens, message.seconds, message.switch_seconds)
                 link.busy = False
                 self._dispatch_prefill(self.prefill.index(link))
 

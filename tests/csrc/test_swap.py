@@ -16,11 +16,6 @@ from aegaeon.native import _C
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
 
-def _disjoint_offsets(rng: random.Random, count: int, block: int, limit: int) -> list[int]:
-    slots = rng.sample(range(limit // block), count)
-    return [s * block + rng.randrange(0, 1 + (limit - (s + 1) * block) // max(1, limit)) for s in slots]
-
-
 def _reference(src, src_off, dst, dst_off, block):
     out = dst.clone()
     for s, d in zip(src_off, dst_off):

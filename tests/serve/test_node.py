@@ -39,6 +39,7 @@ def test_token_level_scaling_serves_every_request_with_single_model_greedy_outpu
         served = [link.served for link in decode_links]
         switches = sum(link.switches for link in decode_links)
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
+    assert {r.finish_reason for r in results} <= {"length", "stop"}  # as the workers reported them
     for (model, ids), result in zip(requests, results):
         assert result.token_ids == expected[(model, tuple(ids))], model
     assert not list(SHM_DIR.glob("*aegaeon-nodetest1-*"))
@@ -165,7 +166,7 @@ def test_bad_requests_fail_with_the_reason_and_the_node_keeps_serving(twelve_mod
         fine = client.complete(client.submit("m00", [1, 2, 3], max_tokens=4))
         with pytest.raises(RequestError, match="20000 tokens makes a .* over the 16380-byte ring slot"):
             client.submit("m00", [1] * 20000, max_tokens=4)
-    assert "model nope is not served here" in unknown.error
+    assert "model nope is not served here" in unknown.error and unknown.finish_reason == "error"
     assert "the context holds 2048" in too_long.error
     assert "prompt token ids must lie in" in bad_ids.error
     assert "temperature=-1.0" in hot.error
