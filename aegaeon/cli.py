@@ -98,59 +98,66 @@ def bench_ipc_cmd(round_trips: int) -> None:
     click.echo(f"ratio ring / pipe:      {r.ratio:.2f}x")
 
 
-@bench.command("live")
-@click.option("--num-models", default=12, show_default=True)
-@click.option("--arrival-rate", "rates", default="0.5", show_default=True, help="Requests/s per model: 0.5,1.0")
-@click.option("--duration", default=60.0, show_default=True, help="Seconds of arrivals.")
-@click.option("--inlen-scale", default=0.25, show_default=True)
-@click.option("--outlen-scale", default=0.25, show_default=True)
-@click.option("--instances", default=4, show_default=True, help="Virtual CPU instances (worker processes).")
-@click.option("--prefill-instances", default=1, show_default=True)
-@click.option("--policy", "policies", default="aegaeon,sllm", show_default=True,
-              help="aegaeon (token-level) and/or sllm (request-level decode scaling).")
+@bench.command("e2e")
+@click.option("--num-models", default=12, show_default=True, help="Models synth_model_00.. (a tiny market on CPU).")
+@click.option("--arrival-rate", "rates", default="0.5", show_default=True,
+              help="Requests/s per model; a list 0.5,1.0 runs each.")
+@click.option("--inlen-scale", default=0.2, show_default=True, help="Input lengths x this (CPU default 0.2).")
+@click.option("--outlen-scale", default=0.2, show_default=True, help="Output lengths x this (CPU default 0.2).")
+@click.option("--nnodes", default=1, show_default=True, help="Nodes (more than 1 needs the TCP link: not yet).")
 @click.option("--ttft-slo", type=float, default=None, help="Seconds [env AEGAEON_TTFT_SLO, default 10].")
 @click.option("--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1].")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--duration", default=60.0, show_default=True, help="Seconds of arrivals replayed.")
+@click.option("--instances", default=4, show_default=True, help="Virtual CPU instances (worker processes).")
+@click.option("--prefill-instances", default=1, show_default=True)
+@click.option("--policy", "policies", default="aegaeon", show_default=True,
+              help="aegaeon (token-level) and/or sllm (request-level decode scaling), e.g. aegaeon,sllm.")
+@click.option("--seed", default=0, show_default=True, help="Seed of a generated workload.")
+@click.option("--workloads", "workloads_dir", default="workloads", show_default=True,
+              type=click.Path(file_okay=False), help="Where synth-N-R-X-Y.csv is read (or generated).")
 @click.option("--out", "out_dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
-def bench_live_cmd(num_models: int, rates: str, duration: float, inlen_scale: float, outlen_scale: float,
-                   instances: int, prefill_instances: int, policies: str, ttft_slo: float | None,
-                   tpot_slo: float | None, seed: int, out_dir: str) -> None:
-    """Replay a synthetic workload in real time on a CPU node of tiny models; SLO attainment per policy."""
+def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale: float, nnodes: int,
+                  ttft_slo: float | None, tpot_slo: float | None, duration: float, instances: int,
+                  prefill_instances: int, policies: str, seed: int, workloads_dir: str, out_dir: str) -> None:
+    """Launch a CPU node of tiny models, replay workloads/synth-N-R-X-Y.csv in real time, and report
+    SLO attainment and goodput; writes live-*.json (the simulator's schema plus traces) for `aegaeon plot`."""
     from pathlib import Path
 
     import signal
 
-    from aegaeon.bench.live import LiveRun, run_live
+    from aegaeon.bench.e2e import E2ERun, run_e2e
     from aegaeon.errors import AegaeonError
     from aegaeon.models.demo import aegaeon_home
     from aegaeon.sched.slo import SLO
     from aegaeon.sim.runner import write_result
+    from aegaeon.sim.sweep import parse_list
 
-    try:
-        rate_values = [float(r) for r in rates.split(",") if r.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{rates!r} is not a comma-separated list of numbers", param_hint="--arrival-rate")
     names = [p.strip() for p in policies.split(",") if p.strip()]
-    unknown = [p for p in names if p not in ("aegaeon", "sllm")]
-    if unknown or not names or not rate_values:
-        raise click.BadParameter(f"use aegaeon and/or sllm, and at least one rate (got {policies!r}, {rates!r})")
+    if not names or any(p not in ("aegaeon", "sllm") for p in names):
+        raise click.BadParameter(f"{policies!r}: use aegaeon and/or sllm", param_hint="--policy")
     # SIGTERM unwinds like Ctrl-C, so the node stops its workers and removes its shared memory.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        rate_values = parse_list(rates, float, "--arrival-rate")
         slo = SLO.from_env(ttft_slo, tpot_slo)
-        click.echo("policy    models  rate SLO att. met both p99 TTFT p99 TPOT")
+        rows = []
         for rate in rate_values:
             for policy in names:
-                run = LiveRun(num_models, rate, duration, inlen_scale, outlen_scale, instances, prefill_instances,
-                              policy, seed, slo)
+                run = E2ERun(num_models, rate, duration, inlen_scale, outlen_scale, instances, prefill_instances,
+                             policy, seed, slo, nnodes)
                 with click.progressbar(length=1, label=f"{policy} rate {rate:g}", file=sys.stderr) as bar:
                     def advance(done: int, total: int) -> None:
                         bar.length = total
                         bar.update(done - bar.pos)
-                    result = run_live(run, aegaeon_home() / "market", advance)
-                write_result(Path(out_dir), result)
-                click.echo(f"{policy:8s} {num_models:6d} {rate:5g} {result['slo_attainment']:7.1%} "
-                           f"{result['met_both_share']:8.1%} {result['ttft_p99'] or 0:8.3f} {result['tpot_p99'] or 0:8.3f}")
+                    result = run_e2e(run, aegaeon_home() / "market", Path(workloads_dir), advance)
+                path = write_result(Path(out_dir), result)
+                rows.append((policy, rate, result))
+                click.echo(f"wrote {path}", err=True)
+        click.echo("policy    models  rate requests SLO att. met both goodput p99 TTFT p99 TPOT switches")
+        for policy, rate, r in rows:
+            click.echo(f"{policy:8s} {num_models:6d} {rate:5g} {r['num_requests']:8d} {r['slo_attainment']:7.1%} "
+                       f"{r['met_both_share']:8.1%} {r['goodput']:7.2f} {r['ttft_p99'] or 0:8.3f} "
+                       f"{r['tpot_p99'] or 0:8.3f} {len(r['trace']['switches']):8d}")
     except AegaeonError as exc:
         raise _fail(exc) from None
 

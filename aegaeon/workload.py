@@ -63,6 +63,10 @@ class WorkloadSpec:
 
 
 def workload_filename(num_models: int, arrival_rate: float, inlen_scale: float, outlen_scale: float) -> str:
+    for flag, scale in (("--inlen-scale", inlen_scale), ("--outlen-scale", outlen_scale)):
+        if abs(round(scale, 1) - scale) > 1e-9:  # else two workloads would share one file name
+            raise ConfigError(f"{flag} {scale:g}: workload file names keep one decimal (synth-N-R-X-Y.csv); "
+                              f"use a multiple of 0.1")
     return f"synth-{num_models}-{arrival_rate:g}-{inlen_scale:.1f}-{outlen_scale:.1f}.csv"
 
 

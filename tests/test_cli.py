@@ -3,8 +3,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+from aegaeon.bench.e2e import BREAKDOWN_PARTS
 from aegaeon.cli import main
 from aegaeon.launch import main as launch_main
 
@@ -172,17 +174,40 @@ def test_ipc_benchmark_reports_both_transports():
     assert "shm ring:" in result.output and "ratio ring / pipe:" in result.output
 
 
-def test_live_benchmark_replays_a_small_workload_and_writes_live_json(tmp_path, monkeypatch):
+def test_e2e_benchmark_replays_a_workload_file_and_writes_live_json_with_traces(tmp_path, monkeypatch):
     monkeypatch.setenv("AEGAEON_HOME", str(tmp_path / "home"))
-    result = CliRunner().invoke(main, ["bench", "live", "--num-models", "3", "--arrival-rate", "0.5", "--duration",
+    workloads = tmp_path / "workloads"
+    result = CliRunner().invoke(main, ["bench", "e2e", "--num-models", "3", "--arrival-rate", "0.5", "--duration",
                                        "4", "--instances", "2", "--policy", "aegaeon", "--outlen-scale", "0.1",
-                                       "--out", str(tmp_path / "json")])
+                                       "--workloads", str(workloads), "--out", str(tmp_path / "json")])
     assert result.exit_code == 0, result.output
-    files = list((tmp_path / "json").glob("live-aegaeon-3-0.5-*.json"))
+    assert (workloads / "synth-3-0.5-0.2-0.1.csv").is_file()  # generated once, replayed from the file
+    files = list((tmp_path / "json").glob("live-aegaeon-3-0.5-0.2-0.1-*.json"))
     assert len(files) == 1
     data = json.loads(files[0].read_text())
     assert data["source"] == "live" and data["num_requests"] == len(data["requests"]) > 0
     assert data["finished_share"] == 1.0
+    for record in data["requests"]:
+        parts = record["breakdown"]
+        assert set(parts) == set(BREAKDOWN_PARTS)
+        assert min(parts.values()) > -0.005  # clocks of two processes: allow a few ms of skew
+        assert sum(parts.values()) == pytest.approx(record["finish"] - record["arrival"], abs=1e-6)
+    trace = data["trace"]
+    assert trace["switches"] and all(s["copy_weights"] >= 0 and s["bytes"] > 0 for s in trace["switches"])
+    labels = {s["label"] for s in trace["swaps"]}
+    assert {"export", "import"} <= labels  # every request's KV went prefill -> host cache -> decode
+    assert sum(s["bytes"] for s in trace["swaps"] if s["label"] == "export") == \
+        sum(s["bytes"] for s in trace["swaps"] if s["label"] == "import")
+    assert trace["memory"] and all(m["total"] > 0 for m in trace["memory"])
+
+
+def test_e2e_benchmark_refuses_what_it_cannot_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("AEGAEON_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    result = runner.invoke(main, ["bench", "e2e", "--nnodes", "2", "--workloads", str(tmp_path)])
+    assert result.exit_code != 0 and "TCP node link" in result.output
+    result = runner.invoke(main, ["bench", "e2e", "--inlen-scale", "0.25", "--workloads", str(tmp_path)])
+    assert result.exit_code != 0 and "one decimal" in result.output
 
 
 def test_sched_benchmark_reports_both_policies():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -50,6 +50,11 @@ class SwitchRecord:
     bytes_copied: int
     kv_moved: int
     kv_swapped_out: int
+    # Where the time went (seconds): waiting for the host cache to hold the weights (not part of `seconds`),
+    # moving or swapping KV out of the weight region, the weight copy, re-binding the parameter views.
+    # On a GPU the copy is asynchronous, so its stage is the time to queue it; it completes before the next
+    # forward on the same stream.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -76,6 +81,7 @@ class ModelRunner:
         if self.active == name:
             return None
         entry = self.entries[name]
+        waited = time.perf_counter()
         self.host_cache.wait(name)
         start = time.perf_counter()
         self.active = None  # the old model's views are about to be overwritten
@@ -89,13 +95,18 @@ class ModelRunner:
             placement = self.arena.place_weights(entry.weights.total_bytes)
             if not placement.ready:
                 raise IntegrityError(f"switch to {name}: KV blocks remain in the weight region after swap-out")
+        evicted = time.perf_counter()
         region = self.arena.weight_view(0, torch.uint8, (entry.weights.total_bytes,))
         # From the page-locked host cache this is one DMA on the compute stream: the
         # forward kernels queued after it are ordered behind it without a device sync.
         region.copy_(self.host_cache.region(name), non_blocking=self.arena.device.type == "cuda")
+        copied = time.perf_counter()
         entry.model.bind(entry.weights.views(region))
         self.active = name
-        record = SwitchRecord(name, time.perf_counter() - start, entry.weights.total_bytes, len(placement.moved), swapped)
+        bound = time.perf_counter()
+        stages = {"wait_weights": start - waited, "evict_kv": evicted - start, "copy_weights": copied - evicted,
+                  "bind": bound - copied}
+        record = SwitchRecord(name, bound - start, entry.weights.total_bytes, len(placement.moved), swapped, stages)
         self.switches.append(record)
         log.debug("switched to %s in %.4f s (%d bytes, %d blocks moved, %d seqs swapped out)",
                   name, record.seconds, record.bytes_copied, record.kv_moved, swapped)

@@ -23,8 +23,9 @@ import torch
 from aegaeon.engine.engine import Engine, EngineConfig
 from aegaeon.engine.sequence import Sequence, SeqStatus
 from aegaeon.errors import AegaeonError, OutOfBlocksError
+from aegaeon.engine.runner import SwitchRecord
 from aegaeon.ipc.messages import (Cancel, KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
-                                  WorkerReady, decode, encode)
+                                  Trace, WorkerReady, decode, encode)
 from aegaeon.ipc.ring import Ring, RingEmptyError
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.models.sampler import SamplingParams, new_generator
@@ -33,6 +34,7 @@ from aegaeon.sched.decode import DecodeCandidate, form_batches, plan_round, rota
 log = logging.getLogger(__name__)
 
 KV_SEGMENT = "kvcache"
+MEMORY_SAMPLE_PERIOD = 0.25  # seconds between the arena usage samples a worker reports
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,36 @@ class _Worker:
         self.submitted: dict[int, Submit] = {}
         self.running = True
         self.parent_pid = os.getppid()
+        self.last_memory_sample = 0.0
         self.send(WorkerReady(spec.worker_id, spec.role, dict(self.engine.unavailable)))
 
     def send(self, message: object) -> None:
         self.outbox.put(encode(message))
+
+    def trace(self, kind: str, model: str, seconds: float = 0.0, nbytes: int = 0, request_id: int = -1,
+              label: str = "", **detail: float) -> None:
+        self.send(Trace(kind, self.spec.worker_id, model, time.time(), seconds, nbytes, request_id, label, detail))
+
+    def switch(self, model: str) -> SwitchRecord | None:
+        """Bind `model`, reporting the switch and its stages."""
+        record = self.engine.runner.switch_to(model)
+        if record is not None:
+            self.trace("switch", model, record.seconds, record.bytes_copied, **record.stages)
+        return record
+
+    def report_measurements(self) -> None:
+        """Send the KV swaps finished since the last call, and an arena usage sample now and then."""
+        for swap in self.engine.kv.finished_swaps():
+            self.trace("swap", swap.model, swap.seconds, swap.nbytes, swap.seq_id, swap.kind)
+        now = time.monotonic()
+        if now - self.last_memory_sample >= MEMORY_SAMPLE_PERIOD:
+            self.last_memory_sample = now
+            usage = self.engine.arena.usage()
+            self.trace("memory", self.engine.runner.active or "", total=usage.total_bytes,
+                       weight_region=usage.weight_region_bytes, weights=usage.weight_bytes,
+                       kv_used=usage.kv_used_bytes, kv_free=usage.kv_free_bytes,
+                       internal_fragmentation=usage.internal_fragmentation_bytes,
+                       external_fragmentation=usage.external_fragmentation_bytes)
 
     def receive(self, timeout: float | None) -> object | None:
         try:
@@ -165,7 +193,7 @@ class PrefillWorker(_Worker):
 
     def prefill(self, group: Schedule) -> None:
         engine = self.engine
-        started = time.perf_counter()
+        started, started_wall = time.perf_counter(), time.time()
         pending = []
         for request_id in group.request_ids:
             submit = self.submitted.pop(request_id, None)
@@ -181,22 +209,28 @@ class PrefillWorker(_Worker):
         if not pending:  # still report the group done, so the proxy sends the next one
             self.send(StepDone(group.model, 0, time.perf_counter() - started, 0.0))
             return
-        record = engine.runner.switch_to(group.model)
+        record = self.switch(group.model)
+        switch_seconds = record.seconds if record else 0.0
         while pending:
             chunk = pending[: engine.config.max_batch_size]
             engine.sequences.extend(chunk)
+            began = time.perf_counter()
             engine.step_batch(group.model, list(chunk))
+            compute = time.perf_counter() - began
             finished = [s for s in chunk if s.output_ids or s.done]
-            for seq in finished:
+            for seq in finished:  # traces go first: the proxy has them before the request can finish
+                self.trace("prefill", seq.model, compute, request_id=seq.seq_id, start=started_wall,
+                           switch=switch_seconds)
                 self.report_tokens(seq, 0)
                 if not seq.done:
                     self.hand_off(seq)
+            self.report_measurements()
             engine.sequences = [s for s in engine.sequences if s not in chunk]
             if not finished:  # not even the first request of the chunk fits the arena
                 self.fail(chunk[0], f"model {chunk[0].model}: the prompt does not fit this worker's KV memory")
                 finished = [chunk[0]]
             pending = [s for s in pending if s not in finished]
-        self.send(StepDone(group.model, 1, time.perf_counter() - started, record.seconds if record else 0.0))
+        self.send(StepDone(group.model, 1, time.perf_counter() - started, switch_seconds))
 
     def fail(self, seq: Sequence, reason: str) -> None:
         self.engine.kv.release(seq)
@@ -208,6 +242,7 @@ class PrefillWorker(_Worker):
         layout = self.engine.runner.entries[seq.model].kv
         handles = self._allocate(len(seq.blocks), layout.block_bytes)
         self.engine.kv.export_blocks(seq, layout, self.host_kv, handles)
+        self.report_measurements()
         self.engine.kv.release(seq)
         state = bytes(seq.generator.get_state().numpy()) if seq.generator is not None else b""
         self.send(SwapOut(seq.seq_id, seq.model, tuple(handles), seq.num_cached, tuple(seq.output_ids), state))
@@ -272,6 +307,7 @@ class DecodeWorker(_Worker):
         self.estimates = _Estimates()
         self.cost = _MeasuredCost(self.estimates, self.engine)
         self.waiting: deque[tuple[Sequence, SwapIn]] = deque()
+        self.timings: dict[int, dict[str, float]] = {}  # request id -> admitted (wall clock), compute, switch
 
     def serve(self) -> None:
         while self.running:
@@ -279,9 +315,11 @@ class DecodeWorker(_Worker):
             self.admit()
             if self.engine.sequences:
                 self.run_round() if self.spec.policy == "aegaeon" else self.run_to_completion()
+            self.report_measurements()
 
     def cancel(self, request_id: int) -> None:
         super().cancel(request_id)
+        self.timings.pop(request_id, None)
         for seq, swap in list(self.waiting):
             if seq.seq_id == request_id:  # its KV is still in the host cache: give it back
                 self.waiting.remove((seq, swap))
@@ -309,6 +347,8 @@ class DecodeWorker(_Worker):
             seq.num_cached = swap.num_tokens
             seq.status = SeqStatus.RUNNING
             self.engine.sequences.append(seq)
+            self.timings[seq.seq_id] = {"admitted": time.time(), "compute": 0.0, "switch": 0.0}
+            self.report_measurements()
             self.send(KvRelease(seq.seq_id, swap.host_handles))
 
     def run_round(self) -> None:
@@ -320,9 +360,11 @@ class DecodeWorker(_Worker):
         by_id = {s.seq_id: s for s in engine.sequences}
         for batch, quota in zip(plan.batches, plan.quotas):
             started = time.perf_counter()
-            record = engine.runner.switch_to(batch.model)
+            record = self.switch(batch.model)
             if record:
                 self.estimates.update(self.estimates.switch, batch.model, record.seconds)
+                for request_id in batch.request_ids:
+                    self.timings[request_id]["switch"] += record.seconds
             steps = self.run_quota(batch.model, [by_id[i] for i in batch.request_ids], quota)
             self.send(StepDone(batch.model, steps, time.perf_counter() - started, record.seconds if record else 0.0))
             self.drain(0)
@@ -332,7 +374,11 @@ class DecodeWorker(_Worker):
         until none of its requests is left; new requests of that model join, other models wait."""
         model = self.engine.sequences[0].model
         started = time.perf_counter()
-        record = self.engine.runner.switch_to(model)
+        record = self.switch(model)
+        if record:
+            for seq in self.engine.sequences:
+                if seq.model == model:
+                    self.timings[seq.seq_id]["switch"] += record.seconds
         steps = 0
         while True:
             batch = [s for s in self.engine.sequences if s.model == model][: self.engine.config.max_batch_size]
@@ -353,12 +399,24 @@ class DecodeWorker(_Worker):
             starts = {s.seq_id: len(s.output_ids) for s in seqs}
             began = time.perf_counter()
             self.engine.step_batch(model, seqs)
-            self.estimates.update(self.estimates.step, model, time.perf_counter() - began)
+            step_seconds = time.perf_counter() - began
+            self.estimates.update(self.estimates.step, model, step_seconds)
             for seq in seqs:
+                self.timings[seq.seq_id]["compute"] += step_seconds
+                if seq.done:
+                    self.report_left(seq)
                 self.report_tokens(seq, starts[seq.seq_id])
             seqs = [s for s in seqs if not s.done and s.status == SeqStatus.RUNNING]
         self.engine.sequences = [s for s in self.engine.sequences if not s.done]
         return steps
+
+
+    def report_left(self, seq: Sequence) -> None:
+        timing = self.timings.pop(seq.seq_id, None)
+        if timing is not None:
+            admitted = timing.pop("admitted")
+            self.trace("decode", seq.model, time.time() - admitted, request_id=seq.seq_id, admitted=admitted,
+                       **timing)
 
 
 def default_threads(num_workers: int) -> int:

@@ -8,7 +8,7 @@ what is wrong, never a half-built message.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, field, fields
 
 import msgpack
 
@@ -115,13 +115,38 @@ class Cancel:
     request_id: int
 
 
+TRACE_KINDS = ("switch", "swap", "prefill", "decode", "memory")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Worker -> proxy: one measured event, for /metrics, the end-to-end benchmark and figures 14-16.
+
+    switch:  a model switch; `detail` holds its stages (aegaeon.engine.runner.SwitchRecord)
+    swap:    one KV copy; `label` is out/in (preemption) or export/import (prefill -> decode handoff)
+    prefill: a request's prefill; detail: start (wall clock), switch (seconds of its group's switch)
+    decode:  a request left this decode worker; detail: admitted (wall clock), compute and switch seconds
+    memory:  the worker's arena (aegaeon.arena.ArenaUsage byte counts)
+    """
+
+    kind: str
+    worker_id: int
+    model: str
+    time: float  # wall clock (time.time()) when the event ended
+    seconds: float = 0.0
+    nbytes: int = 0
+    request_id: int = -1
+    label: str = ""
+    detail: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Shutdown:
     reason: str = ""
 
 
 MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, Switch, SwapOut, SwapIn, Tokens, StepDone, KvRelease,
-                                   WorkerReady, Cancel, Shutdown)
+                                   WorkerReady, Cancel, Shutdown, Trace)
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
 
 

@@ -11,6 +11,8 @@ ordered before any later use of the blocks or the host copy.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from dataclasses import dataclass
 
 import torch
 
@@ -18,9 +20,22 @@ from aegaeon.arena import Arena
 from aegaeon.engine.sequence import Sequence, SeqStatus
 from aegaeon.errors import OutOfBlocksError
 from aegaeon.kv.layout import KVLayout
-from aegaeon.kv.swap import BlockSwapper
+from aegaeon.kv.swap import BlockSwapper, SwapTicket
 
 log = logging.getLogger(__name__)
+
+SWAP_LOG_LENGTH = 4096  # swaps kept for whoever reads them (benchmarks); older ones are dropped
+
+
+@dataclass(frozen=True)
+class SwapRecord:
+    """One finished KV swap: `kind` is out/in (preemption) or export/import (host KV cache handoff)."""
+
+    kind: str
+    seq_id: int
+    model: str
+    nbytes: int
+    seconds: float
 
 
 class KVCacheManager:
@@ -29,6 +44,32 @@ class KVCacheManager:
         self.swapper = BlockSwapper(arena.device)
         self.owner: dict[int, Sequence] = {}  # block handle -> sequence
         self.swapped_bytes = 0
+        self._in_flight: list[tuple[str, Sequence, SwapTicket]] = []
+        self._finished: deque[SwapRecord] = deque(maxlen=SWAP_LOG_LENGTH)
+
+    def finished_swaps(self) -> list[SwapRecord]:
+        """Swaps whose copies have completed since the last call, with their measured copy times."""
+        self._collect()
+        done = list(self._finished)
+        self._finished.clear()
+        return done
+
+    def _collect(self) -> None:
+        still = []
+        for kind, seq, ticket in self._in_flight:
+            if ticket.done():
+                self._finished.append(SwapRecord(kind, seq.seq_id, seq.model, ticket.nbytes, ticket.seconds() or 0.0))
+            else:
+                still.append((kind, seq, ticket))
+        self._in_flight = still
+
+    def _copy(self, kind: str, seq: Sequence, src: torch.Tensor, src_offsets: list[int], dst: torch.Tensor,
+              dst_offsets: list[int], block_bytes: int) -> SwapTicket:
+        self._collect()
+        ticket = self.swapper.copy(src, src_offsets, dst, dst_offsets, block_bytes)
+        self._in_flight.append((kind, seq, ticket))
+        self.swapped_bytes += ticket.nbytes
+        return ticket
 
     def grow(self, seq: Sequence, num_tokens: int, layout: KVLayout) -> None:
         """Give `seq` blocks for `num_tokens` tokens; raises OutOfBlocksError (nothing taken) when short."""
@@ -58,15 +99,14 @@ class KVCacheManager:
             return
         block = layout.block_bytes
         host = torch.empty(len(seq.blocks) * block, dtype=torch.uint8, pin_memory=self.arena.device.type == "cuda")
-        ticket = self.swapper.copy(self.arena.buffer, seq.blocks, host, [i * block for i in range(len(seq.blocks))],
-                                   block)
+        ticket = self._copy("out", seq, self.arena.buffer, seq.blocks, host,
+                            [i * block for i in range(len(seq.blocks))], block)
         ticket.wait()
         if ticket.event is not None:
             ticket.event.synchronize()  # the host copy may be read by the CPU next
         self.release(seq)
         seq.host_kv = host
         seq.status = SeqStatus.SWAPPED
-        self.swapped_bytes += host.numel()
         log.debug("swapped out seq %d (%d bytes)", seq.seq_id, host.numel())
 
     def swap_in(self, seq: Sequence, layout: KVLayout) -> None:
@@ -77,23 +117,25 @@ class KVCacheManager:
             return
         block = layout.block_bytes
         self.grow(seq, host.numel() // block * layout.block_size, layout)
-        self.swapper.copy(host, [i * block for i in range(len(seq.blocks))], self.arena.buffer, seq.blocks,
-                          block).wait()
+        self._copy("in", seq, host, [i * block for i in range(len(seq.blocks))], self.arena.buffer, seq.blocks,
+                   block).wait()
         seq.host_kv = None
         seq.status = SeqStatus.RUNNING
-        self.swapped_bytes += host.numel()
 
     def export_blocks(self, seq: Sequence, layout: KVLayout, host: torch.Tensor, host_offsets: list[int]) -> None:
-        """Copy the sequence's blocks to `host` (a 1-D uint8 buffer) at `host_offsets`; keeps its blocks."""
-        self.swapper.copy(self.arena.buffer, seq.blocks, host, host_offsets, layout.block_bytes).wait()
-        self.swapped_bytes += len(seq.blocks) * layout.block_bytes
+        """Copy the sequence's blocks to `host` (a 1-D uint8 buffer) at `host_offsets`; keeps its blocks.
+
+        Returns once the bytes are in host memory: another process reads them next."""
+        ticket = self._copy("export", seq, self.arena.buffer, seq.blocks, host, host_offsets, layout.block_bytes)
+        ticket.wait()
+        if ticket.event is not None:
+            ticket.event.synchronize()
 
     def import_blocks(self, seq: Sequence, layout: KVLayout, host: torch.Tensor, host_offsets: list[int],
                       num_tokens: int) -> None:
         """Give `seq` blocks for `num_tokens` tokens and fill them from `host` (OutOfBlocksError when short)."""
         self.grow(seq, num_tokens, layout)
-        self.swapper.copy(host, host_offsets, self.arena.buffer, seq.blocks, layout.block_bytes).wait()
-        self.swapped_bytes += len(seq.blocks) * layout.block_bytes
+        self._copy("import", seq, host, host_offsets, self.arena.buffer, seq.blocks, layout.block_bytes).wait()
 
     def apply_moves(self, moved: dict[int, int]) -> None:
         """Re-point sequences at blocks the arena relocated (their bytes were copied)."""

@@ -12,6 +12,7 @@ the same `aegaeon._C.copy_blocks`, which checks every offset first.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ class SwapTicket:
     nbytes: int
     event: "torch.cuda.Event | None" = None
     future: Future | None = None
+    started: "torch.cuda.Event | None" = None  # GPU: timing event recorded just before the copy kernel
+    buffers: tuple = ()  # GPU: source and destination, kept alive until the kernel has run
 
     def wait(self) -> None:
         """Order the caller after the copy (GPU: stream wait; CPU: join)."""
@@ -37,6 +40,14 @@ class SwapTicket:
         if self.event is not None:
             return self.event.query()
         return self.future is None or self.future.done()
+
+    def seconds(self) -> float | None:
+        """How long the copy itself took (device time on GPU, thread time on CPU); None until it is done."""
+        if not self.done():
+            return None
+        if self.event is not None:
+            return self.started.elapsed_time(self.event) / 1000.0 if self.started is not None else None
+        return self.future.result() if self.future is not None else 0.0
 
 
 class BlockSwapper:
@@ -52,15 +63,24 @@ class BlockSwapper:
         dst_off = torch.tensor(dst_offsets, dtype=torch.int64)
         nbytes = len(src_offsets) * block_bytes
         if self._stream is None:
-            future = self._pool.submit(_C.copy_blocks, src, src_off, dst, dst_off, block_bytes)
+            future = self._pool.submit(_timed_copy, src, src_off, dst, dst_off, block_bytes)
             return SwapTicket(nbytes, future=future)
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
+            started = torch.cuda.Event(enable_timing=True)
+            started.record(self._stream)
             _C.copy_blocks(src, src_off.pin_memory(), dst, dst_off.pin_memory(), block_bytes)
-            event = torch.cuda.Event()
+            event = torch.cuda.Event(enable_timing=True)
             event.record(self._stream)
-        return SwapTicket(nbytes, event=event)
+        return SwapTicket(nbytes, event=event, started=started, buffers=(src, dst))
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+def _timed_copy(src: torch.Tensor, src_off: torch.Tensor, dst: torch.Tensor, dst_off: torch.Tensor,
+                block_bytes: int) -> float:
+    began = time.perf_counter()
+    _C.copy_blocks(src, src_off, dst, dst_off, block_bytes)
+    return time.perf_counter() - began

@@ -77,4 +77,5 @@ class Metrics:
         lines.append("# TYPE aegaeon_worker_switches_total counter")
         lines += [f'aegaeon_worker_switches_total{{worker="{w.worker_id}",role="{w.role}"}} {w.switches}'
                   for w in proxy.links.values()]
+        lines += proxy.telemetry.prometheus_lines()
         return "\n".join(lines) + "\n"

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 from aegaeon.errors import AegaeonError, RequestError
 from aegaeon.ipc.messages import (Cancel, KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
-                                  WorkerReady, decode, encode)
+                                  Trace, WorkerReady, decode, encode)
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
 from aegaeon.sched.prefill import GroupedFCFS
 from aegaeon.sched.request import RequestSpec
+from aegaeon.serve.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Proxy:
         self.grouped = GroupedFCFS(len(self.prefill), max_group_size)
         self.cost = _PrefillCost()
         self.requests: dict[int, RequestState] = {}
+        self.telemetry = Telemetry()
         self.lock = threading.Lock()
         self._next_id = 0
         self.cancelled = 0
@@ -197,6 +199,8 @@ class Proxy:
             link.ready.set()
         elif isinstance(message, Tokens):
             self._on_tokens(link, message)
+        elif isinstance(message, Trace):
+            self.telemetry.record(message)
         elif isinstance(message, SwapOut):
             self._hand_to_decode(message)
         elif isinstance(message, KvRelease):

@@ -2,13 +2,13 @@ import msgpack
 import pytest
 
 from aegaeon.ipc.messages import (MESSAGE_TYPES, Cancel, KvRelease, MessageError, Schedule, Shutdown, StepDone, Submit, SwapIn,
-                                  SwapOut, Switch, Tokens, WorkerReady, decode, encode)
+                                  SwapOut, Switch, Tokens, Trace, WorkerReady, decode, encode)
 
 EXAMPLES = [
     Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42, True), Schedule("m", (1, 2), 0.25), Switch("m", True),
     SwapOut(7, "m", (4096, 8192), 33, (9,), b"\x01\x02"), SwapIn(7, "m", (4096,), 16, (9, 10)), Tokens(7, (5, 6), (1.5, 1.6), "length"),
     StepDone("m", 4, 0.1, 0.02), KvRelease(7, (4096,)), WorkerReady(2, "decode", {"x": "bad"}), Cancel(7),
-    Shutdown("bye"),
+    Shutdown("bye"), Trace("switch", 3, "m", 1700000000.5, 0.01, 4096, -1, "", {"copy_weights": 0.008}),
 ]
 
 

@@ -25,6 +25,8 @@ def test_the_papers_workload_file_loads_unchanged(tmp_path):
 def test_file_name_follows_the_papers_pattern():
     assert WorkloadSpec(8, 0.1, 60).filename == "synth-8-0.1-1.0-1.0.csv"
     assert WorkloadSpec(40, 0.55, 60, 2.0, 0.5).filename == "synth-40-0.55-2.0-0.5.csv"
+    with pytest.raises(ConfigError, match="--inlen-scale 0.25: workload file names keep one decimal"):
+        WorkloadSpec(8, 0.1, 60, 0.25).filename  # would share synth-8-0.1-0.2-1.0.csv with scale 0.2
 
 
 def test_generation_is_deterministic_per_seed_and_models_have_their_own_streams():

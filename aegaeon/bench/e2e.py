@@ -1,0 +1,194 @@
+"""End-to-end benchmark: replay a synthetic workload in real time on a live node.
+
+The workload is `workloads/synth-N-R-X-Y.csv` (generated on first use, by the
+same generator the simulator reads); model `synth_model_NN` is served by tiny
+model NN of a market of two shapes, made on first use. Requests are submitted
+at their arrival times through the in-process client, every token's time is
+recorded, and the run is scored by the same SLO code as the simulator and
+written in the same JSON schema (`source: "live"`), plus what the workers
+measured: per-request latency breakdowns, model switches with their stages,
+KV swaps and arena usage samples (`trace`), from which figures 14-16 are drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aegaeon.client import Client
+from aegaeon.engine.engine import EngineConfig
+from aegaeon.errors import ConfigError
+from aegaeon.models.maker import config_for, make_model
+from aegaeon.sched.request import RequestSpec, RequestState
+from aegaeon.sched.slo import SLO
+from aegaeon.serve.node import Node, NodeConfig
+from aegaeon.sim.runner import RunLabel, result_record
+from aegaeon.sim.sweep import ensure_workload
+
+log = logging.getLogger(__name__)
+
+MARKET_SHAPES = (
+    config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512, max_position=4096),
+    config_for("qwen2", layers=3, hidden=96, heads=6, kv_heads=2, intermediate=192, vocab=640, max_position=4096),
+)
+PROMPT_VOCAB = 500  # token ids below both market vocabularies
+BREAKDOWN_PARTS = ("queue", "prefill_switch", "prefill_compute", "handoff", "decode_switch", "decode_compute",
+                   "decode_wait")
+
+
+@dataclass(frozen=True)
+class E2ERun:
+    num_models: int = 12
+    arrival_rate: float = 0.5
+    duration: float = 60.0  # seconds of arrivals replayed (a longer workload file is cut here)
+    inlen_scale: float = 0.2
+    outlen_scale: float = 0.2
+    instances: int = 4
+    prefill_instances: int = 1
+    policy: str = "aegaeon"
+    seed: int = 0
+    slo: SLO = field(default_factory=SLO)
+    nnodes: int = 1
+
+    @property
+    def label(self) -> RunLabel:
+        return RunLabel(self.num_models, self.arrival_rate, self.inlen_scale, self.outlen_scale)
+
+    def validate(self) -> None:
+        if self.nnodes != 1:
+            raise ConfigError(f"--nnodes {self.nnodes}: multi-node runs need the TCP node link, which is not built "
+                              f"yet; run with --nnodes 1")
+        if self.num_models < 1 or self.arrival_rate <= 0 or self.duration <= 0:
+            raise ConfigError("--num-models, --arrival-rate and --duration must be positive")
+
+
+def market_models(num_models: int, root: Path) -> dict[str, str]:
+    """synth_model_NN -> a tiny checkpoint, alternating two shapes (made once, then reused)."""
+    models = {}
+    for i in range(num_models):
+        path = root / f"market-{i:02d}"
+        if not (path / "config.json").is_file():
+            make_model(path, MARKET_SHAPES[i % 2], seed=i)
+        models[f"synth_model_{i:02d}"] = str(path)
+    return models
+
+
+def load_requests(run: E2ERun, workloads_dir: Path) -> list[RequestSpec]:
+    """The run's workload (generated into `workloads_dir` if missing), cut at `duration`, lengths within context."""
+    requests, _ = ensure_workload(run.label, workloads_dir, run.duration, run.seed)
+    limit = (MARKET_SHAPES[0].max_position - 1) // 2
+    requests = [RequestSpec(r.request_id, r.model, r.arrival, min(r.input_len, limit), min(r.output_len, limit))
+                for r in requests if r.arrival < run.duration]
+    missing = sorted({r.model for r in requests} - {f"synth_model_{i:02d}" for i in range(run.num_models)})
+    if missing:
+        raise ConfigError(f"the workload names models outside synth_model_00..{run.num_models - 1:02d}: {missing[:3]}")
+    if not requests:
+        raise ConfigError(f"no request arrives within --duration {run.duration} s: raise it")
+    return requests
+
+
+def node_config(run: E2ERun, models: dict[str, str]) -> NodeConfig:
+    return NodeConfig(models, run.instances, run.prefill_instances, cluster_id=f"e2e{run.seed}",
+                      engine=EngineConfig(kv_bytes=32 * 2**20), host_kv_bytes=128 * 2**20, policy=run.policy,
+                      tpot_slo=run.slo.tpot)
+
+
+def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    run.validate()
+    requests = load_requests(run, workloads_dir)
+    states = [RequestState(spec) for spec in requests]
+    with Node(node_config(run, market_models(run.num_models, models_root))) as node:
+        client = Client(node.proxy, timeout=run.duration * 4 + 60)
+        start = time.time()
+        proxy_ids, collectors = _replay(client, states, start, progress)
+        for thread in collectors:
+            thread.join()
+        events = node.proxy.telemetry.events(since=start)
+    extra = {"instances": run.instances, "prefill_instances": run.prefill_instances, "nnodes": run.nnodes,
+             "device": "cpu", "seed": run.seed}
+    result = result_record(run.policy, run.label, states, run.slo, run.duration, run.instances, extra, source="live")
+    by_proxy_id = {proxy_ids[i]: i for i in range(len(states))}
+    breakdowns = request_breakdowns(states, proxy_ids, events, start)
+    for record, breakdown in zip(result["requests"], breakdowns):
+        record["breakdown"] = breakdown
+    result["trace"] = {
+        "start": start,
+        "switches": [_relative(e, start) for e in events if e["kind"] == "switch"],
+        "swaps": [{**_relative(e, start), "request": by_proxy_id.get(e["request_id"])}
+                  for e in events if e["kind"] == "swap"],
+        "memory": [_relative(e, start) for e in events if e["kind"] == "memory"],
+    }
+    return result
+
+
+def _relative(event: dict, start: float) -> dict:
+    return {"t": event["time"] - start, "worker": event["worker_id"], "model": event["model"],
+            "seconds": event["seconds"], "bytes": event["nbytes"], "label": event["label"], **event["detail"]}
+
+
+def request_breakdowns(states: list[RequestState], proxy_ids: list[int], events: list[dict],
+                       start: float) -> list[dict[str, float] | None]:
+    """Where each finished request's latency went (seconds; the parts sum to finish - arrival).
+
+    queue: arrival to its prefill group's start; prefill_switch / prefill_compute: the group's model switch, and
+    the rest until the first token (its own and earlier chunks' prefill); handoff: first token until a decode
+    worker has its KV (export, routing, waiting for room, import); decode_switch / decode_compute: switches and
+    decode steps of the quanta it took part in; decode_wait: the rest (other models' turns, routing, tokens).
+    """
+    prefill = {e["request_id"]: e for e in events if e["kind"] == "prefill"}
+    decode = {e["request_id"]: e for e in events if e["kind"] == "decode"}
+    out: list[dict[str, float] | None] = []
+    for state, proxy_id in zip(states, proxy_ids):
+        p, d = prefill.get(proxy_id), decode.get(proxy_id)
+        if not state.finished or p is None or (d is None and state.spec.output_len > 1):
+            out.append(None)
+            continue
+        arrival = start + state.spec.arrival
+        first, last = start + state.token_times[0], start + state.token_times[state.spec.output_len - 1]
+        group_start = p["detail"]["start"]
+        parts = {"queue": group_start - arrival, "prefill_switch": p["detail"]["switch"]}
+        parts["prefill_compute"] = first - group_start - parts["prefill_switch"]
+        if d is None:  # finished at its first token
+            parts.update(handoff=0.0, decode_switch=0.0, decode_compute=0.0, decode_wait=0.0)
+        else:
+            admitted = d["detail"]["admitted"]
+            parts["handoff"] = admitted - first
+            parts["decode_switch"] = d["detail"]["switch"]
+            parts["decode_compute"] = d["detail"]["compute"]
+            parts["decode_wait"] = last - admitted - parts["decode_switch"] - parts["decode_compute"]
+        out.append(parts)
+    return out
+
+
+def _replay(client: Client, states: list[RequestState], start: float,
+            progress: Callable[[int, int], None] | None) -> tuple[list[int], list[threading.Thread]]:
+    rng = random.Random(0)
+    threads, proxy_ids, done = [], [], [0]
+    lock = threading.Lock()
+
+    def collect(state: RequestState, handle) -> None:
+        result = client.complete(handle)
+        state.token_times = [t - start for t in result.token_times]
+        state.failed = result.error
+        with lock:
+            done[0] += 1
+            if progress:
+                progress(done[0], len(states))
+
+    for state in states:
+        delay = start + state.spec.arrival - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        prompt = [rng.randrange(PROMPT_VOCAB) for _ in range(state.spec.input_len)]
+        handle = client.submit(state.model, prompt, state.spec.output_len, ignore_eos=True)
+        proxy_ids.append(handle.submit.request_id)
+        thread = threading.Thread(target=collect, args=(state, handle), daemon=True)
+        thread.start()
+        threads.append(thread)
+    return proxy_ids, threads
