@@ -615,5 +615,35 @@ def plot_e2e_cmd(specs: tuple[str, ...], json_dir: str, out_dir: str) -> None:
         raise _fail(exc) from exc
 
 
+def _trace_plot_command(figure: str, summary: str) -> None:
+    @plot.command(figure, short_help=summary,
+                  help=f"{summary}, from `aegaeon bench e2e` results (PDF and PNG, plus the numbers behind it).")
+    @click.option("--json", "sources", multiple=True, type=click.Path(exists=True),
+                  help="Result files or folders (repeatable) [default: plots/json].")
+    @click.option("--policy", default=None, help="Only runs of this policy (aegaeon or sllm).")
+    @click.option("--out", "out_dir", default="plots/out", show_default=True, type=click.Path(file_okay=False))
+    def command(sources: tuple[str, ...], policy: str | None, out_dir: str) -> None:
+        from pathlib import Path
+
+        from aegaeon.errors import AegaeonError
+        from aegaeon.trace_plots import PLOTTERS, load_traced_runs
+
+        try:
+            runs = load_traced_runs([Path(s) for s in sources or ("plots/json",)], policy)
+            paths, text = PLOTTERS[figure](runs, Path(out_dir))
+        except AegaeonError as exc:
+            raise _fail(exc) from None
+        click.echo(text)
+        for path in paths:
+            click.echo(str(path))
+
+
+for _figure, _summary in (("breakdown", "Fig. 14: request latency and model switch breakdowns"),
+                          ("autoscale-cdf", "Fig. 15: CDF of scale-up (model switch) latency"),
+                          ("kvcache-cdf", "Fig. 16: CDF of KV-cache swap latency"),
+                          ("frag", "KV-region fragmentation of every worker's arena over time")):
+    _trace_plot_command(_figure, _summary)
+
+
 if __name__ == "__main__":
     main()

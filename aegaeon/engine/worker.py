@@ -102,6 +102,10 @@ class _Worker:
         """Send the KV swaps finished since the last call, and an arena usage sample now and then."""
         for swap in self.engine.kv.finished_swaps():
             self.trace("swap", swap.model, swap.seconds, swap.nbytes, swap.seq_id, swap.kind)
+        self.sample_memory()
+
+    def sample_memory(self) -> None:
+        """Report the arena's usage, at most once per MEMORY_SAMPLE_PERIOD."""
         now = time.monotonic()
         if now - self.last_memory_sample >= MEMORY_SAMPLE_PERIOD:
             self.last_memory_sample = now
@@ -400,6 +404,7 @@ class DecodeWorker(_Worker):
             began = time.perf_counter()
             self.engine.step_batch(model, seqs)
             step_seconds = time.perf_counter() - began
+            self.sample_memory()  # while the batch's KV is resident
             self.estimates.update(self.estimates.step, model, step_seconds)
             for seq in seqs:
                 self.timings[seq.seq_id]["compute"] += step_seconds

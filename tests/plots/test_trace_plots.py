@@ -1,0 +1,77 @@
+"""Figures 14-16 from traced results: the numbers printed are the data's, files are written, bad input is named."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from aegaeon.bench.e2e import BREAKDOWN_PARTS
+from aegaeon.cli import main
+from aegaeon.errors import ConfigError
+from aegaeon.trace_plots import fragmentation, load_traced_runs
+
+
+def traced_result(policy="aegaeon"):
+    requests = []
+    for i in range(4):
+        parts = {k: 0.001 * (j + 1) * (i + 1) for j, k in enumerate(BREAKDOWN_PARTS)}
+        requests.append({"id": i, "arrival": float(i), "finish": float(i) + sum(parts.values()), "breakdown": parts})
+    requests.append({"id": 4, "arrival": 5.0, "finish": None, "breakdown": None})  # unfinished: left out
+    switch = {"wait_weights": 0.0, "evict_kv": 0.001, "copy_weights": 0.004, "bind": 0.001}
+    memory = {"total": 1000, "weight_region": 200, "weights": 150, "kv_free": 700, "internal_fragmentation": 8,
+              "external_fragmentation": 32}
+    return {
+        "policy": policy, "source": "live", "num_models": 4, "arrival_rate": 0.5, "inlen_scale": 0.2,
+        "outlen_scale": 0.2, "requests": requests,
+        "trace": {
+            "start": 0.0,
+            "switches": [{"t": 0.1 * i, "worker": 1, "model": "m", "seconds": 0.001 * (i + 1), "bytes": 10, "label": "",
+                          **switch} for i in range(10)],
+            "swaps": [{"t": 0.1, "worker": 0, "model": "m", "seconds": 0.002, "bytes": 2_000_000, "label": "export",
+                       "request": 0},
+                      {"t": 0.2, "worker": 1, "model": "m", "seconds": 0.004, "bytes": 2_000_000, "label": "import",
+                       "request": 0}],
+            "memory": [{"t": 0.25 * i, "worker": 1, "model": "m", "seconds": 0.0, "bytes": 0, "label": "",
+                        "kv_used": 100 * i, **memory} for i in range(3)],
+        },
+    }
+
+
+@pytest.fixture
+def json_dir(tmp_path):
+    folder = tmp_path / "json"
+    folder.mkdir()
+    (folder / "live-aegaeon.json").write_text(json.dumps(traced_result()))
+    (folder / "live-sllm.json").write_text(json.dumps(traced_result("sllm")))
+    (folder / "aegaeon-sim.json").write_text(json.dumps({"policy": "aegaeon", "source": "sim"}))  # no trace: skipped
+    return folder
+
+
+def test_fragmentation_is_the_unused_share_of_slabs_in_the_kv_region():
+    assert fragmentation(traced_result()["trace"]["memory"][0]) == pytest.approx(40 / 800)
+
+
+@pytest.mark.parametrize("figure, files, expected", [
+    ("breakdown", "fig14-breakdown", ["(mean ms over 4 requests): queue 2.50", "copy_weights 4.000"]),
+    ("autoscale-cdf", "fig15-autoscale-cdf", ["n=10 p50 5.500 ms"]),
+    ("kvcache-cdf", "fig16-kvcache-cdf", ["(export) latency n=1 p50 2.000 ms", "1.00 GB/s", "0.50 GB/s"]),
+    ("frag", "frag", ["over 2 samples with KV in use: mean 5.00%"]),
+])
+def test_each_figure_prints_its_numbers_and_writes_pdf_and_png(json_dir, tmp_path, figure, files, expected):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["plot", figure, "--json", str(json_dir), "--policy", "aegaeon",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for text in expected:
+        assert text in result.output
+    assert "sllm" not in result.output  # --policy filters
+    assert (out / f"{files}.pdf").stat().st_size > 0 and (out / f"{files}.png").stat().st_size > 0
+
+
+def test_missing_traces_are_a_clear_error(tmp_path):
+    (tmp_path / "sim.json").write_text(json.dumps({"policy": "aegaeon", "source": "sim"}))
+    with pytest.raises(ConfigError, match="run `aegaeon bench e2e` first"):
+        load_traced_runs([tmp_path])
+    (tmp_path / "broken.json").write_text("{")
+    result = CliRunner().invoke(main, ["plot", "frag", "--json", str(tmp_path / "broken.json")])
+    assert result.exit_code != 0 and "broken.json: not a readable result JSON" in result.output
