@@ -162,6 +162,73 @@ def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale:
         raise _fail(exc) from None
 
 
+@bench.command("sim-vs-live")
+@click.option("--num-models", default=8, show_default=True)
+@click.option("--arrival-rate", "rates", default="1,2,3,4", show_default=True, help="Requests/s per model, a list.")
+@click.option("--inlen-scale", default=0.2, show_default=True)
+@click.option("--outlen-scale", default=0.2, show_default=True)
+@click.option("--duration", default=40.0, show_default=True, help="Seconds of arrivals per run.")
+@click.option("--instances", default=None, type=int, help="Worker processes [default: one per core, at least 2].")
+@click.option("--prefill-instances", default=1, show_default=True)
+@click.option("--ttft-slo", type=float, default=None, help="Seconds [env AEGAEON_TTFT_SLO, default 10].")
+@click.option("--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1].")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workloads", "workloads_dir", default="workloads", show_default=True, type=click.Path(file_okay=False))
+@click.option("--profiles", "profiles_dir", default="profiles", show_default=True, type=click.Path(file_okay=False),
+              help="Where this machine's profiles are written (<dir>/cpu-<threads>t/).")
+@click.option("--out", "out_dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
+def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale: float, duration: float,
+                          instances: int | None, prefill_instances: int, ttft_slo: float | None,
+                          tpot_slo: float | None, seed: int, workloads_dir: str, profiles_dir: str,
+                          out_dir: str) -> None:
+    """Profile this machine, then run each workload live and in the simulator fed with that profile;
+    prints both SLO attainments and their gap in points (the design's target: within 5)."""
+    from pathlib import Path
+
+    import signal
+
+    from aegaeon.bench.e2e import E2ERun
+    from aegaeon.bench.sim_vs_live import compare, default_instances, profile_market
+    from aegaeon.errors import AegaeonError
+    from aegaeon.models.demo import aegaeon_home
+    from aegaeon.sched.slo import SLO
+    from aegaeon.sim.runner import write_result
+    from aegaeon.sim.sweep import parse_list
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        slo = SLO.from_env(ttft_slo, tpot_slo)
+        models_root = aegaeon_home() / "market"
+        base = E2ERun(num_models, 1.0, duration, inlen_scale, outlen_scale, instances or default_instances(),
+                      prefill_instances, "aegaeon", seed, slo)
+        base.validate()
+        profiles, device = profile_market(base, models_root, Path(profiles_dir),
+                                          lambda text: click.echo(text, err=True))
+        click.echo(f"profiles: {', '.join(sorted({str(p) for p in profiles.values()}))}", err=True)
+        rows = []
+        for rate in parse_list(rates, float, "--arrival-rate"):
+            run = E2ERun(num_models, rate, duration, inlen_scale, outlen_scale, base.instances, prefill_instances,
+                         "aegaeon", seed, slo)
+            with click.progressbar(length=1, label=f"live rate {rate:g}", file=sys.stderr) as bar:
+                def advance(done: int, total: int) -> None:
+                    bar.length = total
+                    bar.update(done - bar.pos)
+                result = compare(run, models_root, Path(workloads_dir), profiles, advance)
+            for record in (result.live, result.sim):
+                click.echo(f"wrote {write_result(Path(out_dir), record)}", err=True)
+            rows.append((rate, result))
+        click.echo(f"{num_models} models on {base.instances} CPU instances ({prefill_instances} prefill), "
+                   f"profile {device}; SLO attainment:")
+        click.echo(" rate requests   live    sim  sim-live (points)  live p99 TPOT  sim p99 TPOT")
+        for rate, r in rows:
+            click.echo(f"{rate:5g} {r.live['num_requests']:8d} {r.live['slo_attainment']:6.1%} "
+                       f"{r.sim['slo_attainment']:6.1%} {r.gap_points:+9.1f} {r.live['tpot_p99'] or 0:19.4f} "
+                       f"{r.sim['tpot_p99'] or 0:13.4f}")
+        click.echo(f"largest gap: {max(abs(r.gap_points) for _, r in rows):.1f} points")
+    except AegaeonError as exc:
+        raise _fail(exc) from None
+
+
 @bench.command("sched")
 def bench_sched_cmd() -> None:
     """Scheduling decisions per second: grouped-FCFS placements and weighted-round-robin rounds."""
