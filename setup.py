@@ -55,6 +55,7 @@ setup(
         "fastapi>=0.110",
         "uvicorn>=0.29",
         "jinja2>=3.1",
+        "pyzmq>=25",
     ],
     extras_require={"test": ["pytest>=7", "transformers>=4.40", "openai>=1.0", "httpx>=0.27"]},
     ext_modules=[extension],

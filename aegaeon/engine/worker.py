@@ -249,7 +249,8 @@ class PrefillWorker(_Worker):
         self.report_measurements()
         self.engine.kv.release(seq)
         state = bytes(seq.generator.get_state().numpy()) if seq.generator is not None else b""
-        self.send(SwapOut(seq.seq_id, seq.model, tuple(handles), seq.num_cached, tuple(seq.output_ids), state))
+        self.send(SwapOut(seq.seq_id, seq.model, tuple(handles), seq.num_cached, tuple(seq.output_ids), state,
+                          layout.block_bytes))
 
     def _allocate(self, count: int, block_bytes: int) -> list[int]:
         while True:

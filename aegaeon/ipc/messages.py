@@ -58,6 +58,7 @@ class _KvHandoff:
     num_tokens: int  # tokens whose KV the blocks hold
     generated: tuple[int, ...] = ()  # tokens the request has produced so far
     sampler_state: bytes = b""  # the request's random generator, so seeded sampling continues exactly
+    block_bytes: int = 0  # size of each block (the model's KV block)
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,68 @@ class Trace:
 
 
 @dataclass(frozen=True)
+class Hello:
+    """Joining node -> head, first frame on the TCP link: the shared token and what the node brings."""
+
+    token: str
+    node_name: str
+    roles: tuple[str, ...]  # one per worker, in the node's local order
+    models: tuple[str, ...]  # models its workers can serve
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Head -> joining node: accepted; its workers' cluster-wide ids, in local order."""
+
+    worker_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Head -> joining node: not accepted (wrong token, models that differ), and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    sent: float  # the sender's wall clock
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A worker message crossing the TCP link: `frame` is its encoding, `worker_id` the cluster-wide id of
+    the worker it goes to or comes from."""
+
+    worker_id: int
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class KvPayload(_KvHandoff):
+    """A request's KV blocks themselves, crossing the TCP link (`data` holds len(host_handles) blocks of
+    `block_bytes`; the handles are the sender's and only count them)."""
+
+    worker_id: int = -1  # the prefill worker it came from, or the decode worker it goes to
+    data: bytes = b""
+
+
+@dataclass(frozen=True)
+class WorkerGone:
+    """Joining node -> head: one of its workers exited."""
+
+    worker_id: int
+    exitcode: int | None
+
+
+@dataclass(frozen=True)
 class Shutdown:
     reason: str = ""
 
 
 MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, Switch, SwapOut, SwapIn, Tokens, StepDone, KvRelease,
-                                   WorkerReady, Cancel, Shutdown, Trace)
+                                   WorkerReady, Cancel, Shutdown, Trace, Hello, Welcome, Refused, Heartbeat, Routed,
+                                   KvPayload, WorkerGone)
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
 
 

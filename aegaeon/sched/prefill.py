@@ -35,14 +35,22 @@ class GroupedFCFS:
     """Per-instance FCFS queues of same-model groups."""
 
     def __init__(self, num_instances: int, max_group_size: int = DEFAULT_MAX_GROUP_SIZE):
-        if num_instances < 1 or max_group_size < 1:
-            raise ConfigError(f"grouped FCFS needs >= 1 instance and group size, got {num_instances}, {max_group_size}")
+        if num_instances < 0 or max_group_size < 1:  # 0 instances: they join later (add_instance)
+            raise ConfigError(f"grouped FCFS needs >= 0 instances and a group size >= 1, got {num_instances}, "
+                              f"{max_group_size}")
         self.max_group_size = max_group_size
         self.queues: list[deque[PrefillGroup]] = [deque() for _ in range(num_instances)]
+
+    def add_instance(self) -> int:
+        """One more instance (a node joined); returns its index."""
+        self.queues.append(deque())
+        return len(self.queues) - 1
 
     def submit(self, request: RequestSpec, busy_until: Sequence[float], loaded: Sequence[str | None],
                now: float, cost: CostModel) -> PrefillPlacement:
         """Queue `request`; busy_until/loaded describe each instance's running work."""
+        if not self.queues:
+            raise ConfigError("no prefill instance to queue the request on")
         for index, queue in enumerate(self.queues):
             for group in queue:
                 if group.model == request.model and len(group.requests) < self.max_group_size:

@@ -19,11 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aegaeon.errors import AegaeonError, RequestError
-from aegaeon.ipc.messages import (Cancel, KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut, Tokens,
-                                  Trace, WorkerReady, decode, encode)
+from aegaeon.errors import OutOfBlocksError
+from aegaeon.ipc.messages import (Cancel, KvPayload, KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut,
+                                  Tokens, Trace, WorkerReady, decode, encode)
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
 from aegaeon.sched.prefill import GroupedFCFS
 from aegaeon.sched.request import RequestSpec
+from aegaeon.serve.host_kv import HostKvArea
 from aegaeon.serve.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,12 @@ class RequestState:
 
 @dataclass
 class WorkerLink:
+    """The proxy's view of one worker: rings on this node, or `transport` to a worker of another node."""
+
     worker_id: int
     role: str
-    inbox: Ring
-    outbox: Ring
+    inbox: Ring | None
+    outbox: Ring | None
     kv_partition: tuple[int, int] = (0, 0)
     ready: threading.Event = field(default_factory=threading.Event)
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -65,10 +69,19 @@ class WorkerLink:
     steps: int = 0
     outgoing: "queue.Queue[bytes | None]" = field(default_factory=queue.Queue)
     dead: bool = False
+    transport: Callable[[object], None] | None = None  # a worker of another node: sends over the TCP link
+
+    @property
+    def remote(self) -> bool:
+        return self.transport is not None
 
     def send(self, message: object) -> None:
         """Queue a message; the link's sender thread writes it, so a full ring never blocks the caller."""
-        if not self.dead:
+        if self.dead:
+            return
+        if self.transport is not None:
+            self.transport(message)
+        else:
             self.outgoing.put(encode(message))
 
     def run_sender(self) -> None:
@@ -106,13 +119,21 @@ class _PrefillCost:
 
 
 class Proxy:
-    def __init__(self, links: list[WorkerLink], max_group_size: int = 8):
+    """`host_kv` (multi-node clusters) is the head node's host KV cache with its import partition: KV that
+    arrives from other nodes is stored there for local decode workers. Without it every worker is local,
+    and the node needs prefill and decode workers of its own."""
+
+    def __init__(self, links: list[WorkerLink], max_group_size: int = 8, host_kv: HostKvArea | None = None):
         self.links = {link.worker_id: link for link in links}
         self.prefill = [link for link in links if link.role == "prefill"]
         self.decode = [link for link in links if link.role == "decode"]
-        if not self.prefill or not self.decode:
+        self.host_kv = host_kv
+        self.pending_imports: list[KvPayload] = []  # arrived KV waiting for room in the import partition
+        if host_kv is None and (not self.prefill or not self.decode):
             raise RequestError("a node needs at least one prefill and one decode worker")
         self.grouped = GroupedFCFS(len(self.prefill), max_group_size)
+        # every node's rings have the same slots, so a Submit that fits here fits a joined node's too
+        self.max_message_bytes = min(link.inbox.max_message_bytes for link in links)
         self.cost = _PrefillCost()
         self.requests: dict[int, RequestState] = {}
         self.telemetry = Telemetry()
@@ -126,6 +147,26 @@ class Proxy:
                           for link in links]
         for thread in self._threads:
             thread.start()
+
+    def add_remote_links(self, links: list[WorkerLink]) -> None:
+        """Workers of a node that joined over the TCP link (their messages come in through `deliver`)."""
+        with self.lock:
+            for link in links:
+                link.ready.set()
+                self.links[link.worker_id] = link
+                if link.role == "prefill":
+                    self.prefill.append(link)
+                    self.grouped.add_instance()
+                    self._dispatch_prefill(len(self.prefill) - 1)
+                else:
+                    self.decode.append(link)
+
+    def deliver(self, worker_id: int, message: object) -> None:
+        """A message of a remote worker, from the TCP link."""
+        with self.lock:
+            link = self.links.get(worker_id)
+            if link is not None and link.remote and not link.dead:
+                self._on_message(link, message)
 
     # ---- requests ---------------------------------------------------------------------------------------------
 
@@ -152,7 +193,7 @@ class Proxy:
             self._next_id += 1
             submit = Submit(request_id, model, tuple(prompt_ids), max_tokens, temperature, top_p, seed, ignore_eos)
             frame = len(encode(submit))
-            limit = self.prefill[0].inbox.max_message_bytes
+            limit = self.max_message_bytes
             if frame > limit:
                 raise RequestError(f"model {model}: a prompt of {len(prompt_ids)} tokens makes a {frame}-byte message, "
                                    f"over the {limit}-byte ring slot: start the node with larger ring slots")
@@ -201,7 +242,7 @@ class Proxy:
             self._on_tokens(link, message)
         elif isinstance(message, Trace):
             self.telemetry.record(message)
-        elif isinstance(message, SwapOut):
+        elif isinstance(message, (SwapOut, KvPayload)):
             self._hand_to_decode(message)
         elif isinstance(message, KvRelease):
             state = self.requests.get(message.request_id)
@@ -217,13 +258,21 @@ class Proxy:
                 self._dispatch_prefill(self.prefill.index(link))
 
     def _release(self, message: KvRelease) -> None:
-        """Return host KV blocks to the prefill worker whose partition holds them."""
-        owner = self._owner_of(message.host_handles[0]) if message.host_handles else None
+        """Return host KV blocks to the prefill worker whose partition holds them (or to the import partition)."""
+        if not message.host_handles:
+            return
+        if self.host_kv is not None and self.host_kv.owns(message.host_handles[0]):
+            self.host_kv.free(message.host_handles)
+            self._retry_imports()
+            return
+        owner = self._owner_of(message.host_handles[0])
         if owner is not None:
             owner.send(message)
 
     def _owner_of(self, handle: int) -> WorkerLink | None:
         for link in self.prefill:
+            if link.remote:
+                continue
             start, end = link.kv_partition
             if start <= handle < end:
                 return link
@@ -239,21 +288,65 @@ class Proxy:
             link.live.pop(message.request_id, None)
             del self.requests[message.request_id]
 
-    def _hand_to_decode(self, swap: SwapOut) -> None:
+    def _hand_to_decode(self, swap: SwapOut | KvPayload) -> None:
+        """Route a finished prefill to a decode worker. Its KV is either in this node's host KV cache (SwapOut)
+        or in the message (KvPayload, from another node); a remote decode worker gets the bytes, a local one
+        handles into this node's host KV cache."""
         state = self.requests.get(swap.request_id)
         target = self._pick_decode(swap.model)
+        local_blocks = isinstance(swap, SwapOut)
         if state is None or target is None:  # cancelled meanwhile, or nowhere to go: free the host blocks
-            self._release(KvRelease(swap.request_id, swap.host_handles))
+            if local_blocks:
+                self._release(KvRelease(swap.request_id, swap.host_handles))
             if state is not None:
                 self._fail(state, "no decode worker is alive: the request cannot continue")
             return
         target.live[swap.request_id] = swap.model
         target.served += 1
         state.decode_worker = target.worker_id
-        state.unreleased = swap.host_handles
+        fields = (swap.request_id, swap.model, swap.host_handles, swap.num_tokens, swap.generated,
+                  swap.sampler_state, swap.block_bytes)
+        if target.remote:
+            if local_blocks:  # the bytes travel; this node's blocks are free at once
+                data = self.host_kv.read(swap.host_handles, swap.block_bytes)
+                self._release(KvRelease(swap.request_id, swap.host_handles))
+            else:
+                data = swap.data
+            self._send_or_fail(target, state, state.submit)
+            self._send_or_fail(target, state, KvPayload(*fields, worker_id=target.worker_id, data=data))
+            return
         target.send(state.submit)
-        target.send(SwapIn(swap.request_id, swap.model, swap.host_handles, swap.num_tokens, swap.generated,
-                           swap.sampler_state))
+        if local_blocks:
+            state.unreleased = swap.host_handles
+            target.send(SwapIn(*fields))
+        else:
+            self.pending_imports.append(KvPayload(*fields, worker_id=target.worker_id, data=swap.data))
+            self._retry_imports()
+
+    def _retry_imports(self) -> None:
+        """Store arrived KV in the import partition, oldest first, while it has room."""
+        while self.pending_imports:
+            payload = self.pending_imports[0]
+            state = self.requests.get(payload.request_id)
+            target = self.links[payload.worker_id]
+            if state is None or target.dead:
+                self.pending_imports.pop(0)
+                continue
+            try:
+                handles = self.host_kv.write(payload.data, payload.block_bytes)
+            except OutOfBlocksError:
+                log.info("host KV import partition full: %d handoffs wait for room", len(self.pending_imports))
+                return
+            self.pending_imports.pop(0)
+            state.unreleased = handles
+            target.send(SwapIn(payload.request_id, payload.model, handles, payload.num_tokens, payload.generated,
+                               payload.sampler_state, payload.block_bytes))
+
+    def _send_or_fail(self, link: WorkerLink, state: RequestState, message: object) -> None:
+        try:
+            link.send(message)
+        except AegaeonError as err:  # e.g. a KV payload over the link's frame limit
+            self._fail(state, f"request {state.submit.request_id} could not move to worker {link.worker_id}: {err}")
 
     def _pick_decode(self, model: str) -> WorkerLink | None:
         alive = [w for w in self.decode if not w.dead]
@@ -293,7 +386,7 @@ class Proxy:
         state.done = True
         self.requests.pop(state.submit.request_id, None)
 
-    def worker_died(self, worker_id: int, exitcode: int | None) -> None:
+    def worker_died(self, worker_id: int, exitcode: int | None, cause: str | None = None) -> None:
         """Fail the requests a dead worker held (they are not re-run) and stop routing to it."""
         with self.lock:
             link = self.links[worker_id]
@@ -301,15 +394,15 @@ class Proxy:
                 return
             link.dead = True
             link.outgoing.put(None)
-            reason = (f"worker {worker_id} ({link.role}) died with exit code {exitcode}; the request was lost: "
-                      f"submit it again")
-            log.error("worker %d died (exit code %s)", worker_id, exitcode)
+            cause = cause or f"died with exit code {exitcode}"
+            reason = f"worker {worker_id} ({link.role}) {cause}; the request was lost: submit it again"
+            log.error("worker %d (%s) %s", worker_id, link.role, cause)
             for state in list(self.requests.values()):
                 mine = state.decode_worker == worker_id if link.role == "decode" else (
                     state.prefill_worker == worker_id and state.decode_worker is None)
                 if not mine:
                     continue
-                if state.unreleased:
+                if state.unreleased and not link.remote:  # a remote node frees its own import blocks
                     self._release(KvRelease(state.submit.request_id, state.unreleased))
                 self._fail(state, reason)
             link.live.clear()
@@ -320,6 +413,8 @@ class Proxy:
         with self.lock:
             self._stopping = True
         for link in self.links.values():
+            if link.remote:
+                continue  # a joined node stops on its own (its launcher), or when it loses the head
             link.send(Shutdown("node stopping"))
             link.outgoing.put(None)
         for thread in self._threads:

@@ -51,4 +51,14 @@ def test_groups_are_served_fcfs_and_a_started_group_takes_no_members():
 
 def test_invalid_sizes_are_rejected():
     with pytest.raises(ConfigError):
-        GroupedFCFS(0)
+        GroupedFCFS(-1)
+    with pytest.raises(ConfigError):
+        GroupedFCFS(1, max_group_size=0)
+
+
+def test_instances_can_join_later():
+    sched = GroupedFCFS(0)
+    with pytest.raises(ConfigError, match="no prefill instance"):
+        sched.submit(RequestSpec(0, "a", 0.0, 10, 10), [], [], 0.0, FixedCost())
+    assert sched.add_instance() == 0
+    assert sched.submit(RequestSpec(0, "a", 0.0, 10, 10), [0.0], [None], 0.0, FixedCost()).instance == 0
