@@ -1,10 +1,11 @@
 """`aegaeon-launch`: the per-node launcher.
 
 `start` runs a node on this machine: the host weight and KV caches in shared
-memory, one worker process per virtual CPU instance, and the proxy with the
-HTTP API (this node is the head node; joining other nodes over TCP is not
-built yet). `status` and `cleanup` inspect and clean a cluster's shared-memory
-namespace on this node.
+memory, one worker process per virtual CPU instance, and on the head node the
+proxy with the HTTP API. Alone, a node is a whole cluster. With `--head` it
+also listens for other nodes on the TCP link; `--join HOST:PORT` runs a node
+whose workers serve the head's proxy (no HTTP API of its own). `status` and
+`cleanup` inspect and clean a cluster's shared-memory namespace on this node.
 """
 
 from __future__ import annotations
@@ -48,17 +49,47 @@ def status(cluster_id: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @click.option("--api-key", default=None, help="Require `Authorization: Bearer KEY` on /v1/ endpoints.")
+@click.option("--head", "is_head", is_flag=True, help="Also listen for joining nodes on --link-listen.")
+@click.option("--link-listen", default="127.0.0.1:7070", show_default=True,
+              help="HOST:PORT the head listens on for nodes (0.0.0.0:PORT for every interface).")
+@click.option("--join", "join_address", default=None, metavar="HOST:PORT",
+              help="Join the head node listening there; this node then serves the head's proxy.")
+@click.option("--token", envvar="AEGAEON_TOKEN", default=None,
+              help="Shared cluster token (8+ characters) for --head/--join [env AEGAEON_TOKEN].")
+@click.option("--node-name", default=None, help="This node's name in the head's logs [default: host name].")
+@click.option("--max-frame-mib", default=256, show_default=True,
+              help="Largest TCP link frame (one request's KV crossing nodes must fit).")
+@click.option("--heartbeat-timeout", default=5.0, show_default=True,
+              help="Seconds of silence after which a node (or the head) counts as lost.")
 def start(models_spec: str | None, device: str, num_instances: int, prefill_instances: int, cluster_id: str,
-          host: str, port: int, api_key: str | None) -> None:
-    """Start this node (caches, workers, proxy and HTTP API) until Ctrl-C or SIGTERM; both clean up."""
-    from aegaeon.cli import _parse_models
-    from aegaeon.serve.node import NodeConfig
-    from aegaeon.serve.server import serve_node
+          host: str, port: int, api_key: str | None, is_head: bool, link_listen: str, join_address: str | None,
+          token: str | None, node_name: str | None, max_frame_mib: int, heartbeat_timeout: float) -> None:
+    """Start this node (caches, workers, and on the head the proxy and HTTP API) until Ctrl-C or SIGTERM;
+    both clean up. A joining node also stops when it loses the head."""
+    import socket
 
-    config = NodeConfig(_parse_models(models_spec), num_instances, prefill_instances, cluster_id=cluster_id,
-                        device=device)
+    from aegaeon.cli import _parse_models
+    from aegaeon.ipc.tcp import LinkConfig
+    from aegaeon.serve.node import NodeConfig
+    from aegaeon.serve.server import join_cluster, serve_node
+
+    announce = lambda line: click.echo(line, err=True)  # noqa: E731
     try:
-        serve_node(config, host, port, api_key, announce=lambda line: click.echo(line, err=True))
+        if is_head and join_address:
+            raise click.UsageError("a node is either --head or --join HOST:PORT, not both")
+        role = "head" if is_head else "join" if join_address else None
+        link = None
+        if role is not None:
+            if not token:
+                raise click.UsageError("--head and --join need the cluster token: --token or AEGAEON_TOKEN")
+            link = LinkConfig(token, max_frame_mib * 2**20, heartbeat_timeout)
+        config = NodeConfig(_parse_models(models_spec), num_instances, prefill_instances, cluster_id=cluster_id,
+                            device=device, link_role=role, link_address=join_address or link_listen, link=link,
+                            node_name=node_name or socket.gethostname())
+        if role == "join":
+            join_cluster(config, announce)
+        else:
+            serve_node(config, host, port, api_key, announce=announce)
     except AegaeonError as exc:
         raise click.ClickException(str(exc)) from exc
 

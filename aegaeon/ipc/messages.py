@@ -80,6 +80,7 @@ class Tokens:
     times: tuple[float, ...]
     finish_reason: str | None = None
     error: str | None = None
+    unavailable: bool = False  # the error is the cluster's (a worker or node lost, no worker left), not the request's
 
 
 @dataclass(frozen=True)

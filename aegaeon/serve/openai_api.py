@@ -137,7 +137,10 @@ def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "models": len(served)}
+        alive = [link for link in list(proxy.links.values()) if not link.dead]
+        return {"status": "ok", "models": len(served),
+                "workers": {role: sum(link.role == role for link in alive) for role in ("prefill", "decode")},
+                "remote_workers": sum(link.remote for link in alive)}
 
     @app.get("/v1/models")
     async def list_models() -> dict:
@@ -213,7 +216,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None
                 raise ApiError(504, f"request {state.submit.request_id} produced no token in time", None,
                                "timeout") from None
             if message.error is not None:
-                raise ApiError(503 if "died" in message.error else 400, message.error, None, "request_failed")
+                raise ApiError(503 if message.unavailable else 400, message.error, None, "request_failed")
             yield list(message.token_ids), list(message.times), message.finish_reason
             if message.finish_reason is not None:
                 return

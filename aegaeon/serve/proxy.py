@@ -382,7 +382,7 @@ class Proxy:
             log.info("request %d cancelled by its client", request_id)
 
     def _fail(self, state: RequestState, reason: str) -> None:
-        state.deliver(Tokens(state.submit.request_id, (), (), None, reason))
+        state.deliver(Tokens(state.submit.request_id, (), (), None, reason, unavailable=True))
         state.done = True
         self.requests.pop(state.submit.request_id, None)
 

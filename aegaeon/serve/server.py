@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from aegaeon.ipc.tcp import LinkError
 from aegaeon.serve.node import Node, NodeConfig
 
 
@@ -33,6 +34,23 @@ def serve_node(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, ap
         for reason in node.unavailable.values():
             announce(f"warning: {reason}")
         announce(f"serving {sorted(good)} on http://{host}:{port}/v1")
+        if node.link is not None:
+            announce(f"listening for nodes on {config.link_address.rpartition(':')[0]}:{node.link.port}")
         uvicorn.run(create_app(proxy, good, api_key), host=host, port=port, log_level="warning")
+    finally:
+        node.stop()
+
+
+def join_cluster(config: NodeConfig, announce: Callable[[str], None] = lambda line: None) -> None:
+    """Start a node that joins the head at `config.link_address`; serve until stopped or the head is lost."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    node = Node(config)
+    node.start()
+    try:
+        announce(f"joined the head node at {config.link_address} with {config.num_instances} workers")
+        while not node.wait(1.0):
+            pass
+        raise LinkError(f"lost the head node at {config.link_address}: this node stops")
     finally:
         node.stop()

@@ -87,3 +87,67 @@ def test_a_wrong_token_is_refused_and_the_head_keeps_serving(models, expected):
         assert result.error is None and result.token_ids == want
     finally:
         head.stop()
+
+
+def _launch(*args):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "aegaeon.launch", "start", *args], stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_two_launches_on_loopback_serve_http_and_survive_losing_the_joined_node(models, tmp_path):
+    import signal
+    import time
+
+    import httpx
+
+    from tests.serve.test_openai_api import _free_port, _wait_healthy
+
+    model = models["m1"]
+    http_port, link_port = _free_port(), _free_port()
+    head = _launch("--models", f"solo={model}", "--num-instances", "1", "--prefill-instances", "1",
+                   "--cluster-id", "lhead", "--port", str(http_port), "--head", "--link-listen",
+                   f"127.0.0.1:{link_port}", "--token", TOKEN, "--heartbeat-timeout", "2")
+    joined = wrong = None
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        _wait_healthy(url, head)
+        wrong = _launch("--models", f"solo={model}", "--num-instances", "1", "--prefill-instances", "0",
+                        "--cluster-id", "lwrong", "--join", f"127.0.0.1:{link_port}", "--token", "a-wrong-token")
+        assert wrong.wait(timeout=90) != 0
+        assert "refused this node: wrong cluster token" in wrong.stderr.read()
+        joined = _launch("--models", f"solo={model}", "--num-instances", "1", "--prefill-instances", "0",
+                         "--cluster-id", "ljoin", "--join", f"127.0.0.1:{link_port}", "--token", TOKEN,
+                         "--heartbeat-timeout", "2")
+        deadline = time.monotonic() + 90
+        while httpx.get(f"{url}/health").json()["workers"]["decode"] < 1:
+            assert time.monotonic() < deadline and joined.poll() is None, "the node did not join"
+            time.sleep(0.2)
+        reply = httpx.post(f"{url}/v1/completions", json={"model": "solo", "prompt": "hi", "max_tokens": 4},
+                           timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["completion_tokens"] == 4
+        joined.kill()  # the joined node vanishes without a word: the head notices by heartbeat
+        joined.wait()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/health").json()["workers"]["decode"] > 0:
+            assert time.monotonic() < deadline, "the head did not notice the lost node"
+            time.sleep(0.2)
+        reply = httpx.post(f"{url}/v1/completions", json={"model": "solo", "prompt": "hi", "max_tokens": 4},
+                           timeout=60)
+        assert reply.status_code == 503 and "no decode worker" in reply.json()["error"]["message"]
+        head.send_signal(signal.SIGTERM)
+        assert head.wait(timeout=60) == 0
+    finally:
+        for proc in (head, joined, wrong):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        from aegaeon.ipc.shm import remove_stale
+
+        remove_stale("ljoin")  # killed with -9 on purpose: what `aegaeon-launch cleanup` is for
+    time.sleep(0.5)
+    for cluster in ("lhead", "lwrong", "ljoin"):
+        assert not list(SHM_DIR.glob(f"*aegaeon-{cluster}-*")), cluster
