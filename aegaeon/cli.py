@@ -104,7 +104,8 @@ def bench_ipc_cmd(round_trips: int) -> None:
               help="Requests/s per model; a list 0.5,1.0 runs each.")
 @click.option("--inlen-scale", default=0.2, show_default=True, help="Input lengths x this (CPU default 0.2).")
 @click.option("--outlen-scale", default=0.2, show_default=True, help="Output lengths x this (CPU default 0.2).")
-@click.option("--nnodes", default=1, show_default=True, help="Nodes (more than 1 needs the TCP link: not yet).")
+@click.option("--nnodes", default=1, show_default=True,
+              help="Nodes on this machine, joined over the TCP link on loopback; each gets --instances workers.")
 @click.option("--ttft-slo", type=float, default=None, help="Seconds [env AEGAEON_TTFT_SLO, default 10].")
 @click.option("--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1].")
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of arrivals replayed.")

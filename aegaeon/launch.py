@@ -41,8 +41,10 @@ def status(cluster_id: str) -> None:
 @main.command()
 @click.option("--models", "models_spec", default=None,
               help="Comma-separated checkpoint dirs (or NAME=DIR) [default: the embedded demo pool].")
-@click.option("--device", type=click.Choice(["cpu"]), default="cpu", show_default=True,
-              help="Only virtual CPU instances so far; GPU workers per device are not built yet.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cpu: --num-instances virtual instances; cuda: one worker per GPU of --devices.")
+@click.option("--devices", default=None, metavar="0,1,...",
+              help="GPU indexes, one worker each (implies --device cuda; sets --num-instances).")
 @click.option("--num-instances", default=3, show_default=True, help="Worker processes (virtual CPU instances).")
 @click.option("--prefill-instances", default=1, show_default=True, help="How many of them run prefill.")
 @click.option("--cluster-id", default="default", show_default=True, help="Names the cluster's shm objects.")
@@ -61,7 +63,8 @@ def status(cluster_id: str) -> None:
               help="Largest TCP link frame (one request's KV crossing nodes must fit).")
 @click.option("--heartbeat-timeout", default=5.0, show_default=True,
               help="Seconds of silence after which a node (or the head) counts as lost.")
-def start(models_spec: str | None, device: str, num_instances: int, prefill_instances: int, cluster_id: str,
+def start(models_spec: str | None, device: str, devices: str | None, num_instances: int, prefill_instances: int,
+          cluster_id: str,
           host: str, port: int, api_key: str | None, is_head: bool, link_listen: str, join_address: str | None,
           token: str | None, node_name: str | None, max_frame_mib: int, heartbeat_timeout: float) -> None:
     """Start this node (caches, workers, and on the head the proxy and HTTP API) until Ctrl-C or SIGTERM;
@@ -83,8 +86,15 @@ def start(models_spec: str | None, device: str, num_instances: int, prefill_inst
             if not token:
                 raise click.UsageError("--head and --join need the cluster token: --token or AEGAEON_TOKEN")
             link = LinkConfig(token, max_frame_mib * 2**20, heartbeat_timeout)
+        gpus: tuple[str, ...] = ()
+        if devices is not None or device == "cuda":
+            indexes = [d.strip() for d in (devices or "0").split(",") if d.strip()]
+            if not indexes or not all(d.isdigit() for d in indexes):
+                raise click.BadParameter(f"{devices!r} is not a list of GPU indexes like 0,1", param_hint="--devices")
+            gpus = tuple(f"cuda:{d}" for d in indexes)
+            num_instances = len(gpus)
         config = NodeConfig(_parse_models(models_spec), num_instances, prefill_instances, cluster_id=cluster_id,
-                            device=device, link_role=role, link_address=join_address or link_listen, link=link,
+                            device="cuda" if gpus else device, devices=gpus, link_role=role, link_address=join_address or link_listen, link=link,
                             node_name=node_name or socket.gethostname())
         if role == "join":
             join_cluster(config, announce)

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aegaeon.client import Client
 from aegaeon.engine.engine import EngineConfig
 from aegaeon.errors import ConfigError
+from aegaeon.ipc.tcp import LinkConfig
 from aegaeon.models.maker import config_for, make_model
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO
@@ -60,11 +63,8 @@ class E2ERun:
         return RunLabel(self.num_models, self.arrival_rate, self.inlen_scale, self.outlen_scale)
 
     def validate(self) -> None:
-        if self.nnodes != 1:
-            raise ConfigError(f"--nnodes {self.nnodes}: multi-node runs need the TCP node link, which is not built "
-                              f"yet; run with --nnodes 1")
-        if self.num_models < 1 or self.arrival_rate <= 0 or self.duration <= 0:
-            raise ConfigError("--num-models, --arrival-rate and --duration must be positive")
+        if self.num_models < 1 or self.arrival_rate <= 0 or self.duration <= 0 or self.nnodes < 1:
+            raise ConfigError("--num-models, --arrival-rate, --duration and --nnodes must be positive")
 
 
 def market_models(num_models: int, root: Path) -> dict[str, str]:
@@ -92,10 +92,36 @@ def load_requests(run: E2ERun, workloads_dir: Path) -> list[RequestSpec]:
     return requests
 
 
-def node_config(run: E2ERun, models: dict[str, str]) -> NodeConfig:
+def node_config(run: E2ERun, models: dict[str, str], **link: object) -> NodeConfig:
     return NodeConfig(models, run.instances, run.prefill_instances, cluster_id=f"e2e{run.seed}",
                       engine=EngineConfig(kv_bytes=32 * 2**20), host_kv_bytes=128 * 2**20, policy=run.policy,
-                      tpot_slo=run.slo.tpot)
+                      tpot_slo=run.slo.tpot, **link)
+
+
+@contextmanager
+def launch_cluster(run: E2ERun, models: dict[str, str]) -> Iterator[Node]:
+    """One node, or `nnodes` nodes on this machine joined over the TCP link on loopback (the head is yielded;
+    every node has `instances` workers, `prefill_instances` of them prefill)."""
+    if run.nnodes == 1:
+        with Node(node_config(run, models)) as node:
+            yield node
+        return
+    token = secrets.token_hex(16)
+    head = Node(node_config(run, models, link_role="head", link_address="127.0.0.1:0", link=LinkConfig(token),
+                            node_name="head"))
+    nodes = [head]
+    try:
+        head.start()
+        for index in range(1, run.nnodes):
+            joined = Node(replace(node_config(run, models, link_role="join", link_address=f"127.0.0.1:{head.link.port}",
+                                              link=LinkConfig(token), node_name=f"node{index}"),
+                                  cluster_id=f"e2e{run.seed}n{index}"))
+            nodes.append(joined)
+            joined.start()
+        yield head
+    finally:
+        for node in reversed(nodes):
+            node.stop()
 
 
 def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
@@ -103,7 +129,7 @@ def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
     run.validate()
     requests = load_requests(run, workloads_dir)
     states = [RequestState(spec) for spec in requests]
-    with Node(node_config(run, market_models(run.num_models, models_root))) as node:
+    with launch_cluster(run, market_models(run.num_models, models_root)) as node:
         client = Client(node.proxy, timeout=run.duration * 4 + 60)
         start = time.time()
         proxy_ids, collectors = _replay(client, states, start, progress)
@@ -112,7 +138,8 @@ def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
         events = node.proxy.telemetry.events(since=start)
     extra = {"instances": run.instances, "prefill_instances": run.prefill_instances, "nnodes": run.nnodes,
              "device": "cpu", "seed": run.seed}
-    result = result_record(run.policy, run.label, states, run.slo, run.duration, run.instances, extra, source="live")
+    result = result_record(run.policy, run.label, states, run.slo, run.duration, run.instances * run.nnodes, extra,
+                           source="live")
     by_proxy_id = {proxy_ids[i]: i for i in range(len(states))}
     breakdowns = request_breakdowns(states, proxy_ids, events, start)
     for record, breakdown in zip(result["requests"], breakdowns):

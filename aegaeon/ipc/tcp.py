@@ -161,7 +161,7 @@ class _Endpoint:
             except zmq.Again:
                 return  # the peer is behind: keep the frame and retry (back-pressure, not loss)
             except zmq.ZMQError as err:  # EHOSTUNREACH: the peer is gone; its loss is reported by heartbeat
-                log.warning("link: frame to a departed peer dropped (%s)", err)
+                log.info("link: frame to a departed peer dropped (%s)", err)
             self._held = None
 
     def on_message(self, peer: bytes | None, message: object) -> None:

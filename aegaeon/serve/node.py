@@ -42,7 +42,8 @@ class NodeConfig:
     num_instances: int = 4
     prefill_instances: int = 1
     cluster_id: str = "default"
-    device: str = "cpu"
+    device: str = "cpu"  # every worker's device, unless `devices` names one per worker
+    devices: tuple[str, ...] = ()  # e.g. ("cuda:0", "cuda:1"): one worker per entry (num_instances must match)
     engine: EngineConfig = EngineConfig()
     host_kv_bytes: int = 64 * 1024 * 1024
     kv_slab_bytes: int = 256 * 1024
@@ -59,6 +60,9 @@ class NodeConfig:
     node_name: str = "node"
 
     def validate(self) -> None:
+        if self.devices and len(self.devices) != self.num_instances:
+            raise ConfigError(f"{len(self.devices)} devices given for {self.num_instances} instances: one worker "
+                              f"runs per device")
         if self.policy not in ("aegaeon", "sllm"):
             raise ConfigError(f"--policy {self.policy!r} is not a live policy: use aegaeon or sllm")
         if self.link_role not in (None, "head", "join"):
@@ -103,6 +107,7 @@ class Node:
 
     def start(self) -> Proxy:
         cfg = self.config
+        check_devices(cfg.devices or (cfg.device,))
         self.namespace = ShmNamespace(cfg.cluster_id).claim()
         try:
             checkpoints = []
@@ -210,7 +215,7 @@ class Node:
         partition = (worker_id * share, (worker_id + 1) * share) if role == "prefill" else (0, 0)
         inbox = Ring.create(self.namespace, inbox_name(worker_id), cfg.ring_slots, cfg.ring_slot_bytes)
         outbox = Ring.create(self.namespace, outbox_name(worker_id), cfg.ring_slots, cfg.ring_slot_bytes)
-        spec = WorkerSpec(cfg.cluster_id, worker_id, role, models, replace(cfg.engine, device=cfg.device), partition,
+        spec = WorkerSpec(cfg.cluster_id, worker_id, role, models, replace(cfg.engine, device=cfg.devices[worker_id] if cfg.devices else cfg.device), partition,
                           cfg.kv_slab_bytes, cfg.tpot_slo,
                           cfg.threads_per_worker or default_threads(cfg.num_instances), cfg.policy)
         process = mp.get_context("spawn").Process(target=worker_main, args=(spec,), name=f"aegaeon-w{worker_id}")
@@ -259,3 +264,22 @@ class Node:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def check_devices(devices: tuple[str, ...]) -> None:
+    """Fail before anything starts when a device does not exist on this machine."""
+    import torch
+
+    for device in devices:
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise ConfigError(f"device {device!r} is not a torch device name (cpu, cuda:0, ...)") from None
+        if parsed.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device {device}: this torch build or machine has no CUDA GPU; use --device cpu "
+                                  f"--num-instances N for virtual CPU instances")
+            if (parsed.index or 0) >= torch.cuda.device_count():
+                raise ConfigError(f"device {device}: this machine has {torch.cuda.device_count()} GPUs")
+        elif parsed.type != "cpu":
+            raise ConfigError(f"device {device}: only cpu and cuda devices are supported")

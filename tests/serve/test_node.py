@@ -171,3 +171,24 @@ def test_bad_requests_fail_with_the_reason_and_the_node_keeps_serving(twelve_mod
     assert "prompt token ids must lie in" in bad_ids.error
     assert "temperature=-1.0" in hot.error
     assert fine.error is None and len(fine.token_ids) == 4
+
+
+def test_devices_are_checked_before_anything_starts(twelve_models):
+    import torch
+
+    from aegaeon.errors import ConfigError
+    from aegaeon.launch import main as launch_main
+    from aegaeon.serve.node import check_devices
+
+    with pytest.raises(ConfigError, match="2 devices given for 3 instances"):
+        NodeConfig(twelve_models, num_instances=3, devices=("cpu", "cpu")).validate()
+    with pytest.raises(ConfigError, match="not a torch device name"):
+        check_devices(("gpu0",))
+    if not torch.cuda.is_available():
+        from click.testing import CliRunner
+
+        with pytest.raises(ConfigError, match="no CUDA GPU; use --device cpu"):
+            check_devices(("cuda:0",))
+        result = CliRunner().invoke(launch_main, ["start", "--devices", "0,1", "--cluster-id", "devtest"])
+        assert result.exit_code != 0 and "no CUDA GPU" in result.output
+        assert not list(SHM_DIR.glob("*aegaeon-devtest-*"))
