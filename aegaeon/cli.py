@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -55,7 +56,7 @@ def bench_alloc(pairs: int, live: int, block_bytes: int, as_json: bool) -> None:
     click.echo(f"ratio Python->C++ / free list:  {result.binding_vs_freelist:.2f}x")
 
 
-def _bench_model(model: str | None) -> "Path":
+def _bench_model(model: str | None) -> Path:
     from pathlib import Path
 
     from aegaeon.bench.engine import default_bench_model

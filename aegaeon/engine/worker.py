@@ -336,15 +336,16 @@ class DecodeWorker(_Worker):
             seq = self.new_sequence(self.submitted.pop(message.request_id))
             self.waiting.append((seq, message))
 
-    def admit(self) -> None:
-        """Swap waiting requests' KV in from the host cache while the arena has room."""
+    def admit(self) -> list[Sequence]:
+        """Swap waiting requests' KV in from the host cache while the arena has room; returns those admitted."""
+        admitted = []
         while self.waiting:
             seq, swap = self.waiting[0]
             layout = self.engine.runner.entries[seq.model].kv
             try:
                 self.engine.kv.import_blocks(seq, layout, self.host_kv, list(swap.host_handles), swap.num_tokens)
             except OutOfBlocksError:
-                return  # wait for requests to finish
+                break  # wait for requests to finish
             self.waiting.popleft()
             seq.output_ids = list(swap.generated)
             if seq.generator is not None and swap.sampler_state:
@@ -355,24 +356,47 @@ class DecodeWorker(_Worker):
             self.timings[seq.seq_id] = {"admitted": time.time(), "compute": 0.0, "switch": 0.0}
             self.report_measurements()
             self.send(KvRelease(seq.seq_id, swap.host_handles))
+            admitted.append(seq)
+        return admitted
 
-    def run_round(self) -> None:
+    def plan(self, seqs: list[Sequence]):
+        """Per-model batches and their quotas (aegaeon.sched.decode, with this worker's measured costs)."""
         engine = self.engine
-        candidates = [DecodeCandidate(s.seq_id, s.model, len(s.token_ids)) for s in engine.sequences if not s.done]
+        candidates = [DecodeCandidate(s.seq_id, s.model, len(s.token_ids)) for s in seqs]
         batches, _ = form_batches(candidates, self.cost, engine.arena.total_bytes, engine.config.max_batch_size)
         batches = rotate_to_loaded(batches, engine.runner.active)
-        plan = plan_round(batches, engine.runner.active, self.cost, self.spec.tpot_slo)
-        by_id = {s.seq_id: s for s in engine.sequences}
-        for batch, quota in zip(plan.batches, plan.quotas):
-            started = time.perf_counter()
-            record = self.switch(batch.model)
-            if record:
-                self.estimates.update(self.estimates.switch, batch.model, record.seconds)
-                for request_id in batch.request_ids:
-                    self.timings[request_id]["switch"] += record.seconds
-            steps = self.run_quota(batch.model, [by_id[i] for i in batch.request_ids], quota)
-            self.send(StepDone(batch.model, steps, time.perf_counter() - started, record.seconds if record else 0.0))
+        return plan_round(batches, engine.runner.active, self.cost, self.spec.tpot_slo)
+
+    def run_round(self) -> None:
+        """One weighted round-robin round, run as the simulator runs it: each model with requests gets a turn
+        of its quota, its batch formed when the turn starts; a request admitted meanwhile joins its model's
+        coming turn, or gets a turn of its own at the round's end."""
+        engine = self.engine
+        plan = self.plan([s for s in engine.sequences if not s.done])
+        turns = [(batch.model, quota) for batch, quota in zip(plan.batches, plan.quotas)]
+        round_models = [model for model, _ in turns]
+        while turns:
+            model, quota = turns.pop(0)
+            batch = [s for s in engine.sequences if s.model == model and not s.done][: engine.config.max_batch_size]
+            if batch:
+                started = time.perf_counter()
+                record = self.switch(model)
+                if record:
+                    self.estimates.update(self.estimates.switch, model, record.seconds)
+                    for seq in batch:
+                        self.timings[seq.seq_id]["switch"] += record.seconds
+                steps = self.run_quota(model, batch, quota)
+                self.send(StepDone(model, steps, time.perf_counter() - started, record.seconds if record else 0.0))
             self.drain(0)
+            for seq in self.admit():
+                if any(coming == seq.model for coming, _ in turns):
+                    continue
+                members = [s for s in engine.sequences if not s.done and s.model in round_models + [seq.model]]
+                replanned = self.plan(members)
+                quota = dict(zip((b.model for b in replanned.batches), replanned.quotas)).get(seq.model)
+                if quota is not None:
+                    turns.append((seq.model, quota))
+                    round_models.append(seq.model)
 
     def run_to_completion(self) -> None:
         """Request-level scaling (the ServerlessLLM baseline): the oldest request's model keeps the worker

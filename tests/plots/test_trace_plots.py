@@ -75,3 +75,18 @@ def test_missing_traces_are_a_clear_error(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     result = CliRunner().invoke(main, ["plot", "frag", "--json", str(tmp_path / "broken.json")])
     assert result.exit_code != 0 and "broken.json: not a readable result JSON" in result.output
+
+
+def test_the_plots_script_draws_every_figure_the_results_allow(json_dir, tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("aegaeon") is None:
+        pytest.skip("the aegaeon command is not on PATH (package not installed)")
+    script = Path(__file__).resolve().parents[2] / "plots" / "make_figures.sh"
+    done = subprocess.run(["bash", str(script), str(json_dir), str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "4 figure(s)" in done.stderr  # 14, 15, 16 and fragmentation; no simulator results for 11-13
+    assert (tmp_path / "out" / "fig15-autoscale-cdf.png").is_file()
