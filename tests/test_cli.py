@@ -221,3 +221,19 @@ def test_http_benchmark_compares_both_paths(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["bench", "http", "--requests", "6", "--concurrency", "2", "--max-tokens", "4"])
     assert result.exit_code == 0, result.output
     assert "in-process / http throughput:" in result.output
+
+
+def test_sim_vs_live_profiles_this_machine_and_prints_both_attainments(tmp_path, monkeypatch):
+    monkeypatch.setenv("AEGAEON_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(main, ["bench", "sim-vs-live", "--num-models", "2", "--arrival-rate", "1,0.5",
+                                       "--duration", "3", "--outlen-scale", "0.1", "--profile-input-lens", "8,32",
+                                       "--profile-batches", "1,2", "--workloads", str(tmp_path / "w"),
+                                       "--profiles", str(tmp_path / "profiles"), "--out", str(tmp_path / "json")])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "profiles").glob("cpu-*t/market-shape*.json"))) == 2
+    lines = result.output.splitlines()
+    rows = lines[lines.index(next(line for line in lines if line.startswith(" rate requests"))) + 1:][:2]
+    assert [r.split()[0] for r in rows] == ["1", "0.5"]
+    assert "largest gap:" in result.output
+    names = sorted(p.name.split("-aegaeon")[0] for p in (tmp_path / "json").glob("*.json"))
+    assert names == ["live", "live", "sim-cpu", "sim-cpu", "sim-cpu-insitu", "sim-cpu-insitu"]

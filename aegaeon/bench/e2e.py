@@ -150,6 +150,7 @@ def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
         "swaps": [{**_relative(e, start), "request": by_proxy_id.get(e["request_id"])}
                   for e in events if e["kind"] == "swap"],
         "memory": [_relative(e, start) for e in events if e["kind"] == "memory"],
+        "quanta": [_relative(e, start) for e in events if e["kind"] == "quantum"],
     }
     return result
 

@@ -7,7 +7,12 @@
    those profiles, on as many instances with the same prefill/decode split,
    batch limit and arena size.
 
-The figure is the difference in SLO attainment, in points.
+The figure is the difference in SLO attainment, in points. To tell the
+simulator's policy model apart from its cost inputs, each run is simulated a
+second time with the decode costs scaled to what that run's decode steps
+actually took (the ratio of measured to profiled step time over its decode
+quanta, reported by the workers): the "in-situ" prediction. It is a
+diagnostic, not a prediction (it reads the run it predicts).
 """
 
 from __future__ import annotations
@@ -38,10 +43,29 @@ PROFILE_BATCHES = (1, 2, 4, 8)
 class Comparison:
     live: dict
     sim: dict
+    in_situ: dict  # the simulator with decode costs scaled to the run's measured steps
+    decode_scale: float
 
     @property
     def gap_points(self) -> float:
         return 100.0 * (self.sim["slo_attainment"] - self.live["slo_attainment"])
+
+    @property
+    def in_situ_gap_points(self) -> float:
+        return 100.0 * (self.in_situ["slo_attainment"] - self.live["slo_attainment"])
+
+
+def decode_scale(live: dict, profiles: dict[str, Path]) -> float:
+    """Measured / profiled decode step time over a live run's decode quanta (1.0 when it has none)."""
+    costs = {name: load_profile(path)[0] for name, path in profiles.items()}
+    measured = predicted = 0.0
+    for quantum in live["trace"].get("quanta", []):
+        cost = costs.get(quantum["model"])
+        if cost is None:
+            continue
+        measured += quantum["seconds"]
+        predicted += quantum["steps"] * cost.decode_time(max(1, round(quantum["batch"])), round(quantum["context"]))
+    return measured / predicted if predicted > 0 else 1.0
 
 
 def worker_threads(run: E2ERun) -> int:
@@ -49,7 +73,8 @@ def worker_threads(run: E2ERun) -> int:
 
 
 def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
-                   progress: Callable[[str], None] | None = None) -> tuple[dict[str, Path], str]:
+                   progress: Callable[[str], None] | None = None, input_lens: tuple[int, ...] = PROFILE_INPUT_LENS,
+                   batches: tuple[int, ...] = PROFILE_BATCHES) -> tuple[dict[str, Path], str]:
     """Profiles one model of each market shape (as many threads as a live worker has); returns
     synth model name -> profile path, and the profile device folder."""
     models = market_models(run.num_models, models_root)
@@ -65,19 +90,21 @@ def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
             if progress:
                 progress(f"profiling {name} on {device_name}")
             request = ProfileRequest(Path(models[f"synth_model_{shape:02d}"]), name, "cpu", device_name,
-                                     PROFILE_INPUT_LENS, PROFILE_BATCHES)
+                                     input_lens, batches)
             written[shape] = write_profile(measure_profile(request), profiles_root)
     finally:
         torch.set_num_threads(previous)
     return {name: written[shape] for name, shape in shape_of.items()}, device_name
 
 
-def simulate_like_live(run: E2ERun, profiles: dict[str, Path], models_root: Path, workloads_dir: Path) -> dict:
-    """The simulator's prediction for `run`, on a system shaped like the live node."""
+def simulate_like_live(run: E2ERun, profiles: dict[str, Path], models_root: Path, workloads_dir: Path,
+                       scale: float = 1.0, source: str = "sim-cpu") -> dict:
+    """The simulator's prediction for `run`, on a system shaped like the live node (decode costs x `scale`)."""
     requests = load_requests(run, workloads_dir)
     costs, link = {}, None
     for name, path in profiles.items():
         costs[name], link = load_profile(path)
+        costs[name] = replace(costs[name], decode_coefficients=tuple(c * scale for c in costs[name].decode_coefficients))
     cost = TableCostModel(costs, link)
     node = node_config(run, market_models(run.num_models, models_root))
     largest = max(cost.weight_bytes(name) for name in node.models)
@@ -85,8 +112,8 @@ def simulate_like_live(run: E2ERun, profiles: dict[str, Path], models_root: Path
                        prefill_instances=run.prefill_instances, max_batch=node.engine.max_batch_size)
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {**extra, "instances": run.instances, "prefill_instances": run.prefill_instances, "device": "cpu",
-             "profiles": sorted({str(p) for p in profiles.values()})}
-    return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source="sim-cpu")
+             "profiles": sorted({str(p) for p in profiles.values()}), "decode_scale": scale}
+    return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source)
 
 
 def compare(run: E2ERun, models_root: Path, workloads_dir: Path, profiles: dict[str, Path],
@@ -94,7 +121,9 @@ def compare(run: E2ERun, models_root: Path, workloads_dir: Path, profiles: dict[
     run = replace(run, policy="aegaeon")
     live = run_e2e(run, models_root, workloads_dir, progress)
     sim = simulate_like_live(run, profiles, models_root, workloads_dir)
-    return Comparison(live, sim)
+    scale = decode_scale(live, profiles)
+    in_situ = simulate_like_live(run, profiles, models_root, workloads_dir, scale, source="sim-cpu-insitu")
+    return Comparison(live, sim, in_situ, scale)
 
 
 def default_instances() -> int:

@@ -313,6 +313,7 @@ class DecodeWorker(_Worker):
         self.cost = _MeasuredCost(self.estimates, self.engine)
         self.waiting: deque[tuple[Sequence, SwapIn]] = deque()
         self.timings: dict[int, dict[str, float]] = {}  # request id -> admitted (wall clock), compute, switch
+        self.seconds = {"steps": 0.0, "quanta": 0.0, "alive": time.perf_counter()}  # where this worker's time went
 
     def serve(self) -> None:
         while self.running:
@@ -386,6 +387,7 @@ class DecodeWorker(_Worker):
                     for seq in batch:
                         self.timings[seq.seq_id]["switch"] += record.seconds
                 steps = self.run_quota(model, batch, quota)
+                self.seconds["quanta"] += time.perf_counter() - started
                 self.send(StepDone(model, steps, time.perf_counter() - started, record.seconds if record else 0.0))
             self.drain(0)
             for seq in self.admit():
@@ -422,13 +424,17 @@ class DecodeWorker(_Worker):
         """Decode steps for `seqs` until the quota is spent or they finish; returns the steps run."""
         deadline = time.perf_counter() + quota
         seqs = self.engine.make_resident([s for s in seqs if not s.done])  # a cancel may have ended some
-        steps = 0
+        steps, batched, context, compute = 0, 0, 0, 0.0
         while seqs and time.perf_counter() < deadline:
             steps += 1
+            batched += len(seqs)
+            context += sum(len(s.token_ids) for s in seqs)
             starts = {s.seq_id: len(s.output_ids) for s in seqs}
             began = time.perf_counter()
             self.engine.step_batch(model, seqs)
             step_seconds = time.perf_counter() - began
+            compute += step_seconds
+            self.seconds["steps"] += step_seconds
             self.sample_memory()  # while the batch's KV is resident
             self.estimates.update(self.estimates.step, model, step_seconds)
             for seq in seqs:
@@ -438,8 +444,16 @@ class DecodeWorker(_Worker):
                 self.report_tokens(seq, starts[seq.seq_id])
             seqs = [s for s in seqs if not s.done and s.status == SeqStatus.RUNNING]
         self.engine.sequences = [s for s in self.engine.sequences if not s.done]
+        if steps:  # what the steps cost at what batch and context: calibrates cost models against serving
+            self.trace("quantum", model, compute, steps=steps, batch=batched / steps, context=context / steps)
         return steps
 
+
+    def close(self) -> None:
+        alive = time.perf_counter() - self.seconds["alive"]
+        log.info("decode worker %d: %.1f s alive, %.1f s in quanta, %.1f s in decode steps", self.spec.worker_id,
+                 alive, self.seconds["quanta"], self.seconds["steps"])
+        super().close()
 
     def report_left(self, seq: Sequence) -> None:
         timing = self.timings.pop(seq.seq_id, None)

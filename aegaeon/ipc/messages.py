@@ -117,7 +117,7 @@ class Cancel:
     request_id: int
 
 
-TRACE_KINDS = ("switch", "swap", "prefill", "decode", "memory")
+TRACE_KINDS = ("switch", "swap", "prefill", "decode", "quantum", "memory")
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ class Trace:
     swap:    one KV copy; `label` is out/in (preemption) or export/import (prefill -> decode handoff)
     prefill: a request's prefill; detail: start (wall clock), switch (seconds of its group's switch)
     decode:  a request left this decode worker; detail: admitted (wall clock), compute and switch seconds
+    quantum: a decode quantum's steps; `seconds` in steps; detail: steps, mean batch size and context tokens
     memory:  the worker's arena (aegaeon.arena.ArenaUsage byte counts)
     """
 

@@ -80,6 +80,7 @@ class _Endpoint:
         self._held: tuple[bytes | None, bytes] | None = None  # a frame the peer's high-water mark pushed back
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._running = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -94,12 +95,20 @@ class _Endpoint:
             raise LinkError(f"a {type(message).__name__} of {len(frame)} bytes exceeds the link's frame limit of "
                             f"{self.config.max_frame_bytes} bytes (--max-frame-mib)")
         self._outgoing.put((peer, frame))
-        os.write(self._wake_w, b"\0")
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is pending already
 
     def close(self) -> None:
+        if self.socket.closed:
+            return
         self._running = False
         if self._thread.is_alive():
-            os.write(self._wake_w, b"\0")
+            self._wake()
             self._thread.join(timeout=5)
         self.socket.close(linger=0)
         self.context.term()

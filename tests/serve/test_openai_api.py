@@ -76,9 +76,16 @@ def test_chat_completions_with_the_openai_package(server):
 
 def test_models_health_and_metrics(server):
     assert {m.id for m in _client(server).models.list()} == {"small", "large"}
-    assert httpx.get(f"{server[0]}/health").json()["status"] == "ok"
+    health = httpx.get(f"{server[0]}/health").json()
+    assert health["status"] == "ok" and health["workers"]["prefill"] >= 1 and health["workers"]["decode"] >= 1
+    _client(server).completions.create(model="small", prompt="count the switches", max_tokens=3)
     text = httpx.get(f"{server[0]}/metrics").text
     assert "aegaeon_requests_total" in text and "# TYPE aegaeon_ttft_seconds histogram" in text
+    # per model: switches, the time they took, and KV bytes moved by the prefill -> decode handoff
+    assert 'aegaeon_model_switches_total{model="small"}' in text
+    assert 'aegaeon_model_switch_seconds_total{model="small"}' in text
+    exported = [line for line in text.splitlines() if line.startswith('aegaeon_kv_swap_bytes_total{model="small",kind="export"}')]
+    assert exported and float(exported[0].split()[-1]) > 0
 
 
 def test_unknown_model_is_a_404_with_an_openai_error(server):
