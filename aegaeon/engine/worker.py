@@ -313,7 +313,8 @@ class DecodeWorker(_Worker):
         self.cost = _MeasuredCost(self.estimates, self.engine)
         self.waiting: deque[tuple[Sequence, SwapIn]] = deque()
         self.timings: dict[int, dict[str, float]] = {}  # request id -> admitted (wall clock), compute, switch
-        self.seconds = {"steps": 0.0, "quanta": 0.0, "alive": time.perf_counter()}  # where this worker's time went
+        # where this worker's time went: wall seconds in decode steps, CPU seconds of those steps, in quanta
+        self.seconds = {"steps": 0.0, "steps_cpu": 0.0, "quanta": 0.0, "alive": time.perf_counter()}
 
     def serve(self) -> None:
         while self.running:
@@ -430,11 +431,12 @@ class DecodeWorker(_Worker):
             batched += len(seqs)
             context += sum(len(s.token_ids) for s in seqs)
             starts = {s.seq_id: len(s.output_ids) for s in seqs}
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.thread_time()
             self.engine.step_batch(model, seqs)
             step_seconds = time.perf_counter() - began
             compute += step_seconds
             self.seconds["steps"] += step_seconds
+            self.seconds["steps_cpu"] += time.thread_time() - began_cpu
             self.sample_memory()  # while the batch's KV is resident
             self.estimates.update(self.estimates.step, model, step_seconds)
             for seq in seqs:
@@ -451,8 +453,8 @@ class DecodeWorker(_Worker):
 
     def close(self) -> None:
         alive = time.perf_counter() - self.seconds["alive"]
-        log.info("decode worker %d: %.1f s alive, %.1f s in quanta, %.1f s in decode steps", self.spec.worker_id,
-                 alive, self.seconds["quanta"], self.seconds["steps"])
+        log.info("decode worker %d: %.1f s alive, %.1f s in quanta, %.1f s in decode steps (%.1f s on a CPU)",
+                 self.spec.worker_id, alive, self.seconds["quanta"], self.seconds["steps"], self.seconds["steps_cpu"])
         super().close()
 
     def report_left(self, seq: Sequence) -> None:
