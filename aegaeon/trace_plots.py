@@ -136,6 +136,7 @@ def plot_autoscale_cdf(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path]
         if seconds:
             _cdf(ax, seconds, run.label)
         lines.append(f"{run.label}: model switch latency {_percentiles(seconds)}")
+    ax.set_xscale("log")
     ax.set_xlabel("scale-up (model switch) latency (ms)")
     ax.set_ylabel("CDF")
     ax.set_title("Fig. 15: scale-up latency", fontsize=9)
@@ -156,6 +157,7 @@ def plot_kvcache_cdf(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], 
             _cdf(ax, seconds, f"{run.label}: {name}" if len(runs) > 1 else name)
             gbps = sum(s["bytes"] for s in swaps) / max(sum(seconds), 1e-12) / 1e9
             lines.append(f"{run.label}: KV {name} latency {_percentiles(seconds)}; {gbps:.2f} GB/s while copying")
+    ax.set_xscale("log")
     ax.set_xlabel("KV-cache swap latency (ms)")
     ax.set_ylabel("CDF")
     ax.set_title("Fig. 16: KV-cache swap latency", fontsize=9)

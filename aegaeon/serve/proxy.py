@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aegaeon.errors import AegaeonError, RequestError
 from aegaeon.errors import OutOfBlocksError
@@ -240,8 +240,8 @@ class Proxy:
             link.ready.set()
         elif isinstance(message, Tokens):
             self._on_tokens(link, message)
-        elif isinstance(message, Trace):
-            self.telemetry.record(message)
+        elif isinstance(message, Trace):  # a joined node's worker knows only its local id
+            self.telemetry.record(replace(message, worker_id=link.worker_id))
         elif isinstance(message, (SwapOut, KvPayload)):
             self._hand_to_decode(message)
         elif isinstance(message, KvRelease):

@@ -48,12 +48,14 @@ def serve_across(models, expected, head_prefill: int, join_prefill: int):
             requests = [(model, list(ids)) for model, ids in expected]
             results = client.complete_many(requests, max_tokens=8)
             remote = [link for link in head.proxy.links.values() if link.remote]
+            traced = {event["worker_id"] for event in head.proxy.telemetry.events()}
     finally:
         head.stop()
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
     for (model, ids), result in zip(requests, results):
         assert result.token_ids == expected[(model, tuple(ids))], model
     assert not list(SHM_DIR.glob("*aegaeon-tcphead-*")) and not list(SHM_DIR.glob("*aegaeon-tcpjoin-*"))
+    assert {link.worker_id for link in remote} <= traced  # a joined worker's traces carry its cluster-wide id
     return remote
 
 
