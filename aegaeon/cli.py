@@ -178,7 +178,7 @@ def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale:
 @click.option("--workloads", "workloads_dir", default="workloads", show_default=True, type=click.Path(file_okay=False))
 @click.option("--profiles", "profiles_dir", default="profiles", show_default=True, type=click.Path(file_okay=False),
               help="Where this machine's profiles are written (<dir>/cpu-<threads>t/).")
-@click.option("--profile-input-lens", default="8,16,32,64,128,256", show_default=True)
+@click.option("--profile-input-lens", default="8,16,32,64,128,256,384", show_default=True)
 @click.option("--profile-batches", default="1,2,4,8", show_default=True)
 @click.option("--out", "out_dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
 def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale: float, duration: float,

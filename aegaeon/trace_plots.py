@@ -67,6 +67,14 @@ def _cdf(ax, values: list[float], label: str) -> None:
     ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=label, drawstyle="steps-post")
 
 
+def _label_cdf(ax, xlabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("CDF")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def _percentiles(values: list[float]) -> str:
     if not values:
         return "none"
@@ -136,11 +144,7 @@ def plot_autoscale_cdf(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path]
         if seconds:
             _cdf(ax, seconds, run.label)
         lines.append(f"{run.label}: model switch latency {_percentiles(seconds)}")
-    ax.set_xscale("log")
-    ax.set_xlabel("scale-up (model switch) latency (ms)")
-    ax.set_ylabel("CDF")
-    ax.set_title("Fig. 15: scale-up latency", fontsize=9)
-    ax.legend(fontsize=7)
+    _label_cdf(ax, "scale-up (model switch) latency (ms)", "Fig. 15: scale-up latency")
     return _save(fig, out_dir, "fig15-autoscale-cdf"), "\n".join(lines)
 
 
@@ -157,11 +161,7 @@ def plot_kvcache_cdf(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], 
             _cdf(ax, seconds, f"{run.label}: {name}" if len(runs) > 1 else name)
             gbps = sum(s["bytes"] for s in swaps) / max(sum(seconds), 1e-12) / 1e9
             lines.append(f"{run.label}: KV {name} latency {_percentiles(seconds)}; {gbps:.2f} GB/s while copying")
-    ax.set_xscale("log")
-    ax.set_xlabel("KV-cache swap latency (ms)")
-    ax.set_ylabel("CDF")
-    ax.set_title("Fig. 16: KV-cache swap latency", fontsize=9)
-    ax.legend(fontsize=7)
+    _label_cdf(ax, "KV-cache swap latency (ms)", "Fig. 16: KV-cache swap latency")
     return _save(fig, out_dir, "fig16-kvcache-cdf"), "\n".join(lines)
 
 

@@ -35,8 +35,10 @@ from aegaeon.sim.runner import result_record, simulate
 
 log = logging.getLogger(__name__)
 
-PROFILE_INPUT_LENS = (8, 16, 32, 64, 128, 256)
+PROFILE_INPUT_LENS = (8, 16, 32, 64, 128, 256, 384)
 PROFILE_BATCHES = (1, 2, 4, 8)
+PROFILE_DECODE_STEPS = 16  # per repeat: this VM's step times swing by ~20%, so average more of them
+PROFILE_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
             if progress:
                 progress(f"profiling {name} on {device_name}")
             request = ProfileRequest(Path(models[f"synth_model_{shape:02d}"]), name, "cpu", device_name,
-                                     input_lens, batches)
+                                     input_lens, batches, PROFILE_DECODE_STEPS, PROFILE_REPEATS)
             written[shape] = write_profile(measure_profile(request), profiles_root)
     finally:
         torch.set_num_threads(previous)

@@ -17,12 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from aegaeon.errors import OutOfBlocksError
-from aegaeon.ipc.messages import (KvPayload, KvRelease, Routed, SwapIn, SwapOut, WorkerGone, WorkerReady, decode,
-                                  encode)
+from aegaeon.ipc.messages import KvPayload, KvRelease, Routed, SwapOut, WorkerGone, WorkerReady, decode, encode
 from aegaeon.ipc.ring import RingEmptyError
 from aegaeon.ipc.tcp import JoinLink
-from aegaeon.serve.host_kv import HostKvArea
+from aegaeon.serve.host_kv import HostKvArea, store_arrivals
 from aegaeon.serve.proxy import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -86,20 +84,12 @@ class NodeAgent:
         self.lost.set()
 
     def _import(self) -> None:
-        while self.pending:
-            payload = self.pending[0]
+        def wanted(payload: KvPayload) -> bool:
             link = self.local.get(payload.worker_id)
-            if link is None or link.dead:
-                self.pending.pop(0)
-                continue
-            try:
-                handles = self.host_kv.write(payload.data, payload.block_bytes)
-            except OutOfBlocksError:
-                log.info("host KV import partition full: %d handoffs wait for room", len(self.pending))
-                return
-            self.pending.pop(0)
-            link.send(SwapIn(payload.request_id, payload.model, handles, payload.num_tokens, payload.generated,
-                             payload.sampler_state, payload.block_bytes))
+            return link is not None and not link.dead
+
+        for payload, swap_in in store_arrivals(self.host_kv, self.pending, wanted):
+            self.local[payload.worker_id].send(swap_in)
 
     # ---- from this node's workers ---------------------------------------------------------------------------
 

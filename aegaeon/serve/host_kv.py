@@ -10,11 +10,17 @@ Exports read a local prefill worker's blocks into bytes for the link.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+
 import numpy as np
 
 from aegaeon.errors import OutOfBlocksError
+from aegaeon.ipc.messages import KvPayload, SwapIn
 from aegaeon.ipc.shm import SharedSegment
 from aegaeon.native import _C
+
+log = logging.getLogger(__name__)
 
 
 class HostKvArea:
@@ -51,3 +57,23 @@ class HostKvArea:
     def free(self, handles: tuple[int, ...]) -> None:
         for handle in handles:
             self.allocator.free(handle - self.start)
+
+
+def store_arrivals(area: HostKvArea, pending: list[KvPayload],
+                   wanted: Callable[[KvPayload], bool]) -> Iterator[tuple[KvPayload, SwapIn]]:
+    """Write KV that arrived over the link into the import partition, oldest first, while it has room; yields
+    each stored payload with the SwapIn that hands it to its decode worker. Payloads no longer `wanted`
+    (request or worker gone) are dropped; the rest wait in `pending` for room (back-pressure)."""
+    while pending:
+        payload = pending[0]
+        if not wanted(payload):
+            pending.pop(0)
+            continue
+        try:
+            handles = area.write(payload.data, payload.block_bytes)
+        except OutOfBlocksError:
+            log.info("host KV import partition full: %d handoffs wait for room", len(pending))
+            return
+        pending.pop(0)
+        yield payload, SwapIn(payload.request_id, payload.model, handles, payload.num_tokens, payload.generated,
+                              payload.sampler_state, payload.block_bytes)

@@ -19,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from aegaeon.errors import AegaeonError, RequestError
-from aegaeon.errors import OutOfBlocksError
 from aegaeon.ipc.messages import (Cancel, KvPayload, KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut,
                                   Tokens, Trace, WorkerReady, decode, encode)
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
 from aegaeon.sched.prefill import GroupedFCFS
 from aegaeon.sched.request import RequestSpec
-from aegaeon.serve.host_kv import HostKvArea
+from aegaeon.serve.host_kv import HostKvArea, store_arrivals
 from aegaeon.serve.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -325,22 +324,12 @@ class Proxy:
 
     def _retry_imports(self) -> None:
         """Store arrived KV in the import partition, oldest first, while it has room."""
-        while self.pending_imports:
-            payload = self.pending_imports[0]
-            state = self.requests.get(payload.request_id)
-            target = self.links[payload.worker_id]
-            if state is None or target.dead:
-                self.pending_imports.pop(0)
-                continue
-            try:
-                handles = self.host_kv.write(payload.data, payload.block_bytes)
-            except OutOfBlocksError:
-                log.info("host KV import partition full: %d handoffs wait for room", len(self.pending_imports))
-                return
-            self.pending_imports.pop(0)
-            state.unreleased = handles
-            target.send(SwapIn(payload.request_id, payload.model, handles, payload.num_tokens, payload.generated,
-                               payload.sampler_state, payload.block_bytes))
+        def wanted(payload: KvPayload) -> bool:
+            return payload.request_id in self.requests and not self.links[payload.worker_id].dead
+
+        for payload, swap_in in store_arrivals(self.host_kv, self.pending_imports, wanted):
+            self.requests[payload.request_id].unreleased = swap_in.host_handles
+            self.links[payload.worker_id].send(swap_in)
 
     def _send_or_fail(self, link: WorkerLink, state: RequestState, message: object) -> None:
         try:
