@@ -162,6 +162,7 @@ class Node:
             return
         self.link = JoinLink(host, port, cfg.link, self.agent.on_head_message, self.agent.on_lost)
         hello = Hello(cfg.link.token, cfg.node_name, tuple(link.role for link in links), tuple(self.models))
+        log.info("joining the head node at %s (waiting up to %g s for it)", cfg.link_address, cfg.start_timeout)
         self.agent.attach(self.link, self.link.join(hello, timeout=cfg.start_timeout))
         log.info("joined the head node at %s", cfg.link_address)
 
