@@ -153,3 +153,81 @@ def test_two_launches_on_loopback_serve_http_and_survive_losing_the_joined_node(
     time.sleep(0.5)
     for cluster in ("lhead", "lwrong", "ljoin"):
         assert not list(SHM_DIR.glob(f"*aegaeon-{cluster}-*")), cluster
+
+
+def _netns_available() -> bool:
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    probe = f"aegprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+    if made:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return made
+
+
+@pytest.mark.skipif(not _netns_available(), reason="needs root and `ip netns` (network namespaces)")
+def test_two_nodes_in_separate_network_namespaces(models):
+    """Each node in a network namespace of its own, joined by a veth pair: the link crosses a real interface."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid = os.getpid()
+    head_ns, join_ns = f"aeghead{pid}", f"aegjoin{pid}"
+    head_ip, join_ip = "10.231.0.1", "10.231.0.2"
+    setup = [["ip", "netns", "add", head_ns], ["ip", "netns", "add", join_ns],
+             ["ip", "link", "add", f"aegh{pid % 10000}", "netns", head_ns, "type", "veth", "peer", "name",
+              f"aegj{pid % 10000}", "netns", join_ns],
+             ["ip", "-n", head_ns, "addr", "add", f"{head_ip}/24", "dev", f"aegh{pid % 10000}"],
+             ["ip", "-n", join_ns, "addr", "add", f"{join_ip}/24", "dev", f"aegj{pid % 10000}"],
+             ["ip", "-n", head_ns, "link", "set", f"aegh{pid % 10000}", "up"],
+             ["ip", "-n", join_ns, "link", "set", f"aegj{pid % 10000}", "up"],
+             ["ip", "-n", head_ns, "link", "set", "lo", "up"], ["ip", "-n", join_ns, "link", "set", "lo", "up"]]
+    procs = []
+    try:
+        for cmd in setup:
+            subprocess.run(cmd, check=True, capture_output=True)
+        launch = [sys.executable, "-m", "aegaeon.launch", "start", "--models", f"solo={models['m1']}",
+                  "--num-instances", "1", "--token", TOKEN]
+        head = subprocess.Popen(["ip", "netns", "exec", head_ns, *launch, "--prefill-instances", "1",
+                                 "--cluster-id", "nshead", "--host", head_ip, "--port", "8000", "--head",
+                                 "--link-listen", f"{head_ip}:7070"], stderr=subprocess.DEVNULL)
+        procs.append(head)
+        joined = subprocess.Popen(["ip", "netns", "exec", join_ns, *launch, "--prefill-instances", "0",
+                                   "--cluster-id", "nsjoin", "--join", f"{head_ip}:7070"],
+                                  stderr=subprocess.DEVNULL)
+        procs.append(joined)
+        ask = ("import json, sys, time, urllib.request\n"
+               "deadline = time.time() + 120\n"
+               "while True:\n"
+               "    try:\n"
+               f"        health = json.load(urllib.request.urlopen('http://{head_ip}:8000/health', timeout=2))\n"
+               "        if health['workers']['decode'] and health['remote_workers']: break\n"
+               "    except OSError: pass\n"
+               "    if time.time() > deadline: sys.exit('the nodes did not come up')\n"
+               "    time.sleep(0.3)\n"
+               f"request = urllib.request.Request('http://{head_ip}:8000/v1/completions', method='POST',\n"
+               "    data=json.dumps({'model': 'solo', 'prompt': 'hi', 'max_tokens': 4}).encode(),\n"
+               "    headers={'Content-Type': 'application/json'})\n"
+               "print(json.load(urllib.request.urlopen(request, timeout=60))['usage']['completion_tokens'])\n")
+        answer = subprocess.run(["ip", "netns", "exec", head_ns, sys.executable, "-c", ask], capture_output=True,
+                                text=True, timeout=180)
+        assert answer.returncode == 0 and answer.stdout.strip() == "4", answer.stderr
+        for proc in (joined, head):
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        subprocess.run(["ip", "netns", "del", head_ns], capture_output=True)
+        subprocess.run(["ip", "netns", "del", join_ns], capture_output=True)
+    time.sleep(0.5)
+    assert not list(SHM_DIR.glob("*aegaeon-nshead-*")) and not list(SHM_DIR.glob("*aegaeon-nsjoin-*"))
