@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -17,6 +18,16 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         filename=os.environ.get("AEGAEON_LOG_FILE"),
     )
+
+
+@contextmanager
+def _request_progress(label: str):
+    """A progress bar whose total is learnt from the first report; yields the `progress(done, total)` callback."""
+    with click.progressbar(length=1, label=label, file=sys.stderr) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+        yield advance
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,8 +68,6 @@ def bench_alloc(pairs: int, live: int, block_bytes: int, as_json: bool) -> None:
 
 
 def _bench_model(model: str | None) -> Path:
-    from pathlib import Path
-
     from aegaeon.bench.engine import default_bench_model
     from aegaeon.models.demo import aegaeon_home
 
@@ -123,8 +132,6 @@ def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale:
                   prefill_instances: int, policies: str, seed: int, workloads_dir: str, out_dir: str) -> None:
     """Launch a CPU node of tiny models, replay workloads/synth-N-R-X-Y.csv in real time, and report
     SLO attainment and goodput; writes live-*.json (the simulator's schema plus traces) for `aegaeon plot`."""
-    from pathlib import Path
-
     import signal
 
     from aegaeon.bench.e2e import E2ERun, run_e2e
@@ -147,10 +154,7 @@ def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale:
             for policy in names:
                 run = E2ERun(num_models, rate, duration, inlen_scale, outlen_scale, instances, prefill_instances,
                              policy, seed, slo, nnodes)
-                with click.progressbar(length=1, label=f"{policy} rate {rate:g}", file=sys.stderr) as bar:
-                    def advance(done: int, total: int) -> None:
-                        bar.length = total
-                        bar.update(done - bar.pos)
+                with _request_progress(f"{policy} rate {rate:g}") as advance:
                     result = run_e2e(run, aegaeon_home() / "market", Path(workloads_dir), advance)
                 path = write_result(Path(out_dir), result)
                 rows.append((policy, rate, result))
@@ -187,8 +191,6 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
                           profile_input_lens: str, profile_batches: str, out_dir: str) -> None:
     """Profile this machine, then run each workload live and in the simulator fed with that profile;
     prints both SLO attainments and their gap in points (the design's target: within 5)."""
-    from pathlib import Path
-
     import signal
 
     from aegaeon.bench.e2e import E2ERun
@@ -206,25 +208,22 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
         base = E2ERun(num_models, 1.0, duration, inlen_scale, outlen_scale, instances or default_instances(),
                       prefill_instances, "aegaeon", seed, slo)
         base.validate()
-        profiles, device = profile_market(base, models_root, Path(profiles_dir),
+        market = profile_market(base, models_root, Path(profiles_dir),
                                           lambda text: click.echo(text, err=True),
                                           tuple(parse_list(profile_input_lens, int, "--profile-input-lens")),
                                           tuple(parse_list(profile_batches, int, "--profile-batches")))
-        click.echo(f"profiles: {', '.join(sorted({str(p) for p in profiles.values()}))}", err=True)
+        click.echo(f"profiles: {', '.join(market.paths)}", err=True)
         rows = []
         for rate in parse_list(rates, float, "--arrival-rate"):
             run = E2ERun(num_models, rate, duration, inlen_scale, outlen_scale, base.instances, prefill_instances,
                          "aegaeon", seed, slo)
-            with click.progressbar(length=1, label=f"live rate {rate:g}", file=sys.stderr) as bar:
-                def advance(done: int, total: int) -> None:
-                    bar.length = total
-                    bar.update(done - bar.pos)
-                result = compare(run, models_root, Path(workloads_dir), profiles, advance)
+            with _request_progress(f"live rate {rate:g}") as advance:
+                result = compare(run, models_root, Path(workloads_dir), market, advance)
             for record in (result.live, result.sim, result.in_situ):
                 click.echo(f"wrote {write_result(Path(out_dir), record)}", err=True)
             rows.append((rate, result))
         click.echo(f"{num_models} models on {base.instances} CPU instances ({prefill_instances} prefill), profile "
-                   f"{device}; SLO attainment:")
+                   f"{market.device}; SLO attainment:")
         click.echo(" rate requests   live    sim  sim-live (points)  steps/profile  in-situ sim  in-situ-live")
         for rate, r in rows:
             click.echo(f"{rate:5g} {r.live['num_requests']:8d} {r.live['slo_attainment']:6.1%} "
@@ -335,7 +334,6 @@ def _fail(exc: Exception) -> click.ClickException:
 
 def _parse_models(spec: str | None) -> dict[str, str]:
     """`DIR1,DIR2` or `name=DIR,...`; None means the embedded demo pool."""
-    from pathlib import Path
 
     if not spec:
         from aegaeon.models.demo import demo_models
@@ -510,8 +508,6 @@ def workload() -> None:
 def workload_gen(num_models: str, arrival_rate: str, duration: float, inlen_scale: float, outlen_scale: float,
                  seed: int, out_dir: str) -> None:
     """Write workloads/synth-N-R-X-Y.csv for every N and R given."""
-    from pathlib import Path
-
     from aegaeon.errors import AegaeonError
     from aegaeon.sim.sweep import parse_list
     from aegaeon.workload import WorkloadSpec, generate, write_workload
@@ -551,8 +547,6 @@ def sim(num_models: str, arrival_rate: str, inlen_scale: float, outlen_scale: fl
         slo_scale: float, device: str, profiles_root: str | None, aegaeon_switch_efficiency: float | None,
         workloads_dir: str, out_dir: str) -> None:
     """Simulate systems over a sweep; one result JSON per point under --out."""
-    from pathlib import Path
-
     from aegaeon.errors import AegaeonError
     from aegaeon.profiles import cost_model_for_workload
     from aegaeon.sched.slo import SLO
@@ -606,8 +600,6 @@ def profile(ctx: click.Context, model_dir: str | None, name: str | None, device:
     if model_dir is None:
         click.echo(ctx.get_help())
         return
-    from pathlib import Path
-
     from aegaeon.errors import AegaeonError
     from aegaeon.profiler import ProfileRequest, measure_profile
     from aegaeon.profiles import profiles_dir, write_profile
@@ -646,8 +638,6 @@ def profile(ctx: click.Context, model_dir: str | None, name: str | None, device:
 @click.option("--out", "out_dir", default="profiles", show_default=True, type=click.Path(file_okay=False))
 def profile_fit(raw_dir: str, device: str, out_dir: str) -> None:
     """Fit profiles from measured tables RAW_DIR/<model>/i<I>b<B>.json."""
-    from pathlib import Path
-
     from aegaeon.errors import AegaeonError
     from aegaeon.profiles import fit_directory
 
@@ -676,8 +666,6 @@ def plot() -> None:
 @click.option("--out", "out_dir", default="plots/out", show_default=True, type=click.Path(file_okay=False))
 def plot_e2e_cmd(specs: tuple[str, ...], json_dir: str, out_dir: str) -> None:
     """SLO attainment per system (paper figures 11-13), PDF and PNG."""
-    from pathlib import Path
-
     from aegaeon.errors import AegaeonError
     from aegaeon.plotting import plot_e2e
 
@@ -697,8 +685,6 @@ def _trace_plot_command(figure: str, summary: str) -> None:
     @click.option("--policy", default=None, help="Only runs of this policy (aegaeon or sllm).")
     @click.option("--out", "out_dir", default="plots/out", show_default=True, type=click.Path(file_okay=False))
     def command(sources: tuple[str, ...], policy: str | None, out_dir: str) -> None:
-        from pathlib import Path
-
         from aegaeon.errors import AegaeonError
         from aegaeon.trace_plots import PLOTTERS, load_traced_runs
 

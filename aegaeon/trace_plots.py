@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +162,21 @@ def plot_kvcache_cdf(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], 
             _cdf(ax, seconds, f"{run.label}: {name}" if len(runs) > 1 else name)
             gbps = sum(s["bytes"] for s in swaps) / max(sum(seconds), 1e-12) / 1e9
             lines.append(f"{run.label}: KV {name} latency {_percentiles(seconds)}; {gbps:.2f} GB/s while copying")
+        if len(set(run.trace.get("nodes", {}).values())) > 1:
+            lines.append(f"{run.label}: {cross_node_handoffs(run.trace)}")
     _label_cdf(ax, "KV-cache swap latency (ms)", "Fig. 16: KV-cache swap latency")
     return _save(fig, out_dir, "fig16-kvcache-cdf"), "\n".join(lines)
+
+
+def cross_node_handoffs(trace: dict) -> str:
+    """How many requests' KV went from a prefill worker on one node to a decode worker on another."""
+    node_of = trace["nodes"]
+    exported = {s["request"]: s["worker"] for s in trace["swaps"] if s["label"] == "export"}
+    imported = {s["request"]: s["worker"] for s in trace["swaps"] if s["label"] == "import"}
+    pairs = Counter((node_of[str(exported[r])], node_of[str(imported[r])]) for r in exported if r in imported)
+    crossed = sum(n for (src, dst), n in pairs.items() if src != dst)
+    routes = ", ".join(f"{src} -> {dst} {n}" for (src, dst), n in sorted(pairs.items()))
+    return f"KV handoffs across nodes: {crossed} of {sum(pairs.values())} ({routes})"
 
 
 def fragmentation(sample: dict) -> float:

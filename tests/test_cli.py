@@ -199,6 +199,7 @@ def test_e2e_benchmark_replays_a_workload_file_and_writes_live_json_with_traces(
     assert sum(s["bytes"] for s in trace["swaps"] if s["label"] == "export") == \
         sum(s["bytes"] for s in trace["swaps"] if s["label"] == "import")
     assert trace["memory"] and all(m["total"] > 0 for m in trace["memory"])
+    assert set(trace["nodes"].values()) == {"local"} and len(trace["nodes"]) == 2  # one node, two workers
 
 
 def test_e2e_benchmark_refuses_what_it_cannot_run(tmp_path, monkeypatch):

@@ -136,6 +136,7 @@ def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
         for thread in collectors:
             thread.join()
         events = node.proxy.telemetry.events(since=start)
+        nodes = {str(link.worker_id): link.node for link in node.proxy.links.values()}
     extra = {"instances": run.instances, "prefill_instances": run.prefill_instances, "nnodes": run.nnodes,
              "device": "cpu", "seed": run.seed}
     result = result_record(run.policy, run.label, states, run.slo, run.duration, run.instances * run.nnodes, extra,
@@ -151,6 +152,7 @@ def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
                   for e in events if e["kind"] == "swap"],
         "memory": [_relative(e, start) for e in events if e["kind"] == "memory"],
         "quanta": [_relative(e, start) for e in events if e["kind"] == "quantum"],
+        "nodes": nodes,  # worker id -> the node it ran on ("local": the head)
     }
     return result
 

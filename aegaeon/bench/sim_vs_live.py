@@ -29,7 +29,8 @@ from aegaeon.bench.e2e import E2ERun, load_requests, market_models, node_config,
 from aegaeon.engine.worker import default_threads
 from aegaeon.profiler import ProfileRequest, measure_profile
 from aegaeon.profiles import load_profile, write_profile
-from aegaeon.sched.cost import TableCostModel
+from aegaeon.sched.cost import LinkCost, ModelCost, TableCostModel
+from aegaeon.sched.request import RequestSpec
 from aegaeon.sim.core import SimConfig
 from aegaeon.sim.runner import result_record, simulate
 
@@ -57,12 +58,26 @@ class Comparison:
         return 100.0 * (self.in_situ["slo_attainment"] - self.live["slo_attainment"])
 
 
-def decode_scale(live: dict, profiles: dict[str, Path]) -> float:
+@dataclass(frozen=True)
+class MarketProfile:
+    """This machine's profiles of the market shapes, read once: costs per synth model name."""
+
+    costs: dict[str, ModelCost]
+    link: LinkCost
+    paths: tuple[str, ...]  # the profile files written
+    device: str  # their folder under profiles/
+
+    def cost_model(self, decode_scale: float = 1.0) -> TableCostModel:
+        return TableCostModel({name: replace(cost, decode_coefficients=tuple(c * decode_scale
+                                                                             for c in cost.decode_coefficients))
+                               for name, cost in self.costs.items()}, self.link)
+
+
+def decode_scale(live: dict, market: MarketProfile) -> float:
     """Measured / profiled decode step time over a live run's decode quanta (1.0 when it has none)."""
-    costs = {name: load_profile(path)[0] for name, path in profiles.items()}
     measured = predicted = 0.0
     for quantum in live["trace"].get("quanta", []):
-        cost = costs.get(quantum["model"])
+        cost = market.costs.get(quantum["model"])
         if cost is None:
             continue
         measured += quantum["seconds"]
@@ -70,62 +85,56 @@ def decode_scale(live: dict, profiles: dict[str, Path]) -> float:
     return measured / predicted if predicted > 0 else 1.0
 
 
-def worker_threads(run: E2ERun) -> int:
-    return default_threads(run.instances)
-
-
 def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
                    progress: Callable[[str], None] | None = None, input_lens: tuple[int, ...] = PROFILE_INPUT_LENS,
-                   batches: tuple[int, ...] = PROFILE_BATCHES) -> tuple[dict[str, Path], str]:
-    """Profiles one model of each market shape (as many threads as a live worker has); returns
-    synth model name -> profile path, and the profile device folder."""
+                   batches: tuple[int, ...] = PROFILE_BATCHES) -> MarketProfile:
+    """Profiles one model of each market shape, with as many threads as a live worker has."""
     models = market_models(run.num_models, models_root)
-    threads = worker_threads(run)
+    threads = default_threads(run.instances)
     device_name = f"cpu-{threads}t"
-    shape_of = {name: i % 2 for i, name in enumerate(sorted(models))}
-    written: dict[int, Path] = {}
+    shapes = sorted({i % 2 for i in range(run.num_models)})
+    by_shape: dict[int, tuple[ModelCost, LinkCost]] = {}
+    paths = []
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for shape in sorted(set(shape_of.values())):
+        for shape in shapes:
             name = f"market-shape{shape}"
             if progress:
                 progress(f"profiling {name} on {device_name}")
             request = ProfileRequest(Path(models[f"synth_model_{shape:02d}"]), name, "cpu", device_name,
                                      input_lens, batches, PROFILE_DECODE_STEPS, PROFILE_REPEATS)
-            written[shape] = write_profile(measure_profile(request), profiles_root)
+            path = write_profile(measure_profile(request), profiles_root)
+            by_shape[shape] = load_profile(path)
+            paths.append(str(path))
     finally:
         torch.set_num_threads(previous)
-    return {name: written[shape] for name, shape in shape_of.items()}, device_name
+    costs = {name: by_shape[i % 2][0] for i, name in enumerate(sorted(models))}
+    return MarketProfile(costs, by_shape[shapes[-1]][1], tuple(paths), device_name)
 
 
-def simulate_like_live(run: E2ERun, profiles: dict[str, Path], models_root: Path, workloads_dir: Path,
-                       scale: float = 1.0, source: str = "sim-cpu") -> dict:
+def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketProfile, scale: float = 1.0,
+                       source: str = "sim-cpu") -> dict:
     """The simulator's prediction for `run`, on a system shaped like the live node (decode costs x `scale`)."""
-    requests = load_requests(run, workloads_dir)
-    costs, link = {}, None
-    for name, path in profiles.items():
-        costs[name], link = load_profile(path)
-        costs[name] = replace(costs[name], decode_coefficients=tuple(c * scale for c in costs[name].decode_coefficients))
-    cost = TableCostModel(costs, link)
-    node = node_config(run, market_models(run.num_models, models_root))
-    largest = max(cost.weight_bytes(name) for name in node.models)
-    config = SimConfig(num_gpus=run.instances, device_memory_bytes=largest + node.engine.kv_bytes,
-                       prefill_instances=run.prefill_instances, max_batch=node.engine.max_batch_size)
+    cost = market.cost_model(scale)
+    engine = node_config(run, {}).engine
+    largest = max(c.weight_bytes for c in market.costs.values())
+    config = SimConfig(num_gpus=run.instances, device_memory_bytes=largest + engine.kv_bytes,
+                       prefill_instances=run.prefill_instances, max_batch=engine.max_batch_size)
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {**extra, "instances": run.instances, "prefill_instances": run.prefill_instances, "device": "cpu",
-             "profiles": sorted({str(p) for p in profiles.values()}), "decode_scale": scale}
+             "profiles": list(market.paths), "decode_scale": scale}
     return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source)
 
 
-def compare(run: E2ERun, models_root: Path, workloads_dir: Path, profiles: dict[str, Path],
+def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile,
             progress: Callable[[int, int], None] | None = None) -> Comparison:
     run = replace(run, policy="aegaeon")
     live = run_e2e(run, models_root, workloads_dir, progress)
-    sim = simulate_like_live(run, profiles, models_root, workloads_dir)
-    scale = decode_scale(live, profiles)
-    in_situ = simulate_like_live(run, profiles, models_root, workloads_dir, scale, source="sim-cpu-insitu")
-    return Comparison(live, sim, in_situ, scale)
+    requests = load_requests(run, workloads_dir)
+    scale = decode_scale(live, market)
+    return Comparison(live, simulate_like_live(run, requests, market),
+                      simulate_like_live(run, requests, market, scale, source="sim-cpu-insitu"), scale)
 
 
 def default_instances() -> int:

@@ -314,7 +314,8 @@ class DecodeWorker(_Worker):
         self.waiting: deque[tuple[Sequence, SwapIn]] = deque()
         self.timings: dict[int, dict[str, float]] = {}  # request id -> admitted (wall clock), compute, switch
         # where this worker's time went: wall seconds in decode steps, CPU seconds of those steps, in quanta
-        self.seconds = {"steps": 0.0, "steps_cpu": 0.0, "quanta": 0.0, "alive": time.perf_counter()}
+        self.seconds = {"steps": 0.0, "steps_cpu": 0.0, "quanta": 0.0}
+        self.started = time.perf_counter()
 
     def serve(self) -> None:
         while self.running:
@@ -388,8 +389,9 @@ class DecodeWorker(_Worker):
                     for seq in batch:
                         self.timings[seq.seq_id]["switch"] += record.seconds
                 steps = self.run_quota(model, batch, quota)
-                self.seconds["quanta"] += time.perf_counter() - started
-                self.send(StepDone(model, steps, time.perf_counter() - started, record.seconds if record else 0.0))
+                spent = time.perf_counter() - started
+                self.seconds["quanta"] += spent
+                self.send(StepDone(model, steps, spent, record.seconds if record else 0.0))
             self.drain(0)
             for seq in self.admit():
                 if any(coming == seq.model for coming, _ in turns):
@@ -452,7 +454,7 @@ class DecodeWorker(_Worker):
 
 
     def close(self) -> None:
-        alive = time.perf_counter() - self.seconds["alive"]
+        alive = time.perf_counter() - self.started
         log.info("decode worker %d: %.1f s alive, %.1f s in quanta, %.1f s in decode steps (%.1f s on a CPU)",
                  self.spec.worker_id, alive, self.seconds["quanta"], self.seconds["steps"], self.seconds["steps_cpu"])
         super().close()

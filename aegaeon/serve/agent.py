@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
-from aegaeon.ipc.messages import KvPayload, KvRelease, Routed, SwapOut, WorkerGone, WorkerReady, decode, encode
-from aegaeon.ipc.ring import RingEmptyError
+from aegaeon.errors import AegaeonError
+from aegaeon.ipc.messages import (KvPayload, KvRelease, Routed, Shutdown, SwapOut, WorkerGone, WorkerReady, decode,
+                                  encode)
 from aegaeon.ipc.tcp import JoinLink
 from aegaeon.serve.host_kv import HostKvArea, store_arrivals
-from aegaeon.serve.proxy import WorkerLink
+from aegaeon.serve.proxy import WorkerLink, start_link_threads, wait_for_workers
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +37,10 @@ class NodeAgent:
         self.pending: list[KvPayload] = []
         self.lost = threading.Event()  # set when the head stops answering
         self._stopping = False
-        self._threads = [threading.Thread(target=self._read, args=(link,), name=f"agent-read-w{link.worker_id}",
-                                          daemon=True) for link in links]
-        self._threads += [threading.Thread(target=link.run_sender, name=f"agent-send-w{link.worker_id}",
-                                           daemon=True) for link in links]
-        for thread in self._threads:
-            thread.start()
+        self._threads = start_link_threads(links, self._on_frame, lambda: self._stopping, "agent")
 
     def wait_ready(self, timeout: float, alive: Callable[[int], bool]) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        unavailable: dict[str, str] = {}
-        for link in self.links:
-            while not link.ready.wait(0.1):
-                if not alive(link.worker_id):
-                    raise RuntimeError(f"worker {link.worker_id} exited while starting: see its log above")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"worker {link.worker_id} did not start within {timeout} s: see its log")
-            unavailable.update(link.unavailable)
-        return unavailable
+        return wait_for_workers(self.links, timeout, alive)
 
     def attach(self, link: JoinLink, worker_ids: tuple[int, ...]) -> None:
         """The head welcomed this node: forward from now on."""
@@ -93,15 +79,10 @@ class NodeAgent:
 
     # ---- from this node's workers ---------------------------------------------------------------------------
 
-    def _read(self, link: WorkerLink) -> None:
-        while not self._stopping:
-            try:
-                frame = link.outbox.get(timeout=0.1)
-            except RingEmptyError:
-                continue
-            message = decode(frame)
-            with self.lock:
-                self._on_worker_message(link, message, frame)
+    def _on_frame(self, link: WorkerLink, frame: bytes) -> None:
+        message = decode(frame)
+        with self.lock:
+            self._on_worker_message(link, message, frame)
 
     def _on_worker_message(self, link: WorkerLink, message: object, frame: bytes) -> None:
         if isinstance(message, WorkerReady):
@@ -128,7 +109,7 @@ class NodeAgent:
     def _to_head(self, message: object, cluster_id: int) -> None:
         try:
             self.link.send(message)
-        except Exception as err:  # a frame over the limit: the head hears of the request from its timeout
+        except AegaeonError as err:  # a frame over the link's limit: the request times out at the head
             log.error("worker %d: message to the head dropped: %s", cluster_id, err)
 
     def worker_died(self, worker_id: int, exitcode: int | None) -> None:
@@ -143,8 +124,6 @@ class NodeAgent:
                 self.link.send(WorkerGone(self.global_ids[worker_id], exitcode))
 
     def close(self) -> None:
-        from aegaeon.ipc.messages import Shutdown
-
         self._stopping = True
         for link in self.links:
             link.send(Shutdown("node stopping"))

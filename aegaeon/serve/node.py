@@ -175,7 +175,8 @@ class Node:
             raise LinkError("it has no workers")
         first = max(self.proxy.links) + 1
         ids = tuple(range(first, first + len(hello.roles)))
-        links = [WorkerLink(worker_id, role, None, None, transport=self._transport(peer, worker_id))
+        links = [WorkerLink(worker_id, role, None, None, transport=self._transport(peer, worker_id),
+                            node=peer.node_name)
                  for worker_id, role in zip(ids, hello.roles)]
         self.proxy.add_remote_links(links)
         return ids

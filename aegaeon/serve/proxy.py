@@ -36,16 +36,16 @@ class RequestState:
     arrival: float
     tokens: "queue.Queue[Tokens]" = field(default_factory=queue.Queue)
     listener: Callable[[Tokens], None] | None = None  # set by async front ends instead of reading `tokens`
+    prefill_worker: int | None = None
+    decode_worker: int | None = None
+    unreleased: tuple[int, ...] = ()  # host KV handles handed to a decode worker, not yet released
+    done: bool = False
 
     def deliver(self, message: Tokens) -> None:
         if self.listener is not None:
             self.listener(message)
         else:
             self.tokens.put(message)
-    prefill_worker: int | None = None
-    decode_worker: int | None = None
-    unreleased: tuple[int, ...] = ()  # host KV handles handed to a decode worker, not yet released
-    done: bool = False
 
 
 @dataclass
@@ -69,6 +69,7 @@ class WorkerLink:
     outgoing: "queue.Queue[bytes | None]" = field(default_factory=queue.Queue)
     dead: bool = False
     transport: Callable[[object], None] | None = None  # a worker of another node: sends over the TCP link
+    node: str = "local"  # the name of the node it runs on, for a worker of another node
 
     @property
     def remote(self) -> bool:
@@ -94,6 +95,43 @@ class WorkerLink:
                 except AegaeonError as err:  # never let one bad frame stop the link
                     log.error("worker %d: message dropped: %s", self.worker_id, err)
                     break
+
+
+def start_link_threads(links: list[WorkerLink], on_frame: Callable[[WorkerLink, bytes], None],
+                       stopping: Callable[[], bool], prefix: str) -> list[threading.Thread]:
+    """For each worker on this node: a thread reading its outbox into `on_frame` until `stopping()`, and one
+    writing its queued messages into its inbox."""
+    def read(link: WorkerLink) -> None:
+        while not stopping():
+            try:
+                frame = link.outbox.get(timeout=0.1)
+            except RingEmptyError:
+                continue
+            on_frame(link, frame)
+
+    threads = [threading.Thread(target=read, args=(link,), name=f"{prefix}-read-w{link.worker_id}", daemon=True)
+               for link in links]
+    threads += [threading.Thread(target=link.run_sender, name=f"{prefix}-send-w{link.worker_id}", daemon=True)
+                for link in links]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def wait_for_workers(links: list[WorkerLink], timeout: float,
+                     alive: Callable[[int], bool] | None = None) -> dict[str, str]:
+    """Wait for every worker's hello; returns the models some worker could not load (name -> why).
+    `alive(worker_id)` lets a worker that dies while starting fail the wait at once."""
+    deadline = time.monotonic() + timeout
+    unavailable: dict[str, str] = {}
+    for link in links:
+        while not link.ready.wait(0.1):
+            if alive is not None and not alive(link.worker_id):
+                raise RuntimeError(f"worker {link.worker_id} exited while starting: see its log above")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker {link.worker_id} did not start within {timeout} s: see its log")
+        unavailable.update(link.unavailable)
+    return unavailable
 
 
 class _PrefillCost:
@@ -140,12 +178,7 @@ class Proxy:
         self._next_id = 0
         self.cancelled = 0
         self._stopping = False
-        self._threads = [threading.Thread(target=self._read, args=(link,), name=f"proxy-read-w{link.worker_id}",
-                                          daemon=True) for link in links]
-        self._threads += [threading.Thread(target=link.run_sender, name=f"proxy-send-w{link.worker_id}", daemon=True)
-                          for link in links]
-        for thread in self._threads:
-            thread.start()
+        self._threads = start_link_threads(links, self._on_frame, lambda: self._stopping, "proxy")
 
     def add_remote_links(self, links: list[WorkerLink]) -> None:
         """Workers of a node that joined over the TCP link (their messages come in through `deliver`)."""
@@ -170,18 +203,7 @@ class Proxy:
     # ---- requests ---------------------------------------------------------------------------------------------
 
     def wait_ready(self, timeout: float, alive: Callable[[int], bool] | None = None) -> dict[str, str]:
-        """Wait for every worker's hello; returns the models some worker could not load (name -> why).
-        `alive(worker_id)` lets a worker that dies while starting fail the wait at once."""
-        deadline = time.monotonic() + timeout
-        unavailable: dict[str, str] = {}
-        for link in self.links.values():
-            while not link.ready.wait(0.1):
-                if alive is not None and not alive(link.worker_id):
-                    raise RuntimeError(f"worker {link.worker_id} exited while starting: see its log above")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"worker {link.worker_id} did not start within {timeout} s: see its log")
-            unavailable.update(link.unavailable)
-        return unavailable
+        return wait_for_workers(list(self.links.values()), timeout, alive)
 
     def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
                top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> RequestState:
@@ -224,14 +246,10 @@ class Proxy:
 
     # ---- worker messages ----------------------------------------------------------------------------------
 
-    def _read(self, link: WorkerLink) -> None:
-        while not self._stopping:
-            try:
-                message = decode(link.outbox.get(timeout=0.1))
-            except RingEmptyError:
-                continue
-            with self.lock:
-                self._on_message(link, message)
+    def _on_frame(self, link: WorkerLink, frame: bytes) -> None:
+        message = decode(frame)
+        with self.lock:
+            self._on_message(link, message)
 
     def _on_message(self, link: WorkerLink, message: object) -> None:
         if isinstance(message, WorkerReady):
@@ -391,7 +409,7 @@ class Proxy:
                     state.prefill_worker == worker_id and state.decode_worker is None)
                 if not mine:
                     continue
-                if state.unreleased and not link.remote:  # a remote node frees its own import blocks
+                if state.unreleased:
                     self._release(KvRelease(state.submit.request_id, state.unreleased))
                 self._fail(state, reason)
             link.live.clear()

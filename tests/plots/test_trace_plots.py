@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from aegaeon.bench.e2e import BREAKDOWN_PARTS
 from aegaeon.cli import main
 from aegaeon.errors import ConfigError
-from aegaeon.trace_plots import fragmentation, load_traced_runs
+from aegaeon.trace_plots import cross_node_handoffs, fragmentation, load_traced_runs
 
 
 def traced_result(policy="aegaeon"):
@@ -90,3 +90,11 @@ def test_the_plots_script_draws_every_figure_the_results_allow(json_dir, tmp_pat
     assert done.returncode == 0, done.stderr
     assert "4 figure(s)" in done.stderr  # 14, 15, 16 and fragmentation; no simulator results for 11-13
     assert (tmp_path / "out" / "fig15-autoscale-cdf.png").is_file()
+
+
+def test_cross_node_handoffs_count_requests_whose_kv_changed_node():
+    trace = {"nodes": {"0": "local", "1": "local", "4": "node1"},
+             "swaps": [{"label": "export", "worker": 0, "request": 0}, {"label": "import", "worker": 4, "request": 0},
+                       {"label": "export", "worker": 0, "request": 1}, {"label": "import", "worker": 1, "request": 1},
+                       {"label": "export", "worker": 0, "request": 2}]}  # request 2 never reached a decode worker
+    assert cross_node_handoffs(trace) == "KV handoffs across nodes: 1 of 2 (local -> local 1, local -> node1 1)"
