@@ -52,3 +52,27 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask.unsqueeze(1)
     )
     return out.transpose(1, 2).reshape(batch, queries, heads * dim)
+
+
+
+def ragged_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor,
+                            key_sequence: torch.Tensor) -> torch.Tensor:
+    """Attention of one query per sequence over the keys of all sequences laid back to back.
+
+    q: [B, H, D]; k, v: [T, KVH, D], sequence 0's keys first; key_lengths: [B]
+    (each >= 1, summing to T); key_sequence: [T], the sequence of each key.
+    Grouped-query heads share their KV head. Work is proportional to T, the
+    summed context, not to B x the longest one. Scores and the softmax run in
+    float32. Returns [B, H * D] in q's dtype.
+    """
+    batch, heads, dim = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    queries = q.float().view(batch, kv_heads, group, dim).index_select(0, key_sequence)  # [T, KVH, G, D]
+    scores = torch.einsum("tkgd,tkd->tkg", queries, k.float()).mul_(dim ** -0.5)
+    peak = torch.segment_reduce(scores, "max", lengths=key_lengths, axis=0)  # [B, KVH, G]
+    weights = scores.sub_(peak.index_select(0, key_sequence)).exp_()
+    total = torch.segment_reduce(weights, "sum", lengths=key_lengths, axis=0)
+    out = torch.zeros(batch, kv_heads, group, dim, device=q.device)
+    out.index_add_(0, key_sequence, weights.unsqueeze(-1) * v.float().unsqueeze(2))
+    return (out / total.unsqueeze(-1)).reshape(batch, heads * dim).to(q.dtype)

@@ -3,7 +3,7 @@
 The model owns no storage: `bind` points it at parameter tensors (views into
 the device arena), so switching models re-binds views after the bytes are
 copied; nothing is re-initialised. `forward` runs prefill and decode alike on
-a `StepBatch` (ragged chunks, padded), reading and writing KV rows of the arena.
+a `StepBatch` (ragged chunks: padded for prefill, back to back for decode), reading and writing KV rows of the arena.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from aegaeon.kv.batch import StepBatch
 from aegaeon.kv.layout import KVLayout
 from aegaeon.models.config import ArchConfig
-from aegaeon.models.layers import apply_rotary, paged_attention, rms_norm, rotary_tables, swiglu_mlp
+from aegaeon.models.layers import (apply_rotary, paged_attention, ragged_decode_attention, rms_norm, rotary_tables,
+                                   swiglu_mlp)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,12 @@ class LlamaModel:
         unit = kv_units.shape[1]
         kv_units.index_copy_(0, (step.write_units + key_off).flatten(), k[step.valid].reshape(-1, unit))
         kv_units.index_copy_(0, (step.write_units + value_off).flatten(), v[step.valid].reshape(-1, unit))
+        if step.ragged:
+            rows = step.ragged_units.shape[0]
+            keys = kv_units[step.ragged_units + key_off].view(rows, cfg.num_kv_heads, cfg.head_dim)
+            values = kv_units[step.ragged_units + value_off].view(rows, cfg.num_kv_heads, cfg.head_dim)
+            out = ragged_decode_attention(q[:, 0], keys, values, step.key_lengths, step.key_sequence)
+            return F.linear(out.unsqueeze(1), w.o)
         context = step.read_units.shape[1]
         keys = kv_units[step.read_units + key_off].view(batch, context, cfg.num_kv_heads, cfg.head_dim)
         values = kv_units[step.read_units + value_off].view(batch, context, cfg.num_kv_heads, cfg.head_dim)
