@@ -184,17 +184,22 @@ def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale:
               help="Where this machine's profiles are written (<dir>/cpu-<threads>t/).")
 @click.option("--profile-input-lens", default="8,16,32,64,128,256,384", show_default=True)
 @click.option("--profile-batches", default="1,2,4,8", show_default=True)
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="First time serving decode steps against the profile, on a separate workload (another seed) "
+                   "at the highest rate, and scale the profile's decode costs by the ratio.")
 @click.option("--out", "out_dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
 def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale: float, duration: float,
                           instances: int | None, prefill_instances: int, ttft_slo: float | None,
                           tpot_slo: float | None, seed: int, workloads_dir: str, profiles_dir: str,
-                          profile_input_lens: str, profile_batches: str, out_dir: str) -> None:
+                          profile_input_lens: str, profile_batches: str, calibrate: bool, out_dir: str) -> None:
     """Profile this machine, then run each workload live and in the simulator fed with that profile;
     prints both SLO attainments and their gap in points (the design's target: within 5)."""
+    import dataclasses
     import signal
 
     from aegaeon.bench.e2e import E2ERun
-    from aegaeon.bench.sim_vs_live import compare, default_instances, profile_market
+    from aegaeon.bench.sim_vs_live import CALIBRATION_SEED_OFFSET, compare, default_instances, profile_market
+    from aegaeon.bench.sim_vs_live import calibrate as calibrate_decode
     from aegaeon.errors import AegaeonError
     from aegaeon.models.demo import aegaeon_home
     from aegaeon.sched.slo import SLO
@@ -213,24 +218,34 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
                                           tuple(parse_list(profile_input_lens, int, "--profile-input-lens")),
                                           tuple(parse_list(profile_batches, int, "--profile-batches")))
         click.echo(f"profiles: {', '.join(market.paths)}", err=True)
+        listed = parse_list(rates, float, "--arrival-rate")
+        calibration = 1.0
+        if calibrate:
+            calibration_run = dataclasses.replace(base, arrival_rate=max(listed))
+            label = f"calibration at rate {max(listed):g} (seed {seed + CALIBRATION_SEED_OFFSET})"
+            with _request_progress(label) as advance:
+                calibration = calibrate_decode(calibration_run, models_root, Path(workloads_dir), market, advance)
+            click.echo(f"calibration: serving decode steps take {calibration:.2f}x the profile", err=True)
         rows = []
-        for rate in parse_list(rates, float, "--arrival-rate"):
+        for rate in listed:
             run = E2ERun(num_models, rate, duration, inlen_scale, outlen_scale, base.instances, prefill_instances,
                          "aegaeon", seed, slo)
             with _request_progress(f"live rate {rate:g}") as advance:
-                result = compare(run, models_root, Path(workloads_dir), market, advance)
-            for record in (result.live, result.sim, result.in_situ):
+                result = compare(run, models_root, Path(workloads_dir), market, calibration, advance)
+            for record in (result.live, result.sim, result.bare, result.in_situ):
                 click.echo(f"wrote {write_result(Path(out_dir), record)}", err=True)
             rows.append((rate, result))
         click.echo(f"{num_models} models on {base.instances} CPU instances ({prefill_instances} prefill), profile "
-                   f"{market.device}; SLO attainment:")
-        click.echo(" rate requests   live    sim  sim-live (points)  steps/profile  in-situ sim  in-situ-live")
+                   f"{market.device} x {calibration:.2f} (calibration); SLO attainment:")
+        click.echo(" rate requests   live    sim  sim-live  bare-sim  bare-live  steps/profile  in-situ  in-situ-live")
         for rate, r in rows:
             click.echo(f"{rate:5g} {r.live['num_requests']:8d} {r.live['slo_attainment']:6.1%} "
-                       f"{r.sim['slo_attainment']:6.1%} {r.gap_points:+9.1f} {r.decode_scale:20.2f}x "
-                       f"{r.in_situ['slo_attainment']:11.1%} {r.in_situ_gap_points:+13.1f}")
-        click.echo(f"largest gap: {max(abs(r.gap_points) for _, r in rows):.1f} points predicted from the profile, "
-                   f"{max(abs(r.in_situ_gap_points) for _, r in rows):.1f} with each run's measured step times")
+                       f"{r.sim['slo_attainment']:6.1%} {r.gap_points:+9.1f} {r.bare['slo_attainment']:9.1%} "
+                       f"{r.bare_gap_points:+10.1f} {r.decode_scale:13.2f}x {r.in_situ['slo_attainment']:8.1%} "
+                       f"{r.in_situ_gap_points:+13.1f}")
+        click.echo(f"largest gap (points): {max(abs(r.gap_points) for _, r in rows):.1f} predicted from the calibrated "
+                   f"profile, {max(abs(r.bare_gap_points) for _, r in rows):.1f} from the bare profile, "
+                   f"{max(abs(r.in_situ_gap_points) for _, r in rows):.1f} with each run's measured quanta")
     except AegaeonError as exc:
         raise _fail(exc) from None
 
@@ -546,7 +561,11 @@ def sim(num_models: str, arrival_rate: str, inlen_scale: float, outlen_scale: fl
         prefill_instances: int | None, duration: float, seed: int, ttft_slo: float | None, tpot_slo: float | None,
         slo_scale: float, device: str, profiles_root: str | None, aegaeon_switch_efficiency: float | None,
         workloads_dir: str, out_dir: str) -> None:
-    """Simulate systems over a sweep; one result JSON per point under --out."""
+    """Simulate systems over a sweep; one result JSON per point under --out.
+
+    The table's "load P/D" (aegaeon) is the busy seconds (switching and
+    computing) per prefill / decode instance per second of workload: near or
+    above 1, that role has more work than time."""
     from aegaeon.errors import AegaeonError
     from aegaeon.profiles import cost_model_for_workload
     from aegaeon.sched.slo import SLO
@@ -573,11 +592,14 @@ def sim(num_models: str, arrival_rate: str, inlen_scale: float, outlen_scale: fl
                       slo, config, Path(out_dir), progress, aegaeon_switch_efficiency)
     except AegaeonError as exc:
         raise _fail(exc) from exc
-    click.echo(f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}")
+    click.echo(f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}"
+               f" {'load P/D':>9}")
     for name, r in rows:
         p99 = "-" if r["ttft_p99"] is None else f"{r['ttft_p99']:.2f}"
+        load = r.get("instance_load")
+        load_text = f"{load['prefill']:.2f}/{load['decode']:.2f}" if load else "-"
         click.echo(f"{name:<9} {r['num_models']:>6} {r['arrival_rate']:>5g} {100 * r['slo_attainment']:>7.1f}% "
-                   f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8}")
+                   f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8} {load_text:>9}")
     click.echo(f"wrote {len(rows)} results to {out_dir}/")
 
 

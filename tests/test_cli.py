@@ -235,6 +235,9 @@ def test_sim_vs_live_profiles_this_machine_and_prints_both_attainments(tmp_path,
     lines = result.output.splitlines()
     rows = lines[lines.index(next(line for line in lines if line.startswith(" rate requests"))) + 1:][:2]
     assert [r.split()[0] for r in rows] == ["1", "0.5"]
-    assert "largest gap:" in result.output
+    assert "largest gap (points):" in result.output
     names = sorted(p.name.split("-aegaeon")[0] for p in (tmp_path / "json").glob("*.json"))
-    assert names == ["live", "live", "sim-cpu", "sim-cpu", "sim-cpu-insitu", "sim-cpu-insitu"]
+    assert names == ["live", "live", "sim-cpu", "sim-cpu", "sim-cpu-bare", "sim-cpu-bare", "sim-cpu-insitu",
+                     "sim-cpu-insitu"]
+    assert "calibration: serving decode steps take" in result.output
+    assert len(list((tmp_path / "w" / "calibration").glob("synth-2-1-*.csv"))) == 1

@@ -2,17 +2,21 @@
 
 1. Profile each market shape on this machine with `aegaeon profile`'s code
    (`aegaeon.profiler.measure_profile`), with the thread count each live worker gets.
-2. Replay the workload live (`aegaeon.bench.e2e.run_e2e`, token-level policy).
-3. Simulate the same requests with the Aegaeon system of `aegaeon.sim`, fed with
-   those profiles, on as many instances with the same prefill/decode split,
-   batch limit and arena size.
+2. Calibrate: one live run of a separate workload (another seed, its own
+   folder) measures how much longer a decode step takes while serving than
+   the profile says (the ratio of the wall time of its decode quanta, token
+   reports included, to the profile's prediction for the same batches and
+   contexts). The profile's decode costs are scaled by that ratio.
+3. Replay each workload live (`aegaeon.bench.e2e.run_e2e`, token-level policy).
+4. Simulate the same requests with the Aegaeon system of `aegaeon.sim`, fed
+   with the calibrated profiles (and, for reference, the bare ones), on as
+   many instances with the same prefill/decode split, batch limit and arena size.
 
 The figure is the difference in SLO attainment, in points. To tell the
-simulator's policy model apart from its cost inputs, each run is simulated a
-second time with the decode costs scaled to what that run's decode steps
-actually took (the ratio of measured to profiled step time over its decode
-quanta, reported by the workers): the "in-situ" prediction. It is a
-diagnostic, not a prediction (it reads the run it predicts).
+simulator's policy model apart from its cost inputs, each run is simulated
+once more with the decode costs scaled to what that run's own quanta took:
+the "in-situ" prediction. It is a diagnostic, not a prediction (it reads the
+run it predicts).
 """
 
 from __future__ import annotations
@@ -40,18 +44,24 @@ PROFILE_INPUT_LENS = (8, 16, 32, 64, 128, 256, 384)
 PROFILE_BATCHES = (1, 2, 4, 8)
 PROFILE_DECODE_STEPS = 16  # per repeat: this VM's step times swing by ~20%, so average more of them
 PROFILE_REPEATS = 3
+CALIBRATION_SEED_OFFSET = 1000
 
 
 @dataclass(frozen=True)
 class Comparison:
     live: dict
-    sim: dict
-    in_situ: dict  # the simulator with decode costs scaled to the run's measured steps
-    decode_scale: float
+    sim: dict  # the prediction: the profile with the calibrated decode costs
+    bare: dict  # the profile as measured, uncalibrated
+    in_situ: dict  # the simulator with decode costs scaled to the run's measured quanta
+    decode_scale: float  # this run's quanta / the bare profile
 
     @property
     def gap_points(self) -> float:
         return 100.0 * (self.sim["slo_attainment"] - self.live["slo_attainment"])
+
+    @property
+    def bare_gap_points(self) -> float:
+        return 100.0 * (self.bare["slo_attainment"] - self.live["slo_attainment"])
 
     @property
     def in_situ_gap_points(self) -> float:
@@ -74,13 +84,17 @@ class MarketProfile:
 
 
 def decode_scale(live: dict, market: MarketProfile) -> float:
-    """Measured / profiled decode step time over a live run's decode quanta (1.0 when it has none)."""
+    """Serving / profiled decode step time over a live run's decode quanta (1.0 when it has none).
+
+    A quantum's wall time counts what serving adds around each step (token
+    reports, bookkeeping); traces without it fall back to the steps alone.
+    """
     measured = predicted = 0.0
     for quantum in live["trace"].get("quanta", []):
         cost = market.costs.get(quantum["model"])
         if cost is None:
             continue
-        measured += quantum["seconds"]
+        measured += quantum.get("wall", quantum["seconds"])
         predicted += quantum["steps"] * cost.decode_time(max(1, round(quantum["batch"])), round(quantum["context"]))
     return measured / predicted if predicted > 0 else 1.0
 
@@ -127,13 +141,30 @@ def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketP
     return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source)
 
 
-def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile,
+def calibrate(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile,
+              progress: Callable[[int, int], None] | None = None) -> float:
+    """Serving / profiled decode step time, from one live run of `run`'s shape on a workload of its own.
+
+    The workload has another seed and lives in `workloads_dir`/calibration, so
+    no compared run is measured to predict itself.
+    """
+    run = replace(run, policy="aegaeon", seed=run.seed + CALIBRATION_SEED_OFFSET)
+    live = run_e2e(run, models_root, workloads_dir / "calibration", progress)
+    scale = decode_scale(live, market)
+    log.info("calibration at %g requests/s per model: serving decode steps take %.2fx the profile",
+             run.label.arrival_rate, scale)
+    return scale
+
+
+def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile, calibration: float,
             progress: Callable[[int, int], None] | None = None) -> Comparison:
+    """One rate: live, then predicted with the calibrated profile, the bare profile and in situ."""
     run = replace(run, policy="aegaeon")
     live = run_e2e(run, models_root, workloads_dir, progress)
     requests = load_requests(run, workloads_dir)
     scale = decode_scale(live, market)
-    return Comparison(live, simulate_like_live(run, requests, market),
+    return Comparison(live, simulate_like_live(run, requests, market, calibration),
+                      simulate_like_live(run, requests, market, source="sim-cpu-bare"),
                       simulate_like_live(run, requests, market, scale, source="sim-cpu-insitu"), scale)
 
 

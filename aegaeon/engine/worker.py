@@ -425,7 +425,8 @@ class DecodeWorker(_Worker):
 
     def run_quota(self, model: str, seqs: list[Sequence], quota: float) -> int:
         """Decode steps for `seqs` until the quota is spent or they finish; returns the steps run."""
-        deadline = time.perf_counter() + quota
+        quantum_start = time.perf_counter()
+        deadline = quantum_start + quota
         seqs = self.engine.make_resident([s for s in seqs if not s.done])  # a cancel may have ended some
         steps, batched, context, compute = 0, 0, 0, 0.0
         while seqs and time.perf_counter() < deadline:
@@ -449,7 +450,9 @@ class DecodeWorker(_Worker):
             seqs = [s for s in seqs if not s.done and s.status == SeqStatus.RUNNING]
         self.engine.sequences = [s for s in self.engine.sequences if not s.done]
         if steps:  # what the steps cost at what batch and context: calibrates cost models against serving
-            self.trace("quantum", model, compute, steps=steps, batch=batched / steps, context=context / steps)
+            # `wall` adds what serving does around each step (token reports, bookkeeping) to the compute
+            self.trace("quantum", model, compute, steps=steps, batch=batched / steps, context=context / steps,
+                       wall=time.perf_counter() - quantum_start)
         return steps
 
 

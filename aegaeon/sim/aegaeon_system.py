@@ -46,7 +46,13 @@ class AegaeonSystem:
         self.prefill = [_PrefillInstance() for _ in range(num_prefill)]
         self.decode = [_DecodeInstance() for _ in range(max(1, config.num_gpus - num_prefill))]
         self.switches = 0
+        self.busy_seconds = {"prefill": 0.0, "decode": 0.0}  # switching + computing, summed over instances
         self._states: dict[int, RequestState] = {}
+
+    def instance_load(self, duration: float) -> dict[str, float]:
+        """Busy seconds per instance per second of workload, by role (above 1: more work than time)."""
+        return {"prefill": self.busy_seconds["prefill"] / (len(self.prefill) * duration),
+                "decode": self.busy_seconds["decode"] / (len(self.decode) * duration)}
 
     # -- prefill ---------------------------------------------------------
     def submit(self, state: RequestState) -> None:
@@ -75,6 +81,7 @@ class AegaeonSystem:
                 handoff = self.cost.swap_time(spec.input_len * self.cost.kv_bytes_per_token(spec.model))
                 self.loop.at(t + handoff, lambda s=state: self._to_decode(s))
         instance.busy_until = t
+        self.busy_seconds["prefill"] += t - self.loop.now
         self.loop.at(t, lambda: self._start_group(index))
 
     # -- decode ----------------------------------------------------------
@@ -147,4 +154,5 @@ class AegaeonSystem:
             self.switches += instance.loaded != model
             instance.loaded = model
             t = decode_for(self.cost, model, batch, t, quota)
+        self.busy_seconds["decode"] += t - self.loop.now
         self.loop.at(t, lambda: self._next_turn(index))

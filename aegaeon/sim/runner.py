@@ -4,7 +4,8 @@ Result JSON keys: policy, num_models, arrival_rate, inlen_scale, outlen_scale,
 num_gpus, ttft_slo, tpot_slo, slo_attainment (0..1, aegaeon.sched.slo),
 met_both_share, goodput (req/s), finished_share, ttft_p50/p90/p99,
 tpot_p50/p90/p99 (s, finished requests), switches, unservable_models, source
-("sim" or "live"), and `requests`: per-request records (id, model, arrival,
+("sim" or "live"), for simulated aegaeon `instance_load` (busy seconds per
+instance per second of workload, prefill and decode), and `requests`: per-request records (id, model, arrival,
 input_len, output_len, ttft, tpot, attainment, finish).
 """
 
@@ -75,6 +76,8 @@ def simulate(policy: str, requests: Sequence[RequestSpec], cost: TableCostModel,
     loop.run(until=duration * config.horizon_factor + slo.ttft)
     extra = {"switches": system.switches, "unservable_models": getattr(system, "unservable", []),
              "switch_efficiency": cost.link.switch_efficiency}
+    if isinstance(system, AegaeonSystem):
+        extra["instance_load"] = system.instance_load(duration)
     return states, extra
 
 

@@ -88,3 +88,13 @@ def test_results_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_result(tmp_path / "other", result)
     assert list((tmp_path / "other").iterdir()) == []
+
+
+def test_aegaeon_reports_how_busy_its_prefill_and_decode_instances_were():
+    light, heavy = run("aegaeon", 8, duration=60), run("aegaeon", 48, duration=60)
+    for result in (light, heavy):
+        assert set(result["instance_load"]) == {"prefill", "decode"}
+        assert all(0 < x for x in result["instance_load"].values())
+    assert light["instance_load"]["decode"] < 0.5
+    assert heavy["instance_load"]["decode"] > 2 * light["instance_load"]["decode"]
+    assert "instance_load" not in run("sllm", 8, duration=30)
