@@ -178,28 +178,30 @@ def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale:
 @click.option("--prefill-instances", default=1, show_default=True)
 @click.option("--ttft-slo", type=float, default=None, help="Seconds [env AEGAEON_TTFT_SLO, default 10].")
 @click.option("--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1].")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seeds", default="0", show_default=True,
+              help="Workload seeds, a list: each rate runs once per seed and the figures are means over them "
+                   "(seeds after the first keep their workloads and results in seed<K>/ subfolders).")
 @click.option("--workloads", "workloads_dir", default="workloads", show_default=True, type=click.Path(file_okay=False))
 @click.option("--profiles", "profiles_dir", default="profiles", show_default=True, type=click.Path(file_okay=False),
               help="Where this machine's profiles are written (<dir>/cpu-<threads>t/).")
 @click.option("--profile-input-lens", default="8,16,32,64,128,256,384", show_default=True)
 @click.option("--profile-batches", default="1,2,4,8", show_default=True)
-@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
-              help="First time serving decode steps against the profile, on a separate workload (another seed) "
-                   "at the highest rate, and scale the profile's decode costs by the ratio.")
+@click.option("--calibration-runs", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Live runs (at the highest rate, on workloads of other seeds) that time serving decode steps "
+                   "against the profile; the profile's decode costs are scaled by the mean ratio. 0: none.")
 @click.option("--out", "out_dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
 def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale: float, duration: float,
                           instances: int | None, prefill_instances: int, ttft_slo: float | None,
-                          tpot_slo: float | None, seed: int, workloads_dir: str, profiles_dir: str,
-                          profile_input_lens: str, profile_batches: str, calibrate: bool, out_dir: str) -> None:
+                          tpot_slo: float | None, seeds: str, workloads_dir: str, profiles_dir: str,
+                          profile_input_lens: str, profile_batches: str, calibration_runs: int,
+                          out_dir: str) -> None:
     """Profile this machine, then run each workload live and in the simulator fed with that profile;
     prints both SLO attainments and their gap in points (the design's target: within 5)."""
     import dataclasses
     import signal
 
     from aegaeon.bench.e2e import E2ERun
-    from aegaeon.bench.sim_vs_live import CALIBRATION_SEED_OFFSET, compare, default_instances, profile_market
-    from aegaeon.bench.sim_vs_live import calibrate as calibrate_decode
+    from aegaeon.bench.sim_vs_live import calibrate, compare_rates, default_instances, profile_market
     from aegaeon.errors import AegaeonError
     from aegaeon.models.demo import aegaeon_home
     from aegaeon.sched.slo import SLO
@@ -210,42 +212,43 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
     try:
         slo = SLO.from_env(ttft_slo, tpot_slo)
         models_root = aegaeon_home() / "market"
-        base = E2ERun(num_models, 1.0, duration, inlen_scale, outlen_scale, instances or default_instances(),
-                      prefill_instances, "aegaeon", seed, slo)
-        base.validate()
-        market = profile_market(base, models_root, Path(profiles_dir),
-                                          lambda text: click.echo(text, err=True),
-                                          tuple(parse_list(profile_input_lens, int, "--profile-input-lens")),
-                                          tuple(parse_list(profile_batches, int, "--profile-batches")))
-        click.echo(f"profiles: {', '.join(market.paths)}", err=True)
         listed = parse_list(rates, float, "--arrival-rate")
+        seed_list = parse_list(seeds, int, "--seeds")
+        if len(set(seed_list)) != len(seed_list):
+            raise click.BadParameter(f"{seeds!r} repeats a seed", param_hint="--seeds")
+        base = E2ERun(num_models, 1.0, duration, inlen_scale, outlen_scale, instances or default_instances(),
+                      prefill_instances, "aegaeon", seed_list[0], slo)
+        base.validate()
+        market = profile_market(base, models_root, Path(profiles_dir), lambda text: click.echo(text, err=True),
+                                tuple(parse_list(profile_input_lens, int, "--profile-input-lens")),
+                                tuple(parse_list(profile_batches, int, "--profile-batches")))
+        click.echo(f"profiles: {', '.join(market.paths)}", err=True)
         calibration = 1.0
-        if calibrate:
-            calibration_run = dataclasses.replace(base, arrival_rate=max(listed))
-            label = f"calibration at rate {max(listed):g} (seed {seed + CALIBRATION_SEED_OFFSET})"
-            with _request_progress(label) as advance:
-                calibration = calibrate_decode(calibration_run, models_root, Path(workloads_dir), market, advance)
+        if calibration_runs:
+            calibration = calibrate(dataclasses.replace(base, arrival_rate=max(listed)), models_root,
+                                    Path(workloads_dir), market, calibration_runs, _request_progress)
             click.echo(f"calibration: serving decode steps take {calibration:.2f}x the profile", err=True)
-        rows = []
-        for rate in listed:
-            run = E2ERun(num_models, rate, duration, inlen_scale, outlen_scale, base.instances, prefill_instances,
-                         "aegaeon", seed, slo)
-            with _request_progress(f"live rate {rate:g}") as advance:
-                result = compare(run, models_root, Path(workloads_dir), market, calibration, advance)
+
+        def written(seed: int, result) -> None:
+            folder = Path(out_dir) if len(seed_list) == 1 else Path(out_dir) / f"seed{seed}"
             for record in (result.live, result.sim, result.bare, result.in_situ):
-                click.echo(f"wrote {write_result(Path(out_dir), record)}", err=True)
-            rows.append((rate, result))
+                click.echo(f"wrote {write_result(folder, record)}", err=True)
+
+        rows = compare_rates(base, listed, seed_list, models_root, Path(workloads_dir), market, calibration,
+                             _request_progress, written)
         click.echo(f"{num_models} models on {base.instances} CPU instances ({prefill_instances} prefill), profile "
-                   f"{market.device} x {calibration:.2f} (calibration); SLO attainment:")
-        click.echo(" rate requests   live    sim  sim-live  bare-sim  bare-live  steps/profile  in-situ  in-situ-live")
-        for rate, r in rows:
-            click.echo(f"{rate:5g} {r.live['num_requests']:8d} {r.live['slo_attainment']:6.1%} "
-                       f"{r.sim['slo_attainment']:6.1%} {r.gap_points:+9.1f} {r.bare['slo_attainment']:9.1%} "
-                       f"{r.bare_gap_points:+10.1f} {r.decode_scale:13.2f}x {r.in_situ['slo_attainment']:8.1%} "
-                       f"{r.in_situ_gap_points:+13.1f}")
-        click.echo(f"largest gap (points): {max(abs(r.gap_points) for _, r in rows):.1f} predicted from the calibrated "
-                   f"profile, {max(abs(r.bare_gap_points) for _, r in rows):.1f} from the bare profile, "
-                   f"{max(abs(r.in_situ_gap_points) for _, r in rows):.1f} with each run's measured quanta")
+                   f"{market.device} x {calibration:.2f} (calibration), seeds {seeds}; mean SLO attainment:")
+        click.echo(" rate requests   live  live range    sim  sim-live  bare-sim  bare-live  steps/profile  in-situ"
+                   "  in-situ-live")
+        for r in rows:
+            low, high = r.live_range
+            click.echo(f"{r.rate:5g} {r.requests:8.0f} {r.mean('live'):6.1%} {low:5.1%}-{high:5.1%} "
+                       f"{r.mean('sim'):6.1%} {r.gap_points('sim'):+9.1f} {r.mean('bare'):9.1%} "
+                       f"{r.gap_points('bare'):+10.1f} {r.decode_scale:13.2f}x {r.mean('in_situ'):8.1%} "
+                       f"{r.gap_points('in_situ'):+13.1f}")
+        click.echo(f"largest gap (points): {max(abs(r.gap_points('sim')) for r in rows):.1f} predicted from the "
+                   f"calibrated profile, {max(abs(r.gap_points('bare')) for r in rows):.1f} from the bare profile, "
+                   f"{max(abs(r.gap_points('in_situ')) for r in rows):.1f} with each run's measured quanta")
     except AegaeonError as exc:
         raise _fail(exc) from None
 

@@ -224,20 +224,35 @@ def test_http_benchmark_compares_both_paths(tmp_path, monkeypatch):
     assert "in-process / http throughput:" in result.output
 
 
-def test_sim_vs_live_profiles_this_machine_and_prints_both_attainments(tmp_path, monkeypatch):
+def test_sim_vs_live_profiles_calibrates_and_averages_over_seeds(tmp_path, monkeypatch):
     monkeypatch.setenv("AEGAEON_HOME", str(tmp_path / "home"))
     result = CliRunner().invoke(main, ["bench", "sim-vs-live", "--num-models", "2", "--arrival-rate", "1,0.5",
-                                       "--duration", "3", "--outlen-scale", "0.1", "--profile-input-lens", "8,32",
-                                       "--profile-batches", "1,2", "--workloads", str(tmp_path / "w"),
-                                       "--profiles", str(tmp_path / "profiles"), "--out", str(tmp_path / "json")])
+                                       "--seeds", "0,1", "--duration", "3", "--outlen-scale", "0.1",
+                                       "--profile-input-lens", "8,32", "--profile-batches", "1,2",
+                                       "--workloads", str(tmp_path / "w"), "--profiles", str(tmp_path / "profiles"),
+                                       "--out", str(tmp_path / "json")])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "profiles").glob("cpu-*t/market-shape*.json"))) == 2
     lines = result.output.splitlines()
     rows = lines[lines.index(next(line for line in lines if line.startswith(" rate requests"))) + 1:][:2]
     assert [r.split()[0] for r in rows] == ["1", "0.5"]
     assert "largest gap (points):" in result.output
-    names = sorted(p.name.split("-aegaeon")[0] for p in (tmp_path / "json").glob("*.json"))
-    assert names == ["live", "live", "sim-cpu", "sim-cpu", "sim-cpu-bare", "sim-cpu-bare", "sim-cpu-insitu",
-                     "sim-cpu-insitu"]
     assert "calibration: serving decode steps take" in result.output
+    # the calibration workload is another seed's, kept apart from the compared ones
     assert len(list((tmp_path / "w" / "calibration").glob("synth-2-1-*.csv"))) == 1
+    assert len(list((tmp_path / "w" / "seed1").glob("synth-2-*.csv"))) == 2
+    for seed in (0, 1):
+        names = sorted(p.name.split("-aegaeon")[0] for p in (tmp_path / "json" / f"seed{seed}").glob("*.json"))
+        assert names == ["live", "live", "sim-cpu", "sim-cpu", "sim-cpu-bare", "sim-cpu-bare", "sim-cpu-insitu",
+                         "sim-cpu-insitu"]
+    for rate in ("1", "0.5"):  # the printed live attainment is the mean over the seeds
+        live = [json.loads(next((tmp_path / "json" / f"seed{seed}").glob(f"live-aegaeon-2-{rate}-*.json"))
+                           .read_text())["slo_attainment"] for seed in (0, 1)]
+        row = next(r for r in rows if r.split()[0] == rate)
+        assert row.split()[2] == f"{sum(live) / 2:.1%}"
+
+
+def test_sim_vs_live_rejects_a_repeated_seed(tmp_path, monkeypatch):
+    monkeypatch.setenv("AEGAEON_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(main, ["bench", "sim-vs-live", "--seeds", "1,1"])
+    assert result.exit_code != 0 and "repeats a seed" in result.output

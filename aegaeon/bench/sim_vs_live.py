@@ -2,17 +2,20 @@
 
 1. Profile each market shape on this machine with `aegaeon profile`'s code
    (`aegaeon.profiler.measure_profile`), with the thread count each live worker gets.
-2. Calibrate: one live run of a separate workload (another seed, its own
-   folder) measures how much longer a decode step takes while serving than
+2. Calibrate: live runs of separate workloads (seeds of their own, their own
+   folder) measure how much longer a decode step takes while serving than
    the profile says (the ratio of the wall time of its decode quanta, token
    reports included, to the profile's prediction for the same batches and
-   contexts). The profile's decode costs are scaled by that ratio.
-3. Replay each workload live (`aegaeon.bench.e2e.run_e2e`, token-level policy).
+   contexts). The profile's decode costs are scaled by the mean ratio.
+3. Replay each workload live (`aegaeon.bench.e2e.run_e2e`, token-level policy),
+   for each rate and each seed.
 4. Simulate the same requests with the Aegaeon system of `aegaeon.sim`, fed
    with the calibrated profiles (and, for reference, the bare ones), on as
    many instances with the same prefill/decode split, batch limit and arena size.
 
-The figure is the difference in SLO attainment, in points. To tell the
+The figure is the difference in SLO attainment, in points, of the means over
+the seeds: on a shared VM whose speed swings by a third from one second to
+the next, one live run past the knee can land 15 points from another. To tell the
 simulator's policy model apart from its cost inputs, each run is simulated
 once more with the decode costs scaled to what that run's own quanta took:
 the "in-situ" prediction. It is a diagnostic, not a prediction (it reads the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,6 +49,9 @@ PROFILE_BATCHES = (1, 2, 4, 8)
 PROFILE_DECODE_STEPS = 16  # per repeat: this VM's step times swing by ~20%, so average more of them
 PROFILE_REPEATS = 3
 CALIBRATION_SEED_OFFSET = 1000
+
+# label -> a context whose value is a `progress(done, total)` callback
+ProgressFactory = Callable[[str], AbstractContextManager[Callable[[int, int], None]]]
 
 
 @dataclass(frozen=True)
@@ -141,24 +148,27 @@ def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketP
     return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source)
 
 
-def calibrate(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile,
-              progress: Callable[[int, int], None] | None = None) -> float:
-    """Serving / profiled decode step time, from one live run of `run`'s shape on a workload of its own.
+def calibrate(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile, runs: int,
+              progress: ProgressFactory) -> float:
+    """Serving / profiled decode step time, the mean over `runs` live runs of `run`'s shape.
 
-    The workload has another seed and lives in `workloads_dir`/calibration, so
-    no compared run is measured to predict itself.
+    Their workloads have seeds of their own and live in `workloads_dir`/calibration,
+    so no compared run is measured to predict itself.
     """
-    run = replace(run, policy="aegaeon", seed=run.seed + CALIBRATION_SEED_OFFSET)
-    live = run_e2e(run, models_root, workloads_dir / "calibration", progress)
-    scale = decode_scale(live, market)
-    log.info("calibration at %g requests/s per model: serving decode steps take %.2fx the profile",
-             run.label.arrival_rate, scale)
-    return scale
+    scales = []
+    for index in range(runs):
+        seed = run.seed + CALIBRATION_SEED_OFFSET + index
+        calibration = replace(run, policy="aegaeon", seed=seed)
+        with progress(f"calibration at rate {run.arrival_rate:g} (seed {seed})") as advance:
+            live = run_e2e(calibration, models_root, workloads_dir / "calibration", advance)
+        scales.append(decode_scale(live, market))
+        log.info("calibration run %d: serving decode steps took %.2fx the profile", index + 1, scales[-1])
+    return sum(scales) / len(scales) if scales else 1.0
 
 
 def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile, calibration: float,
             progress: Callable[[int, int], None] | None = None) -> Comparison:
-    """One rate: live, then predicted with the calibrated profile, the bare profile and in situ."""
+    """One workload: live, then predicted with the calibrated profile, the bare profile and in situ."""
     run = replace(run, policy="aegaeon")
     live = run_e2e(run, models_root, workloads_dir, progress)
     requests = load_requests(run, workloads_dir)
@@ -166,6 +176,51 @@ def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketP
     return Comparison(live, simulate_like_live(run, requests, market, calibration),
                       simulate_like_live(run, requests, market, source="sim-cpu-bare"),
                       simulate_like_live(run, requests, market, scale, source="sim-cpu-insitu"), scale)
+
+
+@dataclass(frozen=True)
+class RateSummary:
+    """Every seed's comparison at one rate, and their means (run-to-run noise is large on a shared VM)."""
+
+    rate: float
+    comparisons: tuple[Comparison, ...]
+
+    def mean(self, which: str) -> float:
+        """Mean SLO attainment of "live", "sim", "bare" or "in_situ" over the seeds."""
+        return sum(getattr(c, which)["slo_attainment"] for c in self.comparisons) / len(self.comparisons)
+
+    def gap_points(self, which: str) -> float:
+        return 100.0 * (self.mean(which) - self.mean("live"))
+
+    @property
+    def live_range(self) -> tuple[float, float]:
+        values = [c.live["slo_attainment"] for c in self.comparisons]
+        return min(values), max(values)
+
+    @property
+    def requests(self) -> float:
+        return sum(c.live["num_requests"] for c in self.comparisons) / len(self.comparisons)
+
+    @property
+    def decode_scale(self) -> float:
+        return sum(c.decode_scale for c in self.comparisons) / len(self.comparisons)
+
+
+def compare_rates(base: E2ERun, rates: list[float], seeds: list[int], models_root: Path, workloads_dir: Path,
+                  market: MarketProfile, calibration: float, progress: ProgressFactory,
+                  written: Callable[[int, Comparison], None]) -> list[RateSummary]:
+    """Each rate with each seed's workload (seeds other than the first in `workloads_dir`/seed<K>)."""
+    summaries = []
+    for rate in rates:
+        comparisons = []
+        for seed in seeds:
+            run = replace(base, arrival_rate=rate, seed=seed)
+            folder = workloads_dir if seed == seeds[0] else workloads_dir / f"seed{seed}"
+            with progress(f"live rate {rate:g} seed {seed}") as advance:
+                comparisons.append(compare(run, models_root, folder, market, calibration, advance))
+            written(seed, comparisons[-1])
+        summaries.append(RateSummary(rate, tuple(comparisons)))
+    return summaries
 
 
 def default_instances() -> int:
