@@ -346,6 +346,33 @@ def bench_decode_cmd(model: str | None, batch: int, steps: int, device: str) -> 
         click.echo(f"ratio aegaeon / hf:     {r.ratio:.2f}x")
 
 
+@bench.command("attention")
+@click.option("--model", default=None, help="Checkpoint dir [default: a 20M-parameter model made on first use].")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=2))
+@click.option("--total-context", default=3200, show_default=True, type=click.IntRange(min=16),
+              help="Context tokens summed over the batch.")
+@click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True)
+def bench_attention_cmd(model: str | None, batch: int, total_context: int, steps: int, device: str) -> None:
+    """Decode step time with the KV padded to the longest context vs laid back to back (the engine's layout),
+    for even contexts and for skewed ones with the same sum."""
+    from aegaeon.bench.engine import bench_attention
+    from aegaeon.errors import AegaeonError
+
+    if total_context < 8 * batch:
+        raise click.BadParameter(f"needs at least 8 tokens per sequence ({8 * batch})", param_hint="--total-context")
+    try:
+        points = bench_attention(_bench_model(model), batch, total_context, steps, device)
+    except AegaeonError as exc:
+        raise _fail(exc) from None
+    click.echo(f"batch {batch}, {total_context} context tokens in all, median of {steps} decode steps")
+    click.echo("layout  contexts                      step (ms)")
+    for p in points:
+        shape = "even " + str(p.contexts[0]) if len(set(p.contexts)) == 1 else \
+            f"skewed {p.contexts[0]} x{len(p.contexts) - 1} + {p.contexts[-1]}"
+        click.echo(f"{p.layout:7s} {shape:29s} {p.step_s * 1e3:9.2f}")
+
+
 def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 

@@ -162,6 +162,7 @@ def test_engine_benchmarks_run_on_a_tiny_model(tmp_path):
         (["weights", "--model", model], "ratio cache / raw:"),
         (["swap", "--model", model, "--blocks", "4", "--threads", "1"], "during swaps"),
         (["decode", "--model", model, "--batch", "2", "--steps", "2"], "ratio aegaeon / hf:"),
+        (["attention", "--model", model, "--batch", "2", "--total-context", "24", "--steps", "2"], "skewed 1 x1 + 23"),
     ]:
         result = runner.invoke(main, ["bench", *args])
         assert result.exit_code == 0, (args, result.output)

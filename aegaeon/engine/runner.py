@@ -65,6 +65,7 @@ class ModelRunner:
         self.entries: dict[str, ModelEntry] = {}
         self.active: str | None = None
         self.switches: list[SwitchRecord] = []
+        self.ragged_decode = True  # False: decode steps padded to the longest context (`bench attention` compares)
 
     def register(self, checkpoint: Checkpoint, block_size: int) -> ModelEntry:
         cached = self.host_cache.models[checkpoint.name]
@@ -119,5 +120,5 @@ class ModelRunner:
         entry = self.entries[name]
         chunks = [SeqChunk(seq.pending_tokens(), seq.num_cached, [entry.kv.block_unit(h) for h in seq.blocks])
                   for seq in seqs]
-        step = build_step(chunks, entry.kv.block_size, entry.kv.units_per_row, self.arena.device)
+        step = build_step(chunks, entry.kv.block_size, entry.kv.units_per_row, self.arena.device, self.ragged_decode)
         return entry.model.forward(step, entry.kv_units, entry.kv)

@@ -53,7 +53,8 @@ class StepBatch:
 
 
 def build_step(chunks: list[SeqChunk], block_size: int, units_per_row: int = 1,
-               device: torch.device | str = "cpu") -> StepBatch:
+               device: torch.device | str = "cpu", ragged_decode: bool = True) -> StepBatch:
+    """The step's index tensors; a decode step is laid out ragged unless `ragged_decode` is False."""
     batch = len(chunks)
     queries = max(len(c.new_tokens) for c in chunks)
     context = max(c.start + len(c.new_tokens) for c in chunks)
@@ -74,7 +75,7 @@ def build_step(chunks: list[SeqChunk], block_size: int, units_per_row: int = 1,
     lengths = torch.tensor([c.start + len(c.new_tokens) for c in chunks])
     last = valid.sum(dim=1) - 1
     common = (tokens, positions, valid, write_units, last)
-    if queries == 1:
+    if queries == 1 and ragged_decode:
         key_sequence = torch.repeat_interleave(torch.arange(batch), lengths)
         key_pos = torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths)[key_sequence]
         ragged_first = table[key_sequence, key_pos // block_size] + (key_pos % block_size) * units_per_row

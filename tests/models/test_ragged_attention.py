@@ -48,3 +48,19 @@ def test_a_decode_step_lists_each_sequences_key_units_in_order():
 def test_a_prefill_step_keeps_the_padded_layout():
     step = build_step([SeqChunk([1, 2, 3], 0, [0]), SeqChunk([4], 2, [8])], 4)
     assert not step.ragged and step.read_units.shape == (2, 3, 1) and step.mask.shape == (2, 3, 3)
+
+
+@pytest.mark.parametrize("variant", ["llama", "yi", "qwen2"])
+def test_a_model_decodes_the_same_logits_from_either_layout(tmp_path, variant):
+    from tests.models.reference import BareModel, make_variant
+
+    bare = BareModel(make_variant(tmp_path, variant))
+    prompts = [[3, 1, 4, 1, 5], list(range(7, 20)), [2, 7]]  # ends inside a block: the decode token fits
+    bare.step(prompts)
+    chunks = [SeqChunk([9], len(p), [bare.kv.block_unit(h) for h in bare.blocks[i]]) for i, p in enumerate(prompts)]
+    logits = {}
+    for ragged in (False, True):
+        step = build_step(chunks, bare.kv.block_size, bare.kv.units_per_row, ragged_decode=ragged)
+        assert step.ragged == ragged
+        logits[ragged] = bare.model.forward(step, bare.units, bare.kv)
+    torch.testing.assert_close(logits[True], logits[False], rtol=1e-5, atol=1e-5)
