@@ -187,8 +187,9 @@ def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale:
 @click.option("--profile-input-lens", default="8,16,32,64,128,256,384", show_default=True)
 @click.option("--profile-batches", default="1,2,4,8", show_default=True)
 @click.option("--calibration-runs", default=1, show_default=True, type=click.IntRange(min=0),
-              help="Live runs (at the highest rate, on workloads of other seeds) that time serving decode steps "
-                   "against the profile; the profile's decode costs are scaled by the mean ratio. 0: none.")
+              help="Live runs (at the listed rates in turn, highest first, on workloads of other seeds) that time "
+                   "serving decode steps against the profile; the profile's decode costs are refitted to them "
+                   "(scale, per-step and per-sequence overhead). 0: none.")
 @click.option("--out", "out_dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
 def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale: float, duration: float,
                           instances: int | None, prefill_instances: int, ttft_slo: float | None,
@@ -197,11 +198,10 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
                           out_dir: str) -> None:
     """Profile this machine, then run each workload live and in the simulator fed with that profile;
     prints both SLO attainments and their gap in points (the design's target: within 5)."""
-    import dataclasses
     import signal
 
     from aegaeon.bench.e2e import E2ERun
-    from aegaeon.bench.sim_vs_live import calibrate, compare_rates, default_instances, profile_market
+    from aegaeon.bench.sim_vs_live import DecodeCalibration, calibrate, compare_rates, default_instances, profile_market
     from aegaeon.errors import AegaeonError
     from aegaeon.models.demo import aegaeon_home
     from aegaeon.sched.slo import SLO
@@ -223,11 +223,11 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
                                 tuple(parse_list(profile_input_lens, int, "--profile-input-lens")),
                                 tuple(parse_list(profile_batches, int, "--profile-batches")))
         click.echo(f"profiles: {', '.join(market.paths)}", err=True)
-        calibration = 1.0
+        calibration = DecodeCalibration()
         if calibration_runs:
-            calibration = calibrate(dataclasses.replace(base, arrival_rate=max(listed)), models_root,
-                                    Path(workloads_dir), market, calibration_runs, _request_progress)
-            click.echo(f"calibration: serving decode steps take {calibration:.2f}x the profile", err=True)
+            calibration = calibrate(base, listed, models_root, Path(workloads_dir), market, calibration_runs,
+                                    _request_progress)
+            click.echo(f"calibration: serving decode step = {calibration.describe()}", err=True)
 
         def written(seed: int, result) -> None:
             folder = Path(out_dir) if len(seed_list) == 1 else Path(out_dir) / f"seed{seed}"
@@ -237,7 +237,7 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
         rows = compare_rates(base, listed, seed_list, models_root, Path(workloads_dir), market, calibration,
                              _request_progress, written)
         click.echo(f"{num_models} models on {base.instances} CPU instances ({prefill_instances} prefill), profile "
-                   f"{market.device} x {calibration:.2f} (calibration), seeds {seeds}; mean SLO attainment:")
+                   f"{market.device} calibrated to {calibration.describe()}, seeds {seeds}; mean SLO attainment:")
         click.echo(" rate requests   live  live range    sim  sim-live  bare-sim  bare-live  steps/profile  in-situ"
                    "  in-situ-live")
         for r in rows:

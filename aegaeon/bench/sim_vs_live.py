@@ -3,10 +3,11 @@
 1. Profile each market shape on this machine with `aegaeon profile`'s code
    (`aegaeon.profiler.measure_profile`), with the thread count each live worker gets.
 2. Calibrate: live runs of separate workloads (seeds of their own, their own
-   folder) measure how much longer a decode step takes while serving than
-   the profile says (the ratio of the wall time of its decode quanta, token
-   reports included, to the profile's prediction for the same batches and
-   contexts). The profile's decode costs are scaled by the mean ratio.
+   folder, the compared rates in turn) time decode steps while serving (the wall time of each decode
+   quantum per step, token reports included) against the profile's
+   prediction for the same batch and context. A least-squares fit gives
+   serving step = a x profile + b + c x batch; the profile's decode
+   coefficients are rewritten accordingly (`DecodeCalibration`).
 3. Replay each workload live (`aegaeon.bench.e2e.run_e2e`, token-level policy),
    for each rate and each seed.
 4. Simulate the same requests with the Aegaeon system of `aegaeon.sim`, fed
@@ -28,9 +29,10 @@ import logging
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from aegaeon.bench.e2e import E2ERun, load_requests, market_models, node_config, run_e2e
@@ -76,6 +78,26 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class DecodeCalibration:
+    """Serving step time = scale x the profile's step + per_step + per_sequence x batch (seconds)."""
+
+    scale: float = 1.0
+    per_step: float = 0.0
+    per_sequence: float = 0.0
+
+    def describe(self) -> str:
+        return (f"{self.scale:.2f} x profile + {self.per_step * 1e3:.3f} ms + {self.per_sequence * 1e3:.3f} ms "
+                f"x batch")
+
+    def apply(self, cost: ModelCost) -> ModelCost:
+        """The same terms in the profile's own form (constant, context and batch coefficients)."""
+        dense = cost.decode_features(0, 0)[0]
+        constant, context, batch = (c * self.scale for c in cost.decode_coefficients)
+        return replace(cost, decode_coefficients=(constant + self.per_step / dense, context,
+                                                  batch + self.per_sequence / dense))
+
+
+@dataclass(frozen=True)
 class MarketProfile:
     """This machine's profiles of the market shapes, read once: costs per synth model name."""
 
@@ -84,26 +106,51 @@ class MarketProfile:
     paths: tuple[str, ...]  # the profile files written
     device: str  # their folder under profiles/
 
-    def cost_model(self, decode_scale: float = 1.0) -> TableCostModel:
-        return TableCostModel({name: replace(cost, decode_coefficients=tuple(c * decode_scale
-                                                                             for c in cost.decode_coefficients))
-                               for name, cost in self.costs.items()}, self.link)
+    def cost_model(self, calibration: DecodeCalibration = DecodeCalibration()) -> TableCostModel:
+        return TableCostModel({name: calibration.apply(cost) for name, cost in self.costs.items()}, self.link)
 
 
-def decode_scale(live: dict, market: MarketProfile) -> float:
-    """Serving / profiled decode step time over a live run's decode quanta (1.0 when it has none).
+def _quanta(live: dict, market: MarketProfile) -> list[tuple[float, float, float, int]]:
+    """(profiled step, batch, serving step, steps) of each decode quantum of a live run.
 
     A quantum's wall time counts what serving adds around each step (token
     reports, bookkeeping); traces without it fall back to the steps alone.
     """
-    measured = predicted = 0.0
+    rows = []
     for quantum in live["trace"].get("quanta", []):
         cost = market.costs.get(quantum["model"])
-        if cost is None:
+        if cost is None or quantum["steps"] < 1:
             continue
-        measured += quantum.get("wall", quantum["seconds"])
-        predicted += quantum["steps"] * cost.decode_time(max(1, round(quantum["batch"])), round(quantum["context"]))
-    return measured / predicted if predicted > 0 else 1.0
+        profiled = cost.decode_time(max(1, round(quantum["batch"])), round(quantum["context"]))
+        rows.append((profiled, quantum["batch"], quantum.get("wall", quantum["seconds"]) / quantum["steps"],
+                     quantum["steps"]))
+    return rows
+
+
+def decode_scale(live: dict, market: MarketProfile) -> float:
+    """Serving / profiled decode step time over a live run's decode quanta (1.0 when it has none)."""
+    rows = _quanta(live, market)
+    predicted = sum(profiled * steps for profiled, _, _, steps in rows)
+    return sum(serving * steps for _, _, serving, steps in rows) / predicted if predicted > 0 else 1.0
+
+
+def fit_calibration(lives: list[dict], market: MarketProfile) -> DecodeCalibration:
+    """Least squares over the quanta of `lives`, weighted by their steps, of serving step time on
+    (profiled step, 1, batch). A term whose coefficient comes out negative is dropped and the rest refitted:
+    an overhead cannot be negative, and a lone scale is what is left."""
+    rows = [row for live in lives for row in _quanta(live, market)]
+    if not rows:
+        return DecodeCalibration()
+    data = np.array(rows, dtype=np.float64)
+    profiled, batch, serving, weight = data.T
+    columns = {"scale": profiled, "per_step": np.ones_like(profiled), "per_sequence": batch}
+    for names in (("scale", "per_step", "per_sequence"), ("scale", "per_step"), ("scale",)):
+        root = np.sqrt(weight)
+        design = np.stack([columns[n] * root for n in names], axis=1)
+        solution, *_ = np.linalg.lstsq(design, serving * root, rcond=None)
+        if (solution >= 0).all() or len(names) == 1:
+            return DecodeCalibration(**dict(zip(names, (float(x) for x in solution))))
+    raise AssertionError("unreachable: the scale-only fit always returns")
 
 
 def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
@@ -134,40 +181,42 @@ def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
     return MarketProfile(costs, by_shape[shapes[-1]][1], tuple(paths), device_name)
 
 
-def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketProfile, scale: float = 1.0,
-                       source: str = "sim-cpu") -> dict:
-    """The simulator's prediction for `run`, on a system shaped like the live node (decode costs x `scale`)."""
-    cost = market.cost_model(scale)
+def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketProfile,
+                       calibration: DecodeCalibration = DecodeCalibration(), source: str = "sim-cpu") -> dict:
+    """The simulator's prediction for `run`, on a system shaped like the live node, with calibrated decode costs."""
+    cost = market.cost_model(calibration)
     engine = node_config(run, {}).engine
     largest = max(c.weight_bytes for c in market.costs.values())
     config = SimConfig(num_gpus=run.instances, device_memory_bytes=largest + engine.kv_bytes,
                        prefill_instances=run.prefill_instances, max_batch=engine.max_batch_size)
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {**extra, "instances": run.instances, "prefill_instances": run.prefill_instances, "device": "cpu",
-             "profiles": list(market.paths), "decode_scale": scale}
+             "profiles": list(market.paths), "decode_calibration": asdict(calibration)}
     return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source)
 
 
-def calibrate(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile, runs: int,
-              progress: ProgressFactory) -> float:
-    """Serving / profiled decode step time, the mean over `runs` live runs of `run`'s shape.
+def calibrate(run: E2ERun, rates: list[float], models_root: Path, workloads_dir: Path, market: MarketProfile,
+              runs: int, progress: ProgressFactory) -> DecodeCalibration:
+    """Serving decode step time against the profile, fitted over the quanta of `runs` live runs of `run`'s
+    shape, at `rates` in turn (highest first), so the fit sees the batch sizes of light and heavy load.
 
     Their workloads have seeds of their own and live in `workloads_dir`/calibration,
     so no compared run is measured to predict itself.
     """
-    scales = []
+    order = sorted(set(rates), reverse=True)
+    lives = []
     for index in range(runs):
-        seed = run.seed + CALIBRATION_SEED_OFFSET + index
-        calibration = replace(run, policy="aegaeon", seed=seed)
-        with progress(f"calibration at rate {run.arrival_rate:g} (seed {seed})") as advance:
-            live = run_e2e(calibration, models_root, workloads_dir / "calibration", advance)
-        scales.append(decode_scale(live, market))
-        log.info("calibration run %d: serving decode steps took %.2fx the profile", index + 1, scales[-1])
-    return sum(scales) / len(scales) if scales else 1.0
+        seed, rate = run.seed + CALIBRATION_SEED_OFFSET + index, order[index % len(order)]
+        with progress(f"calibration at rate {rate:g} (seed {seed})") as advance:
+            lives.append(run_e2e(replace(run, policy="aegaeon", seed=seed, arrival_rate=rate), models_root,
+                                 workloads_dir / "calibration", advance))
+        log.info("calibration run %d: serving decode steps took %.2fx the profile", index + 1,
+                 decode_scale(lives[-1], market))
+    return fit_calibration(lives, market)
 
 
-def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile, calibration: float,
-            progress: Callable[[int, int], None] | None = None) -> Comparison:
+def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile,
+            calibration: DecodeCalibration, progress: Callable[[int, int], None] | None = None) -> Comparison:
     """One workload: live, then predicted with the calibrated profile, the bare profile and in situ."""
     run = replace(run, policy="aegaeon")
     live = run_e2e(run, models_root, workloads_dir, progress)
@@ -175,7 +224,8 @@ def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketP
     scale = decode_scale(live, market)
     return Comparison(live, simulate_like_live(run, requests, market, calibration),
                       simulate_like_live(run, requests, market, source="sim-cpu-bare"),
-                      simulate_like_live(run, requests, market, scale, source="sim-cpu-insitu"), scale)
+                      simulate_like_live(run, requests, market, DecodeCalibration(scale), source="sim-cpu-insitu"),
+                      scale)
 
 
 @dataclass(frozen=True)
@@ -207,7 +257,7 @@ class RateSummary:
 
 
 def compare_rates(base: E2ERun, rates: list[float], seeds: list[int], models_root: Path, workloads_dir: Path,
-                  market: MarketProfile, calibration: float, progress: ProgressFactory,
+                  market: MarketProfile, calibration: DecodeCalibration, progress: ProgressFactory,
                   written: Callable[[int, Comparison], None]) -> list[RateSummary]:
     """Each rate with each seed's workload (seeds other than the first in `workloads_dir`/seed<K>)."""
     summaries = []

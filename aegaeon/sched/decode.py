@@ -14,7 +14,7 @@ next batch; a round ends when every batch had its turn. With no switch to pay
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from aegaeon.errors import ConfigError
 from aegaeon.sched.cost import CostModel
@@ -108,3 +108,22 @@ def rotate_to_loaded(batches: list[DecodeBatch], loaded_model: str | None) -> li
         if batch.model == loaded_model:
             return batches[i:] + batches[:i]
     return batches
+
+
+def choose_decode_instance(model: str, loads: Sequence[Mapping[str, int]], max_batch: int = DEFAULT_MAX_BATCH) -> int:
+    """The decode instance a request of `model` joins; `loads[i]` counts instance i's live requests per model.
+
+    An instance already decoding `model` with room in that model's batch takes it, the least busy such one:
+    the batch grows and no round gains a switch. Otherwise the instance with the fewest models, then the
+    fewest requests, since a new model adds a switch and a turn to every round; an instance whose batch of
+    `model` is full is passed over while another has room. Ties go to the lower index.
+    """
+    if not loads:
+        raise ConfigError("no decode instance to place the request on")
+    busy = [sum(load.values()) for load in loads]
+    with_room = [i for i, load in enumerate(loads) if load.get(model, 0) < max_batch] or list(range(len(loads)))
+    holding = [i for i in with_room if loads[i].get(model, 0) > 0]
+    if holding:
+        return min(holding, key=lambda i: (busy[i], i))
+    models = [sum(1 for count in load.values() if count > 0) for load in loads]
+    return min(with_room, key=lambda i: (models[i], busy[i], i))

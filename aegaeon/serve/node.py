@@ -134,7 +134,7 @@ class Node:
                 self.agent = NodeAgent(links, imports)
                 self.unavailable.update(self.agent.wait_ready(cfg.start_timeout, alive))
             else:
-                self.proxy = Proxy(links, host_kv=imports)
+                self.proxy = Proxy(links, host_kv=imports, max_batch=cfg.engine.max_batch_size)
                 self.unavailable.update(self.proxy.wait_ready(cfg.start_timeout, alive))
             self.models = sorted(set(good) - set(self.unavailable))
             if cfg.link_role is not None:

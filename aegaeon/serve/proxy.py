@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -22,6 +23,7 @@ from aegaeon.errors import AegaeonError, RequestError
 from aegaeon.ipc.messages import (Cancel, KvPayload, KvRelease, Schedule, Shutdown, StepDone, Submit, SwapIn, SwapOut,
                                   Tokens, Trace, WorkerReady, decode, encode)
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
+from aegaeon.sched.decode import DEFAULT_MAX_BATCH, choose_decode_instance
 from aegaeon.sched.prefill import GroupedFCFS
 from aegaeon.sched.request import RequestSpec
 from aegaeon.serve.host_kv import HostKvArea, store_arrivals
@@ -160,8 +162,10 @@ class Proxy:
     arrives from other nodes is stored there for local decode workers. Without it every worker is local,
     and the node needs prefill and decode workers of its own."""
 
-    def __init__(self, links: list[WorkerLink], max_group_size: int = 8, host_kv: HostKvArea | None = None):
+    def __init__(self, links: list[WorkerLink], max_group_size: int = 8, host_kv: HostKvArea | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH):
         self.links = {link.worker_id: link for link in links}
+        self.max_batch = max_batch  # the decode workers' batch limit: placement keeps a model's batch within it
         self.prefill = [link for link in links if link.role == "prefill"]
         self.decode = [link for link in links if link.role == "decode"]
         self.host_kv = host_kv
@@ -359,13 +363,7 @@ class Proxy:
         alive = [w for w in self.decode if not w.dead]
         if not alive:
             return None
-        least = min(alive, key=lambda w: (len(w.live), w.worker_id))
-        serving = [w for w in alive if model in w.live.values()]
-        if serving:
-            best = min(serving, key=lambda w: (len(w.live), w.worker_id))
-            if len(best.live) <= len(least.live) + 1:
-                return best
-        return least
+        return alive[choose_decode_instance(model, [Counter(w.live.values()) for w in alive], self.max_batch)]
 
     def listen(self, state: RequestState, listener: Callable[[Tokens], None]) -> None:
         """Route the request's token messages to `listener` (called on a proxy thread), oldest first."""

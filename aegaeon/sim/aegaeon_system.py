@@ -8,10 +8,12 @@ that request). Decode instances run weighted round-robin rounds
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from aegaeon.sched.cost import CostModel
-from aegaeon.sched.decode import DecodeCandidate, RoundPlan, form_batches, plan_round, rotate_to_loaded
+from aegaeon.sched.decode import (DecodeCandidate, RoundPlan, choose_decode_instance, form_batches, plan_round,
+                                  rotate_to_loaded)
 from aegaeon.sched.prefill import GroupedFCFS
 from aegaeon.sched.request import RequestState
 from aegaeon.sched.slo import SLO
@@ -95,15 +97,8 @@ class AegaeonSystem:
             self._start_round(index)
 
     def _choose_decode(self, model: str) -> int:
-        """An instance already decoding this model (no new switch), else the one with fewest models."""
-        def models(inst: _DecodeInstance) -> set[str]:
-            return {s.model for s in inst.requests}
-
-        holding = [i for i, d in enumerate(self.decode)
-                   if model in models(d) and sum(s.model == model for s in d.requests) < self.config.max_batch]
-        if holding:
-            return min(holding, key=lambda i: len(self.decode[i].requests))
-        return min(range(len(self.decode)), key=lambda i: (len(models(self.decode[i])), len(self.decode[i].requests)))
+        loads = [Counter(s.model for s in d.requests if not s.finished) for d in self.decode]
+        return choose_decode_instance(model, loads, self.config.max_batch)
 
     def _start_round(self, index: int) -> None:
         """Top of a round: regroup every request into per-model batches and plan quotas."""

@@ -3,8 +3,8 @@
 import pytest
 
 from aegaeon.errors import ConfigError
-from aegaeon.sched.decode import (DecodeBatch, DecodeCandidate, compute_quotas, form_batches, plan_round,
-                                  rotate_to_loaded)
+from aegaeon.sched.decode import (DecodeBatch, DecodeCandidate, choose_decode_instance, compute_quotas,
+                                  form_batches, plan_round, rotate_to_loaded)
 from tests.sched.fixed_cost import FixedCost
 
 
@@ -63,3 +63,20 @@ def test_single_loaded_batch_pays_no_switch():
     assert plan.switch_cost == 0.0 and plan.quotas == (3.0,)
     plan = plan_round([DecodeBatch("a", (1, 2), 20)], "b", FixedCost(), tpot_slo=0.1, max_quota=3.0)
     assert plan.switch_cost == 1.0
+
+
+def test_decode_placement_joins_the_batch_of_its_model_while_it_has_room():
+    loads = [{"a": 1, "b": 1}, {"c": 2}, {"a": 3}]
+    assert choose_decode_instance("a", loads) == 0  # both hold "a": the less busy one
+    assert choose_decode_instance("a", loads, max_batch=2) == 0
+    # a full batch: placed as a new model would be
+    assert choose_decode_instance("a", [{"a": 2}, {"b": 5}], max_batch=2) == 1
+
+
+def test_decode_placement_of_a_new_model_goes_where_fewest_models_run():
+    loads = [{"a": 1, "b": 1}, {"c": 4}, {"d": 1, "e": 0}]
+    assert choose_decode_instance("x", loads) == 2  # "e" has no live request: one model, 1 request
+    assert choose_decode_instance("x", [{"a": 2}, {"b": 2}]) == 0  # ties: lower index
+    assert choose_decode_instance("x", [{}, {}]) == 0
+    with pytest.raises(ConfigError):
+        choose_decode_instance("x", [])

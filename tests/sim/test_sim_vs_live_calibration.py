@@ -1,0 +1,57 @@
+"""Calibrating a profile's decode costs against serving quanta (aegaeon bench sim-vs-live)."""
+
+import pytest
+
+from aegaeon.bench.sim_vs_live import DecodeCalibration, MarketProfile, decode_scale, fit_calibration
+from aegaeon.profiles import H100_LINK
+from aegaeon.sched.cost import ModelCost
+
+
+def _cost(name, hidden):
+    """Steps of a few ms, as on this machine: 2 ms and up fixed, 0.1-0.2 ms per sequence, more with context."""
+    return ModelCost(name, hidden, 2 * hidden, 16, 10**6, 512, 4096, (1e-12, 0.0, 1e-3), (6e-8, 2e-9, 3e-9))
+
+
+MARKET = MarketProfile({"synth_model_00": _cost("small", 64), "synth_model_01": _cost("large", 96)}, H100_LINK,
+                       (), "test")
+
+
+def _live(serving):
+    """A live result whose quanta took serving(profiled step, batch) per step."""
+    quanta = []
+    for i, (batch, context, steps) in enumerate([(1, 40, 30), (2, 300, 12), (4, 900, 20), (7, 2000, 5),
+                                                 (3, 150, 40), (5, 1200, 9)]):
+        model = f"synth_model_0{i % 2}"
+        profiled = MARKET.costs[model].decode_time(batch, context)
+        step = serving(profiled, batch)
+        quanta.append({"model": model, "steps": steps, "batch": batch, "context": context,
+                       "seconds": 0.9 * step * steps, "wall": step * steps})
+    return {"trace": {"quanta": quanta}}
+
+
+def test_the_fit_recovers_scale_and_overheads_and_rewrites_the_profile_with_them():
+    live = _live(lambda profiled, batch: 1.3 * profiled + 2e-4 + 5e-5 * batch)
+    calibration = fit_calibration([live], MARKET)
+    assert calibration.scale == pytest.approx(1.3, rel=1e-6)
+    assert calibration.per_step == pytest.approx(2e-4, rel=1e-6)
+    assert calibration.per_sequence == pytest.approx(5e-5, rel=1e-6)
+    calibrated = MARKET.cost_model(calibration)
+    for name, cost in MARKET.costs.items():
+        for batch, context in [(1, 10), (6, 3000)]:
+            expected = 1.3 * cost.decode_time(batch, context) + 2e-4 + 5e-5 * batch
+            assert calibrated.decode_time(name, batch, context) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_negative_overhead_is_dropped_rather_than_fitted():
+    live = _live(lambda profiled, batch: 1.2 * profiled - 1e-5 * batch)
+    calibration = fit_calibration([live], MARKET)
+    assert calibration.per_sequence == 0.0 and calibration.per_step >= 0.0 and calibration.scale > 1.0
+
+
+def test_no_quanta_leave_the_profile_as_it_is_and_the_ratio_uses_wall_time():
+    assert fit_calibration([{"trace": {"quanta": []}}], MARKET) == DecodeCalibration()
+    live = _live(lambda profiled, batch: 1.5 * profiled)
+    assert decode_scale(live, MARKET) == pytest.approx(1.5)
+    for quantum in live["trace"]["quanta"]:
+        del quantum["wall"]  # older traces: the steps alone
+    assert decode_scale(live, MARKET) == pytest.approx(1.35)
