@@ -238,11 +238,11 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
                              _request_progress, written)
         click.echo(f"{num_models} models on {base.instances} CPU instances ({prefill_instances} prefill), profile "
                    f"{market.device} calibrated to {calibration.describe()}, seeds {seeds}; mean SLO attainment:")
-        click.echo(" rate requests   live  live range  speed    sim  sim-live  bare-sim  bare-live  steps/profile"
-                   "  in-situ  in-situ-live")
+        click.echo(" rate requests   live  live range    sim  sim-live  bare-sim  bare-live  steps/profile  in-situ"
+                   "  in-situ-live")
         for r in rows:
             low, high = r.live_range
-            click.echo(f"{r.rate:5g} {r.requests:8.0f} {r.mean('live'):6.1%} {low:5.1%}-{high:5.1%} {r.speed:6.2f} "
+            click.echo(f"{r.rate:5g} {r.requests:8.0f} {r.mean('live'):6.1%} {low:5.1%}-{high:5.1%} "
                        f"{r.mean('sim'):6.1%} {r.gap_points('sim'):+9.1f} {r.mean('bare'):9.1%} "
                        f"{r.gap_points('bare'):+10.1f} {r.decode_scale:13.2f}x {r.mean('in_situ'):8.1%} "
                        f"{r.gap_points('in_situ'):+13.1f}")

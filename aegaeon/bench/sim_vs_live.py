@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
@@ -36,10 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aegaeon.bench.e2e import PROMPT_VOCAB, E2ERun, load_requests, market_models, node_config, run_e2e
-from aegaeon.engine.engine import Engine, EngineConfig
+from aegaeon.bench.e2e import E2ERun, load_requests, market_models, node_config, run_e2e
 from aegaeon.engine.worker import default_threads
-from aegaeon.models.sampler import SamplingParams
 from aegaeon.profiler import ProfileRequest, measure_profile
 from aegaeon.profiles import load_profile, write_profile
 from aegaeon.sched.cost import LinkCost, ModelCost, TableCostModel
@@ -54,7 +51,6 @@ PROFILE_BATCHES = (1, 2, 4, 8)
 PROFILE_DECODE_STEPS = 16  # per repeat: this VM's step times swing by ~20%, so average more of them
 PROFILE_REPEATS = 3
 CALIBRATION_SEED_OFFSET = 1000
-PROBE_BATCH, PROBE_PROMPT, PROBE_STEPS, PROBE_ROUNDS = 4, 64, 100, 4  # a fixed decode workload, ~1-2 s here
 
 # label -> a context whose value is a `progress(done, total)` callback
 ProgressFactory = Callable[[str], AbstractContextManager[Callable[[int, int], None]]]
@@ -67,7 +63,6 @@ class Comparison:
     bare: dict  # the profile as measured, uncalibrated
     in_situ: dict  # the simulator with decode costs scaled to the run's measured quanta
     decode_scale: float  # this run's quanta / the bare profile
-    speed: float  # the probe before this run / the probe at profiling time (above 1: the machine is slower)
 
     @property
     def gap_points(self) -> float:
@@ -110,62 +105,13 @@ class MarketProfile:
     link: LinkCost
     paths: tuple[str, ...]  # the profile files written
     device: str  # their folder under profiles/
-    probe_model: Path  # the checkpoint `speed_probe` times
-    probe_seconds: float  # its step time right after profiling
-    threads: int  # torch threads of the profile and the probes (a live worker's)
 
-    def cost_model(self, calibration: DecodeCalibration = DecodeCalibration(), speed: float = 1.0) -> TableCostModel:
-        """The profile calibrated to serving, then every compute cost scaled by the machine's `speed` now."""
-        return TableCostModel({name: _scaled(calibration.apply(cost), speed) for name, cost in self.costs.items()},
-                              self.link)
-
-    def speed_now(self) -> float:
-        return speed_probe(self.probe_model, self.threads) / self.probe_seconds
+    def cost_model(self, calibration: DecodeCalibration = DecodeCalibration()) -> TableCostModel:
+        return TableCostModel({name: calibration.apply(cost) for name, cost in self.costs.items()}, self.link)
 
 
-def _scaled(cost: ModelCost, factor: float) -> ModelCost:
-    return replace(cost, prefill_coefficients=tuple(c * factor for c in cost.prefill_coefficients),
-                   decode_coefficients=tuple(c * factor for c in cost.decode_coefficients))
-
-
-def speed_probe(model: Path, threads: int) -> float:
-    """Mean seconds per step of a fixed decode workload on `model`, in this process: the machine's speed now.
-
-    This VM's speed drifts by a fifth or more over minutes (other tenants), so
-    a profile measured once describes a later run only after rescaling by the
-    probe taken just before that run against the probe taken with the profile.
-    """
-    config = EngineConfig(device="cpu", kv_bytes=64 * 2**20, max_batch_size=PROBE_BATCH, steps_per_turn=1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return _probe(model, config)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _probe(model: Path, config: EngineConfig) -> float:
-    with Engine({"probe": model}, config) as engine:
-        engine.runner.switch_to("probe")
-        total = 0.0
-        for round_index in range(PROBE_ROUNDS):
-            prompts = [[(31 * round_index + 7 * i + j) % PROMPT_VOCAB for j in range(PROBE_PROMPT)]
-                       for i in range(PROBE_BATCH)]
-            sampling = SamplingParams(max_tokens=PROBE_STEPS + 2)
-            seqs = [engine.submit_ids("probe", prompt, sampling) for prompt in prompts]
-            engine.step_batch("probe", list(seqs))  # prefill, not timed
-            start = time.perf_counter()
-            for _ in range(PROBE_STEPS):
-                engine.step_batch("probe", list(seqs))
-            total += time.perf_counter() - start
-            for seq in seqs:
-                engine.kv.release(seq)
-            engine.sequences.clear()
-    return total / (PROBE_ROUNDS * PROBE_STEPS)
-
-
-def _quanta(live: dict, market: MarketProfile, speed: float = 1.0) -> list[tuple[float, float, float, int]]:
-    """(profiled step x `speed`, batch, serving step, steps) of each decode quantum of a live run.
+def _quanta(live: dict, market: MarketProfile) -> list[tuple[float, float, float, int]]:
+    """(profiled step, batch, serving step, steps) of each decode quantum of a live run.
 
     A quantum's wall time counts what serving adds around each step (token
     reports, bookkeeping); traces without it fall back to the steps alone.
@@ -175,7 +121,7 @@ def _quanta(live: dict, market: MarketProfile, speed: float = 1.0) -> list[tuple
         cost = market.costs.get(quantum["model"])
         if cost is None or quantum["steps"] < 1:
             continue
-        profiled = speed * cost.decode_time(max(1, round(quantum["batch"])), round(quantum["context"]))
+        profiled = cost.decode_time(max(1, round(quantum["batch"])), round(quantum["context"]))
         rows.append((profiled, quantum["batch"], quantum.get("wall", quantum["seconds"]) / quantum["steps"],
                      quantum["steps"]))
     return rows
@@ -188,13 +134,11 @@ def decode_scale(live: dict, market: MarketProfile) -> float:
     return sum(serving * steps for _, _, serving, steps in rows) / predicted if predicted > 0 else 1.0
 
 
-def fit_calibration(lives: list[dict], market: MarketProfile, speeds: list[float] | None = None
-                    ) -> DecodeCalibration:
+def fit_calibration(lives: list[dict], market: MarketProfile) -> DecodeCalibration:
     """Least squares over the quanta of `lives`, weighted by their steps, of serving step time on
-    (profiled step x the run's speed, 1, batch). A term whose coefficient comes out negative is dropped and
-    the rest refitted: an overhead cannot be negative, and a lone scale is what is left."""
-    speeds = speeds or [1.0] * len(lives)
-    rows = [row for live, speed in zip(lives, speeds) for row in _quanta(live, market, speed)]
+    (profiled step, 1, batch). A term whose coefficient comes out negative is dropped and the rest refitted:
+    an overhead cannot be negative, and a lone scale is what is left."""
+    rows = [row for live in lives for row in _quanta(live, market)]
     if not rows:
         return DecodeCalibration()
     data = np.array(rows, dtype=np.float64)
@@ -231,28 +175,23 @@ def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
             path = write_profile(measure_profile(request), profiles_root)
             by_shape[shape] = load_profile(path)
             paths.append(str(path))
-        probe_model = Path(models[f"synth_model_{shapes[-1]:02d}"])
-        probe_seconds = speed_probe(probe_model, threads)
     finally:
         torch.set_num_threads(previous)
     costs = {name: by_shape[i % 2][0] for i, name in enumerate(sorted(models))}
-    return MarketProfile(costs, by_shape[shapes[-1]][1], tuple(paths), device_name, probe_model, probe_seconds,
-                         threads)
+    return MarketProfile(costs, by_shape[shapes[-1]][1], tuple(paths), device_name)
 
 
 def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketProfile,
-                       calibration: DecodeCalibration = DecodeCalibration(), speed: float = 1.0,
-                       source: str = "sim-cpu") -> dict:
-    """The simulator's prediction for `run`, on a system shaped like the live node, with calibrated decode costs
-    at the machine's `speed` (relative to the profile's)."""
-    cost = market.cost_model(calibration, speed)
+                       calibration: DecodeCalibration = DecodeCalibration(), source: str = "sim-cpu") -> dict:
+    """The simulator's prediction for `run`, on a system shaped like the live node, with calibrated decode costs."""
+    cost = market.cost_model(calibration)
     engine = node_config(run, {}).engine
     largest = max(c.weight_bytes for c in market.costs.values())
     config = SimConfig(num_gpus=run.instances, device_memory_bytes=largest + engine.kv_bytes,
                        prefill_instances=run.prefill_instances, max_batch=engine.max_batch_size)
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {**extra, "instances": run.instances, "prefill_instances": run.prefill_instances, "device": "cpu",
-             "profiles": list(market.paths), "decode_calibration": asdict(calibration), "speed": speed}
+             "profiles": list(market.paths), "decode_calibration": asdict(calibration)}
     return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source)
 
 
@@ -265,30 +204,28 @@ def calibrate(run: E2ERun, rates: list[float], models_root: Path, workloads_dir:
     so no compared run is measured to predict itself.
     """
     order = sorted(set(rates), reverse=True)
-    lives, speeds = [], []
+    lives = []
     for index in range(runs):
         seed, rate = run.seed + CALIBRATION_SEED_OFFSET + index, order[index % len(order)]
-        speeds.append(market.speed_now())
         with progress(f"calibration at rate {rate:g} (seed {seed})") as advance:
             lives.append(run_e2e(replace(run, policy="aegaeon", seed=seed, arrival_rate=rate), models_root,
                                  workloads_dir / "calibration", advance))
-        log.info("calibration run %d: speed %.2f, serving decode steps took %.2fx the profile", index + 1,
-                 speeds[-1], decode_scale(lives[-1], market))
-    return fit_calibration(lives, market, speeds)
+        log.info("calibration run %d: serving decode steps took %.2fx the profile", index + 1,
+                 decode_scale(lives[-1], market))
+    return fit_calibration(lives, market)
 
 
 def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile,
             calibration: DecodeCalibration, progress: Callable[[int, int], None] | None = None) -> Comparison:
     """One workload: live, then predicted with the calibrated profile, the bare profile and in situ."""
     run = replace(run, policy="aegaeon")
-    requests = load_requests(run, workloads_dir)
-    speed = market.speed_now()  # before the run: the prediction reads nothing of it
     live = run_e2e(run, models_root, workloads_dir, progress)
+    requests = load_requests(run, workloads_dir)
     scale = decode_scale(live, market)
-    return Comparison(live, simulate_like_live(run, requests, market, calibration, speed),
+    return Comparison(live, simulate_like_live(run, requests, market, calibration),
                       simulate_like_live(run, requests, market, source="sim-cpu-bare"),
                       simulate_like_live(run, requests, market, DecodeCalibration(scale), source="sim-cpu-insitu"),
-                      scale, speed)
+                      scale)
 
 
 @dataclass(frozen=True)
@@ -317,10 +254,6 @@ class RateSummary:
     @property
     def decode_scale(self) -> float:
         return sum(c.decode_scale for c in self.comparisons) / len(self.comparisons)
-
-    @property
-    def speed(self) -> float:
-        return sum(c.speed for c in self.comparisons) / len(self.comparisons)
 
 
 def compare_rates(base: E2ERun, rates: list[float], seeds: list[int], models_root: Path, workloads_dir: Path,
