@@ -186,10 +186,9 @@ def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale:
               help="Where this machine's profiles are written (<dir>/cpu-<threads>t/).")
 @click.option("--profile-input-lens", default="8,16,32,64,128,256,384", show_default=True)
 @click.option("--profile-batches", default="1,2,4,8", show_default=True)
-@click.option("--calibration-runs", default=1, show_default=True, type=click.IntRange(min=0),
-              help="Live runs (at the listed rates in turn, highest first, on workloads of other seeds) that time "
-                   "serving decode steps against the profile; the profile's decode costs are refitted to them "
-                   "(scale, per-step and per-sequence overhead). 0: none.")
+@click.option("--calibration-runs", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Extra live runs (the listed rates in turn, highest first, on workloads of other seeds) added "
+                   "to the calibration; each compared run is always calibrated on all the other runs.")
 @click.option("--out", "out_dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
 def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale: float, duration: float,
                           instances: int | None, prefill_instances: int, ttft_slo: float | None,
@@ -201,7 +200,8 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
     import signal
 
     from aegaeon.bench.e2e import E2ERun
-    from aegaeon.bench.sim_vs_live import DecodeCalibration, calibrate, compare_rates, default_instances, profile_market
+    from aegaeon.bench.sim_vs_live import calibration_runs as calibration_runs_of
+    from aegaeon.bench.sim_vs_live import compare_rates, default_instances, fit_calibration, profile_market
     from aegaeon.errors import AegaeonError
     from aegaeon.models.demo import aegaeon_home
     from aegaeon.sched.slo import SLO
@@ -223,21 +223,21 @@ def bench_sim_vs_live_cmd(num_models: int, rates: str, inlen_scale: float, outle
                                 tuple(parse_list(profile_input_lens, int, "--profile-input-lens")),
                                 tuple(parse_list(profile_batches, int, "--profile-batches")))
         click.echo(f"profiles: {', '.join(market.paths)}", err=True)
-        calibration = DecodeCalibration()
-        if calibration_runs:
-            calibration = calibrate(base, listed, models_root, Path(workloads_dir), market, calibration_runs,
+        extra = calibration_runs_of(base, listed, models_root, Path(workloads_dir), calibration_runs,
                                     _request_progress)
-            click.echo(f"calibration: serving decode step = {calibration.describe()}", err=True)
 
         def written(seed: int, result) -> None:
             folder = Path(out_dir) if len(seed_list) == 1 else Path(out_dir) / f"seed{seed}"
             for record in (result.live, result.sim, result.bare, result.in_situ):
                 click.echo(f"wrote {write_result(folder, record)}", err=True)
 
-        rows = compare_rates(base, listed, seed_list, models_root, Path(workloads_dir), market, calibration,
+        rows = compare_rates(base, listed, seed_list, models_root, Path(workloads_dir), market, extra,
                              _request_progress, written)
+        lives = [c.live for r in rows for c in r.comparisons] + extra
         click.echo(f"{num_models} models on {base.instances} CPU instances ({prefill_instances} prefill), profile "
-                   f"{market.device} calibrated to {calibration.describe()}, seeds {seeds}; mean SLO attainment:")
+                   f"{market.device}, seeds {seeds}; each run predicted with the profile calibrated on the other "
+                   f"runs (over all of them: serving decode step = {fit_calibration(lives, market).describe()}); "
+                   f"mean SLO attainment:")
         click.echo(" rate requests   live  live range    sim  sim-live  bare-sim  bare-live  steps/profile  in-situ"
                    "  in-situ-live")
         for r in rows:

@@ -2,16 +2,17 @@
 
 1. Profile each market shape on this machine with `aegaeon profile`'s code
    (`aegaeon.profiler.measure_profile`), with the thread count each live worker gets.
-2. Calibrate: live runs of separate workloads (seeds of their own, their own
-   folder, the compared rates in turn) time decode steps while serving (the wall time of each decode
-   quantum per step, token reports included) against the profile's
-   prediction for the same batch and context. A least-squares fit gives
-   serving step = a x profile + b + c x batch; the profile's decode
-   coefficients are rewritten accordingly (`DecodeCalibration`).
-3. Replay each workload live (`aegaeon.bench.e2e.run_e2e`, token-level policy),
+2. Replay each workload live (`aegaeon.bench.e2e.run_e2e`, token-level policy),
    for each rate and each seed.
-4. Simulate the same requests with the Aegaeon system of `aegaeon.sim`, fed
-   with the calibrated profiles (and, for reference, the bare ones), on as
+3. Calibrate, leaving one out: for each run, the decode steps of every *other*
+   run (and of optional extra runs on workloads of their own) are timed while
+   serving (the wall time of each decode quantum per step, token reports
+   included) against the profile's prediction for the same batch and context.
+   A least-squares fit gives serving step = a x profile + b + c x batch, and
+   the profile's decode coefficients are rewritten accordingly
+   (`DecodeCalibration`). No run is predicted from its own measurements.
+4. Simulate the run's requests with the Aegaeon system of `aegaeon.sim`, fed
+   with that calibrated profile (and, for reference, the bare one), on as
    many instances with the same prefill/decode split, batch limit and arena size.
 
 The figure is the difference in SLO attainment, in points, of the means over
@@ -63,6 +64,7 @@ class Comparison:
     bare: dict  # the profile as measured, uncalibrated
     in_situ: dict  # the simulator with decode costs scaled to the run's measured quanta
     decode_scale: float  # this run's quanta / the bare profile
+    calibration: DecodeCalibration  # what `sim` was fed: fitted on the other runs only
 
     @property
     def gap_points(self) -> float:
@@ -195,13 +197,11 @@ def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketP
     return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source)
 
 
-def calibrate(run: E2ERun, rates: list[float], models_root: Path, workloads_dir: Path, market: MarketProfile,
-              runs: int, progress: ProgressFactory) -> DecodeCalibration:
-    """Serving decode step time against the profile, fitted over the quanta of `runs` live runs of `run`'s
-    shape, at `rates` in turn (highest first), so the fit sees the batch sizes of light and heavy load.
+def calibration_runs(run: E2ERun, rates: list[float], models_root: Path, workloads_dir: Path, runs: int,
+                     progress: ProgressFactory) -> list[dict]:
+    """`runs` extra live runs of `run`'s shape for the calibration alone, at `rates` in turn (highest first).
 
-    Their workloads have seeds of their own and live in `workloads_dir`/calibration,
-    so no compared run is measured to predict itself.
+    Their workloads have seeds of their own and live in `workloads_dir`/calibration.
     """
     order = sorted(set(rates), reverse=True)
     lives = []
@@ -210,22 +210,17 @@ def calibrate(run: E2ERun, rates: list[float], models_root: Path, workloads_dir:
         with progress(f"calibration at rate {rate:g} (seed {seed})") as advance:
             lives.append(run_e2e(replace(run, policy="aegaeon", seed=seed, arrival_rate=rate), models_root,
                                  workloads_dir / "calibration", advance))
-        log.info("calibration run %d: serving decode steps took %.2fx the profile", index + 1,
-                 decode_scale(lives[-1], market))
-    return fit_calibration(lives, market)
+    return lives
 
 
-def compare(run: E2ERun, models_root: Path, workloads_dir: Path, market: MarketProfile,
-            calibration: DecodeCalibration, progress: Callable[[int, int], None] | None = None) -> Comparison:
-    """One workload: live, then predicted with the calibrated profile, the bare profile and in situ."""
-    run = replace(run, policy="aegaeon")
-    live = run_e2e(run, models_root, workloads_dir, progress)
-    requests = load_requests(run, workloads_dir)
+def predict(run: E2ERun, requests: list[RequestSpec], live: dict, market: MarketProfile,
+            calibration: DecodeCalibration) -> Comparison:
+    """One live run against the simulator: with the calibrated profile, the bare profile and in situ."""
     scale = decode_scale(live, market)
     return Comparison(live, simulate_like_live(run, requests, market, calibration),
                       simulate_like_live(run, requests, market, source="sim-cpu-bare"),
                       simulate_like_live(run, requests, market, DecodeCalibration(scale), source="sim-cpu-insitu"),
-                      scale)
+                      scale, calibration)
 
 
 @dataclass(frozen=True)
@@ -257,20 +252,26 @@ class RateSummary:
 
 
 def compare_rates(base: E2ERun, rates: list[float], seeds: list[int], models_root: Path, workloads_dir: Path,
-                  market: MarketProfile, calibration: DecodeCalibration, progress: ProgressFactory,
+                  market: MarketProfile, extra_lives: list[dict], progress: ProgressFactory,
                   written: Callable[[int, Comparison], None]) -> list[RateSummary]:
-    """Each rate with each seed's workload (seeds other than the first in `workloads_dir`/seed<K>)."""
-    summaries = []
+    """Each rate with each seed's workload (seeds other than the first in `workloads_dir`/seed<K>), live first;
+    then each run is predicted with the profile calibrated on every other run (leave one out) and `extra_lives`."""
+    runs = []
     for rate in rates:
-        comparisons = []
         for seed in seeds:
-            run = replace(base, arrival_rate=rate, seed=seed)
+            run = replace(base, arrival_rate=rate, seed=seed, policy="aegaeon")
             folder = workloads_dir if seed == seeds[0] else workloads_dir / f"seed{seed}"
             with progress(f"live rate {rate:g} seed {seed}") as advance:
-                comparisons.append(compare(run, models_root, folder, market, calibration, advance))
-            written(seed, comparisons[-1])
-        summaries.append(RateSummary(rate, tuple(comparisons)))
-    return summaries
+                live = run_e2e(run, models_root, folder, advance)
+            runs.append((run, folder, live))
+    comparisons = []
+    for index, (run, folder, live) in enumerate(runs):
+        others = [other for j, (_, _, other) in enumerate(runs) if j != index] + extra_lives
+        comparison = predict(run, load_requests(run, folder), live, market, fit_calibration(others, market))
+        written(run.seed, comparison)
+        comparisons.append(comparison)
+    per_rate = len(seeds)
+    return [RateSummary(rate, tuple(comparisons[i * per_rate:(i + 1) * per_rate])) for i, rate in enumerate(rates)]
 
 
 def default_instances() -> int:

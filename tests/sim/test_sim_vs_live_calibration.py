@@ -55,3 +55,42 @@ def test_no_quanta_leave_the_profile_as_it_is_and_the_ratio_uses_wall_time():
     for quantum in live["trace"]["quanta"]:
         del quantum["wall"]  # older traces: the steps alone
     assert decode_scale(live, MARKET) == pytest.approx(1.35)
+
+
+def test_each_run_is_predicted_from_a_calibration_on_the_other_runs_only(monkeypatch, tmp_path):
+    import aegaeon.bench.sim_vs_live as svl
+    from aegaeon.bench.e2e import E2ERun
+
+    scales = {(1.0, 0): 1.1, (1.0, 1): 1.3, (2.0, 0): 1.5, (2.0, 1): 1.7}
+    lives = {}
+
+    def fake_run(run, models_root, workloads_dir, progress):
+        live = _live(lambda profiled, batch: scales[(run.arrival_rate, run.seed)] * profiled)
+        live["key"] = (run.arrival_rate, run.seed)
+        lives[live["key"]] = live
+        return live
+
+    predicted = {}
+
+    def fake_predict(run, requests, live, market, calibration):
+        predicted[live["key"]] = calibration
+        return svl.Comparison(live, {}, {}, {}, 1.0, calibration)
+
+    monkeypatch.setattr(svl, "run_e2e", fake_run)
+    monkeypatch.setattr(svl, "load_requests", lambda run, folder: [])
+    monkeypatch.setattr(svl, "predict", fake_predict)
+
+    class Quiet:
+        def __enter__(self):
+            return lambda done, total: None
+
+        def __exit__(self, *exc):
+            return False
+
+    rows = svl.compare_rates(E2ERun(num_models=2), [1.0, 2.0], [0, 1], tmp_path, tmp_path, MARKET, [],
+                             lambda label: Quiet(), lambda seed, comparison: None)
+    assert [r.rate for r in rows] == [1.0, 2.0] and all(len(r.comparisons) == 2 for r in rows)
+    for key, calibration in predicted.items():
+        others = [live for other, live in lives.items() if other != key]
+        assert calibration == fit_calibration(others, MARKET)
+        assert calibration != fit_calibration(list(lives.values()), MARKET)
