@@ -180,7 +180,8 @@ def bench_e2e_cmd(num_models: int, rates: str, inlen_scale: float, outlen_scale:
 @click.option("--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1].")
 @click.option("--seeds", default="0", show_default=True,
               help="Workload seeds, a list: each rate runs once per seed and the figures are means over them "
-                   "(seeds after the first keep their workloads and results in seed<K>/ subfolders).")
+                   "(seeds other than 0 keep their workloads in seed<K>/ under --workloads; with several seeds "
+                   "the results go to seed<K>/ under --out).")
 @click.option("--workloads", "workloads_dir", default="workloads", show_default=True, type=click.Path(file_okay=False))
 @click.option("--profiles", "profiles_dir", default="profiles", show_default=True, type=click.Path(file_okay=False),
               help="Where this machine's profiles are written (<dir>/cpu-<threads>t/).")

@@ -241,7 +241,7 @@ def test_sim_vs_live_profiles_calibrates_and_averages_over_seeds(tmp_path, monke
     assert "largest gap (points):" in result.output
     assert "each run predicted with the profile calibrated on the other runs" in result.output
     # the extra calibration run's workload is another seed's, kept apart from the compared ones
-    assert len(list((tmp_path / "w" / "calibration").glob("synth-2-1-*.csv"))) == 1
+    assert len(list((tmp_path / "w" / "seed1000").glob("synth-2-1-*.csv"))) == 1
     assert len(list((tmp_path / "w" / "seed1").glob("synth-2-*.csv"))) == 2
     for seed in (0, 1):
         names = sorted(p.name.split("-aegaeon")[0] for p in (tmp_path / "json" / f"seed{seed}").glob("*.json"))

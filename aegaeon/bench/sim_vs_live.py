@@ -201,7 +201,7 @@ def calibration_runs(run: E2ERun, rates: list[float], models_root: Path, workloa
                      progress: ProgressFactory) -> list[dict]:
     """`runs` extra live runs of `run`'s shape for the calibration alone, at `rates` in turn (highest first).
 
-    Their workloads have seeds of their own and live in `workloads_dir`/calibration.
+    Their workloads have seeds of their own (from CALIBRATION_SEED_OFFSET on).
     """
     order = sorted(set(rates), reverse=True)
     lives = []
@@ -209,7 +209,7 @@ def calibration_runs(run: E2ERun, rates: list[float], models_root: Path, workloa
         seed, rate = run.seed + CALIBRATION_SEED_OFFSET + index, order[index % len(order)]
         with progress(f"calibration at rate {rate:g} (seed {seed})") as advance:
             lives.append(run_e2e(replace(run, policy="aegaeon", seed=seed, arrival_rate=rate), models_root,
-                                 workloads_dir / "calibration", advance))
+                                 workloads_dir, advance))
     return lives
 
 
@@ -254,20 +254,18 @@ class RateSummary:
 def compare_rates(base: E2ERun, rates: list[float], seeds: list[int], models_root: Path, workloads_dir: Path,
                   market: MarketProfile, extra_lives: list[dict], progress: ProgressFactory,
                   written: Callable[[int, Comparison], None]) -> list[RateSummary]:
-    """Each rate with each seed's workload (seeds other than the first in `workloads_dir`/seed<K>), live first;
-    then each run is predicted with the profile calibrated on every other run (leave one out) and `extra_lives`."""
+    """Each rate with each seed's workload, live first; then each run is predicted with the profile calibrated
+    on every other run (leave one out) and `extra_lives`."""
     runs = []
     for rate in rates:
         for seed in seeds:
             run = replace(base, arrival_rate=rate, seed=seed, policy="aegaeon")
-            folder = workloads_dir if seed == seeds[0] else workloads_dir / f"seed{seed}"
             with progress(f"live rate {rate:g} seed {seed}") as advance:
-                live = run_e2e(run, models_root, folder, advance)
-            runs.append((run, folder, live))
+                runs.append((run, run_e2e(run, models_root, workloads_dir, advance)))
     comparisons = []
-    for index, (run, folder, live) in enumerate(runs):
-        others = [other for j, (_, _, other) in enumerate(runs) if j != index] + extra_lives
-        comparison = predict(run, load_requests(run, folder), live, market, fit_calibration(others, market))
+    for index, (run, live) in enumerate(runs):
+        others = [other for j, (_, other) in enumerate(runs) if j != index] + extra_lives
+        comparison = predict(run, load_requests(run, workloads_dir), live, market, fit_calibration(others, market))
         written(run.seed, comparison)
         comparisons.append(comparison)
     per_rate = len(seeds)

@@ -43,10 +43,16 @@ def parse_policies(text: str) -> list[str]:
     return policies
 
 
+def workload_path(label: RunLabel, workloads_dir: Path, seed: int = 0) -> Path:
+    """Where the workload of `label` and `seed` lives: the file name has no seed, so seeds other than 0 keep
+    theirs in a `seed<K>/` subfolder (a run with another seed never picks up seed 0's file)."""
+    folder = Path(workloads_dir) if seed == 0 else Path(workloads_dir) / f"seed{seed}"
+    return folder / workload_filename(label.num_models, label.arrival_rate, label.inlen_scale, label.outlen_scale)
+
+
 def ensure_workload(label: RunLabel, workloads_dir: Path, duration: float, seed: int) -> tuple[list[RequestSpec], float]:
-    """Loads workloads/synth-N-R-X-Y.csv, generating it first if missing."""
-    path = Path(workloads_dir) / workload_filename(label.num_models, label.arrival_rate, label.inlen_scale,
-                                                  label.outlen_scale)
+    """Loads the workload file of `label` and `seed` (see `workload_path`), generating it first if missing."""
+    path = workload_path(label, workloads_dir, seed)
     if path.exists():
         requests = load_workload(path)
         return requests, max(duration if _covers(requests, duration) else 0.0, requests[-1].arrival)

@@ -77,7 +77,7 @@ def test_each_run_is_predicted_from_a_calibration_on_the_other_runs_only(monkeyp
         return svl.Comparison(live, {}, {}, {}, 1.0, calibration)
 
     monkeypatch.setattr(svl, "run_e2e", fake_run)
-    monkeypatch.setattr(svl, "load_requests", lambda run, folder: [])
+    monkeypatch.setattr(svl, "load_requests", lambda run, workloads_dir: [])
     monkeypatch.setattr(svl, "predict", fake_predict)
 
     class Quiet:
