@@ -196,7 +196,7 @@ class AttentionPoint:
     step_s: float  # median decode step
 
 
-def bench_attention(model: Path, batch: int = 8, total_context: int = 3200, steps: int = 16,
+def bench_attention(model: Path, batch: int = 8, total_context: int = 2048, steps: int = 16,
                     device: str = "cpu") -> list[AttentionPoint]:
     """Decode step time, padded vs ragged layout, for even contexts and for skewed ones of the same sum."""
     short = max(1, total_context // (8 * batch))

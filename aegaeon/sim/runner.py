@@ -5,7 +5,8 @@ num_gpus, ttft_slo, tpot_slo, slo_attainment (0..1, aegaeon.sched.slo),
 met_both_share, goodput (req/s), finished_share, ttft_p50/p90/p99,
 tpot_p50/p90/p99 (s, finished requests), switches, unservable_models, source
 ("sim" or "live"), for simulated aegaeon `instance_load` (busy seconds per
-instance per second of workload, prefill and decode), and `requests`: per-request records (id, model, arrival,
+instance per second of workload, prefill and decode; decode instances run
+ahead of the TPOT schedule, so theirs nears 1 at moderate load), and `requests`: per-request records (id, model, arrival,
 input_len, output_len, ttft, tpot, attainment, finish).
 """
 
