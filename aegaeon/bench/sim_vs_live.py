@@ -16,8 +16,8 @@
    many instances with the same prefill/decode split, batch limit and arena size.
 
 The figure is the difference in SLO attainment, in points, of the means over
-the seeds: on a shared VM whose speed swings by a third from one second to
-the next, one live run past the knee can land 15 points from another. To tell the
+the seeds: on a shared VM whose speed drifts, one live run past the knee can
+land 15-30 points from another of the same rate. To tell the
 simulator's policy model apart from its cost inputs, each run is simulated
 once more with the decode costs scaled to what that run's own quanta took:
 the "in-situ" prediction. It is a diagnostic, not a prediction (it reads the
@@ -146,13 +146,18 @@ def fit_calibration(lives: list[dict], market: MarketProfile) -> DecodeCalibrati
     data = np.array(rows, dtype=np.float64)
     profiled, batch, serving, weight = data.T
     columns = {"scale": profiled, "per_step": np.ones_like(profiled), "per_sequence": batch}
-    for names in (("scale", "per_step", "per_sequence"), ("scale", "per_step"), ("scale",)):
-        root = np.sqrt(weight)
+    root = np.sqrt(weight)
+
+    def fit(names: tuple[str, ...]) -> dict[str, float]:
         design = np.stack([columns[n] * root for n in names], axis=1)
         solution, *_ = np.linalg.lstsq(design, serving * root, rcond=None)
-        if (solution >= 0).all() or len(names) == 1:
-            return DecodeCalibration(**dict(zip(names, (float(x) for x in solution))))
-    raise AssertionError("unreachable: the scale-only fit always returns")
+        return dict(zip(names, (float(x) for x in solution)))
+
+    for names in (("scale", "per_step", "per_sequence"), ("scale", "per_step")):
+        terms = fit(names)
+        if min(terms.values()) >= 0:
+            return DecodeCalibration(**terms)
+    return DecodeCalibration(**fit(("scale",)))
 
 
 def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
