@@ -86,16 +86,25 @@ def _measure_point(engine: Engine, req: ProfileRequest, input_len: int, batch: i
     vocab = engine.runner.entries[req.name].checkpoint.config.vocab_size
     prefills, decodes = [], []
     for _ in range(req.repeats + 1):  # the first round warms up
-        seqs = [engine.submit_ids(req.name, [rng.randrange(vocab) for _ in range(input_len)],
-                                  SamplingParams(max_tokens=req.decode_steps + 1)) for _ in range(batch)]
-        prefills.append(timed(req.device, lambda: engine.step_batch(req.name, list(seqs))))
-        for _ in range(req.decode_steps):
-            decodes.append(timed(req.device, lambda: engine.step_batch(req.name, list(seqs))))
-        for seq in seqs:
-            engine.kv.release(seq)
-        engine.sequences.clear()
+        prompts = [[rng.randrange(vocab) for _ in range(input_len)] for _ in range(batch)]
+        prefill, steps = time_batch(engine, req.name, prompts, req.decode_steps, req.device)
+        prefills.append(prefill)
+        decodes.extend(steps)
     decodes = decodes[req.decode_steps:]
     return TablePoint(input_len, batch, min(prefills[1:]), sum(decodes) / len(decodes))
+
+
+def time_batch(engine: Engine, model: str, prompts: list[list[int]], decode_steps: int,
+               device: str) -> tuple[float, list[float]]:
+    """Prefill `prompts` as one batch of the bound `model`, then run `decode_steps` decode steps; returns the
+    prefill's seconds and each step's, and frees the sequences."""
+    seqs = [engine.submit_ids(model, prompt, SamplingParams(max_tokens=decode_steps + 1)) for prompt in prompts]
+    prefill = timed(device, lambda: engine.step_batch(model, list(seqs)))
+    steps = [timed(device, lambda: engine.step_batch(model, list(seqs))) for _ in range(decode_steps)]
+    for seq in seqs:
+        engine.kv.release(seq)
+    engine.sequences.clear()
+    return prefill, steps
 
 
 def timed(device: str, fn: Callable[[], None]) -> float:

@@ -20,7 +20,7 @@ from aegaeon.errors import ConfigError
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.models.config import load_arch_config
 from aegaeon.models.sampler import SamplingParams
-from aegaeon.profiler import sync, timed
+from aegaeon.profiler import spec_of, sync, time_batch, timed
 from aegaeon.weights.checkpoint import open_checkpoint
 from aegaeon.weights.host_cache import HostWeightCache
 
@@ -201,34 +201,28 @@ def bench_attention(model: Path, batch: int = 8, total_context: int = 2048, step
     """Decode step time, padded vs ragged layout, for even contexts and for skewed ones of the same sum."""
     short = max(1, total_context // (8 * batch))
     shapes = ((total_context // batch,) * batch, (short,) * (batch - 1) + (total_context - short * (batch - 1),))
-    longest = max(max(c) for c in shapes) + steps + 2
-    arch = load_arch_config(model)
-    per_token = 2 * arch.num_layers * arch.kv_size * 4  # keys and values, at most 4 bytes each
-    tokens = total_context + batch * (steps + 2)
+    longest = max(max(c) for c in shapes) + steps + 1
+    per_token = spec_of("m", load_arch_config(model), 4).kv_bytes_per_token  # at most 4 bytes per value
+    tokens = total_context + batch * (steps + 1)
     config = EngineConfig(device=device, max_batch_size=batch, steps_per_turn=1,
                           kv_bytes=2 * tokens * per_token + 64 * 2**20)
     points = []
     with Engine({"m": model}, config) as engine:
-        vocab = engine.entry("m").checkpoint.config.vocab_size
-        if longest > engine.entry("m").max_position:
+        entry = engine.entry("m")
+        if longest > entry.max_position:
             raise ConfigError(f"--total-context {total_context} makes a context of {longest} tokens, over the "
-                              f"model's {engine.entry('m').max_position}: lower it")
+                              f"model's {entry.max_position}: lower it")
+        vocab = entry.checkpoint.config.vocab_size
         engine.runner.switch_to("m")
         for layout in ("padded", "ragged"):
             engine.runner.ragged_decode = layout == "ragged"
             for contexts in shapes:
-                seqs = [engine.submit_ids("m", [(7 * i + j) % vocab for j in range(n)],
-                                          SamplingParams(max_tokens=steps + 2)) for i, n in enumerate(contexts)]
-                engine.step_batch("m", list(seqs))  # prefill
-                times = []
-                for _ in range(steps):
-                    times.append(timed(device, lambda: engine.step_batch("m", list(seqs))))
-                for seq in seqs:
-                    engine.kv.release(seq)
-                engine.sequences.clear()
-                points.append(AttentionPoint(layout, contexts, sorted(times)[len(times) // 2]))
+                prompts = [[(7 * i + j) % vocab for j in range(n)] for i, n in enumerate(contexts)]
+                _, times = time_batch(engine, "m", prompts, steps, device)
+                points.append(AttentionPoint(layout, contexts, statistics.median(times)))
         engine.runner.ragged_decode = True
     return points
+
 
 @dataclass(frozen=True)
 class SwapBench:

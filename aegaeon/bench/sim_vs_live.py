@@ -60,23 +60,10 @@ ProgressFactory = Callable[[str], AbstractContextManager[Callable[[int, int], No
 @dataclass(frozen=True)
 class Comparison:
     live: dict
-    sim: dict  # the prediction: the profile with the calibrated decode costs
+    sim: dict  # the prediction: the profile calibrated on the other runs (its JSON records the calibration)
     bare: dict  # the profile as measured, uncalibrated
     in_situ: dict  # the simulator with decode costs scaled to the run's measured quanta
     decode_scale: float  # this run's quanta / the bare profile
-    calibration: DecodeCalibration  # what `sim` was fed: fitted on the other runs only
-
-    @property
-    def gap_points(self) -> float:
-        return 100.0 * (self.sim["slo_attainment"] - self.live["slo_attainment"])
-
-    @property
-    def bare_gap_points(self) -> float:
-        return 100.0 * (self.bare["slo_attainment"] - self.live["slo_attainment"])
-
-    @property
-    def in_situ_gap_points(self) -> float:
-        return 100.0 * (self.in_situ["slo_attainment"] - self.live["slo_attainment"])
 
 
 @dataclass(frozen=True)
@@ -115,17 +102,16 @@ class MarketProfile:
 def _quanta(live: dict, market: MarketProfile) -> list[tuple[float, float, float, int]]:
     """(profiled step, batch, serving step, steps) of each decode quantum of a live run.
 
-    A quantum's wall time counts what serving adds around each step (token
-    reports, bookkeeping); traces without it fall back to the steps alone.
+    The serving step is the quantum's wall time per step: it counts what serving
+    adds around each step (token reports, bookkeeping), not the forward alone.
     """
     rows = []
     for quantum in live["trace"].get("quanta", []):
         cost = market.costs.get(quantum["model"])
-        if cost is None or quantum["steps"] < 1:
+        if cost is None:
             continue
         profiled = cost.decode_time(max(1, round(quantum["batch"])), round(quantum["context"]))
-        rows.append((profiled, quantum["batch"], quantum.get("wall", quantum["seconds"]) / quantum["steps"],
-                     quantum["steps"]))
+        rows.append((profiled, quantum["batch"], quantum["wall"] / quantum["steps"], quantum["steps"]))
     return rows
 
 
@@ -225,7 +211,7 @@ def predict(run: E2ERun, requests: list[RequestSpec], live: dict, market: Market
     return Comparison(live, simulate_like_live(run, requests, market, calibration),
                       simulate_like_live(run, requests, market, source="sim-cpu-bare"),
                       simulate_like_live(run, requests, market, DecodeCalibration(scale), source="sim-cpu-insitu"),
-                      scale, calibration)
+                      scale)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ A decode step (one new token per sequence) is laid out ragged instead: the
 keys of all sequences back to back, each tagged with its sequence. Padding
 every sequence to the longest context made a step cost batch x longest
 context; ragged, it costs the summed context, as paged attention does on a GPU
-and as the cost model assumes (a batch of 7 short contexts and one of 2,850
-tokens took 6x the time of 8 even ones with the same sum, padded).
+and as the cost model assumes (`aegaeon bench attention` times both layouts).
 """
 
 from __future__ import annotations

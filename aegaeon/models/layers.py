@@ -54,7 +54,6 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return out.transpose(1, 2).reshape(batch, queries, heads * dim)
 
 
-
 def ragged_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor,
                             key_sequence: torch.Tensor) -> torch.Tensor:
     """Attention of one query per sequence over the keys of all sequences laid back to back.

@@ -3,7 +3,8 @@
 The model owns no storage: `bind` points it at parameter tensors (views into
 the device arena), so switching models re-binds views after the bytes are
 copied; nothing is re-initialised. `forward` runs prefill and decode alike on
-a `StepBatch` (ragged chunks: padded for prefill, back to back for decode), reading and writing KV rows of the arena.
+a `StepBatch` (ragged chunks: padded for prefill, back to back for decode),
+reading and writing KV rows of the arena.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ class AegaeonSystem:
         self._states: dict[int, RequestState] = {}
 
     def instance_load(self, duration: float) -> dict[str, float]:
-        """Busy seconds per instance per second of workload, by role (above 1: more work than time)."""
+        """Busy seconds per instance per second of workload, by role. Decode instances decode ahead of the
+        TPOT schedule whenever they hold requests, so only the prefill share tracks how much work there is."""
         return {"prefill": self.busy_seconds["prefill"] / (len(self.prefill) * duration),
                 "decode": self.busy_seconds["decode"] / (len(self.decode) * duration)}
 

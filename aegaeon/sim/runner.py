@@ -6,8 +6,9 @@ met_both_share, goodput (req/s), finished_share, ttft_p50/p90/p99,
 tpot_p50/p90/p99 (s, finished requests), switches, unservable_models, source
 ("sim" or "live"), for simulated aegaeon `instance_load` (busy seconds per
 instance per second of workload, prefill and decode; decode instances run
-ahead of the TPOT schedule, so theirs nears 1 at moderate load), and `requests`: per-request records (id, model, arrival,
-input_len, output_len, ttft, tpot, attainment, finish).
+ahead of the TPOT schedule, so theirs nears 1 at moderate load), and
+`requests`: per-request records (id, model, arrival, input_len, output_len,
+ttft, tpot, attainment, finish).
 """
 
 from __future__ import annotations

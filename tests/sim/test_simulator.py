@@ -106,7 +106,8 @@ def test_a_workload_of_another_seed_is_kept_apart_from_seed_0s(tmp_path):
     label = RunLabel(4, 0.5)
     zero, _ = ensure_workload(label, tmp_path, 20.0, 0)
     three, _ = ensure_workload(label, tmp_path, 20.0, 3)
-    assert (tmp_path / "synth-4-0.5-1.0-1.0.csv").is_file() and (tmp_path / "seed3" / "synth-4-0.5-1.0-1.0.csv").is_file()
+    assert (tmp_path / "synth-4-0.5-1.0-1.0.csv").is_file()
+    assert (tmp_path / "seed3" / "synth-4-0.5-1.0-1.0.csv").is_file()
     assert [r.arrival for r in zero] != [r.arrival for r in three]
     again, _ = ensure_workload(label, tmp_path, 20.0, 3)  # read back from its file, not regenerated
     assert [(r.arrival, r.input_len) for r in again] == [(r.arrival, r.input_len) for r in three]
