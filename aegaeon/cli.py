@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -584,21 +586,26 @@ def workload_gen(num_models: str, arrival_rate: str, duration: float, inlen_scal
 @click.option("--slo-scale", default=1.0, show_default=True, help="Multiply both SLOs (0.5, 0.3 in the paper).")
 @click.option("--device", default="H100", show_default=True, help="Profiles under profiles/<device>/.")
 @click.option("--profiles", "profiles_root", type=click.Path(file_okay=False), default=None)
-@click.option("--aegaeon-switch-efficiency", type=float, default=None,
+@click.option("--aegaeon-switch-efficiency", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Share of PCIe bandwidth Aegaeon switches at [default: the profile's fast_switch_efficiency].")
+@click.option("--max-quota", type=click.FloatRange(0, min_open=True), default=DEFAULT_MAX_QUOTA, show_default=True,
+              help="Aegaeon's decode quota cap Q in seconds. A setting other than the defaults of this and "
+                   "--aegaeon-switch-efficiency is tagged in the JSON's variant and file name.")
 @click.option("--workloads", "workloads_dir", default="workloads", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
 def sim(num_models: str, arrival_rate: str, inlen_scale: float, outlen_scale: float, policy: str, num_gpus: int,
         prefill_instances: int | None, duration: float, seed: int, ttft_slo: float | None, tpot_slo: float | None,
         slo_scale: float, device: str, profiles_root: str | None, aegaeon_switch_efficiency: float | None,
-        workloads_dir: str, out_dir: str) -> None:
+        max_quota: float, workloads_dir: str, out_dir: str) -> None:
     """Simulate systems over a sweep; one result JSON per point under --out.
 
     The table's "busy P/D" (aegaeon) is the busy seconds (switching and
     computing) per prefill / decode instance per second of workload. Decode
     instances decode ahead of the TPOT schedule whenever they hold requests, so
     theirs nears 1 at moderate load already; the prefill share shows how close
-    grouped FCFS is to its limit."""
+    grouped FCFS is to its limit. "2nd-tok p90" is the 90th percentile of the
+    gap between a request's first and second token: for Aegaeon, the KV
+    handoff plus the wait for its model's first decode turn."""
     from aegaeon.errors import AegaeonError
     from aegaeon.profiles import cost_model_for_workload
     from aegaeon.sched.slo import SLO
@@ -612,7 +619,7 @@ def sim(num_models: str, arrival_rate: str, inlen_scale: float, outlen_scale: fl
             raise click.BadParameter("--num-gpus must be at least 2 (Aegaeon needs a prefill and a decode GPU)")
         points = sweep_points(parse_policies(policy), parse_list(num_models, int, "--num-models"),
                               parse_list(arrival_rate, float, "--arrival-rate"), inlen_scale, outlen_scale)
-        config = SimConfig(num_gpus=num_gpus, prefill_instances=prefill_instances)
+        config = SimConfig(num_gpus=num_gpus, prefill_instances=prefill_instances, max_quota=max_quota)
         root = Path(profiles_root) if profiles_root else None
         rows = []
         with click.progressbar(length=len(points), label="simulating", file=sys.stderr) as bar:
@@ -626,13 +633,14 @@ def sim(num_models: str, arrival_rate: str, inlen_scale: float, outlen_scale: fl
     except AegaeonError as exc:
         raise _fail(exc) from exc
     click.echo(f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}"
-               f" {'busy P/D':>9}")
+               f" {'2nd-tok p90':>11} {'busy P/D':>9}")
     for name, r in rows:
         p99 = "-" if r["ttft_p99"] is None else f"{r['ttft_p99']:.2f}"
+        gap = "-" if r["second_token_gap_p90"] is None else f"{r['second_token_gap_p90']:.2f}"
         load = r.get("instance_load")
         load_text = f"{load['prefill']:.2f}/{load['decode']:.2f}" if load else "-"
         click.echo(f"{name:<9} {r['num_models']:>6} {r['arrival_rate']:>5g} {100 * r['slo_attainment']:>7.1f}% "
-                   f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8} {load_text:>9}")
+                   f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8} {gap:>11} {load_text:>9}")
     click.echo(f"wrote {len(rows)} results to {out_dir}/")
 
 

@@ -61,15 +61,21 @@ def load_results(json_dir: Path) -> list[dict]:
     return results
 
 
+def _series_order(key: tuple[str, str]) -> tuple[int, str]:
+    policy, variant = key
+    return (list(POLICY_STYLE).index(policy) if policy in POLICY_STYLE else 99, variant)
+
+
 def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path) -> list[Path]:
     """Draws one figure; returns the PDF and PNG paths."""
     if spec_name not in E2E_SPECS:
         raise ConfigError(f"unknown figure spec {spec_name!r}: choose from {', '.join(E2E_SPECS)}")
     spec = E2E_SPECS[spec_name]
-    series: dict[str, list[tuple[float, float]]] = {}
+    series: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (policy, variant) -> points
     for r in load_results(json_dir):
         if spec.matches(r):
-            series.setdefault(r["policy"], []).append((r[spec.x_key], 100.0 * r["slo_attainment"]))
+            key = (r["policy"], r.get("variant", ""))
+            series.setdefault(key, []).append((r[spec.x_key], 100.0 * r["slo_attainment"]))
     if not series:
         raise ConfigError(f"no results in {json_dir} match figure {spec_name!r} ({spec.title}): run `aegaeon sim` first")
 
@@ -79,10 +85,11 @@ def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for policy in sorted(series, key=lambda p: list(POLICY_STYLE).index(p) if p in POLICY_STYLE else 99):
+    for policy, variant in sorted(series, key=_series_order):
         label, marker = POLICY_STYLE.get(policy, (policy, "."))
-        xs, ys = zip(*sorted(series[policy]))
-        ax.plot(xs, ys, marker=marker, label=label)
+        xs, ys = zip(*sorted(series[policy, variant]))
+        ax.plot(xs, ys, marker=marker, label=f"{label} ({variant})" if variant else label,
+                linestyle="--" if variant else "-")
     ax.axhline(90, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("Number of models" if spec.x_key == "num_models" else "Arrival rate per model (req/s)")
     ax.set_ylabel("SLO attainment (%)")

@@ -40,6 +40,27 @@ def test_sim_writes_json_and_plot_draws_it(tmp_path):
     assert (figs / "e2e-0.1.png").stat().st_size > 1000 and (figs / "e2e-0.1.pdf").exists()
 
 
+def test_sim_ablation_of_aegaeon_settings_is_kept_apart_from_the_default_result(tmp_path):
+    out, work = tmp_path / "json", tmp_path / "workloads"
+    common = ["--num-models", "8", "--arrival-rate", "0.1", "--duration", "60", "--workloads", str(work),
+              "--out", str(out)]
+    assert invoke("sim", "--policy", "aegaeon,sllm", *common).exit_code == 0
+    result = invoke("sim", "--policy", "aegaeon,sllm", "--max-quota", "2", "--aegaeon-switch-efficiency", "1",
+                    *common)
+    assert result.exit_code == 0, result.output
+    assert "2nd-tok p90" in result.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["aegaeon-8-0.1-1.0-1.0-ttft10-tpot0.1.json", "aegaeon_q2_eff1-8-0.1-1.0-1.0-ttft10-tpot0.1.json",
+                     "sllm-8-0.1-1.0-1.0-ttft10-tpot0.1.json"]  # the baseline does not depend on either knob
+    default, ablation = (json.loads((out / name).read_text()) for name in files[:2])
+    assert (default["variant"], default["max_quota"]) == ("", 4.0)
+    assert (ablation["variant"], ablation["max_quota"], ablation["switch_efficiency"]) == ("q2_eff1", 2.0, 1.0)
+    result = invoke("plot", "e2e", "--spec", "0.1", "--json-dir", str(out), "--out", str(tmp_path / "figs"))
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["sim", "--policy", "aegaeon", "--max-quota", "0", *common])
+    assert result.exit_code != 0 and "--max-quota" in result.output and "Traceback" not in result.output
+
+
 def test_sim_replays_an_existing_paper_workload(tmp_path):
     work = tmp_path / "w"
     work.mkdir()

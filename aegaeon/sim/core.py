@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from aegaeon.sched.cost import CostModel
+from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
 from aegaeon.sched.request import RequestState
 
 DEFAULT_DEVICE_MEMORY = 80 * 2**30
@@ -21,7 +22,7 @@ class SimConfig:
     device_memory_bytes: int = DEFAULT_DEVICE_MEMORY
     prefill_instances: int | None = None  # aegaeon: None -> a quarter of the GPUs
     max_group_size: int = 8  # aegaeon prefill groups
-    max_quota: float = 4.0  # aegaeon decode Q
+    max_quota: float = DEFAULT_MAX_QUOTA  # aegaeon decode Q
     max_batch: int = 64
     queue_size: int = 4  # sllm / sllm+ QS
     muxserve_kv_reserve_bytes: int = 20 * 2**30  # KV room each MuxServe model is placed with

@@ -3,12 +3,16 @@
 Result JSON keys: policy, num_models, arrival_rate, inlen_scale, outlen_scale,
 num_gpus, ttft_slo, tpot_slo, slo_attainment (0..1, aegaeon.sched.slo),
 met_both_share, goodput (req/s), finished_share, ttft_p50/p90/p99,
-tpot_p50/p90/p99 (s, finished requests), switches, unservable_models, source
-("sim" or "live"), for simulated aegaeon `instance_load` (busy seconds per
-instance per second of workload, prefill and decode; decode instances run
-ahead of the TPOT schedule, so theirs nears 1 at moderate load), and
-`requests`: per-request records (id, model, arrival, input_len, output_len,
-ttft, tpot, attainment, finish).
+tpot_p50/p90/p99 (s, finished requests), second_token_gap_p50/p90/p99 (s from
+the first token to the second: for Aegaeon the KV handoff plus the wait for the
+model's first decode turn), switches, unservable_models, source ("sim" or
+"live"), for simulated aegaeon `instance_load` (busy seconds per instance per
+second of workload, prefill and decode; decode instances run ahead of the TPOT
+schedule, so theirs nears 1 at moderate load), `max_quota` and `variant`
+(non-default Aegaeon settings, e.g. "q2_eff1"; empty for the defaults; it also
+goes into the file name so an ablation never overwrites the default result),
+and `requests`: per-request records (id, model, arrival, input_len,
+output_len, ttft, tpot, attainment, finish).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 from aegaeon.errors import ConfigError
 from aegaeon.sched.cost import CostModel, TableCostModel
+from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO, meets_both, request_attainment, summarize
 from aegaeon.sim.aegaeon_system import AegaeonSystem
@@ -67,7 +72,9 @@ def simulate(policy: str, requests: Sequence[RequestSpec], cost: TableCostModel,
     """
     if not requests:
         raise ConfigError("cannot simulate an empty workload")
+    variant = ""
     if policy == "aegaeon":
+        variant = aegaeon_variant(config.max_quota, aegaeon_switch_efficiency, cost.link.fast_switch_efficiency)
         cost = cost.with_switch_efficiency(aegaeon_switch_efficiency or cost.link.fast_switch_efficiency)
     loop = EventLoop()
     models = sorted({r.model for r in requests})
@@ -79,8 +86,18 @@ def simulate(policy: str, requests: Sequence[RequestSpec], cost: TableCostModel,
     extra = {"switches": system.switches, "unservable_models": getattr(system, "unservable", []),
              "switch_efficiency": cost.link.switch_efficiency}
     if isinstance(system, AegaeonSystem):
-        extra["instance_load"] = system.instance_load(duration)
+        extra.update(instance_load=system.instance_load(duration), max_quota=config.max_quota, variant=variant)
     return states, extra
+
+
+def aegaeon_variant(max_quota: float, switch_efficiency: float | None, default_efficiency: float) -> str:
+    """A short tag of the Aegaeon settings that differ from the defaults ("" when none do)."""
+    parts = []
+    if abs(max_quota - DEFAULT_MAX_QUOTA) > 1e-12:
+        parts.append(f"q{max_quota:g}")
+    if switch_efficiency is not None and abs(switch_efficiency - default_efficiency) > 1e-12:
+        parts.append(f"eff{switch_efficiency:g}")
+    return "_".join(parts)
 
 
 def result_record(policy: str, label: RunLabel, states: Sequence[RequestState], slo: SLO, duration: float,
@@ -91,6 +108,8 @@ def result_record(policy: str, label: RunLabel, states: Sequence[RequestState], 
     ttfts = [s.token_times[0] - s.spec.arrival for s in finished]
     tpots = [(s.token_times[s.spec.output_len - 1] - s.token_times[0]) / (s.spec.output_len - 1)
              for s in finished if s.spec.output_len > 1]
+    second_gaps = [s.token_times[1] - s.token_times[0] for s in states
+                   if min(len(s.token_times), s.spec.output_len) > 1]
     return {
         "policy": policy, "source": source,
         "num_models": label.num_models, "arrival_rate": label.arrival_rate,
@@ -100,6 +119,7 @@ def result_record(policy: str, label: RunLabel, states: Sequence[RequestState], 
         "slo_attainment": summary.slo_attainment, "met_both_share": summary.met_both_share,
         "goodput": summary.goodput, "finished_share": summary.finished_share,
         **_percentiles("ttft", ttfts), **_percentiles("tpot", tpots),
+        **_percentiles("second_token_gap", second_gaps),
         **extra,
         "requests": [_request_record(s, slo) for s in states],
     }
@@ -126,8 +146,9 @@ def _request_record(state: RequestState, slo: SLO) -> dict:
     }
 
 
-def result_filename(policy: str, label: RunLabel, slo: SLO) -> str:
-    return (f"{policy}-{label.num_models}-{label.arrival_rate:g}-{label.inlen_scale:.1f}-{label.outlen_scale:.1f}"
+def result_filename(policy: str, label: RunLabel, slo: SLO, variant: str = "") -> str:
+    system = f"{policy}_{variant}" if variant else policy
+    return (f"{system}-{label.num_models}-{label.arrival_rate:g}-{label.inlen_scale:.1f}-{label.outlen_scale:.1f}"
             f"-ttft{slo.ttft:g}-tpot{slo.tpot:g}.json")
 
 
@@ -136,7 +157,8 @@ def write_result(out_dir: Path, result: dict) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     label = RunLabel(result["num_models"], result["arrival_rate"], result["inlen_scale"], result["outlen_scale"])
-    name = result_filename(result["policy"], label, SLO(result["ttft_slo"], result["tpot_slo"]))
+    name = result_filename(result["policy"], label, SLO(result["ttft_slo"], result["tpot_slo"]),
+                           result.get("variant", ""))
     path = out_dir / (name if result.get("source", "sim") == "sim" else f"{result['source']}-{name}")
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -111,3 +111,14 @@ def test_a_workload_of_another_seed_is_kept_apart_from_seed_0s(tmp_path):
     assert [r.arrival for r in zero] != [r.arrival for r in three]
     again, _ = ensure_workload(label, tmp_path, 20.0, 3)  # read back from its file, not regenerated
     assert [(r.arrival, r.input_len) for r in again] == [(r.arrival, r.input_len) for r in three]
+
+
+def test_second_token_gap_is_the_wait_between_a_requests_first_two_tokens():
+    states = [RequestState(RequestSpec(i, "synth_model_00", 0.0, 10, n)) for i, n in enumerate((3, 3, 1, 3))]
+    states[0].token_times = [1.0, 1.5, 1.6]
+    states[1].token_times = [2.0, 4.0, 4.1]
+    states[2].token_times = [0.5]  # one output token: no second token
+    states[3].token_times = [3.0]  # never got its second token
+    result = result_record("aegaeon", RunLabel(1, 0.1), states, SLO(), 10.0, 2, {})
+    assert result["second_token_gap_p50"] == pytest.approx(1.25)
+    assert result["second_token_gap_p99"] == pytest.approx(0.5 + 0.99 * 1.5)
