@@ -312,6 +312,7 @@ class DecodeWorker(_Worker):
         self.estimates = _Estimates()
         self.cost = _MeasuredCost(self.estimates, self.engine)
         self.waiting: deque[tuple[Sequence, SwapIn]] = deque()
+        self.unplaced: list[Sequence] = []  # admitted during another model's turn: placed when the turn ends
         self.timings: dict[int, dict[str, float]] = {}  # request id -> admitted (wall clock), compute, switch
         # where this worker's time went: wall seconds in decode steps, CPU seconds of those steps, in quanta
         self.seconds = {"steps": 0.0, "steps_cpu": 0.0, "quanta": 0.0}
@@ -373,8 +374,10 @@ class DecodeWorker(_Worker):
     def run_round(self) -> None:
         """One weighted round-robin round, run as the simulator runs it: each model with requests gets a turn
         of its quota, its batch formed when the turn starts; a request admitted meanwhile joins its model's
-        coming turn, or gets a turn of its own at the round's end."""
+        running batch at the next step, or its model's coming turn, or gets a turn of its own at the round's
+        end."""
         engine = self.engine
+        self.unplaced = []  # the plan below covers every admitted request
         plan = self.plan([s for s in engine.sequences if not s.done])
         turns = [(batch.model, quota) for batch, quota in zip(plan.batches, plan.quotas)]
         round_models = [model for model, _ in turns]
@@ -388,12 +391,15 @@ class DecodeWorker(_Worker):
                     self.estimates.update(self.estimates.switch, model, record.seconds)
                     for seq in batch:
                         self.timings[seq.seq_id]["switch"] += record.seconds
-                steps = self.run_quota(model, batch, quota)
+                steps = self.run_quota(model, batch, quota, join=True)
                 spent = time.perf_counter() - started
                 self.seconds["quanta"] += spent
                 self.send(StepDone(model, steps, spent, record.seconds if record else 0.0))
             self.drain(0)
-            for seq in self.admit():
+            newcomers, self.unplaced = self.unplaced + self.admit(), []
+            for seq in newcomers:
+                if seq.done:
+                    continue
                 if any(coming == seq.model for coming, _ in turns):
                     continue
                 members = [s for s in engine.sequences if not s.done and s.model in round_models + [seq.model]]
@@ -402,6 +408,17 @@ class DecodeWorker(_Worker):
                 if quota is not None:
                     turns.append((seq.model, quota))
                     round_models.append(seq.model)
+
+    def admit_joiners(self, model: str, batch: list[Sequence]) -> list[Sequence]:
+        """Admit what arrived since the last step; returns those that join `batch` (same model, room left)."""
+        self.drain(0)
+        joiners = []
+        for seq in self.admit():
+            if seq.model == model and len(batch) + len(joiners) < self.engine.config.max_batch_size:
+                joiners.append(seq)
+            else:
+                self.unplaced.append(seq)
+        return joiners
 
     def run_to_completion(self) -> None:
         """Request-level scaling (the ServerlessLLM baseline): the oldest request's model keeps the worker
@@ -423,8 +440,11 @@ class DecodeWorker(_Worker):
             self.admit()
         self.send(StepDone(model, steps, time.perf_counter() - started, record.seconds if record else 0.0))
 
-    def run_quota(self, model: str, seqs: list[Sequence], quota: float) -> int:
-        """Decode steps for `seqs` until the quota is spent or they finish; returns the steps run."""
+    def run_quota(self, model: str, seqs: list[Sequence], quota: float, join: bool = False) -> int:
+        """Decode steps for `seqs` until the quota is spent or they finish; returns the steps run.
+
+        With `join`, requests that arrive meanwhile are admitted between steps: those of `model` join the
+        batch while it has room, the others wait in `unplaced` for the round to give them a turn."""
         quantum_start = time.perf_counter()
         deadline = quantum_start + quota
         seqs = self.engine.make_resident([s for s in seqs if not s.done])  # a cancel may have ended some
@@ -447,6 +467,8 @@ class DecodeWorker(_Worker):
                 if seq.done:
                     self.report_left(seq)
                 self.report_tokens(seq, starts[seq.seq_id])
+            if join and self.running:  # a Cancel handled here ends its request: filter after it
+                seqs += self.admit_joiners(model, [s for s in seqs if not s.done])
             seqs = [s for s in seqs if not s.done and s.status == SeqStatus.RUNNING]
         self.engine.sequences = [s for s in self.engine.sequences if not s.done]
         if steps:  # what the steps cost at what batch and context: calibrates cost models against serving

@@ -4,10 +4,14 @@ Prefill instances run grouped FCFS (aegaeon.sched.prefill); each request's KV
 then moves to a decode instance (its swap overlaps compute, so it only delays
 that request). Decode instances run weighted round-robin rounds
 (aegaeon.sched.decode): regroup, plan quotas, then per batch switch and decode.
+A request that reaches a decode instance while its model's turn is running
+joins the running batch at the next step, as the live decode worker admits it
+between steps (continuous batching within a turn).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -28,12 +32,24 @@ class _PrefillInstance:
 
 
 @dataclass
+class _Segment:
+    """Decoding in progress: `batch` decodes from `start` for up to `left` seconds of the turn's quota."""
+
+    batch: list[RequestState]
+    start: float
+    left: float
+
+
+@dataclass
 class _DecodeInstance:
     requests: list[RequestState] = field(default_factory=list)
     loaded: str | None = None
     running: bool = False
     turns: list[tuple[str, float]] = field(default_factory=list)  # (model, quota) left in this round
     round_models: list[str] = field(default_factory=list)
+    turn_model: str | None = None  # the model whose turn runs now (switching or decoding)
+    segment: _Segment | None = None
+    epoch: int = 0  # bumped when a segment is cut short, so its pending end event is ignored
 
 
 class AegaeonSystem:
@@ -98,7 +114,8 @@ class AegaeonSystem:
             self._start_round(index)
 
     def _choose_decode(self, model: str) -> int:
-        loads = [Counter(s.model for s in d.requests if not s.finished) for d in self.decode]
+        now = self.loop.now  # a running segment lays out token times ahead: count requests live at `now`
+        loads = [Counter(s.model for s in d.requests if not s.finished or s.token_times[-1] > now) for d in self.decode]
         return choose_decode_instance(model, loads, self.config.max_batch)
 
     def _start_round(self, index: int) -> None:
@@ -125,8 +142,11 @@ class AegaeonSystem:
         return plan_round(batches, instance.loaded, self.cost, self.slo.tpot, self.config.max_quota)
 
     def _join_round(self, index: int, state: RequestState) -> None:
-        """A request arriving mid-round joins its model's coming turn, or gets a turn at the round's end."""
+        """A request arriving mid-round joins its model's running batch at the next step or its model's coming
+        turn; otherwise it gets a turn at the round's end."""
         instance = self.decode[index]
+        if instance.turn_model == state.model and self._join_running_batch(index):
+            return
         if any(model == state.model for model, _ in instance.turns):
             return  # the batch is formed when the turn starts, so it joins then
         models = instance.round_models + [state.model]
@@ -137,18 +157,71 @@ class AegaeonSystem:
             instance.turns.append((state.model, quota))
             instance.round_models.append(state.model)
 
+    def _join_running_batch(self, index: int) -> bool:
+        """Make room for a new member of the running turn's batch; False when the batch is full.
+
+        The segment's token times were laid out ahead of time; those after the step in flight are taken back
+        and the segment restarts, with the newcomer, when that step ends.
+        """
+        instance = self.decode[index]
+        segment = instance.segment
+        if segment is None:
+            return True  # still switching: the batch forms when decoding starts
+        if len(segment.batch) >= self.config.max_batch:
+            return False
+        now = self.loop.now
+        in_flight = [s.token_times[i] for s in segment.batch
+                     if (i := bisect_right(s.token_times, now)) < len(s.token_times)]
+        if not in_flight:
+            return True  # the segment ends now; the next one forms its batch afresh
+        cut = min(in_flight)
+        for member in segment.batch:
+            del member.token_times[bisect_right(member.token_times, cut):]
+        instance.epoch += 1
+        instance.segment = None
+        self.busy_seconds["decode"] += cut - segment.start
+        left = segment.left - (cut - segment.start)
+        self.loop.at(cut, lambda: self._decode_segment(index, left))
+        return True
+
     def _next_turn(self, index: int) -> None:
         instance = self.decode[index]
+        instance.turn_model, instance.segment = None, None
         if not instance.turns:
             self._start_round(index)
             return
         model, quota = instance.turns.pop(0)
-        batch = [s for s in instance.requests if s.model == model and not s.finished][: self.config.max_batch]
-        t = self.loop.now
-        if batch:
-            t += self.cost.switch_time(instance.loaded, model)
-            self.switches += instance.loaded != model
-            instance.loaded = model
-            t = decode_for(self.cost, model, batch, t, quota)
-        self.busy_seconds["decode"] += t - self.loop.now
-        self.loop.at(t, lambda: self._next_turn(index))
+        if not self._turn_batch(instance, model):
+            self.loop.at(self.loop.now, lambda: self._next_turn(index))
+            return
+        instance.turn_model = model
+        switch = self.cost.switch_time(instance.loaded, model)
+        self.switches += instance.loaded != model
+        instance.loaded = model
+        self.busy_seconds["decode"] += switch
+        self.loop.at(self.loop.now + switch, lambda: self._decode_segment(index, quota))
+
+    def _turn_batch(self, instance: _DecodeInstance, model: str) -> list[RequestState]:
+        return [s for s in instance.requests if s.model == model and not s.finished][: self.config.max_batch]
+
+    def _decode_segment(self, index: int, left: float) -> None:
+        """Decode the turn's batch, formed now, for what is left of its quota."""
+        instance = self.decode[index]
+        batch = self._turn_batch(instance, instance.turn_model)
+        if not batch or left <= 0:
+            self._next_turn(index)
+            return
+        start = self.loop.now
+        end = decode_for(self.cost, instance.turn_model, batch, start, left)
+        instance.segment = _Segment(batch, start, left)
+        epoch = instance.epoch
+        self.loop.at(end, lambda: self._segment_done(index, epoch))
+
+    def _segment_done(self, index: int, epoch: int) -> None:
+        instance = self.decode[index]
+        if epoch != instance.epoch:
+            return  # cut short by a newcomer; a new segment is under way
+        segment, instance.segment = instance.segment, None
+        spent = self.loop.now - segment.start
+        self.busy_seconds["decode"] += spent
+        self._decode_segment(index, segment.left - spent)  # others of the model may be left to decode

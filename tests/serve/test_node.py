@@ -192,3 +192,20 @@ def test_devices_are_checked_before_anything_starts(twelve_models):
         result = CliRunner().invoke(launch_main, ["start", "--devices", "0,1", "--cluster-id", "devtest"])
         assert result.exit_code != 0 and "no CUDA GPU" in result.output
         assert not list(SHM_DIR.glob("*aegaeon-devtest-*"))
+
+
+def test_a_request_of_the_model_decoding_now_joins_its_batch_instead_of_waiting_for_the_turn(twelve_models):
+    model = "m01"
+    models = {model: twelve_models[model]}
+    with _node(models, "nodetest9", num_instances=2) as node:
+        client = Client(node.proxy)
+        long = client.submit(model, _prompt_ids(models, model, PROMPTS[0]), max_tokens=600, ignore_eos=True)
+        stream = client.stream(long)
+        next(stream), next(stream)  # the second token comes from the decode worker: its turn is running
+        short = client.complete(client.submit(model, _prompt_ids(models, model, PROMPTS[1]), max_tokens=4,
+                                              ignore_eos=True))
+        rest = [t for _, t in stream]
+    assert short.error is None and len(short.token_ids) == 4 and len(rest) == 598
+    # one decode instance, one model: the turn is the long request's until it ends (quota 4 s), so without
+    # joining, the short one could only start after the long one finished
+    assert short.token_times[-1] < rest[-1], (short.token_times[-1] - rest[-1])

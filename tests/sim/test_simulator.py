@@ -122,3 +122,25 @@ def test_second_token_gap_is_the_wait_between_a_requests_first_two_tokens():
     result = result_record("aegaeon", RunLabel(1, 0.1), states, SLO(), 10.0, 2, {})
     assert result["second_token_gap_p50"] == pytest.approx(1.25)
     assert result["second_token_gap_p99"] == pytest.approx(0.5 + 0.99 * 1.5)
+
+
+def test_a_request_reaching_its_models_running_turn_joins_the_batch_at_the_next_step():
+    from aegaeon.sim.aegaeon_system import AegaeonSystem
+    from aegaeon.sim.core import EventLoop
+
+    loop = EventLoop()
+    system = AegaeonSystem(loop, FixedCost(), SLO(), SimConfig(num_gpus=2))
+    first = RequestState(RequestSpec(0, "a", 0.0, 10, 500))
+    joiner = RequestState(RequestSpec(1, "a", 3.0, 10, 50))
+    for state in (first, joiner):
+        loop.at(state.spec.arrival, lambda s=state: system.submit(s))
+    loop.run(until=100.0)
+    assert first.finished and joiner.finished
+    # the decode instance loads "a" (1 s), then runs "a" alone under a 4 s quota from about 2.3 s: the joiner,
+    # prefilled at 3.01 s, waits at most for the step in flight instead of for that quota to end
+    assert joiner.token_times[0] == pytest.approx(3.01)
+    assert joiner.token_times[1] - joiner.token_times[0] <= 0.02 + 1e-6  # the step in flight, then its own
+    # cutting the laid-out segment short neither drops nor repeats a step of the running batch
+    steps = [b - a for a, b in zip(first.token_times[1:], first.token_times[2:])]
+    assert max(steps) == pytest.approx(0.01) and min(steps) == pytest.approx(0.01)
+    assert set(joiner.token_times[1:]) <= set(first.token_times)
