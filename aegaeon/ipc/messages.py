@@ -35,19 +35,15 @@ class Submit:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Proxy -> decode worker: run `model`'s batch for up to `quantum` seconds."""
+    """Proxy -> prefill worker: prefill this group of `model`'s requests.
+
+    `quantum` bounds the time the worker may spend on it; prefill groups run to the end (0). Decode workers
+    get no Schedule: each plans its own weighted round-robin rounds (aegaeon.sched.decode) from the costs it
+    measures, and a model switch is implied by the model a group or a turn names."""
 
     model: str
     request_ids: tuple[int, ...]
     quantum: float
-
-
-@dataclass(frozen=True)
-class Switch:
-    """Proxy -> worker: bind `model` (prefetch hint when `prefetch_only`)."""
-
-    model: str
-    prefetch_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,7 +199,7 @@ class Shutdown:
     reason: str = ""
 
 
-MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, Switch, SwapOut, SwapIn, Tokens, StepDone, KvRelease,
+MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, SwapOut, SwapIn, Tokens, StepDone, KvRelease,
                                    WorkerReady, Cancel, Shutdown, Trace, Hello, Welcome, Refused, Heartbeat, Routed,
                                    KvPayload, WorkerGone)
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}

@@ -2,11 +2,11 @@ import msgpack
 import pytest
 
 from aegaeon.ipc.messages import (MESSAGE_TYPES, Cancel, KvRelease, MessageError, Schedule, Shutdown, StepDone, Submit, SwapIn,
-                                  SwapOut, Switch, Tokens, Trace, WorkerReady, decode, encode, Hello, Welcome,
+                                  SwapOut, Tokens, Trace, WorkerReady, decode, encode, Hello, Welcome,
                                   Refused, Heartbeat, Routed, KvPayload, WorkerGone)
 
 EXAMPLES = [
-    Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42, True), Schedule("m", (1, 2), 0.25), Switch("m", True),
+    Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42, True), Schedule("m", (1, 2), 0.25),
     SwapOut(7, "m", (4096, 8192), 33, (9,), b"\x01\x02"), SwapIn(7, "m", (4096,), 16, (9, 10)), Tokens(7, (5, 6), (1.5, 1.6), "length"),
     StepDone("m", 4, 0.1, 0.02), KvRelease(7, (4096,)), WorkerReady(2, "decode", {"x": "bad"}), Cancel(7),
     Hello("token", "n1", ("prefill", "decode"), ("a", "b")), Welcome((4, 5)), Refused("wrong cluster token"),
