@@ -29,7 +29,8 @@ from aegaeon.ipc.messages import (Cancel, KvRelease, Schedule, Shutdown, StepDon
 from aegaeon.ipc.ring import Ring, RingEmptyError
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.models.sampler import SamplingParams, new_generator
-from aegaeon.sched.decode import DecodeCandidate, form_batches, plan_round, rotate_to_loaded
+from aegaeon.sched.decode import (REQUEST_LEVEL_SLICE, DecodeCandidate, form_batches, plan_round,
+                                  rotate_to_loaded)
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,7 @@ class DecodeWorker(_Worker):
             batch = [s for s in self.engine.sequences if s.model == model][: self.engine.config.max_batch_size]
             if not batch:
                 break
-            steps += self.run_quota(model, batch, 0.05)
+            steps += self.run_quota(model, batch, REQUEST_LEVEL_SLICE)
             self.drain(0)
             self.admit()
         self.send(StepDone(model, steps, time.perf_counter() - started, record.seconds if record else 0.0))

@@ -22,6 +22,9 @@ from aegaeon.sched.cost import CostModel
 DEFAULT_MAX_QUOTA = 4.0
 DEFAULT_MAX_BATCH = 64
 MIN_ALPHA = 0.5
+# Request-level scaling (the ServerlessLLM baseline) decodes a model's run in slices of this many seconds and
+# admits new requests of the model between them; the live worker and the simulator both use it.
+REQUEST_LEVEL_SLICE = 0.05
 
 
 @dataclass(frozen=True)

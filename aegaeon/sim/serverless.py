@@ -6,7 +6,8 @@ queue of *runs* (requests of one model served together as one batch).
 sllm:  a request joins a run of its model, queued or running, on any GPU, if
        that run has fewer than QS requests; otherwise it scales up: a new run on
        an idle GPU, else on the least-recently-used GPU. A request joining a
-       running run is prefilled between its decode steps.
+       running run is prefilled between decode slices of REQUEST_LEVEL_SLICE
+       seconds, as the live request-level worker admits it.
 sllm+: requests are grouped per model in batches of at most QS that have not
        started, a new batch goes to the least-loaded GPU, and each GPU picks
        its next batch shortest-remaining-time-first (a batch counts as its
@@ -19,11 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aegaeon.sched.cost import CostModel
+from aegaeon.sched.decode import REQUEST_LEVEL_SLICE
 from aegaeon.sched.request import RequestState
 from aegaeon.sched.slo import SLO
 from aegaeon.sim.core import EventLoop, SimConfig, decode_for, prefill
 
-JOIN_CHECK_INTERVAL = 0.5  # seconds of decoding between looks for new members of a running run
 
 
 @dataclass
@@ -119,5 +120,5 @@ class ServerlessSystem:
         if not run.members and not run.joiners:
             self.loop.at(t, lambda: self._start_next(index))
             return
-        t = decode_for(self.cost, run.model, run.members, t, None if self.plus else JOIN_CHECK_INTERVAL)
+        t = decode_for(self.cost, run.model, run.members, t, None if self.plus else REQUEST_LEVEL_SLICE)
         self.loop.at(t, lambda: self._continue(index, t))
