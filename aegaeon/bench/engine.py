@@ -188,7 +188,6 @@ def _reference_decode(model: Path, prompt_ids: list[int], batch: int, steps: int
     return batch * steps / (time.perf_counter() - start)
 
 
-
 @dataclass(frozen=True)
 class AttentionPoint:
     layout: str  # "padded" or "ragged"

@@ -113,9 +113,13 @@ class AegaeonSystem:
         else:
             self._start_round(index)
 
+    def _live(self, state: RequestState) -> bool:
+        """Not finished by now. A running segment lays its token times out ahead, so a request in it can look
+        finished before its last token's time."""
+        return not state.finished or state.token_times[-1] > self.loop.now
+
     def _choose_decode(self, model: str) -> int:
-        now = self.loop.now  # a running segment lays out token times ahead: count requests live at `now`
-        loads = [Counter(s.model for s in d.requests if not s.finished or s.token_times[-1] > now) for d in self.decode]
+        loads = [Counter(s.model for s in d.requests if self._live(s)) for d in self.decode]
         return choose_decode_instance(model, loads, self.config.max_batch)
 
     def _start_round(self, index: int) -> None:
@@ -150,7 +154,7 @@ class AegaeonSystem:
         if any(model == state.model for model, _ in instance.turns):
             return  # the batch is formed when the turn starts, so it joins then
         models = instance.round_models + [state.model]
-        members = [s for s in instance.requests if not s.finished and s.model in models]
+        members = [s for s in instance.requests if self._live(s) and s.model in models]
         plan = self._plan(instance, members)
         quota = dict(zip((b.model for b in plan.batches), plan.quotas)).get(state.model)
         if quota is not None:

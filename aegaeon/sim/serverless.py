@@ -26,7 +26,6 @@ from aegaeon.sched.slo import SLO
 from aegaeon.sim.core import EventLoop, SimConfig, decode_for, prefill
 
 
-
 @dataclass
 class _Run:
     model: str
