@@ -54,10 +54,11 @@ setup(
         "tokenizers>=0.15",
         "fastapi>=0.110",
         "uvicorn>=0.29",
+        "pyyaml>=6",  # pool files (aegaeon serve --config)
         "jinja2>=3.1",
         "pyzmq>=25",
     ],
-    extras_require={"test": ["pytest>=7", "transformers>=4.40", "openai>=1.0", "httpx>=0.27"]},
+    extras_require={"test": ["pytest>=7", "transformers>=4.40", "openai>=1.0", "httpx>=0.27", "hypothesis>=6"]},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from aegaeon.config.serving import DEFAULT_SLAB_BYTES
 from aegaeon.native import _C
 from aegaeon.errors import ArenaTooSmallError, InvalidHandleError
 
-DEFAULT_SLAB_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)

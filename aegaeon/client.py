@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from aegaeon.errors import RequestError
 from aegaeon.ipc.messages import Tokens
-from aegaeon.serve.proxy import Proxy, RequestState
+from aegaeon.serve.proxy import Proxy
+from aegaeon.serve.requests import LiveRequest
 
 
 @dataclass
@@ -29,21 +30,21 @@ class Client:
         self.timeout = timeout
 
     def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> RequestState:
+               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> LiveRequest:
         if not prompt_ids:
             raise RequestError(f"model {model}: the prompt is empty")
         if max_tokens < 1:
             raise RequestError(f"max_tokens={max_tokens} must be at least 1")
         return self.proxy.submit(model, prompt_ids, max_tokens, temperature, top_p, seed, ignore_eos)
 
-    def stream(self, state: RequestState) -> Iterator[tuple[int, float]]:
+    def stream(self, state: LiveRequest) -> Iterator[tuple[int, float]]:
         """(token id, time) pairs as they arrive; raises RequestError if the request fails."""
         for message in self._messages(state):
             yield from zip(message.token_ids, message.times)
             if message.error is not None:
                 raise RequestError(message.error)
 
-    def _messages(self, state: RequestState) -> Iterator[Tokens]:
+    def _messages(self, state: LiveRequest) -> Iterator[Tokens]:
         """The request's token messages up to and including its last (finished or failed) one."""
         deadline = time.monotonic() + self.timeout
         while True:
@@ -55,7 +56,7 @@ class Client:
             if message.error is not None or message.finish_reason is not None:
                 return
 
-    def complete(self, state: RequestState) -> Completion:
+    def complete(self, state: LiveRequest) -> Completion:
         done = Completion(state.submit.request_id, state.submit.model, arrival=time.time())
         for message in self._messages(state):
             done.token_ids += message.token_ids

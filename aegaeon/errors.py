@@ -44,3 +44,7 @@ class CheckpointError(AegaeonError, ValueError):
 
 class RequestError(AegaeonError, ValueError):
     """A request cannot be served as asked (prompt too long, unknown model, ...)."""
+
+
+class LinkError(AegaeonError):
+    """The TCP link between nodes could not be set up or used."""

@@ -14,6 +14,7 @@ import logging
 
 import click
 
+from aegaeon.cli_node import node_options, node_settings
 from aegaeon.errors import AegaeonError
 from aegaeon.ipc.shm import inspect_cluster, remove_stale
 
@@ -39,18 +40,7 @@ def status(cluster_id: str) -> None:
 
 
 @main.command()
-@click.option("--models", "models_spec", default=None,
-              help="Comma-separated checkpoint dirs (or NAME=DIR) [default: the embedded demo pool].")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="cpu: --num-instances virtual instances; cuda: one worker per GPU of --devices.")
-@click.option("--devices", default=None, metavar="0,1,...",
-              help="GPU indexes, one worker each (implies --device cuda; sets --num-instances).")
-@click.option("--num-instances", default=3, show_default=True, help="Worker processes (virtual CPU instances).")
-@click.option("--prefill-instances", default=1, show_default=True, help="How many of them run prefill.")
-@click.option("--cluster-id", default="default", show_default=True, help="Names the cluster's shm objects.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
-@click.option("--api-key", default=None, help="Require `Authorization: Bearer KEY` on /v1/ endpoints.")
+@node_options
 @click.option("--head", "is_head", is_flag=True, help="Also listen for joining nodes on --link-listen.")
 @click.option("--link-listen", default="127.0.0.1:7070", show_default=True,
               help="HOST:PORT the head listens on for nodes (0.0.0.0:PORT for every interface).")
@@ -63,17 +53,13 @@ def status(cluster_id: str) -> None:
               help="Largest TCP link frame (one request's KV crossing nodes must fit).")
 @click.option("--heartbeat-timeout", default=5.0, show_default=True,
               help="Seconds of silence after which a node (or the head) counts as lost.")
-def start(models_spec: str | None, device: str, devices: str | None, num_instances: int, prefill_instances: int,
-          cluster_id: str,
-          host: str, port: int, api_key: str | None, is_head: bool, link_listen: str, join_address: str | None,
-          token: str | None, node_name: str | None, max_frame_mib: int, heartbeat_timeout: float) -> None:
+def start(is_head: bool, link_listen: str, join_address: str | None, token: str | None, node_name: str | None,
+          max_frame_mib: int, heartbeat_timeout: float, **given) -> None:
     """Start this node (caches, workers, and on the head the proxy and HTTP API) until Ctrl-C or SIGTERM;
-    both clean up. A joining node also stops when it loses the head."""
+    both clean up. A joining node also stops when it loses the head. Node settings as for `aegaeon serve`."""
     import socket
 
-    from aegaeon.cli import _parse_models
-    from aegaeon.ipc.tcp import LinkConfig
-    from aegaeon.serve.node import NodeConfig
+    from aegaeon.config.link import LinkConfig
     from aegaeon.serve.server import join_cluster, serve_node
 
     announce = lambda line: click.echo(line, err=True)  # noqa: E731
@@ -86,20 +72,12 @@ def start(models_spec: str | None, device: str, devices: str | None, num_instanc
             if not token:
                 raise click.UsageError("--head and --join need the cluster token: --token or AEGAEON_TOKEN")
             link = LinkConfig(token, max_frame_mib * 2**20, heartbeat_timeout)
-        gpus: tuple[str, ...] = ()
-        if devices is not None or device == "cuda":
-            indexes = [d.strip() for d in (devices or "0").split(",") if d.strip()]
-            if not indexes or not all(d.isdigit() for d in indexes):
-                raise click.BadParameter(f"{devices!r} is not a list of GPU indexes like 0,1", param_hint="--devices")
-            gpus = tuple(f"cuda:{d}" for d in indexes)
-            num_instances = len(gpus)
-        config = NodeConfig(_parse_models(models_spec), num_instances, prefill_instances, cluster_id=cluster_id,
-                            device="cuda" if gpus else device, devices=gpus, link_role=role, link_address=join_address or link_listen, link=link,
-                            node_name=node_name or socket.gethostname())
+        config, api = node_settings(given, link_role=role, link_address=join_address or link_listen, link=link,
+                                    node_name=node_name or socket.gethostname())
         if role == "join":
             join_cluster(config, announce)
         else:
-            serve_node(config, host, port, api_key, announce=announce)
+            serve_node(config, api, announce=announce)
     except AegaeonError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from aegaeon.config import ModelSpec
-from aegaeon.engine.engine import Engine, EngineConfig
+from aegaeon.engine.executor import StepExecutor
+from aegaeon.config.serving import EngineConfig
 from aegaeon.errors import ConfigError
 from aegaeon.models.config import ArchConfig
 from aegaeon.models.sampler import SamplingParams
@@ -60,7 +61,7 @@ def measure_profile(req: ProfileRequest, progress: Callable[[int, int], None] | 
     kv_mib = max(64, 2 * max(req.batches) * longest * 1024 // 2**20 + 64)
     config = EngineConfig(device=req.device, kv_bytes=kv_mib * 2**20, max_batch_size=max(req.batches),
                           steps_per_turn=1)
-    with Engine({req.name: req.model}, config) as engine:
+    with StepExecutor({req.name: req.model}, config) as engine:
         if req.name in engine.unavailable:
             raise ConfigError(engine.unavailable[req.name])
         entry = engine.runner.entries[req.name]
@@ -81,7 +82,7 @@ def measure_profile(req: ProfileRequest, progress: Callable[[int, int], None] | 
     return build_profile(req.device_name, spec, points, link, block_size)
 
 
-def _measure_point(engine: Engine, req: ProfileRequest, input_len: int, batch: int) -> TablePoint:
+def _measure_point(engine: StepExecutor, req: ProfileRequest, input_len: int, batch: int) -> TablePoint:
     rng = random.Random(input_len * 1000 + batch)
     vocab = engine.runner.entries[req.name].checkpoint.config.vocab_size
     prefills, decodes = [], []
@@ -94,16 +95,17 @@ def _measure_point(engine: Engine, req: ProfileRequest, input_len: int, batch: i
     return TablePoint(input_len, batch, min(prefills[1:]), sum(decodes) / len(decodes))
 
 
-def time_batch(engine: Engine, model: str, prompts: list[list[int]], decode_steps: int,
+def time_batch(engine: StepExecutor, model: str, prompts: list[list[int]], decode_steps: int,
                device: str) -> tuple[float, list[float]]:
     """Prefill `prompts` as one batch of the bound `model`, then run `decode_steps` decode steps; returns the
     prefill's seconds and each step's, and frees the sequences."""
-    seqs = [engine.submit_ids(model, prompt, SamplingParams(max_tokens=decode_steps + 1)) for prompt in prompts]
-    prefill = timed(device, lambda: engine.step_batch(model, list(seqs)))
-    steps = [timed(device, lambda: engine.step_batch(model, list(seqs))) for _ in range(decode_steps)]
-    for seq in seqs:
-        engine.kv.release(seq)
-    engine.sequences.clear()
+    ids = list(range(len(prompts)))
+    for request_id, prompt in zip(ids, prompts):
+        engine.add(request_id, model, prompt, SamplingParams(max_tokens=decode_steps + 1, ignore_eos=True))
+    prefill = timed(device, lambda: engine.step(model, ids))
+    steps = [timed(device, lambda: engine.step(model, ids)) for _ in range(decode_steps)]
+    for request_id in ids:
+        engine.remove(request_id)
     return prefill, steps
 
 
@@ -121,7 +123,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _measure_link(engine: Engine, req: ProfileRequest) -> LinkCost:
+def _measure_link(engine: StepExecutor, req: ProfileRequest) -> LinkCost:
     """Copy bandwidth host cache -> arena, and the share a weight copy and a KV round trip achieve."""
     entry = engine.runner.entries[req.name]
     src = engine.host_cache.region(req.name)
@@ -130,21 +132,19 @@ def _measure_link(engine: Engine, req: ProfileRequest) -> LinkCost:
     bandwidth = src.numel() / copy_s
     switch_s = min(timed(req.device, lambda: engine.runner.entries[req.name].model.bind(
         entry.weights.views(_copy_weights(engine, req.name)))) for _ in range(5))
-    seq = engine.submit_ids(req.name, [1] * (entry.kv.block_size * 8), SamplingParams(max_tokens=2))
-    engine.kv.grow(seq, len(seq.prompt_ids), entry.kv)
-    seq.num_cached = len(seq.prompt_ids)
-    swap_s, swap_bytes = [], len(seq.blocks) * entry.kv.block_bytes
+    engine.add(0, req.name, [1] * (entry.kv.block_size * 8), SamplingParams(max_tokens=2))
+    engine.reserve_kv(0)
+    blocks, block_bytes = engine.kv_blocks(0)
+    swap_s, swap_bytes = [], blocks * block_bytes
     for _ in range(5):
-        swap_s.append(timed(req.device, lambda: (engine.kv.swap_out(seq, entry.kv),
-                                                           engine.kv.swap_in(seq, entry.kv))) / 2)
-    engine.kv.release(seq)
-    engine.sequences.clear()
+        swap_s.append(timed(req.device, lambda: (engine.swap_out(0), engine.swap_in(0))) / 2)
+    engine.remove(0)
     switch_eff = min(1.0, (src.numel() / switch_s) / bandwidth)
     swap_eff = min(1.0, (swap_bytes / min(swap_s)) / bandwidth)
     return LinkCost(bandwidth, switch_eff, swap_eff, _device_memory(req.device), fast_switch_efficiency=switch_eff)
 
 
-def _copy_weights(engine: Engine, name: str) -> torch.Tensor:
+def _copy_weights(engine: StepExecutor, name: str) -> torch.Tensor:
     entry = engine.runner.entries[name]
     region = engine.arena.weight_view(0, torch.uint8, (entry.weights.total_bytes,))
     region.copy_(engine.host_cache.region(name))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from aegaeon.config import PAPER_MIX, PAPER_MODELS, ModelSpec
+from aegaeon.config.env import env_str
 from aegaeon.errors import ConfigError
 from aegaeon.sched.cost import LinkCost, ModelCost, TableCostModel
 
@@ -51,7 +51,7 @@ class TablePoint:
 
 def profiles_dir() -> Path:
     """AEGAEON_PROFILES, else the repository's profiles/ folder."""
-    env = os.environ.get("AEGAEON_PROFILES")
+    env = env_str("AEGAEON_PROFILES")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "profiles"
 
 

@@ -23,6 +23,10 @@ def test_workload_gen_writes_every_combination(tmp_path):
                     "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth-4-0.1-1.0-1.0.csv", "synth-8-0.1-1.0-1.0.csv"]
+    spaced = invoke("workload", "gen", "--num-models", "4", "6", "--arrival-rate", "0.1", "0.2", "--duration", "60",
+                    "--out", str(tmp_path / "spaced"))
+    assert spaced.exit_code == 0, spaced.output
+    assert len(list((tmp_path / "spaced").iterdir())) == 4
 
 
 def test_sim_writes_json_and_plot_draws_it(tmp_path):
@@ -257,8 +261,8 @@ def test_sim_vs_live_profiles_calibrates_and_averages_over_seeds(tmp_path, monke
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "profiles").glob("cpu-*t/market-shape*.json"))) == 2
     lines = result.output.splitlines()
-    rows = lines[lines.index(next(line for line in lines if line.startswith(" rate requests"))) + 1:][:2]
-    assert [r.split()[0] for r in rows] == ["1", "0.5"]
+    rows = lines[lines.index(next(line for line in lines if line.startswith("models  rate requests"))) + 1:][:2]
+    assert [r.split()[:2] for r in rows] == [["2", "1"], ["2", "0.5"]]
     assert "largest gap (points):" in result.output
     assert "each run predicted with the profile calibrated on the other runs" in result.output
     # the extra calibration run's workload is another seed's, kept apart from the compared ones
@@ -271,11 +275,21 @@ def test_sim_vs_live_profiles_calibrates_and_averages_over_seeds(tmp_path, monke
     for rate in ("1", "0.5"):  # the printed live attainment is the mean over the seeds
         live = [json.loads(next((tmp_path / "json" / f"seed{seed}").glob(f"live-aegaeon-2-{rate}-*.json"))
                            .read_text())["slo_attainment"] for seed in (0, 1)]
-        row = next(r for r in rows if r.split()[0] == rate)
-        assert row.split()[2] == f"{sum(live) / 2:.1%}"
+        row = next(r for r in rows if r.split()[1] == rate)
+        assert row.split()[3] == f"{sum(live) / 2:.1%}"
 
 
 def test_sim_vs_live_rejects_a_repeated_seed(tmp_path, monkeypatch):
     monkeypatch.setenv("AEGAEON_HOME", str(tmp_path / "home"))
     result = CliRunner().invoke(main, ["bench", "sim-vs-live", "--seeds", "1,1"])
     assert result.exit_code != 0 and "repeats a seed" in result.output
+
+
+def test_list_flags_take_the_artifacts_space_separated_form():
+    from aegaeon.cli.root import join_list_values
+
+    assert join_list_values(["sim", "--num-models", "16", "20", "24", "--arrival-rate", "0.05", "0.1", "--policy",
+                             "sllm"]) == ["sim", "--num-models", "16,20,24", "--arrival-rate", "0.05,0.1",
+                                          "--policy", "sllm"]
+    assert join_list_values(["workload", "gen", "--num-models", "16:80:4"]) == ["workload", "gen", "--num-models",
+                                                                                "16:80:4"]

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aegaeon.client import Client
-from aegaeon.engine.engine import EngineConfig
+from aegaeon.config.serving import EngineConfig
 from aegaeon.errors import ConfigError
-from aegaeon.ipc.tcp import LinkConfig
+from aegaeon.config.link import LinkConfig
 from aegaeon.models.maker import config_for, make_model
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO
-from aegaeon.serve.node import Node, NodeConfig
+from aegaeon.serve.node import Node
+from aegaeon.config.serving import NodeConfig
 from aegaeon.sim.runner import RunLabel, result_record
 from aegaeon.sim.sweep import ensure_workload
 
@@ -57,6 +58,7 @@ class E2ERun:
     seed: int = 0
     slo: SLO = field(default_factory=SLO)
     nnodes: int = 1
+    link_gbps: float | None = None  # CPU workers' emulated host<->device link (aegaeon.device_link)
 
     @property
     def label(self) -> RunLabel:
@@ -94,8 +96,9 @@ def load_requests(run: E2ERun, workloads_dir: Path) -> list[RequestSpec]:
 
 def node_config(run: E2ERun, models: dict[str, str], **link: object) -> NodeConfig:
     return NodeConfig(models, run.instances, run.prefill_instances, cluster_id=f"e2e{run.seed}",
-                      engine=EngineConfig(kv_bytes=32 * 2**20), host_kv_bytes=128 * 2**20, policy=run.policy,
-                      tpot_slo=run.slo.tpot, **link)
+                      engine=EngineConfig(kv_bytes=32 * 2**20, link_gbps=run.link_gbps), host_kv_bytes=128 * 2**20,
+                      policy=run.policy,
+                      slo=run.slo, **link)
 
 
 @contextmanager
@@ -138,7 +141,7 @@ def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
         events = node.proxy.telemetry.events(since=start)
         nodes = {str(link.worker_id): link.node for link in node.proxy.links.values()}
     extra = {"instances": run.instances, "prefill_instances": run.prefill_instances, "nnodes": run.nnodes,
-             "device": "cpu", "seed": run.seed}
+             "device": "cpu", "seed": run.seed, "link_gbps": run.link_gbps}
     result = result_record(run.policy, run.label, states, run.slo, run.duration, run.instances * run.nnodes, extra,
                            source="live")
     by_proxy_id = {proxy_ids[i]: i for i in range(len(states))}

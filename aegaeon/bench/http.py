@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aegaeon.client import Client
-from aegaeon.engine.engine import EngineConfig
-from aegaeon.serve.node import Node, NodeConfig
+from aegaeon.config.serving import ApiConfig, EngineConfig
+from aegaeon.serve.node import Node
+from aegaeon.config.serving import NodeConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ def bench_http(models: dict[str, str], requests: int = 64, concurrency: int = 8,
     import uvicorn
 
     from aegaeon.serve.openai_api import create_app
+    from aegaeon.serve.server import uvicorn_config
 
     config = NodeConfig(models, num_instances=3, prefill_instances=1, cluster_id="benchhttp",
                         engine=EngineConfig(kv_bytes=32 * 2**20))
@@ -51,8 +53,9 @@ def bench_http(models: dict[str, str], requests: int = 64, concurrency: int = 8,
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(node.proxy, {k: Path(v) for k, v in models.items()}),
-                                               host="127.0.0.1", port=port, log_level="warning"))
+        api = ApiConfig(port=port, max_body_bytes=64 * 2**20)
+        server = uvicorn.Server(uvicorn_config(create_app(node.proxy, {k: Path(v) for k, v in models.items()}, api),
+                                               api))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:

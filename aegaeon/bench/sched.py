@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass
 
 from aegaeon.sched.decode import DecodeCandidate, form_batches, plan_round
-from aegaeon.sched.prefill import GroupedFCFS
+from aegaeon.sched.prefill import GroupedFCFS, PrefillDispatcher
 from aegaeon.sched.request import RequestSpec
+from aegaeon.sched.rounds import RoundConfig, WeightedRoundRobin
 
 
 class _FlatCost:
@@ -35,6 +36,8 @@ class _FlatCost:
 class SchedBench:
     prefill_decisions_per_s: float  # a request placed by grouped FCFS (and its group later popped)
     decode_rounds_per_s: float  # regroup + quotas for one decode instance
+    dispatcher_decisions_per_s: float  # the same placements through PrefillDispatcher (what proxy and sim run)
+    policy_rounds_per_s: float  # a round started and its turns handed out by WeightedRoundRobin
     requests_per_round: int
     models: int
 
@@ -60,4 +63,19 @@ def bench_sched(requests: int = 20000, models: int = 64, instances: int = 4, rou
         batches, _ = form_batches(candidates, cost, 1 << 40)
         plan_round(batches, "m0", cost, 0.1)
     decode_rate = rounds / (time.perf_counter() - start)
-    return SchedBench(prefill_rate, decode_rate, round_requests, models)
+    dispatcher = PrefillDispatcher(instances, cost)
+    start = time.perf_counter()
+    for spec in specs:
+        dispatcher.submit(spec, spec.arrival)
+        if spec.request_id % 8 == 7:
+            for i in range(instances):
+                dispatcher.group_done(i, spec.arrival)
+    dispatcher_rate = requests / (time.perf_counter() - start)
+    policy = WeightedRoundRobin(cost, RoundConfig(0.1))
+    start = time.perf_counter()
+    for _ in range(rounds):
+        while policy.turns:  # hand out the round's turns, then the next call plans a new round
+            policy.next_turn(candidates)
+        policy.next_turn(candidates)
+    policy_rate = rounds / (time.perf_counter() - start)
+    return SchedBench(prefill_rate, decode_rate, dispatcher_rate, policy_rate, round_requests, models)

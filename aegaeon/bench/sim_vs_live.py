@@ -3,7 +3,7 @@
 1. Profile each market shape on this machine with `aegaeon profile`'s code
    (`aegaeon.profiler.measure_profile`), with the thread count each live worker gets.
 2. Replay each workload live (`aegaeon.bench.e2e.run_e2e`, token-level policy),
-   for each rate and each seed.
+   for each number of models, each rate and each seed.
 3. Calibrate, leaving one out: for each run, the decode steps of every *other*
    run (and of optional extra runs on workloads of their own) are timed while
    serving (the wall time of each decode quantum per step, token reports
@@ -14,6 +14,9 @@
 4. Simulate the run's requests with the Aegaeon system of `aegaeon.sim`, fed
    with that calibrated profile (and, for reference, the bare one), on as
    many instances with the same prefill/decode split, batch limit and arena size.
+   When the live node runs behind the emulated link (`E2ERun.link_gbps`), the
+   simulated link is that link: weight copies and KV swaps at exactly G, since
+   the pacing, not the CPU's memcpy, is what the live transfers take then.
 
 The figure is the difference in SLO attainment, in points, of the means over
 the seeds: on a shared VM whose speed drifts, one live run past the knee can
@@ -37,12 +40,12 @@ import numpy as np
 import torch
 
 from aegaeon.bench.e2e import E2ERun, load_requests, market_models, node_config, run_e2e
-from aegaeon.engine.worker import default_threads
+from aegaeon.worker.spec import default_threads
 from aegaeon.profiler import ProfileRequest, measure_profile
 from aegaeon.profiles import load_profile, write_profile
 from aegaeon.sched.cost import LinkCost, ModelCost, TableCostModel
 from aegaeon.sched.request import RequestSpec
-from aegaeon.sim.core import SimConfig
+from aegaeon.config.sim import SimConfig
 from aegaeon.sim.runner import result_record, simulate
 
 log = logging.getLogger(__name__)
@@ -174,17 +177,27 @@ def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
     return MarketProfile(costs, by_shape[shapes[-1]][1], tuple(paths), device_name)
 
 
+def emulated_link(measured: LinkCost, gbps: float) -> LinkCost:
+    """The link a node paced at `gbps` has: every copy at exactly that rate (aegaeon.device_link)."""
+    return replace(measured, h2d_bandwidth=gbps * 1e9, switch_efficiency=1.0, swap_efficiency=1.0,
+                   fast_switch_efficiency=1.0)
+
+
 def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketProfile,
                        calibration: DecodeCalibration = DecodeCalibration(), source: str = "sim-cpu") -> dict:
     """The simulator's prediction for `run`, on a system shaped like the live node, with calibrated decode costs."""
+    if run.link_gbps:
+        market = replace(market, link=emulated_link(market.link, run.link_gbps))
     cost = market.cost_model(calibration)
-    engine = node_config(run, {}).engine
+    node = node_config(run, {})
     largest = max(c.weight_bytes for c in market.costs.values())
-    config = SimConfig(num_gpus=run.instances, device_memory_bytes=largest + engine.kv_bytes,
-                       prefill_instances=run.prefill_instances, max_batch=engine.max_batch_size)
+    # the live decode workers' arena (largest weights + KV), batch cap and quota cap
+    config = SimConfig(num_gpus=run.instances, device_memory_bytes=largest + node.engine.kv_bytes,
+                       prefill_instances=run.prefill_instances, max_batch=node.max_batch, max_quota=node.max_quota)
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {**extra, "instances": run.instances, "prefill_instances": run.prefill_instances, "device": "cpu",
-             "profiles": list(market.paths), "decode_calibration": asdict(calibration)}
+             "profiles": list(market.paths), "decode_calibration": asdict(calibration),
+             "link_gbps": run.link_gbps}
     return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source)
 
 
@@ -215,9 +228,11 @@ def predict(run: E2ERun, requests: list[RequestSpec], live: dict, market: Market
 
 
 @dataclass(frozen=True)
-class RateSummary:
-    """Every seed's comparison at one rate, and their means (run-to-run noise is large on a shared VM)."""
+class PointSummary:
+    """Every seed's comparison at one (number of models, rate), and their means (run-to-run noise is large
+    on a shared VM)."""
 
+    num_models: int
     rate: float
     comparisons: tuple[Comparison, ...]
 
@@ -242,16 +257,16 @@ class RateSummary:
         return sum(c.decode_scale for c in self.comparisons) / len(self.comparisons)
 
 
-def compare_rates(base: E2ERun, rates: list[float], seeds: list[int], models_root: Path, workloads_dir: Path,
-                  market: MarketProfile, extra_lives: list[dict], progress: ProgressFactory,
-                  written: Callable[[int, Comparison], None]) -> list[RateSummary]:
-    """Each rate with each seed's workload, live first; then each run is predicted with the profile calibrated
-    on every other run (leave one out) and `extra_lives`."""
+def compare_points(base: E2ERun, points: list[tuple[int, float]], seeds: list[int], models_root: Path,
+                   workloads_dir: Path, market: MarketProfile, extra_lives: list[dict], progress: ProgressFactory,
+                   written: Callable[[int, Comparison], None]) -> list[PointSummary]:
+    """Each (number of models, rate) with each seed's workload, live first; then each run is predicted with the
+    profile calibrated on every other run (leave one out) and `extra_lives`."""
     runs = []
-    for rate in rates:
+    for num_models, rate in points:
         for seed in seeds:
-            run = replace(base, arrival_rate=rate, seed=seed, policy="aegaeon")
-            with progress(f"live rate {rate:g} seed {seed}") as advance:
+            run = replace(base, num_models=num_models, arrival_rate=rate, seed=seed, policy="aegaeon")
+            with progress(f"live {num_models} models rate {rate:g} seed {seed}") as advance:
                 runs.append((run, run_e2e(run, models_root, workloads_dir, advance)))
     comparisons = []
     for index, (run, live) in enumerate(runs):
@@ -259,8 +274,9 @@ def compare_rates(base: E2ERun, rates: list[float], seeds: list[int], models_roo
         comparison = predict(run, load_requests(run, workloads_dir), live, market, fit_calibration(others, market))
         written(run.seed, comparison)
         comparisons.append(comparison)
-    per_rate = len(seeds)
-    return [RateSummary(rate, tuple(comparisons[i * per_rate:(i + 1) * per_rate])) for i, rate in enumerate(rates)]
+    per_point = len(seeds)
+    return [PointSummary(num_models, rate, tuple(comparisons[i * per_point:(i + 1) * per_point]))
+            for i, (num_models, rate) in enumerate(points)]
 
 
 def default_instances() -> int:

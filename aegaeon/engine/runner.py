@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from aegaeon.arena import Arena
-from aegaeon.engine.sequence import Sequence
+from aegaeon.device_link import DeviceLink
+from aegaeon.sequence import Sequence
 from aegaeon.errors import IntegrityError
 from aegaeon.kv.batch import SeqChunk, build_step
 from aegaeon.kv.layout import KVLayout
@@ -58,8 +59,9 @@ class SwitchRecord:
 
 
 class ModelRunner:
-    def __init__(self, arena: Arena, host_cache: HostWeightCache, kv: KVCacheManager):
+    def __init__(self, arena: Arena, host_cache: HostWeightCache, kv: KVCacheManager, link: DeviceLink | None = None):
         self.arena = arena
+        self.link = link or DeviceLink()
         self.host_cache = host_cache
         self.kv = kv
         self.entries: dict[str, ModelEntry] = {}
@@ -100,7 +102,9 @@ class ModelRunner:
         region = self.arena.weight_view(0, torch.uint8, (entry.weights.total_bytes,))
         # From the page-locked host cache this is one DMA on the compute stream: the
         # forward kernels queued after it are ordered behind it without a device sync.
-        region.copy_(self.host_cache.region(name), non_blocking=self.arena.device.type == "cuda")
+        source = self.host_cache.region(name)
+        self.link.transfer(entry.weights.total_bytes,
+                           lambda: region.copy_(source, non_blocking=self.arena.device.type == "cuda"))
         copied = time.perf_counter()
         entry.model.bind(entry.weights.views(region))
         self.active = name

@@ -141,9 +141,9 @@ class Trace:
 
 @dataclass(frozen=True)
 class Hello:
-    """Joining node -> head, first frame on the TCP link: the shared token and what the node brings."""
+    """Joining node -> head, first message on the TCP link (after CURVE's handshake proved the token):
+    what the node brings."""
 
-    token: str
     node_name: str
     roles: tuple[str, ...]  # one per worker, in the node's local order
     models: tuple[str, ...]  # models its workers can serve

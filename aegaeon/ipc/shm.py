@@ -17,6 +17,7 @@ import mmap
 import os
 import re
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,16 +169,45 @@ def inspect_cluster(cluster_id: str) -> StaleReport:
     return StaleReport(cluster_id, pid, alive, tuple(p.name for p in files))
 
 
-def remove_stale(cluster_id: str) -> list[str]:
+def processes_mapping(cluster_id: str) -> list[int]:
+    """Pids of other live processes that have an object of `cluster_id` mapped (a crashed run's orphaned
+    workers, say), from /proc/<pid>/maps."""
+    needle = f"{SHM_DIR}/aegaeon-{_check_part('cluster id', cluster_id)}-"
+    users = []
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        pid = int(maps.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            if needle in maps.read_text():
+                users.append(pid)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return sorted(users)
+
+
+def remove_stale(cluster_id: str, wait: float = 0.0) -> list[str]:
     """Remove the objects of a crashed run of `cluster_id`; returns their names.
 
-    Raises ClusterRunningError if the owner of the namespace is still alive.
+    Raises ClusterRunningError if the owner of the namespace is still alive, or if any other process still
+    has one of its objects mapped after `wait` seconds (orphaned workers notice a dead parent within about
+    a second and exit; unlinking under them would leave them writing into memory nobody reads).
     """
     report = inspect_cluster(cluster_id)
     if report.owner_alive:
         raise ClusterRunningError(
             f"cluster {cluster_id!r} is owned by live process {report.owner_pid}: stop it first, or use another id"
         )
+    if report.objects:
+        deadline = time.monotonic() + wait
+        users = processes_mapping(cluster_id)
+        while users and time.monotonic() < deadline:
+            time.sleep(0.1)
+            users = processes_mapping(cluster_id)
+        if users:
+            raise ClusterRunningError(
+                f"cluster {cluster_id!r}: processes {users} of its run still map its shared memory; stop them "
+                f"(kill {' '.join(map(str, users))}) or wait for them to exit, then clean up")
     for name in report.objects:
         (SHM_DIR / name).unlink(missing_ok=True)
     if report.objects:
@@ -198,7 +228,7 @@ class ShmNamespace:
         self._semaphores: list[posix_ipc.Semaphore] = []
 
     def claim(self) -> "ShmNamespace":
-        remove_stale(self.cluster_id)
+        remove_stale(self.cluster_id, wait=5.0)
         owner = self.create_segment(_OWNER, struct.calcsize(_OWNER_FORMAT))
         pid = os.getpid()
         struct.pack_into(_OWNER_FORMAT, owner.buffer, 0, pid, _process_start_ticks(pid) or 0)

@@ -3,11 +3,18 @@
 The head node binds a ROUTER socket; every joining node connects a DEALER.
 ZeroMQ does the framing, reconnection and high-water marks; this module adds:
 
-- authentication: a joining node's first frame is `Hello` with the cluster's
-  shared token (compared in constant time); the head answers `Welcome` or
-  `Refused`, and ignores every other frame from a peer it has not accepted;
-- bounded frames: ZMQ_MAXMSGSIZE drops a peer that sends a larger frame, and
-  `send` refuses to build one;
+- authentication and encryption before anything is read: ZeroMQ's CURVE
+  handshake, with the head's key pair and the nodes' key pair both derived from
+  the cluster token (`link_keys`), so the token itself never crosses the wire
+  and a recorded session cannot be replayed (CURVE's keys are ephemeral); the
+  head's ZAP handler admits only the nodes' public key. A joining node's first
+  message is then `Hello` (what it brings); the head answers `Welcome` or
+  `Refused`, and ignores every other message from a peer it has not accepted;
+- bounded frames, before and after authentication: every ZeroMQ frame is a
+  chunk of at most CHUNK_BYTES (ZMQ_MAXMSGSIZE cuts off a peer that sends a
+  larger one, handshake included, before it is buffered), and a message is
+  reassembled from its chunks up to `max_frame_bytes`; `send` refuses to build
+  a larger one;
 - heartbeats: both sides send `Heartbeat` every HEARTBEAT_PERIOD; a peer silent
   for `heartbeat_timeout` is reported lost.
 
@@ -17,6 +24,7 @@ thread: other threads queue frames and wake it through a pipe.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -27,42 +35,49 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
-from aegaeon.errors import AegaeonError
+from aegaeon.config.link import HEARTBEAT_PERIOD, LinkConfig, parse_address  # noqa: F401
+from aegaeon.errors import LinkError
 from aegaeon.ipc.messages import Heartbeat, Hello, MessageError, Refused, Welcome, decode, encode
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_FRAME_BYTES = 256 * 2**20  # the largest KV handoff of one request that may cross the link
-HEARTBEAT_PERIOD = 1.0
-DEFAULT_HEARTBEAT_TIMEOUT = 5.0
 HIGH_WATER_MARK = 10_000  # frames queued per peer before ZeroMQ pushes back
-
-
-class LinkError(AegaeonError):
-    """The TCP link could not be set up or used."""
-
-
-def parse_address(text: str, what: str, listen: bool = False) -> tuple[str, int]:
-    """HOST:PORT; a listening address may use port 0 (any free port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not (0 if listen else 1) <= int(port) < 65536:
-        raise LinkError(f"{what} {text!r} is not HOST:PORT")
-    return host, int(port)
+CHUNK_BYTES = 8192  # payload of one ZeroMQ frame: what a peer can make the head buffer before it is cut off
+# A frame on the wire: a chunk, its more-flag and CURVE's box (about 40 bytes); the handshake's commands
+# (HELLO 200 bytes, INITIATE a few hundred) fit too.
+WIRE_FRAME_BYTES = CHUNK_BYTES + 256
+HANDSHAKE_TIMEOUT_MS = 5000  # a peer that has not finished CURVE's handshake by then is dropped
+_MORE, _LAST = b"\x01", b"\x00"
 
 
 @dataclass(frozen=True)
-class LinkConfig:
-    token: str
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+class LinkKeys:
+    """CURVE key pairs (Z85) of the head and of the joining nodes of one cluster."""
 
-    def __post_init__(self) -> None:
-        if len(self.token) < 8:
-            raise LinkError("the cluster token must have at least 8 characters: pass --token (or AEGAEON_TOKEN)")
-        if self.max_frame_bytes < 2**16 or self.heartbeat_timeout <= HEARTBEAT_PERIOD:
-            raise LinkError(f"max frame {self.max_frame_bytes} bytes (>= 64 KiB) and heartbeat timeout "
-                            f"{self.heartbeat_timeout} s (> {HEARTBEAT_PERIOD} s) are out of range")
+    head_public: bytes
+    head_secret: bytes
+    node_public: bytes
+    node_secret: bytes
+
+
+def link_keys(token: str) -> LinkKeys:
+    """Both key pairs, derived from the cluster token: whoever knows the token can join, and nobody learns it
+    from the wire. Curve25519 takes any 32 bytes as a secret key (it clamps them)."""
+    def pair(role: str) -> tuple[bytes, bytes]:
+        secret = zmq.utils.z85.encode(hashlib.sha256(f"aegaeon-link/{role}/".encode() + token.encode()).digest())
+        return zmq.curve_public(secret), secret
+
+    head_public, head_secret = pair("head")
+    node_public, node_secret = pair("node")
+    return LinkKeys(head_public, head_secret, node_public, node_secret)
+
+
+def _chunks(frame: bytes) -> list[bytes]:
+    pieces = [frame[i:i + CHUNK_BYTES] for i in range(0, len(frame), CHUNK_BYTES)] or [b""]
+    return [_MORE + piece for piece in pieces[:-1]] + [_LAST + pieces[-1]]
 
 
 class _Endpoint:
@@ -72,16 +87,21 @@ class _Endpoint:
         self.config = config
         self.context = zmq.Context()
         self.socket = self.context.socket(socket_type)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes)
+        self.keys = link_keys(config.token)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, WIRE_FRAME_BYTES)
+        self.socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS)
         self.socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         self.socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self._outgoing: queue.Queue[tuple[bytes | None, bytes]] = queue.Queue()
-        self._held: tuple[bytes | None, bytes] | None = None  # a frame the peer's high-water mark pushed back
+        # one entry per message: its peer and its chunks, so that concurrent senders never interleave chunks
+        self._outgoing: queue.Queue[tuple[bytes | None, list[bytes]]] = queue.Queue()
+        self._held: tuple[bytes | None, list[bytes]] | None = None  # a message partly sent (high-water mark)
+        self._partial: dict[bytes | None, bytearray | None] = {}  # per peer: chunks so far (None: discarding)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._running = False
+        self._monitor: zmq.Socket | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -94,7 +114,7 @@ class _Endpoint:
         if len(frame) > self.config.max_frame_bytes:
             raise LinkError(f"a {type(message).__name__} of {len(frame)} bytes exceeds the link's frame limit of "
                             f"{self.config.max_frame_bytes} bytes (--max-frame-mib)")
-        self._outgoing.put((peer, frame))
+        self._outgoing.put((peer, _chunks(frame)))
         self._wake()
 
     def _wake(self) -> None:
@@ -110,6 +130,9 @@ class _Endpoint:
         if self._thread.is_alive():
             self._wake()
             self._thread.join(timeout=5)
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
         self.socket.close(linger=0)
         self.context.term()
         os.close(self._wake_r)
@@ -121,6 +144,8 @@ class _Endpoint:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         next_beat = time.monotonic()
         while self._running:
             ready = dict(poller.poll(timeout=100 if self._held is None else 5))
@@ -131,6 +156,8 @@ class _Endpoint:
                     pass
             if self.socket in ready:
                 self._receive_all()
+            if self._monitor is not None and self._monitor in ready:
+                self._read_monitor()
             self._flush()
             now = time.monotonic()
             if now >= next_beat:
@@ -143,7 +170,10 @@ class _Endpoint:
                 parts = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            peer, frame = (parts[0], parts[-1]) if len(parts) > 1 else (None, parts[0])
+            peer, chunk = (parts[0], parts[-1]) if len(parts) > 1 else (None, parts[0])
+            frame = self._reassemble(peer, chunk)
+            if frame is None:
+                continue
             try:
                 message = decode(frame)
             except MessageError as err:
@@ -154,6 +184,28 @@ class _Endpoint:
             except Exception:  # one bad message must not stop the link
                 log.exception("link: handling %s failed", type(message).__name__)
 
+    def _reassemble(self, peer: bytes | None, chunk: bytes) -> bytes | None:
+        """The whole message once `chunk` is its last; None before that, or for a message over the limit
+        (dropped, with the rest of its chunks)."""
+        flag, payload = chunk[:1], chunk[1:]
+        if flag not in (_MORE, _LAST):
+            log.warning("link: dropped a frame that is not a chunk of a message")
+            return None
+        if peer not in self._partial:
+            self._partial[peer] = bytearray()
+        buffer = self._partial[peer]
+        if buffer is not None:
+            if len(buffer) + len(payload) > self.config.max_frame_bytes:
+                log.warning("link: dropped a message of more than %d bytes (--max-frame-mib)",
+                            self.config.max_frame_bytes)
+                buffer = self._partial[peer] = None
+            else:
+                buffer += payload
+        if flag == _MORE:
+            return None
+        del self._partial[peer]
+        return bytes(buffer) if buffer is not None else None
+
     def _flush(self) -> None:
         while True:
             if self._held is None:
@@ -161,17 +213,36 @@ class _Endpoint:
                     self._held = self._outgoing.get_nowait()
                 except queue.Empty:
                     return
-            peer, frame = self._held
+            peer, chunks = self._held
             try:
-                if peer is None:
-                    self.socket.send(frame, zmq.NOBLOCK)
-                else:
-                    self.socket.send_multipart([peer, frame], zmq.NOBLOCK)
+                while chunks:
+                    if peer is None:
+                        self.socket.send(chunks[0], zmq.NOBLOCK)
+                    else:
+                        self.socket.send_multipart([peer, chunks[0]], zmq.NOBLOCK)
+                    chunks.pop(0)
             except zmq.Again:
-                return  # the peer is behind: keep the frame and retry (back-pressure, not loss)
+                return  # the peer is behind: keep the rest and retry (back-pressure, not loss)
             except zmq.ZMQError as err:  # EHOSTUNREACH: the peer is gone; its loss is reported by heartbeat
-                log.info("link: frame to a departed peer dropped (%s)", err)
+                log.info("link: message to a departed peer dropped (%s)", err)
             self._held = None
+
+    def _monitor_handshakes(self) -> None:
+        """Have the socket's thread call `on_handshake_failed` for each failed CURVE handshake."""
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+    def _read_monitor(self) -> None:
+        while True:
+            try:
+                recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_handshake_failed()
+
+    def on_handshake_failed(self) -> None:
+        raise NotImplementedError
 
     def on_message(self, peer: bytes | None, message: object) -> None:
         raise NotImplementedError
@@ -201,6 +272,15 @@ class HeadLink(_Endpoint):
                  on_peer_message: Callable[[Peer, object], None], on_lost: Callable[[Peer], None]):
         super().__init__(zmq.ROUTER, config, "link-head")
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.refused = 0
+        self._authenticator = ThreadAuthenticator(self.context, log=logging.getLogger(f"{__name__}.zap"))
+        self._authenticator.start()
+        self._authenticator.configure_curve_callback("*", _NodeKeyCheck(self))
+        self.socket.curve_server = True
+        self.socket.curve_publickey = self.keys.head_public
+        self.socket.curve_secretkey = self.keys.head_secret
+        # a peer with another token fails CURVE's handshake before ZAP is asked: the monitor tells of it
+        self._monitor_handshakes()
         try:
             self.port = port if port else self.socket.bind_to_random_port(f"tcp://{host}")
             if port:
@@ -210,22 +290,28 @@ class HeadLink(_Endpoint):
             raise LinkError(f"cannot listen for nodes on {host}:{port}: {err}") from None
         self.on_join, self.on_peer_message, self.on_lost = on_join, on_peer_message, on_lost
         self.peers: dict[bytes, Peer] = {}
-        self.refused = 0
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self._authenticator.stop()
+        super().close()
+
+    def on_handshake_failed(self) -> None:
+        self.refused += 1
+        log.warning("link: a peer failed the encrypted handshake (another cluster's --token, or not "
+                    "an aegaeon node); nothing it sent was read")
 
     def on_message(self, identity: bytes | None, message: object) -> None:
         peer = self.peers.get(identity)
         if peer is not None:
             peer.last_seen = time.monotonic()
-            if not isinstance(message, Heartbeat):
+            if isinstance(message, Hello):
+                log.warning("link: node %r said Hello again; ignored", peer.node_name)
+            elif not isinstance(message, Heartbeat):
                 self.on_peer_message(peer, message)
             return
         if not isinstance(message, Hello):
             log.warning("link: %s from a node that has not joined; ignored", type(message).__name__)
-            return
-        if not hmac.compare_digest(message.token.encode(), self.config.token.encode()):
-            self.refused += 1
-            log.warning("link: node %r refused: wrong token", message.node_name)
-            self.send(Refused("wrong cluster token"), identity)
             return
         peer = Peer(identity, message.node_name)
         try:
@@ -253,6 +339,24 @@ class HeadLink(_Endpoint):
         self.send(message, peer.identity)
 
 
+class _NodeKeyCheck:
+    """The head's ZAP rule: a peer may finish CURVE's handshake only with the cluster's node key (the failed
+    handshake is counted from the socket's monitor)."""
+
+    def __init__(self, head: HeadLink):
+        self.head = head
+
+    def callback(self, domain: str, key: bytes | str) -> bool:
+        key = key.encode() if isinstance(key, str) else key
+        if hmac.compare_digest(key, self.head.keys.node_public):
+            return True
+        log.warning("link: a peer with another cluster's key was refused (wrong --token?)")
+        return False
+
+
+_HANDSHAKE_FAILED = object()  # what the join thread hands `join` when CURVE's handshake fails
+
+
 class JoinLink(_Endpoint):
     """A joining node's end: says Hello, waits to be welcomed, then carries its workers' messages."""
 
@@ -260,6 +364,10 @@ class JoinLink(_Endpoint):
                  on_lost: Callable[[], None]):
         super().__init__(zmq.DEALER, config, "link-join")
         self.address = f"{host}:{port}"
+        self.socket.curve_serverkey = self.keys.head_public
+        self.socket.curve_publickey = self.keys.node_public
+        self.socket.curve_secretkey = self.keys.node_secret
+        self._monitor_handshakes()
         self.socket.connect(f"tcp://{host}:{port}")
         self.on_head_message, self.on_lost = on_head_message, on_lost
         self.answer: queue.Queue[object] = queue.Queue()
@@ -277,9 +385,16 @@ class JoinLink(_Endpoint):
                             f"`aegaeon-launch start --head` running there, and is the port reachable?") from None
         if isinstance(answer, Refused):
             raise LinkError(f"the head node at {self.address} refused this node: {answer.reason}")
+        if answer is _HANDSHAKE_FAILED:
+            raise LinkError(f"the head node at {self.address} refused this node: wrong cluster token (the "
+                            f"encrypted handshake failed; pass the head's --token)")
         self.accepted = True
         self.last_seen = time.monotonic()
         return answer.worker_ids
+
+    def on_handshake_failed(self) -> None:
+        if not self.accepted:
+            self.answer.put(_HANDSHAKE_FAILED)
 
     def on_message(self, peer: bytes | None, message: object) -> None:
         self.last_seen = time.monotonic()

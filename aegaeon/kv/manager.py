@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from aegaeon.arena import Arena
-from aegaeon.engine.sequence import Sequence, SeqStatus
+from aegaeon.device_link import DeviceLink
+from aegaeon.sequence import Sequence, SeqStatus
 from aegaeon.errors import OutOfBlocksError
 from aegaeon.kv.layout import KVLayout
 from aegaeon.kv.swap import BlockSwapper, SwapTicket
@@ -39,9 +40,9 @@ class SwapRecord:
 
 
 class KVCacheManager:
-    def __init__(self, arena: Arena):
+    def __init__(self, arena: Arena, link: DeviceLink | None = None):
         self.arena = arena
-        self.swapper = BlockSwapper(arena.device)
+        self.swapper = BlockSwapper(arena.device, link)
         self.owner: dict[int, Sequence] = {}  # block handle -> sequence
         self.swapped_bytes = 0
         self._in_flight: list[tuple[str, Sequence, SwapTicket]] = []

@@ -6,18 +6,19 @@ the side stream waits for the work already queued on the compute stream), and
 the ticket holds a CUDA event: `ticket.wait()` makes the *current* stream wait
 on it, so the decode step that needs the blocks is ordered after the copy
 without a device-wide synchronisation. On a CPU the copy runs on a worker
-thread (the C++ loop releases the GIL) and `wait()` joins it. Both paths run
+thread (the C++ loop releases the GIL), paced by the instance's link when it
+is emulated (aegaeon.device_link), and `wait()` joins it. Both paths run
 the same `aegaeon._C.copy_blocks`, which checks every offset first.
 """
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
+from aegaeon.device_link import DeviceLink
 from aegaeon.native import _C
 
 
@@ -51,8 +52,9 @@ class SwapTicket:
 
 
 class BlockSwapper:
-    def __init__(self, device: torch.device | str):
+    def __init__(self, device: torch.device | str, link: DeviceLink | None = None):
         self.device = torch.device(device)
+        self.link = link or DeviceLink()
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="kv-swap") if self._stream is None else None
 
@@ -63,7 +65,8 @@ class BlockSwapper:
         dst_off = torch.tensor(dst_offsets, dtype=torch.int64)
         nbytes = len(src_offsets) * block_bytes
         if self._stream is None:
-            future = self._pool.submit(_timed_copy, src, src_off, dst, dst_off, block_bytes)
+            future = self._pool.submit(self.link.transfer, nbytes,
+                                       lambda: _C.copy_blocks(src, src_off, dst, dst_off, block_bytes))
             return SwapTicket(nbytes, future=future)
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
@@ -78,9 +81,3 @@ class BlockSwapper:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-
-def _timed_copy(src: torch.Tensor, src_off: torch.Tensor, dst: torch.Tensor, dst_off: torch.Tensor,
-                block_bytes: int) -> float:
-    began = time.perf_counter()
-    _C.copy_blocks(src, src_off, dst, dst_off, block_bytes)
-    return time.perf_counter() - began

@@ -8,11 +8,11 @@ renamed when complete, so an interrupted first run never leaves a half model.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from aegaeon.models.config import ArchConfig
+from aegaeon.config.env import aegaeon_home
 from aegaeon.models.maker import config_for, make_model
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,6 @@ DEMO_MODELS: dict[str, tuple[ArchConfig, int]] = {
 DEMO_PROMPTS = ("the model serves many requests", "hot and cold models share one pool")
 
 
-def aegaeon_home() -> Path:
-    return Path(os.environ.get("AEGAEON_HOME") or Path.home() / ".cache" / "aegaeon")
 
 
 def demo_models(root: Path | None = None) -> dict[str, Path]:

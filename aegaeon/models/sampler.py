@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from aegaeon.errors import RequestError
+
+GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (as vLLM does): dividing by them overflows
 
 
 @dataclass(frozen=True)
@@ -20,15 +23,15 @@ class SamplingParams:
     def validate(self) -> None:
         if self.max_tokens < 1:
             raise RequestError(f"max_tokens={self.max_tokens} must be at least 1")
-        if self.temperature < 0:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
             raise RequestError(f"temperature={self.temperature} must be >= 0")
-        if not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise RequestError(f"top_p={self.top_p} must be in (0, 1]")
 
 
 def new_generator(params: SamplingParams) -> torch.Generator | None:
     """A per-request generator, so the tokens drawn do not depend on batching."""
-    if params.temperature == 0:
+    if params.temperature < GREEDY_BELOW:
         return None
     generator = torch.Generator()
     generator.manual_seed(params.seed if params.seed is not None else torch.seed())
@@ -36,8 +39,11 @@ def new_generator(params: SamplingParams) -> torch.Generator | None:
 
 
 def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token from a [vocab] row of logits."""
-    if params.temperature == 0:
+    """One token from a [vocab] row of logits. RequestError (that request fails, the worker carries on) when
+    the logits are not finite: no sampling from NaN."""
+    if not bool(torch.isfinite(logits).all()):
+        raise RequestError("the model produced non-finite logits for this request; it cannot be sampled")
+    if params.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
     if params.top_p < 1:

@@ -73,7 +73,10 @@ class LinkCost:
     """The host<->device link of one device."""
 
     h2d_bandwidth: float  # bytes/s, pinned host to device
-    switch_efficiency: float  # share of it a request-level model load achieves (the paper's simulator: 0.15)
+    # Share of it a request-level model load achieves. 0.15 is the artifact's *live* planning constant for a
+    # cold load (engine re-initialisation included), not its simulator's figure: the artifact's simulator
+    # loads at a flat 16 GB/s (the artifact-faithful baselines use `flat_load_bandwidth` instead).
+    switch_efficiency: float
     swap_efficiency: float  # share of it a KV swap achieves
     device_memory_bytes: int
     # Share of it Aegaeon's switch achieves (weights streamed from the pinned
@@ -128,7 +131,105 @@ class TableCostModel:
     def kv_bytes_per_token(self, model: str) -> int:
         return self.model(model).kv_bytes_per_token
 
-    def kv_capacity_bytes(self, resident_models: Sequence[str]) -> int:
-        """KV bytes left on a device once the largest of these models is placed."""
-        largest = max((self.weight_bytes(m) for m in resident_models), default=0)
-        return max(0, self.link.device_memory_bytes - largest)
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """What an executor knows of a model's size: its packed weights and its KV bytes per token."""
+
+    weight_bytes: int
+    kv_bytes_per_token: int
+
+
+class MeasuredCost:
+    """A CostModel learnt from what an executor observes (steps, switches, prefills, swaps).
+
+    Every quantity is one exponential moving average per model, with weight `LEARNING_RATE` on the newest
+    observation; until a model has one, `prior` (a profile, when there is one) answers for it, else the
+    average over the models observed, else `DEFAULTS`. Decode steps are averaged per model whatever the batch and
+    context (the live decode worker's quotas have always used this); prefill is learnt per prompt token.
+    Observations are plain numbers: the caller times them, this class reads no clock.
+    """
+
+    LEARNING_RATE = 0.3
+    DEFAULTS = {"step": 0.01, "switch": 0.001, "prefill_token": 1e-4, "swap_byte": 0.0}
+
+    def __init__(self, sizes: Mapping[str, ModelSizes] | None = None, prior: CostModel | None = None):
+        self.sizes = dict(sizes or {})
+        self.prior = prior
+        self._tables: dict[str, dict[str, float]] = {kind: {} for kind in self.DEFAULTS}
+
+    # -- observations ---------------------------------------------------------------------------------------
+    def observe_step(self, model: str, seconds: float) -> None:
+        self._observe("step", model, seconds)
+
+    def observe_switch(self, model: str, seconds: float) -> None:
+        self._observe("switch", model, seconds)
+
+    def observe_prefill(self, model: str, tokens: int, seconds: float) -> None:
+        if tokens > 0:
+            self._observe("prefill_token", model, max(0.0, seconds) / tokens)
+
+    def observe_swap(self, nbytes: int, seconds: float) -> None:
+        if nbytes > 0:
+            self._observe("swap_byte", "", max(0.0, seconds) / nbytes)
+
+    def _observe(self, kind: str, key: str, value: float) -> None:
+        table = self._tables[kind]
+        old = table.get(key)
+        table[key] = value if old is None else (1 - self.LEARNING_RATE) * old + self.LEARNING_RATE * value
+
+    def learnt(self, kind: str, key: str) -> float | None:
+        """The moving average of `kind` for `key`; None before its first observation."""
+        return self._tables[kind].get(key)
+
+    def _average(self, kind: str) -> float:
+        table = self._tables[kind]
+        return sum(table.values()) / len(table) if table else self.DEFAULTS[kind]
+
+    # -- the CostModel protocol -----------------------------------------------------------------------------
+    def decode_time(self, model: str, batch: int, context_tokens: int) -> float:
+        return self._value("step", model, lambda p: p.decode_time(model, batch, context_tokens))
+
+    def switch_time(self, from_model: str | None, to_model: str) -> float:
+        if from_model == to_model:
+            return 0.0
+        return self._value("switch", to_model, lambda p: p.switch_time(from_model, to_model))
+
+    def prefill_time(self, model: str, input_lens: Sequence[int]) -> float:
+        per_token = self.learnt("prefill_token", model)
+        if per_token is None and self.prior is not None:
+            return self.prior.prefill_time(model, input_lens)
+        return (per_token if per_token is not None else self._average("prefill_token")) * sum(input_lens)
+
+    def swap_time(self, nbytes: int) -> float:
+        per_byte = self.learnt("swap_byte", "")
+        if per_byte is None and self.prior is not None:
+            return self.prior.swap_time(nbytes)
+        return (per_byte if per_byte is not None else self.DEFAULTS["swap_byte"]) * nbytes
+
+    def weight_bytes(self, model: str) -> int:
+        return self._sizes(model).weight_bytes
+
+    def kv_bytes_per_token(self, model: str) -> int:
+        return self._sizes(model).kv_bytes_per_token
+
+    def _value(self, kind: str, model: str, from_prior) -> float:
+        value = self.learnt(kind, model)
+        if value is not None:
+            return value
+        return from_prior(self.prior) if self.prior is not None else self._average(kind)
+
+    def _sizes(self, model: str) -> ModelSizes:
+        if model in self.sizes:
+            return self.sizes[model]
+        if self.prior is not None:
+            return ModelSizes(self.prior.weight_bytes(model), self.prior.kv_bytes_per_token(model))
+        raise ConfigError(f"model {model!r}: its sizes are unknown to this cost model; known: {sorted(self.sizes)}")
+
+
+def kv_capacity_bytes(memory_bytes: int, weight_bytes: Sequence[int]) -> int:
+    """KV bytes an instance can plan with: its memory minus the largest weights it may have to hold.
+
+    One rule for the live workers (memory = the arena, sized by the largest model they serve) and the
+    simulator (memory = the device, weights = every model of the workload)."""
+    return max(0, memory_bytes - max(weight_bytes, default=0))

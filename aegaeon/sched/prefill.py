@@ -82,3 +82,83 @@ class GroupedFCFS:
 
     def queued(self, instance: int) -> int:
         return sum(len(g.requests) for g in self.queues[instance])
+
+
+@dataclass(frozen=True)
+class GroupStart:
+    """Decision: `instance` runs this group now (switching to `model` first), its prompts one after another
+    so that each first token comes as early as possible; `busy_until` is when the policy predicts it ends."""
+
+    instance: int
+    model: str
+    requests: tuple[RequestSpec, ...]
+    busy_until: float
+
+    @property
+    def request_ids(self) -> tuple[int, ...]:
+        return tuple(r.request_id for r in self.requests)
+
+
+@dataclass
+class _InstanceState:
+    busy_until: float = 0.0
+    loaded: str | None = None
+    running: bool = False
+    alive: bool = True
+
+
+class PrefillDispatcher:
+    """Grouped FCFS over a set of prefill instances, as a state machine both executors drive.
+
+    The executor calls `submit` when a request arrives and `group_done` when an instance finishes its group;
+    each may answer with a `GroupStart` to execute. The instance states it keeps (running, loaded model,
+    predicted busy-until from the cost model) are what grouped FCFS compares instances by.
+    """
+
+    def __init__(self, num_instances: int, cost: CostModel, max_group_size: int = DEFAULT_MAX_GROUP_SIZE):
+        self.grouped = GroupedFCFS(num_instances, max_group_size)
+        self.cost = cost
+        self.instances = [_InstanceState() for _ in range(num_instances)]
+
+    @property
+    def alive(self) -> int:
+        return sum(i.alive for i in self.instances)
+
+    def add_instance(self) -> int:
+        self.instances.append(_InstanceState())
+        return self.grouped.add_instance()
+
+    def submit(self, request: RequestSpec, now: float) -> GroupStart | None:
+        if not self.alive:
+            raise ConfigError("no prefill instance is alive to queue the request on")
+        busy = [i.busy_until if i.alive else float("inf") for i in self.instances]
+        loaded = [i.loaded for i in self.instances]
+        placement = self.grouped.submit(request, busy, loaded, now, self.cost)
+        return None if self.instances[placement.instance].running else self._start(placement.instance, now)
+
+    def group_done(self, instance: int, now: float) -> GroupStart | None:
+        self.instances[instance].running = False
+        return self._start(instance, now) if self.instances[instance].alive else None
+
+    def instance_lost(self, instance: int) -> list[RequestSpec]:
+        """`instance` is gone: it is never chosen again; returns the requests queued on it (not started)."""
+        state = self.instances[instance]
+        state.alive, state.running, state.loaded = False, False, None
+        queued = [r for group in self.grouped.queues[instance] for r in group.requests]
+        self.grouped.queues[instance].clear()
+        return queued
+
+    def instance_back(self, instance: int, now: float) -> None:
+        """A replacement for a lost instance is up: it takes groups again."""
+        self.instances[instance] = _InstanceState(busy_until=now)
+
+    def _start(self, instance: int, now: float) -> GroupStart | None:
+        group = self.grouped.next_group(instance)
+        if group is None:
+            return None
+        state = self.instances[instance]
+        t = now + self.cost.switch_time(state.loaded, group.model)
+        for request in group.requests:
+            t += self.cost.prefill_time(group.model, [request.input_len])
+        state.running, state.loaded, state.busy_until = True, group.model, t
+        return GroupStart(instance, group.model, tuple(group.requests), t)

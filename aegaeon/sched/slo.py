@@ -17,12 +17,12 @@ requests per second of the workload's duration.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from aegaeon.config.env import env_float
 from aegaeon.errors import ConfigError
 
 DEFAULT_TTFT_SLO = 10.0
@@ -43,22 +43,12 @@ class SLO:
     def from_env(cls, ttft: float | None = None, tpot: float | None = None) -> "SLO":
         """Flags win over AEGAEON_TTFT_SLO / AEGAEON_TPOT_SLO, which win over defaults."""
         return cls(
-            ttft if ttft is not None else _env_float("AEGAEON_TTFT_SLO", DEFAULT_TTFT_SLO),
-            tpot if tpot is not None else _env_float("AEGAEON_TPOT_SLO", DEFAULT_TPOT_SLO),
+            ttft if ttft is not None else env_float("AEGAEON_TTFT_SLO", DEFAULT_TTFT_SLO),
+            tpot if tpot is not None else env_float("AEGAEON_TPOT_SLO", DEFAULT_TPOT_SLO),
         )
 
     def scaled(self, factor: float) -> "SLO":
         return SLO(self.ttft * factor, self.tpot * factor)
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from exc
 
 
 def token_deadlines(arrival: float, token_times: np.ndarray, slo: SLO) -> np.ndarray:

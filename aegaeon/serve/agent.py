@@ -17,17 +17,17 @@ import threading
 from collections.abc import Callable
 
 from aegaeon.errors import AegaeonError
-from aegaeon.ipc.messages import (KvPayload, KvRelease, Routed, Shutdown, SwapOut, WorkerGone, WorkerReady, decode,
+from aegaeon.ipc.messages import (KvPayload, KvRelease, Routed, Shutdown, SwapIn, SwapOut, WorkerGone, WorkerReady, decode,
                                   encode)
 from aegaeon.ipc.tcp import JoinLink
-from aegaeon.serve.host_kv import HostKvArea, store_arrivals
-from aegaeon.serve.proxy import WorkerLink, start_link_threads, wait_for_workers
+from aegaeon.kv.host_partition import HostKvPartition, store_in_order
+from aegaeon.serve.links import WorkerLink, start_link_threads, wait_for_workers
 
 log = logging.getLogger(__name__)
 
 
 class NodeAgent:
-    def __init__(self, links: list[WorkerLink], host_kv: HostKvArea):
+    def __init__(self, links: list[WorkerLink], host_kv: HostKvPartition):
         self.links = links
         self.host_kv = host_kv
         self.global_ids: dict[int, int] = {}  # local worker id -> cluster-wide id
@@ -74,8 +74,9 @@ class NodeAgent:
             link = self.local.get(payload.worker_id)
             return link is not None and not link.dead
 
-        for payload, swap_in in store_arrivals(self.host_kv, self.pending, wanted):
-            self.local[payload.worker_id].send(swap_in)
+        for payload, handles in store_in_order(self.host_kv, self.pending, wanted, lambda p: (p.data, p.block_bytes)):
+            self.local[payload.worker_id].send(SwapIn(payload.request_id, payload.model, handles, payload.num_tokens,
+                                                      payload.generated, payload.sampler_state, payload.block_bytes))
 
     # ---- from this node's workers ---------------------------------------------------------------------------
 
@@ -117,8 +118,7 @@ class NodeAgent:
             link = next(link for link in self.links if link.worker_id == worker_id)
             if link.dead:
                 return
-            link.dead = True
-            link.outgoing.put(None)
+            link.close()
             log.error("worker %d died (exit code %s)", worker_id, exitcode)
             if self.link is not None:
                 self.link.send(WorkerGone(self.global_ids[worker_id], exitcode))

@@ -34,8 +34,9 @@ class _Histogram:
 
 
 class Metrics:
-    def __init__(self, slo: SLO | None = None):
+    def __init__(self, slo: SLO | None = None, link_gbps: float | None = None):
         self.slo = slo or SLO.from_env()
+        self.link_gbps = link_gbps
         self.lock = threading.Lock()
         self.requests: dict[str, int] = defaultdict(int)
         self.tokens: dict[str, int] = defaultdict(int)
@@ -72,8 +73,16 @@ class Metrics:
             lines.append("# TYPE aegaeon_slo_attainment gauge")
             lines += [f'aegaeon_slo_attainment{{model="{m}"}} {sum(v) / len(v)}'
                       for m, v in sorted(self.attainment.items()) if v]
+        if self.link_gbps:
+            lines.append("# HELP aegaeon_emulated_link_gbps CPU workers' host<->device transfers are paced to this")
+            lines.append("# TYPE aegaeon_emulated_link_gbps gauge")
+            lines.append(f"aegaeon_emulated_link_gbps {self.link_gbps}")
         lines.append("# TYPE aegaeon_cancelled_total counter")
         lines.append(f"aegaeon_cancelled_total {proxy.cancelled}")
+        lines.append("# TYPE aegaeon_worker_restarts_total counter")
+        lines.append(f"aegaeon_worker_restarts_total {proxy.restarts}")
+        lines.append("# TYPE aegaeon_requests_rerun_total counter")
+        lines.append(f"aegaeon_requests_rerun_total {proxy.table.rerun}")
         lines.append("# TYPE aegaeon_worker_switches_total counter")
         lines += [f'aegaeon_worker_switches_total{{worker="{w.worker_id}",role="{w.role}"}} {w.switches}'
                   for w in proxy.links.values()]

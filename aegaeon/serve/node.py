@@ -16,80 +16,26 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import threading
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from aegaeon.engine.engine import EngineConfig
-from aegaeon.engine.worker import KV_SEGMENT, WorkerSpec, default_threads, inbox_name, outbox_name, worker_main
-from aegaeon.errors import AegaeonError, ConfigError
+from aegaeon.config.link import parse_address
+from aegaeon.config.serving import NodeConfig
+from aegaeon.errors import AegaeonError, ConfigError, LinkError
 from aegaeon.ipc.ring import Ring
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.ipc.messages import Hello, KvPayload, Routed, WorkerGone, decode, encode
-from aegaeon.ipc.tcp import HeadLink, JoinLink, LinkConfig, LinkError, Peer, parse_address
+from aegaeon.ipc.tcp import HeadLink, JoinLink, Peer
+from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.serve.agent import NodeAgent
-from aegaeon.serve.host_kv import HostKvArea
-from aegaeon.serve.proxy import Proxy, WorkerLink
+from aegaeon.serve.links import WorkerLink
+from aegaeon.serve.proxy import Proxy
+from aegaeon.serve.supervisor import Supervisor
 from aegaeon.weights.checkpoint import open_checkpoint
 from aegaeon.weights.host_cache import HostWeightCache
+from aegaeon.worker.main import worker_main
+from aegaeon.worker.spec import KV_SEGMENT, WorkerSpec, default_threads, inbox_name, outbox_name
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    models: dict[str, str]
-    num_instances: int = 4
-    prefill_instances: int = 1
-    cluster_id: str = "default"
-    device: str = "cpu"  # every worker's device, unless `devices` names one per worker
-    devices: tuple[str, ...] = ()  # e.g. ("cuda:0", "cuda:1"): one worker per entry (num_instances must match)
-    engine: EngineConfig = EngineConfig()
-    host_kv_bytes: int = 64 * 1024 * 1024
-    kv_slab_bytes: int = 256 * 1024
-    ring_slots: int = 1024
-    ring_slot_bytes: int = 16 * 1024
-    tpot_slo: float = 0.1
-    threads_per_worker: int | None = None
-    start_timeout: float = 120.0
-    policy: str = "aegaeon"  # decode scaling: "aegaeon" (token-level) or "sllm" (request-level)
-    # Multi-node: "head" listens on `link_address` (HOST:PORT); "join" connects to the head there.
-    link_role: str | None = None
-    link_address: str = ""
-    link: LinkConfig | None = None
-    node_name: str = "node"
-
-    def validate(self) -> None:
-        if self.devices and len(self.devices) != self.num_instances:
-            raise ConfigError(f"{len(self.devices)} devices given for {self.num_instances} instances: one worker "
-                              f"runs per device")
-        if self.policy not in ("aegaeon", "sllm"):
-            raise ConfigError(f"--policy {self.policy!r} is not a live policy: use aegaeon or sllm")
-        if self.link_role not in (None, "head", "join"):
-            raise ConfigError(f"link role {self.link_role!r}: use head or join")
-        if self.link_role is not None:
-            if self.link is None:
-                raise ConfigError("a multi-node node needs the cluster token (--token)")
-            parse_address(self.link_address, "--head" if self.link_role == "head" else "--join",
-                          listen=self.link_role == "head")
-        if self.link_role is None and not 1 <= self.prefill_instances < self.num_instances:
-            raise ConfigError(f"--prefill-instances {self.prefill_instances} must be at least 1 and below "
-                              f"--num-instances {self.num_instances}, leaving decode instances")
-        if self.link_role is not None and not (self.num_instances >= 1 and 0 <= self.prefill_instances <= self.num_instances):
-            raise ConfigError(f"--num-instances {self.num_instances} must be at least 1 and --prefill-instances "
-                              f"{self.prefill_instances} between 0 and it (the other nodes bring the other role)")
-        if self.host_kv_bytes < self.kv_partitions * self.kv_slab_bytes:
-            raise ConfigError(f"host KV cache of {self.host_kv_bytes} bytes is smaller than one slab per partition "
-                              f"({self.kv_partitions} of {self.kv_slab_bytes} bytes)")
-
-    @property
-    def kv_partitions(self) -> int:
-        """One per prefill worker, and one for KV arriving from other nodes."""
-        return self.prefill_instances + (self.link_role is not None)
-
-    @property
-    def kv_share(self) -> int:
-        return self.host_kv_bytes // self.kv_partitions // self.kv_slab_bytes * self.kv_slab_bytes
 
 
 class Node:
@@ -103,7 +49,8 @@ class Node:
         self.link: HeadLink | JoinLink | None = None
         self.unavailable: dict[str, str] = {}
         self.models: list[str] = []
-        self._watching = False
+        self.supervisor: Supervisor | None = None
+        self.good_models: dict[str, str] = {}
 
     def start(self) -> Proxy:
         cfg = self.config
@@ -122,26 +69,30 @@ class Node:
             self.host_cache = HostWeightCache(self.namespace, checkpoints, cfg.engine.dtype)
             self.host_cache.start_prefetch()
             segment = self.namespace.create_segment(KV_SEGMENT, cfg.host_kv_bytes)
-            good = {c.name: str(c.path) for c in checkpoints}
-            links = [self._spawn(worker_id, good) for worker_id in range(cfg.num_instances)]
+            self.good_models = {c.name: str(c.path) for c in checkpoints}
+            links = [self._spawn(worker_id) for worker_id in range(cfg.num_instances)]
             imports = None
             if cfg.link_role is not None:
                 share = cfg.kv_share
-                imports = HostKvArea(segment, (cfg.prefill_instances * share, (cfg.prefill_instances + 1) * share),
-                                     cfg.kv_slab_bytes)
+                imports = HostKvPartition(segment.as_numpy("uint8", (segment.size,)),
+                                          (cfg.prefill_instances * share, (cfg.prefill_instances + 1) * share),
+                                          cfg.kv_slab_bytes)
             alive = lambda wid: self.processes[wid].is_alive()  # noqa: E731
             if cfg.link_role == "join":
                 self.agent = NodeAgent(links, imports)
                 self.unavailable.update(self.agent.wait_ready(cfg.start_timeout, alive))
             else:
-                self.proxy = Proxy(links, host_kv=imports, max_batch=cfg.engine.max_batch_size)
+                self.proxy = Proxy(links, cfg.max_group_size, imports=imports, max_batch=cfg.max_batch, limits=cfg.limits,
+                                   recovery=cfg.recovery)
                 self.unavailable.update(self.proxy.wait_ready(cfg.start_timeout, alive))
-            self.models = sorted(set(good) - set(self.unavailable))
+            self.models = sorted(set(self.good_models) - set(self.unavailable))
             if cfg.link_role is not None:
                 self._start_link(links)
-            self._watching = True
-            self._watcher = threading.Thread(target=self._watch, name="node-watch", daemon=True)
-            self._watcher.start()
+            # a joining node's workers are not replaced: the head re-runs their requests on the others
+            respawn = self._respawn if cfg.link_role != "join" else None
+            self.supervisor = Supervisor(self.processes, self._lost, respawn, cfg.restarts,
+                                         self.proxy.expire if self.proxy is not None else None)
+            self.supervisor.start()
         except BaseException:
             self.stop()
             raise
@@ -161,7 +112,7 @@ class Node:
             log.info("listening for nodes on %s:%d", host, self.link.port)
             return
         self.link = JoinLink(host, port, cfg.link, self.agent.on_head_message, self.agent.on_lost)
-        hello = Hello(cfg.link.token, cfg.node_name, tuple(link.role for link in links), tuple(self.models))
+        hello = Hello(cfg.node_name, tuple(link.role for link in links), tuple(self.models))
         log.info("joining the head node at %s (waiting up to %g s for it)", cfg.link_address, cfg.start_timeout)
         self.agent.attach(self.link, self.link.join(hello, timeout=cfg.start_timeout))
         log.info("joined the head node at %s", cfg.link_address)
@@ -210,34 +161,40 @@ class Node:
         """Joining node: block until the head is lost (True) or `timeout` passes (False)."""
         return self.agent.lost.wait(timeout) if self.agent is not None else False
 
-    def _spawn(self, worker_id: int, models: dict[str, str]) -> WorkerLink:
+    def _spawn(self, worker_id: int, generation: int = 0) -> WorkerLink:
+        """Start worker `worker_id` (its `generation`-th replacement) with rings of its own; returns its link."""
         cfg = self.config
         role = "prefill" if worker_id < cfg.prefill_instances else "decode"
         share = cfg.kv_share
         partition = (worker_id * share, (worker_id + 1) * share) if role == "prefill" else (0, 0)
-        inbox = Ring.create(self.namespace, inbox_name(worker_id), cfg.ring_slots, cfg.ring_slot_bytes)
-        outbox = Ring.create(self.namespace, outbox_name(worker_id), cfg.ring_slots, cfg.ring_slot_bytes)
-        spec = WorkerSpec(cfg.cluster_id, worker_id, role, models, replace(cfg.engine, device=cfg.devices[worker_id] if cfg.devices else cfg.device), partition,
-                          cfg.kv_slab_bytes, cfg.tpot_slo,
-                          cfg.threads_per_worker or default_threads(cfg.num_instances), cfg.policy)
-        process = mp.get_context("spawn").Process(target=worker_main, args=(spec,), name=f"aegaeon-w{worker_id}")
+        inbox = Ring.create(self.namespace, inbox_name(worker_id, generation), cfg.ring_slots, cfg.ring_slot_bytes)
+        outbox = Ring.create(self.namespace, outbox_name(worker_id, generation), cfg.ring_slots, cfg.ring_slot_bytes)
+        device = cfg.devices[worker_id] if cfg.devices else cfg.device
+        spec = WorkerSpec(cfg.cluster_id, worker_id, role, self.good_models, replace(cfg.engine, device=device),
+                          partition, cfg.kv_slab_bytes, cfg.tpot_slo,
+                          cfg.threads_per_worker or default_threads(cfg.num_instances), cfg.policy, cfg.max_batch,
+                          cfg.max_quota, generation)
+        process = mp.get_context("spawn").Process(target=worker_main, args=(spec,),
+                                                  name=f"aegaeon-w{worker_id}" + (f"g{generation}" if generation else ""))
         process.start()
-        self.processes.append(process)
-        return WorkerLink(worker_id, role, inbox, outbox, kv_partition=partition)
+        if worker_id < len(self.processes):
+            self.processes[worker_id] = process
+        else:
+            self.processes.append(process)
+        return WorkerLink(worker_id, role, inbox, outbox, kv_partition=partition, generation=generation)
 
-    def _watch(self) -> None:
-        """Tell the proxy about workers that exit while the node runs (crash, kill -9)."""
-        while self._watching:
-            for worker_id, process in enumerate(self.processes):
-                if not process.is_alive():
-                    (self.proxy or self.agent).worker_died(worker_id, process.exitcode)
-            time.sleep(0.1)
+    def _lost(self, worker_id: int, exitcode: int | None) -> None:
+        (self.proxy or self.agent).worker_died(worker_id, exitcode)
+
+    def _respawn(self, worker_id: int, generation: int) -> None:
+        link = self._spawn(worker_id, generation)
+        self.proxy.worker_back(link)
+        log.info("worker %d replaced (restart %d)", worker_id, generation)
 
     def stop(self) -> None:
-        self._watching = False
-        if getattr(self, "_watcher", None) is not None:
-            self._watcher.join()
-            self._watcher = None
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         if self.link is not None:
             self.link.close()
             self.link = None

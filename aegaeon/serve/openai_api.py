@@ -1,12 +1,12 @@
 """OpenAI-compatible HTTP API on a node's proxy (FastAPI).
 
-Endpoints: POST /v1/completions and /v1/chat/completions (with `stream: true`
-as server-sent events), GET /v1/models, GET /health, GET /metrics (Prometheus
-text). Request bodies are validated strictly (unknown fields, wrong types and
-out-of-range values are 400s that name the field); an unknown model is a 404;
-errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`.
-Tokenisation happens here (the `tokenizers` library, no tensors); the proxy
-and workers see token ids only.
+Endpoints: POST /v1/completions and /v1/chat/completions (with `stream: true` as server-sent events),
+GET /v1/models, GET /health, GET /metrics (Prometheus text). Bodies are validated strictly
+(aegaeon.serve.api_schema); errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`:
+400 for a bad request, 401 without the key, 404 for an unknown model, 413 for an oversized body, 429 with
+`Retry-After` beyond the admission limits, 503 when the cluster cannot serve. Tokenisation and chat
+templates run on a thread pool, never on the event loop; the proxy and workers see token ids only. A client
+that disconnects, streaming or not, cancels its request.
 """
 
 from __future__ import annotations
@@ -15,109 +15,82 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from aegaeon.client import Client
+from aegaeon.config.serving import ApiConfig, NodeConfig
 from aegaeon.errors import RequestError
-from aegaeon.models.config import load_arch_config
+from aegaeon.models.sampler import GREEDY_BELOW
+from aegaeon.serve.api_guard import BodyTooLarge, Guard, error_body
+from aegaeon.serve.api_schema import ChatBody, CompletionBody
 from aegaeon.serve.metrics import Metrics
-from aegaeon.serve.proxy import Proxy, RequestState
+from aegaeon.serve.proxy import Proxy, UnavailableError
+from aegaeon.serve.requests import LiveRequest, OverloadedError
+from aegaeon.serve.served_model import ServedModel, TemplateRejected
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}<|assistant|>\n"
-)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Generation(_Strict):
-    """Fields both endpoints share."""
-
-    model: str
-    max_tokens: int = Field(16, ge=1, le=1_000_000)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: Literal[1] = 1
-    stream: bool = False
-    seed: int | None = None
-    user: str | None = None
-
-
-class CompletionBody(_Generation):
-    prompt: str | list[str]
-
-
-class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ChatBody(_Generation):
-    messages: list[ChatMessage] = Field(min_length=1)
+TOKEN_TIMEOUT = 300.0  # seconds without a token before a request is given up as a 504
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return error_body(self.message, self.param, self.code, self.kind)
 
 
-def _error_body(message: str, param: str | None, code: str | None, kind: str = "invalid_request_error") -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+class ClientGone(Exception):
+    pass
 
 
-class ServedModel:
-    def __init__(self, name: str, path: Path):
-        from tokenizers import Tokenizer
-
-        self.name = name
-        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self.max_position = load_arch_config(path).max_position
-        tokenizer_config = path / "tokenizer_config.json"
-        extra = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment()
-        env.globals["raise_exception"] = _raise_template_error  # what Hugging Face chat templates call
-        self.special_tokens = {k: v for k, v in extra.items() if k in ("bos_token", "eos_token") and isinstance(v, str)}
-        self.chat_template = env.from_string(extra.get("chat_template") or DEFAULT_CHAT_TEMPLATE)
-
-    def render_chat(self, messages: list[dict]) -> str:
-        from jinja2 import TemplateError
-
-        try:
-            return self.chat_template.render(messages=messages, add_generation_prompt=True, **self.special_tokens)
-        except TemplateError as err:
-            raise ApiError(400, f"the chat template of {self.name} rejected the messages: {err}", "messages") from None
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids)
+def _unavailable(message: str) -> ApiError:
+    return ApiError(503, message, None, "service_unavailable", "service_unavailable_error")
 
 
-def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None) -> FastAPI:
-    app = FastAPI(title="aegaeon", docs_url=None, redoc_url=None)
-    served = {name: ServedModel(name, Path(path)) for name, path in models.items()}
-    client = Client(proxy)
-    metrics = Metrics()
-    app.state.metrics = metrics
+def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig(), node: NodeConfig | None = None):
+    """The ASGI app. `node`, when given, sets the SLO /metrics scores against and what /health reports of the
+    node's shape (policy, SLO, whether the host<->device link is emulated)."""
+    app = FastAPI(title="aegaeon", docs_url=None, redoc_url=None, openapi_url=None)
+    served = {}
+    for name, path in models.items():
+        served[name] = ServedModel(name, Path(path))
+    metrics = Metrics(node.slo if node is not None else None,
+                      node.engine.link_gbps if node is not None else None)
+    shape = {} if node is None else {
+        "policy": node.policy, "slo": {"ttft": node.slo.ttft, "tpot": node.slo.tpot},
+        "link": f"emulated at {node.engine.link_gbps:g} GB/s" if node.engine.link_gbps else "native"}
+    pool = ThreadPoolExecutor(api.tokenizer_threads, thread_name_prefix="tokenize")
+    weakref.finalize(app, pool.shutdown, wait=False, cancel_futures=True)
+
+    async def off_loop(fn: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(_error_body(err.message, err.param, err.code), status_code=err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, err: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(error_body(str(err), None, "body_too_large"), status_code=413)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        if isinstance(err.__cause__, BodyTooLarge):  # FastAPI wraps errors met while reading the body
+            return JSONResponse(error_body(str(err.__cause__), None, "body_too_large"), status_code=413)
+        return JSONResponse(error_body(str(err.detail), None, None), status_code=err.status_code,
+                            headers=getattr(err, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -125,27 +98,20 @@ def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None
         loc = [str(part) for part in first.get("loc", ()) if part != "body"]
         param = ".".join(loc) or None
         message = f"{param or 'body'}: {first.get('msg', 'invalid')}"
-        return JSONResponse(_error_body(message, param, first.get("type")), status_code=400)
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization") != f"Bearer {api_key}":
-                return JSONResponse(_error_body("invalid or missing API key", None, "invalid_api_key",
-                                                "authentication_error"), status_code=401)
-        return await call_next(request)
+        return JSONResponse(error_body(message, param, first.get("type")), status_code=400)
 
     @app.get("/health")
-    async def health() -> dict:
-        alive = [link for link in list(proxy.links.values()) if not link.dead]
-        return {"status": "ok", "models": len(served),
-                "workers": {role: sum(link.role == role for link in alive) for role in ("prefill", "decode")},
-                "remote_workers": sum(link.remote for link in alive)}
+    async def health() -> JSONResponse:
+        serving, reason, details = proxy.health()
+        body = {"status": "ok" if serving else "unavailable", "models": len(served), **shape, **details}
+        if not serving:
+            body["reason"] = reason
+        return JSONResponse(body, status_code=200 if serving else 503)
 
     @app.get("/v1/models")
     async def list_models() -> dict:
-        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "aegaeon"}
-                                           for n in served]}
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "aegaeon",
+                                            "max_model_len": m.max_position} for n, m in served.items()]}
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
@@ -156,47 +122,72 @@ def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None
             raise ApiError(404, f"The model `{name}` does not exist: see GET /v1/models", "model", "model_not_found")
         return served[name]
 
-    def _start(model: ServedModel, prompt_ids: list[int], body) -> RequestState:
+    def _start(model: ServedModel, prompt_ids: list[int], body, max_tokens: int) -> LiveRequest:
         if not prompt_ids:
             raise ApiError(400, "the prompt is empty", "prompt")
-        if len(prompt_ids) + body.max_tokens > model.max_position:
-            raise ApiError(400, f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({body.max_tokens}) "
+        if len(prompt_ids) + max_tokens > model.max_position:
+            raise ApiError(400, f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) "
                                 f"exceeds the context of {model.max_position} tokens", "max_tokens",
                            "context_length_exceeded")
+        temperature = 1.0 if body.temperature is None else body.temperature
+        if temperature < GREEDY_BELOW:  # as vLLM does: a temperature this small is greedy decoding
+            temperature = 0.0
+        top_p = 1.0 if body.top_p is None else body.top_p
         try:
-            return client.submit(model.name, prompt_ids, body.max_tokens, body.temperature, body.top_p, body.seed)
+            return proxy.submit(model.name, prompt_ids, max_tokens, temperature, top_p, body.seed, bool(body.ignore_eos))
+        except OverloadedError as err:
+            raise ApiError(429, str(err), None, "too_many_requests", "rate_limit_error",
+                           {"Retry-After": str(max(1, round(err.retry_after)))}) from None
+        except UnavailableError as err:
+            raise _unavailable(str(err)) from None
         except RequestError as err:
             raise ApiError(400, str(err)) from None
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody):
+    async def completions(body: CompletionBody, request: Request):
         model = _model(body.model)
-        prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
             raise ApiError(400, "give one prompt per request (a list of exactly one string)", "prompt")
-        state = _start(model, model.encode(prompt), body)
-        return await _respond(state, model, body.stream, chat=False)
+        prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        prompt_ids = await off_loop(model.encode, prompt)
+        state = _start(model, prompt_ids, body, body.max_tokens or 16)
+        return await _respond(state, model, bool(body.stream), False, request)
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatBody):
+    async def chat(body: ChatBody, request: Request):
         model = _model(body.model)
-        text = model.render_chat([m.model_dump() for m in body.messages])
-        state = _start(model, model.encode(text), body)
-        return await _respond(state, model, body.stream, chat=True)
+        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+                    for m in body.messages]
+        try:
+            text = await off_loop(model.render_chat, messages)
+        except TemplateRejected as err:
+            raise ApiError(400, str(err), "messages") from None
+        prompt_ids = await off_loop(model.encode, text)
+        # vLLM's default for chat: whatever of the context the prompt leaves
+        max_tokens = body.max_completion_tokens or body.max_tokens or max(1, model.max_position - len(prompt_ids))
+        state = _start(model, prompt_ids, body, max_tokens)
+        return await _respond(state, model, bool(body.stream), True, request)
 
-    async def _respond(state: RequestState, model: ServedModel, stream: bool, chat: bool):
+    async def _respond(state: LiveRequest, model: ServedModel, stream: bool, chat: bool, request: Request):
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{state.submit.request_id}"
         metrics.started(model.name)
         if stream:
             return StreamingResponse(_sse(state, model, rid, chat), media_type="text/event-stream")
         tokens, reason, arrival = [], None, time.time()
         times: list[float] = []
-        async for token_ids, stamps, finish in _tokens(state):
-            tokens += token_ids
-            times += stamps
-            reason = finish or reason
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            async for token_ids, stamps, finish in _tokens(state, gone):
+                tokens += token_ids
+                times += stamps
+                reason = finish or reason
+        except ClientGone:
+            proxy.cancel(state.submit.request_id)
+            return JSONResponse(error_body("the client disconnected", None, "client_disconnected"), status_code=499)
+        finally:
+            gone.cancel()
         metrics.finished(model.name, arrival, times)
-        text = model.decode(tokens)
+        text = await off_loop(model.decode, tokens)
         usage = {"prompt_tokens": len(state.submit.prompt_ids), "completion_tokens": len(tokens),
                  "total_tokens": len(state.submit.prompt_ids) + len(tokens)}
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason} if chat
@@ -204,51 +195,70 @@ def create_app(proxy: Proxy, models: dict[str, Path], api_key: str | None = None
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": model.name, "choices": [choice], "usage": usage}
 
-    async def _tokens(state: RequestState) -> AsyncIterator[tuple[list[int], list[float], str | None]]:
-        """Token batches from the proxy, awaited on the event loop (no thread per stream); ApiError on failure."""
+    async def _tokens(state: LiveRequest, gone: asyncio.Future | None = None
+                      ) -> AsyncIterator[tuple[list[int], list[float], str | None]]:
+        """Token batches from the proxy, awaited on the event loop (no thread per stream); ApiError on
+        failure, ClientGone as soon as `gone` completes."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
         proxy.listen(state, lambda message: loop.call_soon_threadsafe(inbox.put_nowait, message))
         while True:
-            try:
-                message = await asyncio.wait_for(inbox.get(), timeout=client.timeout)
-            except asyncio.TimeoutError:
-                raise ApiError(504, f"request {state.submit.request_id} produced no token in time", None,
-                               "timeout") from None
+            getter = asyncio.ensure_future(inbox.get())
+            waiting = {getter} if gone is None else {getter, gone}
+            done, _ = await asyncio.wait(waiting, timeout=TOKEN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                if gone is not None and gone in done:
+                    raise ClientGone()
+                proxy.cancel(state.submit.request_id)
+                raise ApiError(504, f"request {state.submit.request_id} produced no token in {TOKEN_TIMEOUT:g} s",
+                               None, "timeout", "server_error")
+            message = getter.result()
             if message.error is not None:
-                raise ApiError(503 if message.unavailable else 400, message.error, None, "request_failed")
+                if message.unavailable:
+                    raise _unavailable(message.error)
+                raise ApiError(400, message.error, None, "request_failed")
             yield list(message.token_ids), list(message.times), message.finish_reason
             if message.finish_reason is not None:
                 return
 
-    async def _sse(state: RequestState, model: ServedModel, rid: str, chat: bool) -> AsyncIterator[bytes]:
+    async def _sse(state: LiveRequest, model: ServedModel, rid: str, chat: bool) -> AsyncIterator[bytes]:
         sent, arrival, times, finished = [], time.time(), [], False
+        obj = "chat.completion.chunk" if chat else "text_completion"
         try:
+            if chat:  # OpenAI's first chunk carries the role
+                first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                yield _event({"id": rid, "object": obj, "created": int(time.time()), "model": model.name,
+                              "choices": [first]})
             async for token_ids, stamps, finish in _tokens(state):
                 finished = finish is not None
                 times += stamps
                 before = model.decode(sent)
                 sent += token_ids
                 delta = model.decode(sent)[len(before):]
-                obj = "chat.completion.chunk" if chat else "text_completion"
                 choice = ({"index": 0, "delta": {"content": delta}, "finish_reason": finish} if chat
                           else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish})
-                chunk = {"id": rid, "object": obj, "created": int(time.time()), "model": model.name,
-                         "choices": [choice]}
-                yield f"data: {json.dumps(chunk)}\n\n".encode()
+                yield _event({"id": rid, "object": obj, "created": int(time.time()), "model": model.name,
+                              "choices": [choice]})
         except ApiError as err:
             finished = True
-            yield f"data: {json.dumps(_error_body(err.message, err.param, err.code))}\n\n".encode()
+            yield _event(err.body())
         finally:
             if not finished:  # the client disconnected mid-stream: free the request's KV
                 proxy.cancel(state.submit.request_id)
         metrics.finished(model.name, arrival, times)
         yield b"data: [DONE]\n\n"
 
-    return app
+    return Guard(app, api.api_key, api.max_body_bytes, api.public_metrics)
 
 
-def _raise_template_error(message: str) -> None:
-    from jinja2 import TemplateError
+def _event(obj: dict) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
 
-    raise TemplateError(message)
+
+async def _disconnected(request: Request) -> None:
+    """Completes when the client of a non-streaming request goes away (its body has been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

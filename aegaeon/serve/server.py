@@ -8,13 +8,26 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from aegaeon.ipc.tcp import LinkError
-from aegaeon.serve.node import Node, NodeConfig
+from aegaeon.errors import LinkError
+from aegaeon.serve.node import Node
+from aegaeon.config.serving import ApiConfig, NodeConfig
 
 
-def serve_node(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+def uvicorn_config(app, api: ApiConfig):
+    """uvicorn's settings for the API: its connection cap (503 beyond it), keep-alive timeout, and a protocol
+    that closes a connection that does not deliver a whole request within `api.header_timeout`."""
+    import uvicorn
+
+    from aegaeon.serve.api_guard import deadline_protocol
+
+    return uvicorn.Config(app, host=api.host, port=api.port, log_level="warning", http=deadline_protocol(api.header_timeout),
+                          limit_concurrency=api.limit_concurrency, timeout_keep_alive=api.keep_alive_seconds,
+                          lifespan="on")
+
+
+def serve_node(config: NodeConfig, api: ApiConfig = ApiConfig(),
                announce: Callable[[str], None] = lambda line: None) -> None:
-    """Start the node, serve the OpenAI-compatible API on host:port, and stop everything on exit.
+    """Start the node, serve the OpenAI-compatible API on api.host:api.port, and stop everything on exit.
 
     uvicorn turns SIGINT and SIGTERM into a graceful shutdown; the node then stops its workers and
     unlinks every shared-memory object it made.
@@ -33,10 +46,14 @@ def serve_node(config: NodeConfig, host: str = "127.0.0.1", port: int = 8000, ap
         good = {name: Path(path) for name, path in config.models.items() if name not in node.unavailable}
         for reason in node.unavailable.values():
             announce(f"warning: {reason}")
-        announce(f"serving {sorted(good)} on http://{host}:{port}/v1")
+        link = config.engine.link_gbps
+        announce(f"serving {sorted(good)} on http://{api.host}:{api.port}/v1 with {config.num_instances} "
+                 f"instances ({config.prefill_instances} prefill), policy {config.policy}, SLO TTFT "
+                 f"{config.slo.ttft:g} s / TPOT {config.slo.tpot:g} s"
+                 + (f", host<->device link emulated at {link:g} GB/s" if link else ""))
         if node.link is not None:
             announce(f"listening for nodes on {config.link_address.rpartition(':')[0]}:{node.link.port}")
-        uvicorn.run(create_app(proxy, good, api_key), host=host, port=port, log_level="warning")
+        uvicorn.Server(uvicorn_config(create_app(proxy, good, api, config), api)).run()
     finally:
         node.stop()
 

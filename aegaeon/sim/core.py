@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from aegaeon.sched.cost import CostModel
-from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
+from aegaeon.config.sim import DEFAULT_DEVICE_MEMORY, SimConfig  # noqa: F401 (re-exported)
 from aegaeon.sched.request import RequestState
 
-DEFAULT_DEVICE_MEMORY = 80 * 2**30
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    num_gpus: int = 16
-    device_memory_bytes: int = DEFAULT_DEVICE_MEMORY
-    prefill_instances: int | None = None  # aegaeon: None -> a quarter of the GPUs
-    max_group_size: int = 8  # aegaeon prefill groups
-    max_quota: float = DEFAULT_MAX_QUOTA  # aegaeon decode Q
-    max_batch: int = 64
-    queue_size: int = 4  # sllm / sllm+ QS
-    muxserve_kv_reserve_bytes: int = 20 * 2**30  # KV room each MuxServe model is placed with
-    horizon_factor: float = 4.0  # stop simulating at this multiple of the workload span
 
 
 class EventLoop:
@@ -46,7 +31,8 @@ class EventLoop:
 
 def decode_segment(cost: CostModel, model: str, batch: Sequence[RequestState], start: float,
                    budget: float | None) -> float:
-    """Decode until `budget` seconds are spent (at least one step) or a request finishes.
+    """Decode while fewer than `budget` seconds have been spent (`aegaeon.sched.rounds.quota_allows_step`: at
+    least one step, the last may end past the budget), or until a request finishes.
 
     The cost model's step time is linear in the context, so with step j taking
     base + slope*j the k-th token lands at start + k*base + slope*k*(k-1)/2.
@@ -59,8 +45,8 @@ def decode_segment(cost: CostModel, model: str, batch: Sequence[RequestState], s
     slope = cost.decode_time(model, size, context + size) - base
     k = np.arange(1, steps + 1, dtype=np.float64)
     times = start + k * base + slope * k * (k - 1) / 2
-    if budget is not None:
-        steps = max(1, int(np.searchsorted(times - start, budget, side="right")))
+    if budget is not None:  # step k+1 starts when step k ends, if that is before the budget runs out
+        steps = min(steps, int(np.searchsorted(times - start, budget, side="left")) + 1)
         times = times[:steps]
     stamps = times.tolist()
     for state in batch:

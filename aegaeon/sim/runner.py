@@ -28,19 +28,16 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from aegaeon.errors import ConfigError
-from aegaeon.sched.cost import CostModel, TableCostModel
+from aegaeon.sched.cost import TableCostModel
 from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO, meets_both, request_attainment, summarize
+from aegaeon.sched.policies import policy as policy_info
 from aegaeon.sim.aegaeon_system import AegaeonSystem
-from aegaeon.sim.core import EventLoop, SimConfig
-from aegaeon.sim.muxserve import MuxServeSystem
-from aegaeon.sim.serverless import ServerlessSystem
+from aegaeon.sim.core import EventLoop
+from aegaeon.config.sim import SimConfig
 
 log = logging.getLogger(__name__)
-
-POLICIES = ("aegaeon", "sllm", "sllm+", "muxserve")
-
 
 @dataclass(frozen=True)
 class RunLabel:
@@ -50,17 +47,6 @@ class RunLabel:
     arrival_rate: float
     inlen_scale: float = 1.0
     outlen_scale: float = 1.0
-
-
-def _make_system(policy: str, loop: EventLoop, cost: CostModel, slo: SLO, config: SimConfig,
-                 models: list[str]):
-    if policy == "aegaeon":
-        return AegaeonSystem(loop, cost, slo, config)
-    if policy in ("sllm", "sllm+"):
-        return ServerlessSystem(loop, cost, slo, config, plus=policy == "sllm+")
-    if policy == "muxserve":
-        return MuxServeSystem(loop, cost, slo, config, models)
-    raise ConfigError(f"unknown policy {policy!r}: choose from {', '.join(POLICIES)}")
 
 
 def simulate(policy: str, requests: Sequence[RequestSpec], cost: TableCostModel, slo: SLO, config: SimConfig,
@@ -78,7 +64,7 @@ def simulate(policy: str, requests: Sequence[RequestSpec], cost: TableCostModel,
         cost = cost.with_switch_efficiency(aegaeon_switch_efficiency or cost.link.fast_switch_efficiency)
     loop = EventLoop()
     models = sorted({r.model for r in requests})
-    system = _make_system(policy, loop, cost, slo, config, models)
+    system = policy_info(policy).system_class()(loop, cost, slo, config, models, policy)
     states = [RequestState(spec) for spec in requests]
     for state in states:
         loop.at(state.spec.arrival, lambda s=state: system.submit(s))
@@ -188,3 +174,18 @@ def run_sweep(points: Iterable[tuple[str, RunLabel]], load_requests: Callable[[R
         if progress:
             progress(policy, result)
     return written
+
+
+def render_table(results: Sequence[dict]) -> str:
+    """The `aegaeon sim` table of results (one row per point)."""
+    lines = [f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}"
+             f" {'2nd-tok p90':>11} {'busy P/D':>9}"]
+    for r in results:
+        p99 = "-" if r["ttft_p99"] is None else f"{r['ttft_p99']:.2f}"
+        gap = "-" if r["second_token_gap_p90"] is None else f"{r['second_token_gap_p90']:.2f}"
+        load = r.get("instance_load")
+        load_text = f"{load['prefill']:.2f}/{load['decode']:.2f}" if load else "-"
+        name = r["policy"] + (f"_{r['variant']}" if r.get("variant") else "")
+        lines.append(f"{name:<9} {r['num_models']:>6} {r['arrival_rate']:>5g} {100 * r['slo_attainment']:>7.1f}% "
+                     f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8} {gap:>11} {load_text:>9}")
+    return "\n".join(lines)

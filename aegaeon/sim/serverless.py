@@ -1,123 +1,71 @@
-"""ServerlessLLM and ServerlessLLM+ in the simulator: request-level auto-scaling.
+"""ServerlessLLM and ServerlessLLM+ in the simulator: request-level auto-scaling on unified GPUs.
 
-Each GPU runs one model at a time and never preempts it. Work on a GPU is a
-queue of *runs* (requests of one model served together as one batch).
-
-sllm:  a request joins a run of its model, queued or running, on any GPU, if
-       that run has fewer than QS requests; otherwise it scales up: a new run on
-       an idle GPU, else on the least-recently-used GPU. A request joining a
-       running run is prefilled between decode slices of REQUEST_LEVEL_SLICE
-       seconds, as the live request-level worker admits it.
-sllm+: requests are grouped per model in batches of at most QS that have not
-       started, a new batch goes to the least-loaded GPU, and each GPU picks
-       its next batch shortest-remaining-time-first (a batch counts as its
-       prefill time). Running batches take no new members.
-Loading a model costs the cost model's switch time.
+Every decision is `aegaeon.sched.serverless.ServerlessScheduler`'s (which run a request joins, where a run
+scales up, which run a GPU starts next) and `aegaeon.sched.rounds.RequestLevel`'s (how long a decode slice
+lasts before joiners are admitted). This module advances the clock: loading a model costs the cost model's
+switch time, a run's prompts are prefilled together, joiners between slices.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from aegaeon.sched.cost import CostModel
-from aegaeon.sched.decode import REQUEST_LEVEL_SLICE
+from aegaeon.sched.decode import DecodeCandidate
 from aegaeon.sched.request import RequestState
+from aegaeon.sched.decode import REQUEST_LEVEL_SLICE
+from aegaeon.sched.rounds import RequestLevel
+from aegaeon.sched.serverless import ServerlessScheduler
 from aegaeon.sched.slo import SLO
-from aegaeon.sim.core import EventLoop, SimConfig, decode_for, prefill
-
-
-@dataclass
-class _Run:
-    model: str
-    members: list[RequestState] = field(default_factory=list)
-    joiners: list[RequestState] = field(default_factory=list)
-    started: bool = False
-
-    @property
-    def size(self) -> int:
-        return len(self.members) + len(self.joiners)
-
-
-@dataclass
-class _Gpu:
-    queue: list[_Run] = field(default_factory=list)
-    running: _Run | None = None
-    loaded: str | None = None
-    last_used: float = -1.0
-    busy_until: float = 0.0
+from aegaeon.sim.core import EventLoop, decode_for, prefill
+from aegaeon.config.sim import SimConfig
 
 
 class ServerlessSystem:
-    def __init__(self, loop: EventLoop, cost: CostModel, slo: SLO, config: SimConfig, plus: bool = False):
-        self.loop, self.cost, self.slo, self.config, self.plus = loop, cost, slo, config, plus
-        self.name = "sllm+" if plus else "sllm"
-        self.gpus = [_Gpu() for _ in range(config.num_gpus)]
+    def __init__(self, loop: EventLoop, cost: CostModel, slo: SLO, config: SimConfig, models: list[str],
+                 policy: str = "sllm"):
+        self.loop, self.cost, self.slo, self.config = loop, cost, slo, config
+        self.name = policy
+        plus = policy == "sllm+"
+        self.scheduler = ServerlessScheduler(config.num_gpus, cost, config.queue_size, plus)
+        # ServerlessLLM+ decodes a run to its end; ServerlessLLM admits joiners between slices
+        self.slices = [RequestLevel(config.max_batch, float("inf") if plus else REQUEST_LEVEL_SLICE) for _ in range(config.num_gpus)]
+        self.loaded: list[str | None] = [None] * config.num_gpus
+        self.states: dict[int, RequestState] = {}
         self.switches = 0
 
     def submit(self, state: RequestState) -> None:
-        run, index = self._find_run(state.model)
-        if run is not None:
-            (run.joiners if run.started else run.members).append(state)
-        else:
-            index = self._scale_up_target(state.model)
-            self.gpus[index].queue.append(_Run(state.model, [state]))
-        if self.gpus[index].running is None:
-            self._start_next(index)
-
-    def _find_run(self, model: str) -> tuple[_Run | None, int]:
-        best: tuple[_Run | None, int] = (None, -1)
-        for index, gpu in enumerate(self.gpus):
-            runs = list(gpu.queue) + ([] if self.plus or gpu.running is None else [gpu.running])
-            for run in runs:
-                if run.model == model and run.size < self.config.queue_size:
-                    if best[0] is None or run.size < best[0].size:
-                        best = (run, index)
-        return best
-
-    def _scale_up_target(self, model: str) -> int:
-        if self.plus:
-            return min(range(len(self.gpus)), key=lambda i: (self._predicted_work(i), i))
-        idle = [i for i, g in enumerate(self.gpus) if g.running is None and not g.queue]
-        if idle:
-            warm = [i for i in idle if self.gpus[i].loaded == model]
-            return (warm or sorted(idle, key=lambda i: self.gpus[i].last_used))[0]
-        return min(range(len(self.gpus)), key=lambda i: (self.gpus[i].last_used, i))
-
-    def _predicted_work(self, index: int) -> float:
-        gpu = self.gpus[index]
-        t = max(0.0, gpu.busy_until - self.loop.now)
-        return t + sum(self._batch_estimate(run) for run in gpu.queue)
-
-    def _batch_estimate(self, run: _Run) -> float:
-        return self.cost.prefill_time(run.model, [s.spec.input_len for s in run.members])
+        self.states[state.spec.request_id] = state
+        start = self.scheduler.submit(state.spec, self.loop.now)
+        if start is not None:
+            self._start_next(start)
 
     def _start_next(self, index: int) -> None:
-        gpu = self.gpus[index]
-        gpu.running = None
-        if not gpu.queue:
+        run = self.scheduler.next_run(index)
+        if run is None:
             return
-        pick = min(range(len(gpu.queue)), key=lambda i: self._batch_estimate(gpu.queue[i])) if self.plus else 0
-        run = gpu.queue.pop(pick)
-        run.started = True
-        gpu.running = run
-        t = self.loop.now + self.cost.switch_time(gpu.loaded, run.model)
-        self.switches += gpu.loaded != run.model
-        gpu.loaded = run.model
-        t = prefill(self.cost, run.model, run.members, t)
+        t = self.loop.now + self.cost.switch_time(self.loaded[index], run.model)
+        self.switches += self.loaded[index] != run.model
+        self.loaded[index] = run.model
+        t = prefill(self.cost, run.model, [self.states[r.request_id] for r in run.members], t)
         self._continue(index, t)
 
     def _continue(self, index: int, t: float) -> None:
-        """Decode the running run in slices, admitting joiners between them."""
-        gpu, run = self.gpus[index], self.gpus[index].running
-        if run.joiners:
-            fresh, run.joiners = run.joiners, []
-            t = prefill(self.cost, run.model, fresh, t)
-            run.members.extend(fresh)
-        run.members = [s for s in run.members if not s.finished]
-        gpu.busy_until = t
-        gpu.last_used = t
-        if not run.members and not run.joiners:
+        """Decode the running run slice by slice, admitting joiners between slices."""
+        run = self.scheduler.gpus[index].running
+        fresh = self.scheduler.take_joiners(index)
+        if fresh:
+            t = prefill(self.cost, run.model, [self.states[r.request_id] for r in fresh], t)
+        live = [self.states[r.request_id] for r in run.members if not self.states[r.request_id].finished]
+        run.members = [s.spec for s in live]
+        # the whole run's predicted end, not this slice's: a GPU decoding a batch is not idle to sllm+
+        left = max((s.remaining for s in live), default=0)
+        context = sum(s.context_len for s in live)
+        self.scheduler.progress(index, t, t + left * self.cost.decode_time(run.model, len(live), context) if live else t)
+        turn = self.slices[index].next_turn([DecodeCandidate(s.spec.request_id, s.model, s.context_len)
+                                             for s in live])
+        if turn is None:
             self.loop.at(t, lambda: self._start_next(index))
             return
-        t = decode_for(self.cost, run.model, run.members, t, None if self.plus else REQUEST_LEVEL_SLICE)
+        batch = [self.states[i] for i in turn.request_ids]
+        budget = None if turn.quota == float("inf") else turn.quota
+        t = decode_for(self.cost, run.model, batch, t, budget)
         self.loop.at(t, lambda: self._continue(index, t))

@@ -8,7 +8,7 @@ from typing import Callable, TypeVar
 
 from aegaeon.errors import ConfigError
 from aegaeon.sched.request import RequestSpec
-from aegaeon.sim.runner import POLICIES, RunLabel
+from aegaeon.sim.runner import RunLabel
 from aegaeon.workload import WorkloadSpec, generate, load_workload, workload_filename, write_workload
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,6 @@ def parse_list(text: str, kind: Callable[[str], T], flag: str) -> list[T]:
     if not values:
         raise ConfigError(f"{flag} is empty: give at least one value")
     return values
-
-
-def parse_policies(text: str) -> list[str]:
-    policies = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in policies if p not in POLICIES]
-    if unknown or not policies:
-        raise ConfigError(f"--policy {text!r}: unknown {unknown}; choose from {', '.join(POLICIES)}")
-    return policies
 
 
 def workload_path(label: RunLabel, workloads_dir: Path, seed: int = 0) -> Path:

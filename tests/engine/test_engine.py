@@ -1,6 +1,7 @@
 import pytest
 
-from aegaeon.engine.engine import Engine, EngineConfig
+from aegaeon.config.serving import EngineConfig
+from aegaeon.engine.local import LocalEngine as Engine
 from aegaeon.errors import RequestError
 from aegaeon.models.maker import config_for, make_model
 from aegaeon.models.sampler import SamplingParams
@@ -30,7 +31,7 @@ def test_interleaved_requests_equal_their_uninterleaved_greedy_outputs(pool):
     requests = [(m, p) for p in PROMPTS for m in pool]
     with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB, steps_per_turn=2)) as engine:
         results = engine.generate(requests, sampling)
-        switches = len(engine.runner.switches)
+        switches = len(engine.executor.runner.switches)
     assert switches >= 3 * 5, "models should alternate every couple of tokens"
     for (model, prompt), result in zip(requests, results):
         assert result.error is None
@@ -48,13 +49,13 @@ def test_seeded_sampling_does_not_depend_on_interleaving(pool):
 
 def test_switching_reuses_components_and_binds_views_into_the_arena(pool):
     with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB, steps_per_turn=1)) as engine:
-        models_before = {name: entry.model for name, entry in engine.runner.entries.items()}
-        buffer_ptr = engine.arena.buffer.data_ptr()
+        models_before = {name: entry.model for name, entry in engine.executor.runner.entries.items()}
+        buffer_ptr = engine.executor.arena.buffer.data_ptr()
         engine.generate([(m, PROMPTS[1]) for m in pool], SamplingParams(max_tokens=6))
-        assert {name: entry.model for name, entry in engine.runner.entries.items()} == models_before
-        assert engine.arena.buffer.data_ptr() == buffer_ptr
-        bound = engine.runner.entries[engine.runner.active].model
-        start, end = buffer_ptr, buffer_ptr + engine.arena.total_bytes
+        assert {name: entry.model for name, entry in engine.executor.runner.entries.items()} == models_before
+        assert engine.executor.arena.buffer.data_ptr() == buffer_ptr
+        bound = engine.executor.runner.entries[engine.executor.runner.active].model
+        start, end = buffer_ptr, buffer_ptr + engine.executor.arena.total_bytes
         for tensor in (bound.embed, bound.lm_head, bound.layers[0].q, bound.layers[-1].down):
             assert start <= tensor.data_ptr() < end
 
@@ -63,12 +64,12 @@ def test_short_kv_memory_swaps_requests_out_and_back_without_changing_outputs(po
     sampling = SamplingParams(max_tokens=20)
     requests = [(m, p) for p in PROMPTS for m in pool]
     with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB)) as sizing:
-        largest = max(e.weights.total_bytes for e in sizing.runner.entries.values())
+        largest = max(e.weights.total_bytes for e in sizing.executor.runner.entries.values())
     # room for a few slabs of KV beyond the largest model: requests must take turns in it
     config = EngineConfig(slab_bytes=SMALL_SLAB, steps_per_turn=3, arena_bytes=largest + 4 * SMALL_SLAB)
     with Engine(pool, config) as engine:
         results = engine.generate(requests, sampling)
-        assert engine.kv.swapped_bytes > 0
+        assert engine.executor.kv.swapped_bytes > 0
     for (model, prompt), result in zip(requests, results):
         assert result.error is None
         assert result.token_ids == _alone(pool, model, prompt, sampling).token_ids
@@ -86,7 +87,7 @@ def test_a_bad_checkpoint_is_unavailable_and_the_others_keep_serving(pool, tmp_p
 
 def test_a_model_larger_than_the_arena_is_unavailable_with_the_sizes_named(pool):
     with Engine({"a": pool["a"]}, EngineConfig(slab_bytes=SMALL_SLAB)) as small_only:
-        weights = small_only.runner.entries["a"].weights.total_bytes
+        weights = small_only.executor.runner.entries["a"].weights.total_bytes
     arena_bytes = -(-weights // SMALL_SLAB) * SMALL_SLAB + 2 * SMALL_SLAB
     with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB, arena_bytes=arena_bytes)) as engine:
         assert "do not fit the arena" in engine.unavailable["c"]
@@ -110,7 +111,7 @@ def test_prompt_longer_than_the_context_and_unknown_models_are_refused(tmp_path)
 
 def test_a_request_larger_than_the_whole_kv_pool_fails_with_a_clear_error(pool):
     with Engine({"a": pool["a"]}, EngineConfig(slab_bytes=SMALL_SLAB)) as first:
-        weights = first.runner.entries["a"].weights.total_bytes
+        weights = first.executor.runner.entries["a"].weights.total_bytes
     config = EngineConfig(slab_bytes=SMALL_SLAB, block_size=16, arena_bytes=-(-weights // SMALL_SLAB) * SMALL_SLAB + SMALL_SLAB)
     with Engine({"a": pool["a"]}, config) as engine:
         result = engine.generate([("a", "hi " * 30)], SamplingParams(max_tokens=2000))[0]

@@ -9,7 +9,7 @@ EXAMPLES = [
     Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42, True), Schedule("m", (1, 2), 0.25),
     SwapOut(7, "m", (4096, 8192), 33, (9,), b"\x01\x02"), SwapIn(7, "m", (4096,), 16, (9, 10)), Tokens(7, (5, 6), (1.5, 1.6), "length"),
     StepDone("m", 4, 0.1, 0.02), KvRelease(7, (4096,)), WorkerReady(2, "decode", {"x": "bad"}), Cancel(7),
-    Hello("token", "n1", ("prefill", "decode"), ("a", "b")), Welcome((4, 5)), Refused("wrong cluster token"),
+    Hello("n1", ("prefill", "decode"), ("a", "b")), Welcome((4, 5)), Refused("wrong cluster token"),
     Heartbeat(1700000000.25), Routed(4, b"\x93\x01"), KvPayload(7, "m", (0, 4096), 20, (9,), b"", 4096, 5, b"\0" * 8192),
     WorkerGone(5, -9),
     Shutdown("bye"), Trace("switch", 3, "m", 1700000000.5, 0.01, 4096, -1, "", {"copy_weights": 0.008}),

@@ -122,3 +122,30 @@ def test_populate_faults_in_pages_without_changing_their_bytes():
         seg.populate(4000, 6000)
         seg.populate()
         assert view[5000:5010].tolist() == [7] * 10 and int(view.sum()) == 70
+
+
+def test_cleanup_refuses_while_another_process_maps_the_clusters_memory():
+    import subprocess
+    import sys
+
+    from aegaeon.errors import ClusterRunningError
+    from aegaeon.ipc.shm import SHM_DIR, SharedSegment, processes_mapping, remove_stale
+
+    segment = SharedSegment.create("/aegaeon-orphantest-weights", 4096)
+    try:
+        # a stand-in for an orphaned worker: it maps the segment and stays
+        holder = subprocess.Popen([sys.executable, "-c",
+                                   "import sys, time; from aegaeon.ipc.shm import SharedSegment; "
+                                   "s = SharedSegment.attach('/aegaeon-orphantest-weights'); print('up', flush=True); "
+                                   "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "up"
+        assert processes_mapping("orphantest") == [holder.pid]
+        with pytest.raises(ClusterRunningError, match=str(holder.pid)):
+            remove_stale("orphantest")
+        assert (SHM_DIR / "aegaeon-orphantest-weights").exists()
+        holder.kill()
+        holder.wait()
+        assert remove_stale("orphantest", wait=2.0) == ["aegaeon-orphantest-weights"]
+    finally:
+        segment.close()
+        (SHM_DIR / "aegaeon-orphantest-weights").unlink(missing_ok=True)

@@ -84,10 +84,37 @@ def test_each_run_is_predicted_from_a_calibration_on_the_other_runs_only(monkeyp
         def __exit__(self, *exc):
             return False
 
-    rows = svl.compare_rates(E2ERun(num_models=2), [1.0, 2.0], [0, 1], tmp_path, tmp_path, MARKET, [],
-                             lambda label: Quiet(), lambda seed, comparison: None)
-    assert [r.rate for r in rows] == [1.0, 2.0] and all(len(r.comparisons) == 2 for r in rows)
+    rows = svl.compare_points(E2ERun(num_models=2), [(2, 1.0), (2, 2.0)], [0, 1], tmp_path, tmp_path, MARKET, [],
+                              lambda label: Quiet(), lambda seed, comparison: None)
+    assert [(r.num_models, r.rate) for r in rows] == [(2, 1.0), (2, 2.0)]
+    assert all(len(r.comparisons) == 2 for r in rows)
     for key, calibration in predicted.items():
         others = [live for other, live in lives.items() if other != key]
         assert calibration == fit_calibration(others, MARKET)
         assert calibration != fit_calibration(list(lives.values()), MARKET)
+
+
+def test_behind_an_emulated_link_the_simulator_copies_at_exactly_its_rate(monkeypatch):
+    import aegaeon.bench.sim_vs_live as svl
+    from aegaeon.bench.e2e import E2ERun
+    from aegaeon.sched.request import RequestSpec
+
+    seen = {}
+
+    def fake_simulate(policy, requests, cost, slo, config, duration):
+        seen["cost"] = cost
+        return [], {}
+
+    monkeypatch.setattr(svl, "simulate", fake_simulate)
+    monkeypatch.setattr(svl, "result_record", lambda *args, source: args[6])  # the run's extra fields
+    requests = [RequestSpec(0, "synth_model_00", 0.0, 8, 4)]
+    record = svl.simulate_like_live(E2ERun(num_models=2, instances=2, link_gbps=0.02), requests, MARKET)
+    cost = seen["cost"]
+    assert record["link_gbps"] == 0.02
+    # a weight copy of 10**6 bytes and a swap of 4 MB at 0.02 GB/s, whatever share the measured link had
+    assert cost.switch_time(None, "synth_model_00") == pytest.approx(10**6 / 0.02e9, rel=1e-12)
+    fast = cost.with_switch_efficiency(cost.link.fast_switch_efficiency)
+    assert fast.switch_time("synth_model_01", "synth_model_00") == pytest.approx(10**6 / 0.02e9, rel=1e-12)
+    assert cost.swap_time(4 * 10**6) == pytest.approx(4 * 10**6 / 0.02e9, rel=1e-12)
+    svl.simulate_like_live(E2ERun(num_models=2, instances=2), requests, MARKET)
+    assert seen["cost"].link == MARKET.link  # without the option, the measured link

@@ -8,8 +8,9 @@ from aegaeon.errors import ConfigError
 from aegaeon.profiles import cost_model_for_workload
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO
-from aegaeon.sim.core import SimConfig, decode_segment
-from aegaeon.sim.muxserve import place_models
+from aegaeon.sim.core import decode_segment
+from aegaeon.config.sim import SimConfig
+from aegaeon.sched.muxserve import place_models
 from aegaeon.sim.runner import RunLabel, result_record, simulate, write_result
 from aegaeon.workload import WorkloadSpec, generate
 from tests.sched.fixed_cost import FixedCost
@@ -66,7 +67,9 @@ def test_aegaeon_sustains_far_more_models_than_serverlessllm():
 def test_muxserve_cannot_place_every_model():
     reqs = generate(WorkloadSpec(64, 0.1, 30))
     cost = cost_model_for_workload({r.model for r in reqs})
-    placement, unplaced = place_models(sorted({r.model for r in reqs}), cost, SimConfig(num_gpus=8))
+    config = SimConfig(num_gpus=8)
+    placement, unplaced = place_models(sorted({r.model for r in reqs}), cost, 8, config.device_memory_bytes,
+                                       config.muxserve_kv_reserve_bytes)
     assert len(placement) == 16 and len(unplaced) == len({r.model for r in reqs}) - 16
     assert len(set(placement.values())) == 8
 
@@ -132,7 +135,7 @@ def test_a_request_reaching_its_models_running_turn_joins_the_batch_at_the_next_
     from aegaeon.sim.core import EventLoop
 
     loop = EventLoop()
-    system = AegaeonSystem(loop, FixedCost(), SLO(), SimConfig(num_gpus=2))
+    system = AegaeonSystem(loop, FixedCost(), SLO(), SimConfig(num_gpus=2), ["a"])
     first = RequestState(RequestSpec(0, "a", 0.0, 10, 500))
     joiner = RequestState(RequestSpec(1, "a", 3.0, 10, 50))
     for state in (first, joiner):

@@ -1,4 +1,4 @@
-"""Configuration dataclasses shared across aegaeon (no torch here)."""
+"""The shapes of the paper's models and the workload mix of its experiments (no torch here)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,162 @@
+"""Load with faults: the same requests served twice on one node, undisturbed and then while workers are
+killed with SIGKILL; every request must finish with the tokens of its undisturbed run (nothing lost, no
+duplicate or missing token), and the node must end at full strength."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aegaeon.client import Client, Completion
+from aegaeon.config.serving import EngineConfig, NodeConfig
+from aegaeon.serve.node import Node
+
+log = logging.getLogger(__name__)
+
+PROMPTS = ("one pool serves many models", "hot and cold models share the devices", "a switch between two steps",
+           "the quota comes from the slo")
+
+
+@dataclass(frozen=True)
+class ChaosBench:
+    requests: int  # sent while faults were injected (the undisturbed phase sends the same, once)
+    kills: int
+    completed: int
+    failed: int
+    lost: int  # no answer at all within the client's timeout
+    wrong: int  # finished, but with tokens other than the undisturbed run's
+    rerun: int
+    restarts: int
+    back_to_full: bool
+    p50_s: tuple[float, float]  # (undisturbed, with faults)
+    p99_s: tuple[float, float]
+    rss_mib: tuple[float, float]  # the node process at the start and at the end
+
+    def render(self) -> str:
+        return "\n".join([
+            f"requests sent:        {self.requests} under faults; {self.kills} workers killed with SIGKILL",
+            f"completed / failed:   {self.completed} / {self.failed}",
+            f"lost / wrong tokens:  {self.lost} / {self.wrong}",
+            f"re-run / restarts:    {self.rerun} / {self.restarts}; back to full strength: {self.back_to_full}",
+            f"latency p50:          {self.p50_s[0]:.2f} s undisturbed, {self.p50_s[1]:.2f} s with faults",
+            f"latency p99:          {self.p99_s[0]:.2f} s undisturbed, {self.p99_s[1]:.2f} s with faults",
+            f"node RSS:             {self.rss_mib[0]:.0f} MiB at the start, {self.rss_mib[1]:.0f} MiB at the end",
+        ])
+
+
+def bench_chaos(models: dict[str, str], requests: int = 48, kills: int = 3, max_tokens: int = 24,
+                instances: int = 5, prefill_instances: int = 2, seed: int = 0, cluster_id: str = "chaos",
+                timeout: float = 180.0) -> ChaosBench:
+    from tokenizers import Tokenizer
+
+    rng = random.Random(seed)
+    names = sorted(models)
+    ids = {(m, p): Tokenizer.from_file(str(Path(models[m]) / "tokenizer.json")).encode(p).ids
+           for m in names for p in PROMPTS}
+    work = [(names[i % len(names)], PROMPTS[(i // len(names)) % len(PROMPTS)]) for i in range(requests)]
+    config = NodeConfig(models, num_instances=instances, prefill_instances=prefill_instances, cluster_id=cluster_id,
+                        engine=EngineConfig(kv_bytes=16 * 2**20), host_kv_bytes=32 * 2**20)
+    with Node(config) as node:
+        client = Client(node.proxy, timeout=timeout)
+        rss_start = _rss_mib()
+        calm, calm_latency = _serve(client, work, ids, max_tokens)
+        rerun_before, restarts_before = node.proxy.table.rerun, node.proxy.restarts
+        stop = threading.Event()
+        killed: list[tuple[int, object]] = []  # (worker id, the process killed)
+        killer = threading.Thread(target=_kill_workers, args=(node, kills, rng, stop, killed), name="chaos-killer")
+        killer.start()
+        stormy, stormy_latency, rounds = [], [], 0
+        # keep the node loaded until every kill has landed, then one whole round more, so that the last lost
+        # worker is noticed and replaced under load too
+        while True:
+            last = not killer.is_alive()
+            results, latency = _serve(client, work, ids, max_tokens)
+            stormy += results
+            stormy_latency += latency
+            rounds += 1
+            if last:
+                break
+        stop.set()
+        killer.join()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (_all_replaced(node, killed) and _full_strength(node, instances)):
+            time.sleep(0.2)
+        back = _all_replaced(node, killed) and _full_strength(node, instances)
+        rerun, restarts = node.proxy.table.rerun - rerun_before, node.proxy.restarts - restarts_before
+        rss_end = _rss_mib()
+    failed = sum(r is not None and r.error is not None for r in stormy)
+    lost = sum(r is None for r in stormy)
+    expected = calm * rounds
+    wrong = sum(r is not None and r.error is None and c is not None and r.token_ids != c.token_ids
+                for r, c in zip(stormy, expected))
+    completed = sum(r is not None and r.error is None for r in stormy)
+    return ChaosBench(len(stormy), len(killed), completed, failed, lost, wrong, rerun, restarts, back,
+                      (_pct(calm_latency, 50), _pct(stormy_latency, 50)),
+                      (_pct(calm_latency, 99), _pct(stormy_latency, 99)), (rss_start, rss_end))
+
+
+def _serve(client: Client, work, ids, max_tokens: int) -> tuple[list[Completion | None], list[float]]:
+    began = time.time()
+    states = [client.submit(m, ids[(m, p)], max_tokens) for m, p in work]
+    results: list[Completion | None] = []
+    latencies = []
+    for state in states:
+        try:
+            done = client.complete(state)
+        except TimeoutError:
+            results.append(None)
+            continue
+        results.append(done)
+        if done.token_times:
+            latencies.append(done.token_times[-1] - began)
+    return results, latencies
+
+
+def _kill_workers(node: Node, kills: int, rng: random.Random, stop: threading.Event, killed: list[int]) -> None:
+    for _ in range(kills):
+        if stop.wait(rng.uniform(0.2, 0.8)):
+            return
+        busy = {wid for r in node.proxy.requests.values() for wid in (r.prefill_worker, r.decode_worker)}
+        alive = [wid for wid, proc in enumerate(node.processes) if proc.is_alive()]
+        alive = [wid for wid in alive if wid in busy] or alive  # rather one that holds work
+        if not alive:
+            continue
+        victim = rng.choice(alive)
+        process = node.processes[victim]
+        log.info("chaos: SIGKILL worker %d", victim)
+        os.kill(process.pid, signal.SIGKILL)
+        killed.append((victim, process))
+
+
+def _all_replaced(node: Node, killed: list[tuple[int, object]]) -> bool:
+    """Every killed process has been noticed and its slot holds a replacement (health alone could still
+    count a worker killed a moment ago that the supervisor has not polled yet)."""
+    return all(node.processes[wid] is not process for wid, process in killed)
+
+
+def _full_strength(node: Node, instances: int) -> bool:
+    serving, _, details = node.proxy.health()
+    return serving and sum(details["workers"].values()) == instances
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _pct(values: list[float], q: int) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if q < 100 else max(values)

@@ -1,0 +1,120 @@
+"""The `aegaeon` command's root group and what its subcommands share. Thin: options are parsed in
+aegaeon.cli.*, work is done in the library."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        filename=os.environ.get("AEGAEON_LOG_FILE"),
+    )
+
+
+@contextmanager
+def _request_progress(label: str):
+    """A progress bar whose total is learnt from the first report; yields the `progress(done, total)` callback."""
+    with click.progressbar(length=1, label=label, file=sys.stderr) as bar:
+        def advance(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+        yield advance
+
+
+LIST_FLAGS = ("--num-models", "--arrival-rate", "--seeds")  # take "16,20", "16:80:4" or "16 20 24"
+
+
+def join_list_values(args: list[str]) -> list[str]:
+    """`--num-models 16 20 24` -> `--num-models 16,20,24` (the paper artifact's form), for LIST_FLAGS; the
+    commands that take them have no positional arguments for the extra words to be mistaken for."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        out.append(args[i])
+        if args[i] in LIST_FLAGS and i + 1 < len(args):
+            values = [args[i + 1]]
+            i += 2
+            while i < len(args) and not args[i].startswith("-") and _looks_numeric(args[i]):
+                values.append(args[i])
+                i += 1
+            out.append(",".join(values))
+            continue
+        i += 1
+    return out
+
+
+def _looks_numeric(text: str) -> bool:
+    return all(part.replace(".", "", 1).isdigit() for part in text.replace(":", ",").split(",") if part)
+
+
+class ListJoiningGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_list_values(args))
+
+
+@click.group(cls=ListJoiningGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """aegaeon: serve many LLMs on a shared pool of devices."""
+    _setup_logging(verbose)
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+def _parse_models(spec: str | None) -> dict[str, str]:
+    """`DIR1,DIR2` or `name=DIR,...`; None means the embedded demo pool."""
+
+    if not spec:
+        from aegaeon.models.demo import demo_models
+
+        return {name: str(path) for name, path in demo_models().items()}
+    models: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
+        if not name:
+            raise click.BadParameter(f"model {item!r} has no name: use NAME=DIR or a directory path", param_hint="--models")
+        if name in models:
+            raise click.BadParameter(f"model name {name!r} appears twice: use NAME=DIR to tell them apart",
+                                     param_hint="--models")
+        models[name] = path
+    if not models:
+        raise click.BadParameter("no models given", param_hint="--models")
+    return models
+
+
+def _progress_bar(label: str):
+    """A progress callback (model, done, total) that draws a bar on stderr for large loads."""
+    bars: dict[str, object] = {}
+
+    def report(model: str, done: int, total: int) -> None:
+        if total < 256 * 2**20:
+            return
+        bar = bars.get(model)
+        if bar is None:
+            bar = bars[model] = click.progressbar(length=total, label=f"{label} {model}", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+        if done >= total:
+            bar.__exit__(None, None, None)
+
+    return report
+
+
+def _bench_model(model: str | None) -> Path:
+    from aegaeon.bench.models import default_bench_model
+    from aegaeon.models.demo import aegaeon_home
+
+    return Path(model) if model else default_bench_model(aegaeon_home())
+
+

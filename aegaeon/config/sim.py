@@ -1,0 +1,24 @@
+"""Configuration of a simulated cluster (the live node's caps are the same constants)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aegaeon.sched.decode import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUOTA
+from aegaeon.sched.prefill import DEFAULT_MAX_GROUP_SIZE
+
+DEFAULT_DEVICE_MEMORY = 80 * 2**30
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    num_gpus: int = 16
+    device_memory_bytes: int = DEFAULT_DEVICE_MEMORY
+    prefill_instances: int | None = None  # aegaeon: None -> a quarter of the GPUs
+    max_group_size: int = DEFAULT_MAX_GROUP_SIZE  # aegaeon prefill groups
+    max_quota: float = DEFAULT_MAX_QUOTA  # aegaeon decode Q
+    max_batch: int = DEFAULT_MAX_BATCH
+    queue_size: int = 4  # sllm / sllm+ QS
+    muxserve_kv_reserve_bytes: int = 20 * 2**30  # KV room each MuxServe model is placed with
+    horizon_factor: float = 4.0  # stop simulating at this multiple of the workload span
+    record_turns: bool = False  # aegaeon: keep every prefill group and decode turn (the differential tests)

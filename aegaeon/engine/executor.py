@@ -1,0 +1,354 @@
+"""The step executor: one device's arena, KV cache and model runner, behind a narrow interface.
+
+Callers (the worker processes, the one-process engine, the profiler and the benchmarks) name requests by id
+and models by name; the executor keeps its sequences to itself. It does what it is told (bind a model, run
+one forward step for a batch, move a request's KV in or out) and never decides what runs next: that is
+`aegaeon.sched`'s job.
+
+A step never raises for one request's sake: a request whose KV cannot grow waits swapped out (or fails
+when it alone fills the pool), and one whose logits or sampling go wrong fails with a message; the others
+of the batch go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aegaeon.arena import Arena, ArenaUsage
+from aegaeon.config.serving import EngineConfig
+from aegaeon.engine.runner import ModelEntry, ModelRunner, SwitchRecord
+from aegaeon.device_link import make_link
+from aegaeon.errors import AegaeonError, ArenaTooSmallError, OutOfBlocksError, RequestError
+from aegaeon.ipc.shm import ShmNamespace
+from aegaeon.kv.manager import KVCacheManager, SwapRecord
+from aegaeon.models.sampler import SamplingParams, new_generator, sample_one
+from aegaeon.sched.cost import ModelSizes
+from aegaeon.sequence import Sequence, SeqStatus
+from aegaeon.weights.checkpoint import Checkpoint, open_checkpoint
+from aegaeon.weights.host_cache import HostWeightCache, ProgressFn
+
+log = logging.getLogger(__name__)
+_executor_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class SeqUpdate:
+    """What one step did to one request: the tokens it made, and how it ended if it did."""
+
+    request_id: int
+    new_tokens: tuple[int, ...]
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+
+@dataclass(frozen=True)
+class KvImport:
+    """A request arriving with its prompt's KV in host memory (a prefill worker's handoff)."""
+
+    request_id: int
+    model: str
+    prompt_ids: tuple[int, ...]
+    sampling: SamplingParams
+    generated: tuple[int, ...]
+    num_tokens: int  # tokens whose KV the blocks hold
+    sampler_state: bytes = b""
+
+
+class StepExecutor:
+    def __init__(self, models: dict[str, str | Path], config: EngineConfig = EngineConfig(),
+                 prefetch_order: list[str] | None = None, progress: ProgressFn | None = None,
+                 host_cache_of: str | None = None):
+        """Serve `models` (name -> checkpoint dir). With `host_cache_of` (a cluster id) the executor attaches
+        the node's weight cache made by that cluster's launcher instead of making its own."""
+        self.config = config
+        self.unavailable: dict[str, str] = {}
+        checkpoints = self._open_checkpoints(models)
+        self.namespace = None
+        if host_cache_of is None:
+            self.namespace = ShmNamespace(config.cluster_id or f"engine{os.getpid()}.{next(_executor_ids)}").claim()
+        try:
+            if self.namespace is None:
+                self.host_cache = HostWeightCache.attach(host_cache_of, checkpoints, config.dtype)
+            else:
+                self.host_cache = HostWeightCache(self.namespace, checkpoints, config.dtype)
+                self.host_cache.start_prefetch([m for m in prefetch_order or [] if m in self.host_cache.models],
+                                               progress)
+            if config.device.startswith("cuda"):
+                self.host_cache.pin()
+            self.largest_weights = max(self.host_cache.models[c.name].layout.total_bytes for c in checkpoints)
+            self.arena = Arena(config.arena_bytes or self.largest_weights + config.kv_bytes, config.slab_bytes,
+                               config.device)
+            self.link = make_link(config.link_gbps)
+            self.kv = KVCacheManager(self.arena, self.link)
+            self.runner = ModelRunner(self.arena, self.host_cache, self.kv, self.link)
+            for ckpt in checkpoints:
+                self._register(ckpt)
+        except BaseException:
+            if hasattr(self, "host_cache"):
+                self.host_cache.close()
+            if self.namespace is not None:
+                self.namespace.close()
+            raise
+        self._seqs: dict[int, Sequence] = {}
+
+    # ---- models -----------------------------------------------------------------------------------------
+
+    def _open_checkpoints(self, models: dict[str, str | Path]) -> list[Checkpoint]:
+        checkpoints = []
+        for name, path in models.items():
+            try:
+                checkpoints.append(open_checkpoint(path, name))
+            except AegaeonError as err:
+                self._mark_unavailable(name, str(err))
+        if not checkpoints:
+            raise RequestError("no model could be loaded: " + "; ".join(self.unavailable.values()))
+        return checkpoints
+
+    def _register(self, ckpt: Checkpoint) -> None:
+        try:
+            weight_bytes = self.host_cache.models[ckpt.name].layout.total_bytes
+            if weight_bytes + self.config.slab_bytes > self.arena.total_bytes:
+                raise ArenaTooSmallError(
+                    f"model {ckpt.name}: weights of {weight_bytes} bytes plus one KV slab do not fit the arena "
+                    f"of {self.arena.total_bytes} bytes: give the engine a larger arena"
+                )
+            self.runner.register(ckpt, self.config.block_size)
+        except Exception as err:  # a bad model (any failure) never takes the executor down
+            self._mark_unavailable(ckpt.name, str(err))
+
+    def _mark_unavailable(self, name: str, reason: str) -> None:
+        self.unavailable[name] = reason
+        log.error("model %s is unavailable: %s", name, reason)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.runner.entries)
+
+    @property
+    def bound_model(self) -> str | None:
+        return self.runner.active
+
+    def entry(self, model: str) -> ModelEntry:
+        if model in self.unavailable:
+            raise RequestError(f"model {model} is unavailable: {self.unavailable[model]}")
+        if model not in self.runner.entries:
+            raise RequestError(f"model {model} is not served here: known {self.models}")
+        return self.runner.entries[model]
+
+    def model_sizes(self) -> dict[str, ModelSizes]:
+        return {name: ModelSizes(e.weights.total_bytes, e.kv.block_bytes // e.kv.block_size)
+                for name, e in self.runner.entries.items()}
+
+    def kv_capacity_bytes(self) -> int:
+        """The KV bytes decode planning may count on: the arena less the largest model's weights."""
+        return max(0, self.arena.total_bytes - self.largest_weights)
+
+    def check_request(self, model: str, prompt_ids: list[int] | tuple[int, ...], sampling: SamplingParams) -> None:
+        """Raise RequestError unless this executor can serve the request as asked."""
+        entry = self.entry(model)
+        sampling.validate()
+        vocab = entry.checkpoint.config.vocab_size
+        if not prompt_ids:
+            raise RequestError(f"model {model}: the prompt is empty")
+        if any(not isinstance(t, int) or not 0 <= t < vocab for t in prompt_ids):
+            raise RequestError(f"model {model}: prompt token ids must be integers in [0, {vocab})")
+        if len(prompt_ids) >= entry.max_position:
+            raise RequestError(
+                f"model {model}: the prompt has {len(prompt_ids)} tokens, the context holds {entry.max_position}"
+            )
+
+    def switch_to(self, model: str) -> SwitchRecord | None:
+        """Bind `model` (None when it already is); raises AegaeonError when it cannot be bound."""
+        self.entry(model)
+        return self.runner.switch_to(model)
+
+    def fail_model(self, model: str, reason: str) -> list[SeqUpdate]:
+        """`model` cannot be served any more: fail its requests; returns their updates."""
+        self._mark_unavailable(model, reason)
+        return [self._fail(seq, f"model {model} is unavailable: {reason}")
+                for seq in list(self._seqs.values()) if seq.model == model]
+
+    # ---- requests -----------------------------------------------------------------------------------------
+
+    def add(self, request_id: int, model: str, prompt_ids: list[int] | tuple[int, ...],
+            sampling: SamplingParams = SamplingParams(), prompt: str = "") -> None:
+        """A new request whose prompt the next step of its model prefills (RequestError when it cannot be)."""
+        self.check_request(model, prompt_ids, sampling)
+        if request_id in self._seqs:
+            raise RequestError(f"request {request_id} is already on this executor")
+        self._seqs[request_id] = Sequence(request_id, model, prompt, list(prompt_ids), sampling,
+                                          new_generator(sampling))
+
+    def import_kv(self, request: KvImport, host: torch.Tensor, host_offsets: list[int]) -> None:
+        """Add a prefilled request, its KV copied from `host` (OutOfBlocksError, nothing kept, when short)."""
+        self.check_request(request.model, request.prompt_ids, request.sampling)
+        seq = Sequence(request.request_id, request.model, "", list(request.prompt_ids), request.sampling,
+                       new_generator(request.sampling))
+        self.kv.import_blocks(seq, self.runner.entries[seq.model].kv, host, host_offsets, request.num_tokens)
+        seq.output_ids = list(request.generated)
+        if seq.generator is not None and request.sampler_state:
+            seq.generator.set_state(torch.frombuffer(bytearray(request.sampler_state), dtype=torch.uint8))
+        seq.num_cached, seq.status = request.num_tokens, SeqStatus.RUNNING
+        self._seqs[seq.seq_id] = seq
+
+    def export_kv(self, request_id: int, host: torch.Tensor, host_offsets: list[int]) -> None:
+        """Copy the request's KV blocks to `host` at `host_offsets`; returns once the bytes are there."""
+        seq = self._seqs[request_id]
+        self.kv.export_blocks(seq, self.runner.entries[seq.model].kv, host, host_offsets)
+
+    def kv_blocks(self, request_id: int) -> tuple[int, int]:
+        """(blocks, bytes per block) of the request's KV."""
+        seq = self._seqs[request_id]
+        return len(seq.blocks), self.runner.entries[seq.model].kv.block_bytes
+
+    def handoff_state(self, request_id: int) -> tuple[int, tuple[int, ...], bytes]:
+        """(tokens cached, tokens generated, random generator state): what a KV handoff carries."""
+        seq = self._seqs[request_id]
+        state = bytes(seq.generator.get_state().numpy()) if seq.generator is not None else b""
+        return seq.num_cached, tuple(seq.output_ids), state
+
+    def reserve_kv(self, request_id: int) -> None:
+        """Give a request blocks for all its tokens now, as if they were cached (OutOfBlocksError when short)."""
+        seq = self._seqs[request_id]
+        self.kv.grow(seq, len(seq.token_ids), self.runner.entries[seq.model].kv)
+        seq.num_cached = len(seq.token_ids)
+
+    def swap_out(self, request_id: int) -> None:
+        """Move the request's KV to host memory (it comes back before its next step)."""
+        seq = self._seqs[request_id]
+        self.kv.swap_out(seq, self.runner.entries[seq.model].kv)
+
+    def swap_in(self, request_id: int) -> None:
+        seq = self._seqs[request_id]
+        self.kv.swap_in(seq, self.runner.entries[seq.model].kv)
+
+    def remove(self, request_id: int) -> None:
+        """Forget a request and free its KV (finished, cancelled or handed off)."""
+        seq = self._seqs.pop(request_id, None)
+        if seq is not None:
+            self.kv.release(seq)
+
+    def has(self, request_id: int) -> bool:
+        return request_id in self._seqs
+
+    def output_ids(self, request_id: int) -> list[int]:
+        return list(self._seqs[request_id].output_ids)
+
+    def context_len(self, request_id: int) -> int:
+        return len(self._seqs[request_id].token_ids)
+
+    # ---- steps --------------------------------------------------------------------------------------------
+
+    def step(self, model: str, request_ids: list[int] | tuple[int, ...]) -> list[SeqUpdate]:
+        """One forward step of the bound `model` for these requests (prefill or decode each, by what it has
+        cached) and one sampled token each. Requests that end (finished or failed) are removed. Requests that
+        cannot get KV blocks now are swapped out to wait and get no update."""
+        entry = self.runner.entries[model]
+        batch = self._make_resident([self._seqs[i] for i in request_ids if i in self._seqs])
+        updates: list[SeqUpdate] = []
+        for seq in list(batch):
+            if not self._make_room(lambda: self.kv.grow(seq, len(seq.token_ids), entry.kv), keep=batch):
+                batch.remove(seq)
+                update = self._preempt_or_fail(seq, entry)
+                if update is not None:
+                    updates.append(update)
+        if not batch:
+            return updates
+        try:
+            logits = self.runner.forward(model, batch)
+        except Exception as err:  # a forward that breaks fails its batch, never the process
+            log.exception("forward of %s failed for requests %s", model, [s.seq_id for s in batch])
+            return updates + [self._fail(seq, f"model {model}: the forward step failed: {err}") for seq in batch]
+        for row, seq in enumerate(batch):
+            seq.num_cached = len(seq.token_ids)
+            seq.status = SeqStatus.RUNNING
+            updates.append(self._sample(seq, logits[row], entry))
+        return updates
+
+    def _sample(self, seq: Sequence, logits: torch.Tensor, entry: ModelEntry) -> SeqUpdate:
+        try:
+            token = sample_one(logits, seq.sampling, seq.generator)
+        except RequestError as err:
+            return self._fail(seq, f"request {seq.seq_id}: {err}")
+        seq.output_ids.append(token)
+        eos = entry.checkpoint.config.eos_token_id
+        reason = None
+        if eos is not None and token == eos and not seq.sampling.ignore_eos:
+            reason = "stop"
+        elif len(seq.output_ids) >= seq.sampling.max_tokens or len(seq.token_ids) >= entry.max_position:
+            reason = "length"
+        if reason is not None:
+            self.remove(seq.seq_id)
+        return SeqUpdate(seq.seq_id, (token,), reason)
+
+    def _make_resident(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Swap in those of `seqs` whose KV is in host memory, while room can be made; returns the resident ones."""
+        batch: list[Sequence] = []
+        for seq in seqs:
+            if seq.status == SeqStatus.SWAPPED:
+                entry = self.runner.entries[seq.model]
+                if not self._make_room(lambda: self.kv.swap_in(seq, entry.kv), keep=batch + [seq]):
+                    continue
+            batch.append(seq)
+        return batch
+
+    def _make_room(self, take, keep: list[Sequence]) -> bool:
+        """Run `take` (an allocation), swapping out requests outside `keep` while the pool is short."""
+        try:
+            take()
+            return True
+        except OutOfBlocksError:
+            pass
+        kept = {s.seq_id for s in keep}
+        for victim in [s for s in self._seqs.values() if s.blocks and s.seq_id not in kept]:
+            self.kv.swap_out(victim, self.runner.entries[victim.model].kv)
+            try:
+                take()
+                return True
+            except OutOfBlocksError:
+                continue
+        return False
+
+    def _preempt_or_fail(self, seq: Sequence, entry: ModelEntry) -> SeqUpdate | None:
+        """A request that cannot grow waits swapped out, unless it alone fills the KV pool."""
+        if any(s.blocks for s in self._seqs.values() if s is not seq):
+            self.kv.swap_out(seq, entry.kv)
+            return None
+        return self._fail(seq, f"model {seq.model}: the KV cache cannot hold {len(seq.token_ids)} tokens "
+                               f"({entry.kv.block_bytes} bytes per {entry.kv.block_size}-token block): give the "
+                               f"engine more KV memory")
+
+    def _fail(self, seq: Sequence, reason: str) -> SeqUpdate:
+        log.error("%s", reason)
+        self.remove(seq.seq_id)
+        return SeqUpdate(seq.seq_id, (), None, reason)
+
+    # ---- measurements ---------------------------------------------------------------------------------------
+
+    def usage(self) -> ArenaUsage:
+        return self.arena.usage()
+
+    def finished_swaps(self) -> list[SwapRecord]:
+        return self.kv.finished_swaps()
+
+    def close(self) -> None:
+        self.host_cache.close()
+        self.kv.swapper.close()
+        if self.namespace is not None:
+            self.namespace.close()
+
+    def __enter__(self) -> "StepExecutor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,198 @@
+"""Decode policies as state machines: which model's batch an instance decodes next, and for how long.
+
+One policy object per decode instance. The executor (a live decode worker, or the simulator's decode
+instance) tells it what happens and asks it what to do; it never decides itself:
+
+- `arrive(request, live)`: a request reached the instance (its KV is there). The answer says what the request
+  does: START (the instance was idle: ask `next_turn`), JOIN (it joins the running batch at the next step),
+  WAIT (it waits for a turn already coming in this round, or for the next round), or NEW_TURN (it got a
+  turn of its own at the end of this round).
+- `next_turn(live)`: the running turn is over (quota spent or batch empty); the next `Turn`, or None when
+  the instance has nothing left (idle until the next arrival).
+- `turn_batch(live)`: the running turn's batch now (after a request finished or joined).
+
+`live` is the instance's unfinished requests in the order they reached it (FCFS), as `DecodeCandidate`s.
+Time enters only through the quotas: a turn decodes while the seconds spent decoding (after its switch) are
+below its quota (`quota_allows_step`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from aegaeon.errors import ConfigError
+from aegaeon.sched.cost import CostModel
+from aegaeon.sched.decode import (DEFAULT_MAX_BATCH, DEFAULT_MAX_QUOTA, REQUEST_LEVEL_SLICE, DecodeCandidate,
+                                  form_batches, plan_round, rotate_to_loaded)
+
+UNBOUNDED_KV = 2**62
+
+
+class Arrival(enum.Enum):
+    START = "start"  # the instance was idle: call next_turn
+    JOIN = "join"  # joins the running turn's batch at the next step
+    WAIT = "wait"  # a coming turn of its model (this round or the next) will take it
+    NEW_TURN = "new_turn"  # a turn for its model was added at the end of this round
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Decode `model` from `request_ids` (the batch when the turn starts) for `quota` seconds after the
+    switch, or for `max_steps` steps when that is set (the one-process engine's fixed turns)."""
+
+    model: str
+    request_ids: tuple[int, ...]
+    quota: float
+    max_steps: int | None = None
+
+
+def quota_allows_step(elapsed: float, quota: float) -> bool:
+    """A turn starts another decode step while the seconds it has spent decoding are below its quota (so a
+    turn always runs at least one step, and its last step may end past the quota)."""
+    return elapsed < quota
+
+
+class DecodePolicy(Protocol):
+    def arrive(self, request: DecodeCandidate, live: Sequence[DecodeCandidate]) -> Arrival: ...
+    def next_turn(self, live: Sequence[DecodeCandidate]) -> Turn | None: ...
+    def turn_batch(self, live: Sequence[DecodeCandidate]) -> tuple[int, ...]: ...
+
+
+def first_of_model(model: str, live: Sequence[DecodeCandidate], limit: int) -> tuple[int, ...]:
+    """The first `limit` live requests of `model`, FCFS: the batch a turn of `model` decodes."""
+    ids = []
+    for cand in live:
+        if cand.model == model:
+            ids.append(cand.request_id)
+            if len(ids) == limit:
+                break
+    return tuple(ids)
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    tpot_slo: float
+    max_quota: float = DEFAULT_MAX_QUOTA
+    max_batch: int = DEFAULT_MAX_BATCH
+
+    def __post_init__(self) -> None:
+        if self.tpot_slo <= 0 or self.max_quota <= 0 or self.max_batch < 1:
+            raise ConfigError(f"decode round settings out of range: {self}")
+
+
+class WeightedRoundRobin:
+    """Aegaeon's decode policy (aegaeon.sched.decode has the quota formula).
+
+    A round regroups the live requests FCFS into per-model batches within the batch cap and the KV
+    capacity, starting with the loaded model, and gives each a quota. A turn's batch is formed when the turn
+    starts (the first `max_batch` live requests of its model) and refilled as members finish. A request that
+    arrives for the running turn's model joins its batch at the next step while there is room; one whose model
+    has a turn coming waits for it; any other gets a turn at the round's end, its quota planned with the
+    round's models plus its own.
+    """
+
+    def __init__(self, cost: CostModel, config: RoundConfig, kv_capacity_bytes: int = UNBOUNDED_KV):
+        self.cost, self.config, self.kv_capacity_bytes = cost, config, kv_capacity_bytes
+        self.turns: list[tuple[str, float]] = []  # (model, quota) still to run this round
+        self.round_models: list[str] = []
+        self.running: str | None = None  # the model of the turn under way (switching or decoding)
+        self.loaded: str | None = None  # the model whose weights the instance holds
+
+    def arrive(self, request: DecodeCandidate, live: Sequence[DecodeCandidate]) -> Arrival:
+        if self.running is None:
+            return Arrival.START
+        if request.model == self.running and request.request_id in self.turn_batch(live):
+            return Arrival.JOIN
+        if any(model == request.model for model, _ in self.turns):
+            return Arrival.WAIT
+        models = self.round_models + [request.model]
+        plan = self._plan([c for c in live if c.model in models])
+        quota = dict(zip((b.model for b in plan.batches), plan.quotas)).get(request.model)
+        if quota is None:
+            return Arrival.WAIT  # its KV does not fit beside the round's: the next round takes it
+        self.turns.append((request.model, quota))
+        self.round_models.append(request.model)
+        return Arrival.NEW_TURN
+
+    def next_turn(self, live: Sequence[DecodeCandidate]) -> Turn | None:
+        while True:
+            if not self.turns:
+                if not live:
+                    self.running, self.round_models = None, []
+                    return None
+                plan = self._plan(live)
+                self.turns = list(zip((b.model for b in plan.batches), plan.quotas))
+                self.round_models = [b.model for b in plan.batches]
+            model, quota = self.turns.pop(0)
+            batch = first_of_model(model, live, self.config.max_batch)
+            if batch:  # a turn whose requests all finished meanwhile is skipped
+                self.running = self.loaded = model
+                return Turn(model, batch, quota)
+
+    def turn_batch(self, live: Sequence[DecodeCandidate]) -> tuple[int, ...]:
+        return first_of_model(self.running, live, self.config.max_batch) if self.running else ()
+
+    def _plan(self, candidates: Sequence[DecodeCandidate]):
+        batches, _waiting = form_batches(candidates, self.cost, self.kv_capacity_bytes, self.config.max_batch)
+        if not batches:  # the first request alone overflows the KV capacity: run it anyway, it cannot wait forever
+            batches, _ = form_batches(candidates[:1], self.cost, UNBOUNDED_KV, self.config.max_batch)
+        batches = rotate_to_loaded(batches, self.loaded)
+        return plan_round(batches, self.loaded, self.cost, self.config.tpot_slo, self.config.max_quota)
+
+
+class RequestLevel:
+    """Request-level scaling (the ServerlessLLM baseline's decode): the oldest live request's model keeps the
+    instance until none of its requests is left, in slices of `slice_seconds`; requests of that model that
+    arrive meanwhile join at the next slice, requests of other models wait."""
+
+    def __init__(self, max_batch: int = DEFAULT_MAX_BATCH, slice_seconds: float = REQUEST_LEVEL_SLICE):
+        if max_batch < 1 or slice_seconds <= 0:
+            raise ConfigError(f"request-level decode needs max_batch >= 1 and a positive slice, got {max_batch}, "
+                              f"{slice_seconds}")
+        self.max_batch, self.slice_seconds = max_batch, slice_seconds
+        self.running: str | None = None
+        self.members: tuple[int, ...] = ()  # the slice's batch: fixed until the slice ends
+
+    def arrive(self, request: DecodeCandidate, live: Sequence[DecodeCandidate]) -> Arrival:
+        return Arrival.START if self.running is None else Arrival.WAIT
+
+    def next_turn(self, live: Sequence[DecodeCandidate]) -> Turn | None:
+        if not live:
+            self.running, self.members = None, ()
+            return None
+        if not any(c.model == self.running for c in live):
+            self.running = live[0].model
+        self.members = first_of_model(self.running, live, self.max_batch)
+        return Turn(self.running, self.members, self.slice_seconds)
+
+    def turn_batch(self, live: Sequence[DecodeCandidate]) -> tuple[int, ...]:
+        alive = {c.request_id for c in live}
+        return tuple(i for i in self.members if i in alive)
+
+
+class StepRoundRobin:
+    """The one-process engine's turns (`aegaeon generate`): models with live requests in turn, in the order
+    they first appear, each for `steps_per_turn` steps of its oldest `max_batch` requests."""
+
+    def __init__(self, steps_per_turn: int, max_batch: int):
+        if steps_per_turn < 1 or max_batch < 1:
+            raise ConfigError(f"steps_per_turn and max_batch must be at least 1, got {steps_per_turn}, {max_batch}")
+        self.steps_per_turn, self.max_batch = steps_per_turn, max_batch
+        self.running: str | None = None
+
+    def arrive(self, request: DecodeCandidate, live: Sequence[DecodeCandidate]) -> Arrival:
+        return Arrival.START if self.running is None else Arrival.WAIT
+
+    def next_turn(self, live: Sequence[DecodeCandidate]) -> Turn | None:
+        models = list(dict.fromkeys(c.model for c in live))
+        if not models:
+            self.running = None
+            return None
+        self.running = models[(models.index(self.running) + 1) % len(models)] if self.running in models else models[0]
+        return Turn(self.running, first_of_model(self.running, live, self.max_batch), float("inf"),
+                    self.steps_per_turn)
+
+    def turn_batch(self, live: Sequence[DecodeCandidate]) -> tuple[int, ...]:
+        return first_of_model(self.running, live, self.max_batch) if self.running else ()

@@ -1,0 +1,80 @@
+"""The request bodies of the OpenAI-compatible API, validated strictly.
+
+No coercion: `"16"`, `true` or `"yes"` where a number is due are 400s, as are unknown fields and values out
+of range. Text must be valid Unicode (a lone surrogate such as `\\ud800` is refused here, not deep in the
+tokeniser). `seed` spans what a torch generator takes (signed or unsigned 64-bit).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+MAX_TOKENS_LIMIT = 1_000_000
+
+
+def check_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"text is not valid Unicode at position {err.start} (a lone surrogate?)") from None
+    return text
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Generation(_Strict):
+    """Fields both endpoints share."""
+
+    model: StrictStr
+    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: StrictFloat | None = Field(1.0, ge=0.0, le=2.0)
+    top_p: StrictFloat | None = Field(1.0, gt=0.0, le=1.0)
+    n: Literal[1] | None = 1
+    stream: StrictBool | None = False
+    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    user: StrictStr | None = None
+    ignore_eos: StrictBool | None = False  # vLLM's extension: generate max_tokens whatever the model says
+
+
+class CompletionBody(_Generation):
+    prompt: StrictStr | list[StrictStr]
+
+    @field_validator("prompt")
+    @classmethod
+    def _unicode(cls, value):
+        for text in [value] if isinstance(value, str) else value:
+            check_unicode(text)
+        return value
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _unicode(cls, value):
+        for text in [value] if isinstance(value, str) else [p.text for p in value or []]:
+            check_unicode(text)
+        return value
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content or [])
+
+
+class ChatBody(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)

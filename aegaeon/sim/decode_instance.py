@@ -1,0 +1,131 @@
+"""A decode instance in the simulator: executes its decode policy's turns on the simulated clock.
+
+The policy (aegaeon.sched.rounds) decides every turn; this class only advances time by the cost model.
+A turn's decoding is laid out in segments: a segment decodes the turn's batch, as the policy forms it,
+until a member finishes or the quota is spent (`aegaeon.sim.core.decode_segment`); the next segment's batch
+is formed afresh (members past the batch cap move up). When a request joins the
+running batch, the token times laid out past the step in flight are taken back and a new segment starts,
+with the newcomer, when that step ends, as the live worker admits joiners between steps.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter
+from dataclasses import dataclass
+
+from aegaeon.sched.cost import CostModel
+from aegaeon.sched.decode import DecodeCandidate
+from aegaeon.sched.request import RequestState
+from aegaeon.sched.rounds import Arrival, DecodePolicy, Turn
+from aegaeon.sim.core import EventLoop, decode_segment
+
+
+@dataclass
+class _Segment:
+    batch: list[RequestState]
+    start: float
+
+
+class SimDecodeInstance:
+    def __init__(self, loop: EventLoop, cost: CostModel, policy: DecodePolicy, record_turns: bool = False):
+        self.loop, self.cost, self.policy = loop, cost, policy
+        self.requests: list[RequestState] = []  # in the order they arrived here
+        self.by_id: dict[int, RequestState] = {}
+        self.loaded: str | None = None
+        self.turn: Turn | None = None
+        self.decode_start = 0.0  # when the running turn's decoding began (after its switch)
+        self.segment: _Segment | None = None
+        self.epoch = 0  # bumped when a segment is cut short, so its pending end event is ignored
+        self.switches = 0
+        self.busy_seconds = 0.0  # switching + decoding
+        self.turn_log: list[tuple[float, Turn]] | None = [] if record_turns else None
+
+    # -- what the policy sees ----------------------------------------------------------------------------
+    def _live(self, state: RequestState) -> bool:
+        """Not finished by now. A running segment lays its token times out ahead, so a request in it can look
+        finished before its last token's time."""
+        return not state.finished or state.token_times[-1] > self.loop.now
+
+    def live_states(self) -> list[RequestState]:
+        return [s for s in self.requests if self._live(s)]
+
+    def candidates(self) -> list[DecodeCandidate]:
+        """The live requests with their context as of now (a running segment's laid-out tokens after now do
+        not count yet: the live worker has not made them)."""
+        now = self.loop.now
+        return [DecodeCandidate(s.spec.request_id, s.model, s.spec.input_len + bisect_right(s.token_times, now))
+                for s in self.live_states()]
+
+    def load(self) -> Counter:
+        """Live requests per model: what decode placement compares instances by."""
+        return Counter(s.model for s in self.live_states())
+
+    # -- events ------------------------------------------------------------------------------------------
+    def arrive(self, state: RequestState) -> None:
+        self.requests.append(state)
+        self.by_id[state.spec.request_id] = state
+        live = self.candidates()
+        decision = self.policy.arrive(live[-1], live)
+        if decision is Arrival.START:
+            self._next_turn()
+        elif decision is Arrival.JOIN:
+            self._cut_segment()
+
+    def _next_turn(self) -> None:
+        self.segment = None
+        self.requests = self.live_states()
+        self.by_id = {s.spec.request_id: s for s in self.requests}
+        turn = self.turn = self.policy.next_turn(self.candidates())
+        if turn is None:
+            return
+        if self.turn_log is not None:
+            self.turn_log.append((self.loop.now, turn))
+        switch = self.cost.switch_time(self.loaded, turn.model)
+        self.switches += self.loaded != turn.model
+        self.loaded = turn.model
+        self.busy_seconds += switch
+        self.loop.at(self.loop.now + switch, self._start_decoding)
+
+    def _start_decoding(self) -> None:
+        self.decode_start = self.loop.now
+        self._decode()
+
+    def _decode(self) -> None:
+        """Decode the turn's batch, as the policy forms it now, for what is left of its quota."""
+        left = self.turn.quota - (self.loop.now - self.decode_start)
+        batch = [self.by_id[i] for i in self.policy.turn_batch(self.candidates())]
+        if not batch or left <= 0:
+            self._next_turn()
+            return
+        start = self.loop.now
+        end = decode_segment(self.cost, self.turn.model, batch, start, left)
+        self.segment = _Segment(batch, start)
+        epoch = self.epoch
+        self.loop.at(end, lambda: self._segment_done(epoch))
+
+    def _segment_done(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            return  # cut short by a newcomer; a new segment is under way
+        segment, self.segment = self.segment, None
+        self.busy_seconds += self.loop.now - segment.start
+        self._decode()
+
+    def _cut_segment(self) -> None:
+        """Take back the running segment's token times past the step in flight; decoding goes on with the
+        batch re-formed (the newcomer in it) when that step ends."""
+        segment = self.segment
+        if segment is None:
+            return  # still switching: the batch forms when decoding starts
+        now = self.loop.now
+        in_flight = [s.token_times[i] for s in segment.batch
+                     if (i := bisect_right(s.token_times, now)) < len(s.token_times)]
+        if not in_flight:
+            return  # the segment ends now; the next one forms its batch afresh
+        cut = min(in_flight)
+        for member in segment.batch:
+            del member.token_times[bisect_right(member.token_times, cut):]
+        self.epoch += 1
+        self.segment = None
+        self.busy_seconds += cut - segment.start
+        self.loop.at(cut, self._decode)

@@ -1,0 +1,110 @@
+"""Executes a decode policy's turns on a step executor: the live side of `aegaeon.sched.rounds`.
+
+The policy decides every turn and every batch; this loop switches the executor to the turn's model, steps
+its batch while `quota_allows_step` (or `Turn.max_steps`) says so, feeds the measured step and switch
+times to the cost model the policy plans with, and between steps lets its owner take in what arrived
+(`DecodeHooks.poll`, which calls `arrive` and `remove`). It reads time only through `clock`, so a test can
+run it on recorded step times (the differential test against the simulator does).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol, Sequence
+
+from aegaeon.engine.executor import SeqUpdate
+from aegaeon.engine.runner import SwitchRecord
+from aegaeon.errors import AegaeonError
+from aegaeon.sched.cost import MeasuredCost
+from aegaeon.sched.decode import DecodeCandidate
+from aegaeon.sched.rounds import Arrival, DecodePolicy, Turn, quota_allows_step
+
+log = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    """The part of `aegaeon.engine.executor.StepExecutor` a decode loop uses (a test stubs it)."""
+
+    def switch_to(self, model: str) -> SwitchRecord | None: ...
+    def step(self, model: str, request_ids: Sequence[int]) -> list[SeqUpdate]: ...
+    def context_len(self, request_id: int) -> int: ...
+    def fail_model(self, model: str, reason: str) -> list[SeqUpdate]: ...
+
+
+class DecodeHooks(Protocol):
+    def poll(self) -> None: ...
+    def switched(self, turn: Turn, record: SwitchRecord | None) -> None: ...
+    def stepped(self, model: str, batch: Sequence[int], context_tokens: int, seconds: float,
+                updates: list[SeqUpdate]) -> None: ...
+    def turn_done(self, turn: Turn, steps: int, seconds: float, switch_seconds: float) -> None: ...
+
+
+class DecodeLoop:
+    def __init__(self, executor: Executor, policy: DecodePolicy, cost: MeasuredCost, clock: Callable[[], float],
+                 hooks: DecodeHooks, record_turns: bool = False):
+        self.executor, self.policy, self.cost, self.clock, self.hooks = executor, policy, cost, clock, hooks
+        self.live: dict[int, str] = {}  # request id -> model, in the order they arrived (FCFS)
+        self.turn_log: list[tuple[float, Turn]] | None = [] if record_turns else None
+
+    def candidates(self) -> list[DecodeCandidate]:
+        return [DecodeCandidate(i, model, self.executor.context_len(i)) for i, model in self.live.items()]
+
+    def arrive(self, request_id: int, model: str) -> Arrival:
+        """A request's KV is on the executor: the policy places it (a JOIN takes effect at the next step)."""
+        self.live[request_id] = model
+        live = self.candidates()
+        return self.policy.arrive(live[-1], live)
+
+    def remove(self, request_id: int) -> None:
+        self.live.pop(request_id, None)
+
+    def run_next_turn(self) -> bool:
+        """Run the policy's next turn; False when it has none (nothing live)."""
+        turn = self.policy.next_turn(self.candidates())
+        if turn is None:
+            return False
+        self.run_turn(turn)
+        return True
+
+    def run_turn(self, turn: Turn) -> None:
+        if self.turn_log is not None:
+            self.turn_log.append((self.clock(), turn))
+        began = self.clock()
+        try:
+            record = self.executor.switch_to(turn.model)
+        except AegaeonError as err:
+            updates = self.executor.fail_model(turn.model, str(err))
+            self._apply(updates)
+            self.hooks.stepped(turn.model, (), 0, 0.0, updates)
+            return
+        switch_seconds = record.seconds if record else 0.0
+        if record is not None:
+            self.cost.observe_switch(turn.model, record.seconds)
+        self.hooks.switched(turn, record)
+        self.hooks.poll()  # what arrived during the switch joins the batch it forms now
+        start, steps = self.clock(), 0
+        batch = self.policy.turn_batch(self.candidates())
+        while batch and self._allows(turn, steps, self.clock() - start):
+            context = sum(self.executor.context_len(i) for i in batch)
+            stepped = self.clock()
+            updates = self.executor.step(turn.model, batch)
+            seconds = self.clock() - stepped
+            steps += 1
+            self.cost.observe_step(turn.model, seconds)
+            self._apply(updates)
+            self.hooks.stepped(turn.model, batch, context, seconds, updates)
+            self.hooks.poll()
+            batch = self.policy.turn_batch(self.candidates())
+        self.hooks.turn_done(turn, steps, self.clock() - began, switch_seconds)
+
+    @staticmethod
+    def _allows(turn: Turn, steps: int, elapsed: float) -> bool:
+        if turn.max_steps is not None:
+            return steps < turn.max_steps
+        return quota_allows_step(elapsed, turn.quota)
+
+    def _apply(self, updates: list[SeqUpdate]) -> None:
+        for update in updates:
+            if update.done:
+                self.live.pop(update.request_id, None)

@@ -1,0 +1,127 @@
+"""The prefill worker: runs the groups the proxy's grouped-FCFS dispatcher schedules, and hands each
+prefilled request's KV to the node's host KV cache for a decode worker.
+
+A group switches to its model once, then prefills its prompts one after another, so each first token is
+sent as early as possible (the simulator runs groups the same way). A request's KV goes into this worker's
+partition of the host KV cache; when the partition is full the worker waits for decode workers to release
+blocks (back-pressure, never a crash).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from aegaeon.errors import AegaeonError, OutOfBlocksError
+from aegaeon.ipc.messages import Cancel, KvRelease, Schedule, StepDone, Submit, SwapOut
+from aegaeon.kv.host_partition import HostKvPartition
+from aegaeon.models.sampler import SamplingParams
+from aegaeon.worker.loop import WorkerLoop
+from aegaeon.worker.spec import WorkerSpec
+
+log = logging.getLogger(__name__)
+
+
+def sampling_of(submit: Submit) -> SamplingParams:
+    return SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed, submit.ignore_eos)
+
+
+class PrefillWorker(WorkerLoop):
+    role = "prefill"
+
+    def __init__(self, spec: WorkerSpec):
+        super().__init__(spec)
+        self.partition = HostKvPartition(self.kv_segment.as_numpy("uint8", (self.kv_segment.size,)),
+                                         spec.kv_partition, spec.kv_slab_bytes)
+        self.submitted: dict[int, Submit] = {}
+        self.groups: deque[Schedule] = deque()
+        self.handlers.update({Submit: self.on_submit, Schedule: self.groups.append, KvRelease: self.on_release})
+
+    def on_submit(self, message: Submit) -> None:
+        self.submitted[message.request_id] = message
+
+    def on_release(self, message: KvRelease) -> None:
+        self.partition.free(message.host_handles)
+
+    def on_cancel(self, message: Cancel) -> None:
+        self.submitted.pop(message.request_id, None)  # not started: it never will be
+        super().on_cancel(message)
+
+    def tick(self) -> None:
+        if self.groups:
+            self.run_group(self.groups.popleft())
+            self.drain(0)
+        else:
+            self.drain(0.05)
+
+    def run_group(self, group: Schedule) -> None:
+        started, started_wall = time.perf_counter(), time.time()
+        pending = [self._admit(i) for i in group.request_ids]
+        pending = [i for i in pending if i is not None]
+        switch_seconds = 0.0
+        if pending:
+            try:
+                record = self.executor.switch_to(group.model)
+            except AegaeonError as err:
+                for request_id in pending:
+                    self.fail(request_id, f"model {group.model} cannot be loaded here: {err}")
+                pending = []
+            else:
+                self.trace_switch(group.model, record)
+                switch_seconds = record.seconds if record else 0.0
+        for request_id in pending:
+            self._prefill(group.model, request_id, started_wall, switch_seconds)
+        self.send(StepDone(group.model, int(bool(pending)), time.perf_counter() - started, switch_seconds))
+
+    def _admit(self, request_id: int) -> int | None:
+        submit = self.submitted.pop(request_id, None)
+        if submit is None:  # cancelled before its group ran
+            return None
+        try:
+            self.executor.add(request_id, submit.model, submit.prompt_ids, sampling_of(submit))
+        except AegaeonError as err:
+            self.fail(request_id, str(err))
+            return None
+        return request_id
+
+    def _prefill(self, model: str, request_id: int, group_start: float, switch_seconds: float) -> None:
+        began = time.perf_counter()
+        updates = self.executor.step(model, [request_id])
+        compute = time.perf_counter() - began
+        if not updates:  # its prompt does not fit the arena even alone
+            self.fail(request_id, f"model {model}: the prompt does not fit this worker's KV memory")
+            return
+        update = updates[0]
+        # the trace goes first: the proxy has it before the request can finish
+        self.trace("prefill", model, compute, request_id=request_id, start=group_start, switch=switch_seconds)
+        self.report(request_id, update.new_tokens, update.finish_reason, update.error)
+        if not update.done:
+            self.hand_off(request_id, model)
+        self.report_measurements()
+
+    def hand_off(self, request_id: int, model: str) -> None:
+        """Copy the prompt's KV to this worker's host KV partition (waiting for room) and tell the proxy."""
+        count, block_bytes = self.executor.kv_blocks(request_id)
+        handles = self._allocate(count, block_bytes)
+        if handles is None or not self.executor.has(request_id):  # stopping, or cancelled while waiting
+            if handles:
+                self.partition.free(handles)
+            self.executor.remove(request_id)
+            return
+        self.executor.export_kv(request_id, self.host_kv, list(handles))
+        num_cached, generated, sampler_state = self.executor.handoff_state(request_id)
+        self.executor.remove(request_id)
+        self.send(SwapOut(request_id, model, handles, num_cached, generated, sampler_state, block_bytes))
+
+    def _allocate(self, count: int, block_bytes: int) -> tuple[int, ...] | None:
+        waited = False
+        while self.running:
+            try:
+                return self.partition.allocate(count, block_bytes)
+            except OutOfBlocksError:
+                if not waited:
+                    log.info("host KV partition full: waiting for decode workers to release blocks")
+                    waited = True
+                self.drain(0.05)  # back-pressure: handles KvRelease (and queues new groups)
+        return None
