@@ -233,3 +233,22 @@ def bench_chaos_cmd(num_models: int, requests: int, kills: int, max_tokens: int,
     click.echo(r.render())
 
 
+
+
+@bench.command("stall")
+@click.option("--requests", default=64, show_default=True, help="Small streaming requests per condition.")
+@click.option("--concurrency", default=4, show_default=True)
+@click.option("--max-tokens", default=8, show_default=True)
+@click.option("--prompt-mib", default=10.0, show_default=True, help="Size of each big prompt.")
+@click.option("--slow-clients", default=64, show_default=True, help="Half-sent requests held open at once.")
+def bench_stall_cmd(requests: int, concurrency: int, max_tokens: int, prompt_mib: float, slow_clients: int) -> None:
+    """Small requests' p50/p99 through the HTTP API, undisturbed and while hostile clients (big prompts,
+    slow and leaving clients, fuzzed bodies) use the same server (demo pool)."""
+    from aegaeon.bench.stall import bench_stall
+    from aegaeon.models.demo import demo_models
+
+    if min(requests, concurrency, max_tokens) < 1 or prompt_mib <= 0 or slow_clients < 0:
+        raise click.BadParameter("--requests, --concurrency and --max-tokens must be at least 1, --prompt-mib "
+                                 "positive, --slow-clients not negative")
+    click.echo(bench_stall({k: str(v) for k, v in demo_models().items()}, requests, concurrency, max_tokens,
+                           prompt_mib, slow_clients).render())

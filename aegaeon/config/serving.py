@@ -57,7 +57,7 @@ class AdmissionLimits:
 @dataclass(frozen=True)
 class RecoveryConfig:
     recovery_grace: float = 30.0  # seconds a role may have no worker before its requests fail
-    max_reruns: int = 2  # runs of one request after the first, when workers holding it die
+    max_reruns: int = 2  # re-runs of a request lost by workers that were computing it (not merely holding it)
 
 
 @dataclass(frozen=True)

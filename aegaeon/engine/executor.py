@@ -280,6 +280,9 @@ class StepExecutor:
             token = sample_one(logits, seq.sampling, seq.generator)
         except RequestError as err:
             return self._fail(seq, f"request {seq.seq_id}: {err}")
+        except Exception as err:  # a sampler bug fails this request, not its batch nor the worker
+            log.exception("sampling request %d failed", seq.seq_id)
+            return self._fail(seq, f"request {seq.seq_id}: sampling failed: {err}")
         seq.output_ids.append(token)
         eos = entry.checkpoint.config.eos_token_id
         reason = None

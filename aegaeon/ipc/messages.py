@@ -90,6 +90,14 @@ class StepDone:
 
 
 @dataclass(frozen=True)
+class TurnStarted:
+    """Decode worker -> proxy: a turn of `model` begins (switch, then steps), ended by its StepDone. Should the
+    worker die now, its batch is what may have killed it (see aegaeon.serve.recovery.suspects)."""
+
+    model: str
+
+
+@dataclass(frozen=True)
 class KvRelease:
     """Decode worker -> proxy -> prefill worker: host KV blocks that were swapped in and may be reused."""
 
@@ -201,7 +209,7 @@ class Shutdown:
 
 MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, SwapOut, SwapIn, Tokens, StepDone, KvRelease,
                                    WorkerReady, Cancel, Shutdown, Trace, Hello, Welcome, Refused, Heartbeat, Routed,
-                                   KvPayload, WorkerGone)
+                                   KvPayload, WorkerGone, TurnStarted)  # append only: the index is the tag
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
 
 

@@ -50,6 +50,7 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         sorted_probs, order = torch.sort(probs, descending=True)
         # keep the smallest prefix whose mass reaches top_p (always at least one token)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
+        keep[0] = True  # a top_p below float32's least value compares as 0 < 0 and would keep nothing
         sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return int(order[choice])

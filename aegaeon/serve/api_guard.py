@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 
+from starlette.responses import JSONResponse as StarletteJSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 OPEN_PATHS = ("/health",)
@@ -62,6 +63,14 @@ class Guard:
             return message
 
         await self.app(scope, counted, send)
+
+
+class JSONResponse(StarletteJSONResponse):
+    """JSON with every non-ASCII character escaped: an error that quotes the request back (a model name with
+    a lone surrogate) must still encode; starlette's own writes UTF-8 and raises on a surrogate."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 async def _reply(send, status: int, body: dict) -> None:

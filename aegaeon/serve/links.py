@@ -35,6 +35,7 @@ class WorkerLink:
     served: int = 0  # requests handed to this worker
     switches: int = 0  # model switches it reported
     steps: int = 0
+    turn_model: str | None = None  # decode: the model of the turn under way (TurnStarted .. StepDone)
     outgoing: "queue.Queue[bytes | None]" = field(default_factory=queue.Queue)
     dead: bool = False
     transport: Callable[[object], None] | None = None  # a worker of another node: sends over the TCP link

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aegaeon.config.serving import ApiConfig, NodeConfig
 from aegaeon.errors import RequestError
 from aegaeon.models.sampler import GREEDY_BELOW
-from aegaeon.serve.api_guard import BodyTooLarge, Guard, error_body
+from aegaeon.serve.api_guard import BodyTooLarge, Guard, JSONResponse, error_body
 from aegaeon.serve.api_schema import ChatBody, CompletionBody
 from aegaeon.serve.metrics import Metrics
 from aegaeon.serve.proxy import Proxy, UnavailableError
@@ -62,7 +62,7 @@ def _unavailable(message: str) -> ApiError:
 def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig(), node: NodeConfig | None = None):
     """The ASGI app. `node`, when given, sets the SLO /metrics scores against and what /health reports of the
     node's shape (policy, SLO, whether the host<->device link is emulated)."""
-    app = FastAPI(title="aegaeon", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="aegaeon", docs_url=None, redoc_url=None, openapi_url=None, default_response_class=JSONResponse)
     served = {}
     for name, path in models.items():
         served[name] = ServedModel(name, Path(path))

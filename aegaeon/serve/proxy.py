@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from aegaeon.errors import RequestError
-from aegaeon.ipc.messages import (Cancel, KvPayload, KvRelease, Shutdown, StepDone, Submit, SwapOut, Tokens,
+from aegaeon.ipc.messages import (Cancel, KvPayload, KvRelease, Shutdown, StepDone, Submit, SwapOut, Tokens, TurnStarted,
                                   Trace, WorkerReady, decode, encode)
 from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.sched.decode import DEFAULT_MAX_BATCH
 from aegaeon.serve.handoff import KvRelay
 from aegaeon.serve.links import WorkerLink, start_link_threads, wait_for_workers
-from aegaeon.serve.recovery import Recovery
+from aegaeon.serve.recovery import Recovery, suspects
 from aegaeon.config.serving import RecoveryConfig
 from aegaeon.serve.requests import LiveRequest, RequestTable
 from aegaeon.config.serving import AdmissionLimits
@@ -62,7 +62,7 @@ class Proxy:
         self._threads = start_link_threads(links, self._on_frame, lambda: self._stopping, "proxy")
         self._handlers = {WorkerReady: self._on_ready, Tokens: self._on_tokens, Trace: self._on_trace,
                           SwapOut: self._on_handoff, KvPayload: self._on_handoff, KvRelease: self._on_release,
-                          StepDone: self._on_step_done}
+                          StepDone: self._on_step_done, TurnStarted: self._on_turn_started}
 
     @property
     def requests(self) -> dict[int, LiveRequest]:
@@ -184,7 +184,11 @@ class Proxy:
         self._retry_imports()
         self.recovery.activate_replacements()
 
+    def _on_turn_started(self, link: WorkerLink, message: TurnStarted) -> None:
+        link.turn_model = message.model
+
     def _on_step_done(self, link: WorkerLink, message: StepDone) -> None:
+        link.turn_model = None
         link.steps += message.steps
         link.switches += message.switch_seconds > 0
         if link.role == "prefill":
@@ -210,14 +214,16 @@ class Proxy:
             cause = cause or f"died with exit code {exitcode}"
             log.error("worker %d (%s) %s", worker_id, link.role, cause)
             held = self.table.held_by(worker_id, link.role)
-            if link.role == "prefill":
+            blamed = suspects(held, link.role, link.turn_model)
+            if link.role == "prefill":  # queued for it, never sent: not suspects
                 queued = self.router.prefill_lost(link)
                 held += [r for r in map(self.table.get, queued) if r is not None and r not in held]
             link.live.clear()
             for request in held:
                 if request.unreleased:
                     self.relay.release(KvRelease(request.request_id, request.unreleased))
-                self.recovery.rerun(request, f"worker {worker_id} ({link.role}) {cause}")
+                self.recovery.rerun(request, f"worker {worker_id} ({link.role}) {cause}",
+                                    charged=request.request_id in blamed)
 
     def worker_back(self, new: WorkerLink) -> None:
         """A replacement for a lost local worker (same id, role and partition) has started."""

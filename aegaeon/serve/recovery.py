@@ -2,8 +2,9 @@
 worker again, and fail them (503) only after the grace period.
 
 A request runs again from what its client has seen (`LiveRequest.next_run`: prompt plus streamed tokens,
-re-prefilled, then continued), at most `max_reruns` times: a request that keeps killing workers is not run
-forever. A replacement prefill worker gets groups only once no decode worker may still read its partition's
+re-prefilled, then continued). A request that keeps killing workers must not run forever, but the innocent
+ones it shared a worker with must not pay for it: a loss is charged only to the requests the dead worker was
+computing (`suspects`), and a request charged more than `max_reruns` times fails. A replacement prefill worker gets groups only once no decode worker may still read its partition's
 blocks (they were its predecessor's; its own allocator starts empty).
 """
 
@@ -30,6 +31,15 @@ class _Parked:
     issuer: WorkerLink | None = None
 
 
+def suspects(held: list[LiveRequest], role: str, turn_model: str | None) -> set[int]:
+    """The ids of the requests among `held` that a lost worker was computing when it died: a prefill
+    worker's group (every request it was sent), a decode worker's current turn's batch (the requests of
+    `turn_model`), or everything a decode worker held when it died between turns (while it admitted them)."""
+    if role == "decode" and turn_model is not None:
+        return {r.request_id for r in held if r.model == turn_model}
+    return {r.request_id for r in held}
+
+
 class Recovery:
     def __init__(self, config: RecoveryConfig, table: RequestTable, router: Router, relay: KvRelay,
                  clock: Callable[[], float]):
@@ -37,14 +47,16 @@ class Recovery:
         self.parked: list[_Parked] = []
         self.respawned_prefill: list[tuple[WorkerLink, WorkerLink]] = []  # (lost, replacement) not yet in use
 
-    def rerun(self, request: LiveRequest, reason: str) -> None:
-        """The worker holding `request` is gone: run it again, park it, or fail it past `max_reruns`."""
+    def rerun(self, request: LiveRequest, reason: str, charged: bool = True) -> None:
+        """The worker holding `request` is gone: run it again, park it, or fail it when it has been among
+        the suspects (`charged`) of more than `max_reruns` losses."""
         request.prefill_worker = request.decode_worker = None
         request.unreleased = ()
-        if request.reruns >= self.config.max_reruns:
-            self.table.fail(request, f"{reason}; the request was lost {request.reruns + 1} times, so it is not "
-                                     f"run again: submit it again if it should be")
+        if charged and request.suspected >= self.config.max_reruns:
+            self.table.fail(request, f"{reason}; the request was being computed by {request.suspected + 1} "
+                                     f"workers that died, so it is not run again: submit it again if it should be")
             return
+        request.suspected += charged
         request.reruns += 1
         self.table.rerun += 1
         if self.router.prefill_alive:

@@ -37,6 +37,7 @@ class LiveRequest:
     delivered: list[int] = field(default_factory=list)  # every token the client has been sent
     run: Submit | None = None  # what its current run was dispatched with (see `next_run`)
     reruns: int = 0
+    suspected: int = 0  # losses of a worker while it was computing this request (aegaeon.serve.recovery)
     done: bool = False
 
     @property

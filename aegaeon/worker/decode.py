@@ -17,12 +17,12 @@ from typing import Sequence
 from aegaeon.engine.executor import KvImport, SeqUpdate
 from aegaeon.engine.runner import SwitchRecord
 from aegaeon.errors import OutOfBlocksError
-from aegaeon.ipc.messages import Cancel, KvRelease, StepDone, Submit, SwapIn
+from aegaeon.ipc.messages import Cancel, KvRelease, StepDone, Submit, SwapIn, TurnStarted
 from aegaeon.sched.cost import MeasuredCost
 from aegaeon.sched.policies import policy
 from aegaeon.sched.rounds import RoundConfig, Turn
 from aegaeon.worker.decode_loop import DecodeLoop
-from aegaeon.worker.loop import WorkerLoop
+from aegaeon.worker.loop import ParentGone, WorkerLoop
 from aegaeon.worker.prefill import sampling_of
 from aegaeon.worker.spec import WorkerSpec
 
@@ -63,6 +63,7 @@ class DecodeWorker(WorkerLoop):
         self.timings: dict[int, RequestTiming] = {}
         self.seconds_stepping = 0.0
         self.quantum = TurnTotals()
+        self.turn: Turn | None = None  # the turn under way
         self.started = time.perf_counter()
         self.handlers.update({Submit: self.on_submit, SwapIn: self.waiting.append})
 
@@ -81,14 +82,35 @@ class DecodeWorker(WorkerLoop):
     def tick(self) -> None:
         self.drain(0 if self.loop.live or self.waiting else 0.05)
         self.admit()
-        self.loop.run_next_turn()
+        try:
+            self.loop.run_next_turn()
+        except ParentGone:
+            raise
+        except Exception as err:  # a turn that breaks fails its model's requests here, never the worker
+            self.turn_broke(err)
         self.report_measurements()
+
+    def turn_broke(self, err: Exception) -> None:
+        turn, self.turn = self.turn, None
+        model = turn.model if turn is not None else None
+        log.exception("decode worker %d: the turn of %s failed", self.spec.worker_id, model or "no model")
+        for request_id, request_model in list(self.loop.live.items()):
+            if model is None or request_model == model:
+                self.loop.remove(request_id)
+                self.timings.pop(request_id, None)
+                self.fail(request_id, f"worker {self.spec.worker_id}: decoding {request_model} failed: {err}")
+        if turn is not None:
+            self.send(StepDone(turn.model, 0, 0.0))
 
     # ---- DecodeHooks ----------------------------------------------------------------------------------------
 
     def poll(self) -> None:
         self.drain(0)
         self.admit()
+
+    def turn_started(self, turn: Turn) -> None:
+        self.turn = turn
+        self.send(TurnStarted(turn.model))
 
     def switched(self, turn: Turn, record: SwitchRecord | None) -> None:
         self.quantum = TurnTotals(decode_start=time.perf_counter())
@@ -119,6 +141,7 @@ class DecodeWorker(WorkerLoop):
         if q.steps:  # `wall` adds what serving does around each step (token reports, bookkeeping) to the compute
             self.trace("quantum", turn.model, q.compute, steps=q.steps, batch=q.sequences / q.steps,
                        context=q.context / q.steps, wall=time.perf_counter() - q.decode_start)
+        self.turn = None
         self.send(StepDone(turn.model, steps, seconds, switch_seconds))
 
     # ---- admission --------------------------------------------------------------------------------------

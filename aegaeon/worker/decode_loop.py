@@ -34,6 +34,7 @@ class Executor(Protocol):
 
 class DecodeHooks(Protocol):
     def poll(self) -> None: ...
+    def turn_started(self, turn: Turn) -> None: ...
     def switched(self, turn: Turn, record: SwitchRecord | None) -> None: ...
     def stepped(self, model: str, batch: Sequence[int], context_tokens: int, seconds: float,
                 updates: list[SeqUpdate]) -> None: ...
@@ -71,6 +72,7 @@ class DecodeLoop:
         if self.turn_log is not None:
             self.turn_log.append((self.clock(), turn))
         began = self.clock()
+        self.hooks.turn_started(turn)
         try:
             record = self.executor.switch_to(turn.model)
         except AegaeonError as err:

@@ -17,7 +17,7 @@ from aegaeon.errors import AegaeonError, OutOfBlocksError
 from aegaeon.ipc.messages import Cancel, KvRelease, Schedule, StepDone, Submit, SwapOut
 from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.models.sampler import SamplingParams
-from aegaeon.worker.loop import WorkerLoop
+from aegaeon.worker.loop import ParentGone, WorkerLoop
 from aegaeon.worker.spec import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,13 @@ class PrefillWorker(WorkerLoop):
                 self.trace_switch(group.model, record)
                 switch_seconds = record.seconds if record else 0.0
         for request_id in pending:
-            self._prefill(group.model, request_id, started_wall, switch_seconds)
+            try:
+                self._prefill(group.model, request_id, started_wall, switch_seconds)
+            except ParentGone:
+                raise
+            except Exception as err:  # one request's prefill that breaks fails it, never the worker
+                log.exception("prefill worker %d: request %d failed", self.spec.worker_id, request_id)
+                self.fail(request_id, f"worker {self.spec.worker_id}: the prefill of model {group.model} failed: {err}")
         self.send(StepDone(group.model, int(bool(pending)), time.perf_counter() - started, switch_seconds))
 
     def _admit(self, request_id: int) -> int | None:

@@ -3,7 +3,7 @@ import pytest
 
 from aegaeon.ipc.messages import (MESSAGE_TYPES, Cancel, KvRelease, MessageError, Schedule, Shutdown, StepDone, Submit, SwapIn,
                                   SwapOut, Tokens, Trace, WorkerReady, decode, encode, Hello, Welcome,
-                                  Refused, Heartbeat, Routed, KvPayload, WorkerGone)
+                                  Refused, Heartbeat, Routed, KvPayload, WorkerGone, TurnStarted)
 
 EXAMPLES = [
     Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42, True), Schedule("m", (1, 2), 0.25),
@@ -11,7 +11,7 @@ EXAMPLES = [
     StepDone("m", 4, 0.1, 0.02), KvRelease(7, (4096,)), WorkerReady(2, "decode", {"x": "bad"}), Cancel(7),
     Hello("n1", ("prefill", "decode"), ("a", "b")), Welcome((4, 5)), Refused("wrong cluster token"),
     Heartbeat(1700000000.25), Routed(4, b"\x93\x01"), KvPayload(7, "m", (0, 4096), 20, (9,), b"", 4096, 5, b"\0" * 8192),
-    WorkerGone(5, -9),
+    WorkerGone(5, -9), TurnStarted("m"),
     Shutdown("bye"), Trace("switch", 3, "m", 1700000000.5, 0.01, 4096, -1, "", {"copy_weights": 0.008}),
 ]
 

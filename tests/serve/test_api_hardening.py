@@ -33,7 +33,8 @@ def _client(model_dir, proxy=None, **api):
 
 
 def _post(client, body, path="/v1/completions"):
-    return client.post(path, json=body, headers=AUTH)
+    # json.dumps escapes non-ASCII, so a lone surrogate travels as its \\u escape, as any client would send it
+    return client.post(path, content=json.dumps(body).encode(), headers={**AUTH, "Content-Type": "application/json"})
 
 
 def test_a_good_request_passes_and_reaches_the_proxy(model_dir):
@@ -63,6 +64,9 @@ def test_a_lone_surrogate_is_a_400_in_completions_and_chat(model_dir):
     raw = b'{"model": "tiny", "messages": [{"role": "user", "content": "\\udfff"}], "max_tokens": 2}'
     reply = client.post("/v1/chat/completions", content=raw, headers={**AUTH, "Content-Type": "application/json"})
     assert reply.status_code == 400
+    raw = b'{"model": "\\ud800", "prompt": "hi", "max_tokens": 2}'  # quoted back in the 404's message
+    reply = client.post("/v1/completions", content=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert reply.status_code == 404 and "does not exist" in reply.json()["error"]["message"]
 
 
 def test_the_api_key_guards_every_route_but_health_in_constant_time(model_dir):
@@ -152,7 +156,9 @@ def test_chat_accepts_content_parts_and_the_newer_roles(model_dir):
 
 
 _floats = st.floats(allow_nan=False, allow_infinity=False)  # JSON has no NaN: a client cannot send one
-_json_values = st.recursive(st.none() | st.booleans() | st.integers() | _floats | st.text(max_size=20),
+# lone surrogates too: an error that quotes one back once made the response unencodable (a 500)
+_text = st.text(max_size=20) | st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | _floats | _text,
                             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                         max_size=3), max_leaves=8)
 _fields = st.fixed_dictionaries({}, optional={

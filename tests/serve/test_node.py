@@ -200,14 +200,19 @@ def test_bad_requests_fail_with_the_reason_and_the_node_keeps_serving(twelve_mod
         too_long = client.complete(client.submit("m00", [1] * 5000, max_tokens=4))
         bad_ids = client.complete(client.submit("m00", [10**6], max_tokens=4))
         hot = client.complete(client.submit("m00", [1, 2, 3], max_tokens=4, temperature=-1.0))
+        # top_p under float32's least value once left no token to sample and killed the worker (fuzzing found it)
+        narrow = client.complete(client.submit("m00", [1, 2, 3], max_tokens=4, temperature=1.0, top_p=1e-300))
         fine = client.complete(client.submit("m00", [1, 2, 3], max_tokens=4))
+        restarts = node.proxy.restarts
         with pytest.raises(RequestError, match="20000 tokens makes a .* over the 16380-byte ring slot"):
             client.submit("m00", [1] * 20000, max_tokens=4)
     assert "model nope is not served here" in unknown.error and unknown.finish_reason == "error"
     assert "the context holds 2048" in too_long.error
     assert "prompt token ids must be integers in" in bad_ids.error
     assert "temperature=-1.0" in hot.error
+    assert narrow.error is None and len(narrow.token_ids) == 4
     assert fine.error is None and len(fine.token_ids) == 4
+    assert restarts == 0  # no request killed a worker
 
 
 def test_devices_are_checked_before_anything_starts(twelve_models):

@@ -178,7 +178,7 @@ def test_random_sampling_parameters_and_token_ids_never_stop_the_node(server):
 
     @settings(max_examples=25, deadline=None)
     @given(temperature=st.floats(0, 1e6, allow_nan=False) | st.sampled_from([1e-300, 1e-6, 5e-324, float("inf")]),
-           top_p=st.floats(1e-300, 1.0), seed=st.none() | st.integers(-(2**63), 2**64 - 1),
+           top_p=st.floats(1e-300, 1.0) | st.sampled_from([1e-300, 1e-45, 1.0]), seed=st.none() | st.integers(-(2**63), 2**64 - 1),
            ids=st.lists(st.integers(-10, 10**6), min_size=1, max_size=8), max_tokens=st.integers(1, 3))
     def throw(temperature, top_p, seed, ids, max_tokens):
         try:
@@ -187,9 +187,11 @@ def test_random_sampling_parameters_and_token_ids_never_stop_the_node(server):
         except RequestError:
             pass  # refused, or failed alone: either way the node must carry on
 
+    restarts = proxy.restarts
     throw()
     time.sleep(0.5)
     assert proxy.health()[0], proxy.health()
+    assert proxy.restarts == restarts, "a request killed a worker (the supervisor replaced it)"
     after = _client(server).completions.create(model="small", prompt="still serving", max_tokens=3, temperature=0)
     assert after.usage.completion_tokens <= 3
 

@@ -118,6 +118,9 @@ class Arrivals:
             self.executor.add(spec)
             self.loop.arrive(spec.request_id, spec.model)
 
+    def turn_started(self, turn):
+        pass
+
     def switched(self, turn, record):
         pass
 
