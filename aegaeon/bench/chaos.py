@@ -34,6 +34,8 @@ class ChaosBench:
     wrong: int  # finished, but with tokens other than the undisturbed run's
     rerun: int
     restarts: int
+    hostile: int  # bad requests sent during the faults (each must be refused or fail alone)
+    hostile_served: int  # of those, how many the node still answered (refused, failed or served: never hung)
     back_to_full: bool
     p50_s: tuple[float, float]  # (undisturbed, with faults)
     p99_s: tuple[float, float]
@@ -45,6 +47,7 @@ class ChaosBench:
             f"completed / failed:   {self.completed} / {self.failed}",
             f"lost / wrong tokens:  {self.lost} / {self.wrong}",
             f"re-run / restarts:    {self.rerun} / {self.restarts}; back to full strength: {self.back_to_full}",
+            f"hostile requests:     {self.hostile} sent, {self.hostile_served} answered",
             f"latency p50:          {self.p50_s[0]:.2f} s undisturbed, {self.p50_s[1]:.2f} s with faults",
             f"latency p99:          {self.p99_s[0]:.2f} s undisturbed, {self.p99_s[1]:.2f} s with faults",
             f"node RSS:             {self.rss_mib[0]:.0f} MiB at the start, {self.rss_mib[1]:.0f} MiB at the end",
@@ -72,6 +75,9 @@ def bench_chaos(models: dict[str, str], requests: int = 48, kills: int = 3, max_
         killed: list[tuple[int, object]] = []  # (worker id, the process killed)
         killer = threading.Thread(target=_kill_workers, args=(node, kills, rng, stop, killed), name="chaos-killer")
         killer.start()
+        hostile_sent: list[bool] = []  # one entry per hostile request: answered or not
+        hostile = threading.Thread(target=_send_hostile, args=(client, names, stop, hostile_sent), name="chaos-hostile")
+        hostile.start()
         stormy, stormy_latency, rounds = [], [], 0
         # keep the node loaded until every kill has landed, then one whole round more, so that the last lost
         # worker is noticed and replaced under load too
@@ -85,6 +91,7 @@ def bench_chaos(models: dict[str, str], requests: int = 48, kills: int = 3, max_
                 break
         stop.set()
         killer.join()
+        hostile.join()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (_all_replaced(node, killed) and _full_strength(node, instances)):
             time.sleep(0.2)
@@ -97,7 +104,8 @@ def bench_chaos(models: dict[str, str], requests: int = 48, kills: int = 3, max_
     wrong = sum(r is not None and r.error is None and c is not None and r.token_ids != c.token_ids
                 for r, c in zip(stormy, expected))
     completed = sum(r is not None and r.error is None for r in stormy)
-    return ChaosBench(len(stormy), len(killed), completed, failed, lost, wrong, rerun, restarts, back,
+    return ChaosBench(len(stormy), len(killed), completed, failed, lost, wrong, rerun, restarts,
+                      len(hostile_sent), sum(hostile_sent), back,
                       (_pct(calm_latency, 50), _pct(stormy_latency, 50)),
                       (_pct(calm_latency, 99), _pct(stormy_latency, 99)), (rss_start, rss_end))
 
@@ -117,6 +125,33 @@ def _serve(client: Client, work, ids, max_tokens: int) -> tuple[list[Completion 
         if done.token_times:
             latencies.append(done.token_times[-1] - began)
     return results, latencies
+
+
+# What a careless or hostile client sends: token ids outside the vocabulary, sampling at the edges of float32,
+# more tokens than any context, an unknown model.
+HOSTILE = ({"prompt_ids": [10**9], "max_tokens": 4}, {"prompt_ids": [-1, 2], "max_tokens": 4},
+           {"prompt_ids": [1, 2], "max_tokens": 4, "temperature": 1.0, "top_p": 1e-300},
+           {"prompt_ids": [1, 2], "max_tokens": 4, "temperature": 1e-300},
+           {"prompt_ids": [1, 2], "max_tokens": 4, "temperature": 1e30, "seed": 2**64 - 1},
+           {"prompt_ids": [1] * 3000, "max_tokens": 10**6}, {"prompt_ids": [1, 2], "max_tokens": 4, "model": "nope"})
+
+
+def _send_hostile(client: Client, names: list[str], stop: threading.Event, answered: list[bool]) -> None:
+    from aegaeon.errors import RequestError
+
+    index = 0
+    while not stop.wait(0.05):
+        fields = dict(HOSTILE[index % len(HOSTILE)])
+        model = fields.pop("model", names[index % len(names)])
+        index += 1
+        try:
+            done = client.complete(client.submit(model, **fields))
+        except RequestError:  # refused before it reached a worker
+            answered.append(True)
+        except TimeoutError:
+            answered.append(False)
+        else:
+            answered.append(done is not None)
 
 
 def _kill_workers(node: Node, kills: int, rng: random.Random, stop: threading.Event, killed: list[int]) -> None:

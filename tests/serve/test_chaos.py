@@ -12,4 +12,5 @@ def test_random_worker_kills_under_load_lose_nothing(tmp_path):
     r = bench_chaos(models, requests=32, kills=3, max_tokens=24, seed=1, cluster_id="chaostest", timeout=120)
     assert r.kills == 3
     assert r.lost == 0 and r.failed == 0 and r.wrong == 0, r.render()
+    assert r.hostile > 0 and r.hostile_served == r.hostile, r.render()
     assert r.completed == r.requests >= 32 and r.back_to_full and r.restarts >= 3, r.render()
