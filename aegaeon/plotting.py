@@ -78,7 +78,33 @@ def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path) -> list[Path]:
             series.setdefault(key, []).append((r[spec.x_key], 100.0 * r["slo_attainment"]))
     if not series:
         raise ConfigError(f"no results in {json_dir} match figure {spec_name!r} ({spec.title}): run `aegaeon sim` first")
+    return _draw(series, spec.x_key, spec.title, Path(out_dir) / f"e2e-{spec_name}")
 
+
+def plot_live_e2e(json_dir: Path, out_dir: Path) -> list[Path]:
+    """Figure-11-style plots of live `aegaeon bench e2e` sweeps: one figure per workload and SLO setting
+    found (their SLOs are the link rule's, not the paper's, so the paper's specs do not match them)."""
+    groups: dict[tuple, dict[tuple[str, str], list[tuple[float, float]]]] = {}
+    for r in load_results(json_dir):
+        if r.get("source") != "live" or "num_models" not in r:
+            continue
+        key = (r["arrival_rate"], r["inlen_scale"], r["outlen_scale"], round(r["ttft_slo"], 4),
+               round(r["tpot_slo"], 6), r.get("link_like") or "", round(r.get("link_gbps") or 0.0, 6), r["nnodes"])
+        series = groups.setdefault(key, {})  # SLOs rounded: one sweep's runs share them up to float noise
+        series.setdefault((r["policy"], r.get("variant", "")), []).append((r["num_models"], 100.0 * r["slo_attainment"]))
+    if not groups:
+        raise ConfigError(f"no live results in {json_dir}: run `aegaeon bench e2e --out {json_dir}` first")
+    paths = []
+    for (rate, inlen, outlen, ttft, tpot, like, gbps, nnodes), series in sorted(groups.items()):
+        link = f"link like {like} ({gbps:.3g} GB/s)" if like else (f"link {gbps:.3g} GB/s" if gbps else "native link")
+        title = (f"Live, {nnodes} CPU node{'s' if nnodes > 1 else ''}, {link}\nrate {rate:g} req/s per model, "
+                 f"inputs x{inlen:g}, outputs x{outlen:g}\nSLO TTFT {ttft:.3g} s, TPOT {tpot:.3g} s")
+        stem = f"e2e-live-{rate:g}-{inlen:g}-{outlen:g}-ttft{ttft:g}-tpot{tpot:g}" + (f"-{like}" if like else "")
+        paths += _draw(series, "num_models", title, Path(out_dir) / stem)
+    return paths
+
+
+def _draw(series: dict[tuple[str, str], list[tuple[float, float]]], x_key: str, title: str, stem: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,15 +117,14 @@ def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path) -> list[Path]:
         ax.plot(xs, ys, marker=marker, label=f"{label} ({variant})" if variant else label,
                 linestyle="--" if variant else "-")
     ax.axhline(90, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("Number of models" if spec.x_key == "num_models" else "Arrival rate per model (req/s)")
+    ax.set_xlabel("Number of models" if x_key == "num_models" else "Arrival rate per model (req/s)")
     ax.set_ylabel("SLO attainment (%)")
     ax.set_ylim(0, 102)
-    ax.set_title(spec.title, fontsize=9)
+    ax.set_title(title, fontsize=8 if "\n" in title else 9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"e2e-{spec_name}.{ext}" for ext in ("pdf", "png")]
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("pdf", "png")]
     for path in paths:
         fig.savefig(path)
     plt.close(fig)

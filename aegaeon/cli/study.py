@@ -196,18 +196,25 @@ def plot() -> None:
 
 
 @plot.command("e2e")
-@click.option("--spec", "specs", multiple=True, required=True,
+@click.option("--spec", "specs", multiple=True,
               help="Figure: 0.1, 0.5, 40, 0.1-ix2, 0.1-ox2, 0.5-ix2, 0.5-ox2, slo0.5, slo0.3 (repeatable).")
+@click.option("--live", is_flag=True, help="Plot the live `aegaeon bench e2e` sweeps in --json-dir instead "
+                                           "(one figure per workload and SLO setting).")
 @click.option("--json-dir", default="plots/json", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", default="plots/out", show_default=True, type=click.Path(file_okay=False))
-def plot_e2e_cmd(specs: tuple[str, ...], json_dir: str, out_dir: str) -> None:
-    """SLO attainment per system (paper figures 11-13), PDF and PNG."""
+def plot_e2e_cmd(specs: tuple[str, ...], live: bool, json_dir: str, out_dir: str) -> None:
+    """SLO attainment per system (paper figures 11-13, or live sweeps with --live), PDF and PNG."""
     from aegaeon.errors import AegaeonError
-    from aegaeon.plotting import plot_e2e
+    from aegaeon.plotting import plot_e2e, plot_live_e2e
 
+    if not specs and not live:
+        raise click.UsageError("name a figure with --spec (repeatable), or plot live sweeps with --live")
     try:
         for spec in specs:
             for path in plot_e2e(spec, Path(json_dir), Path(out_dir)):
+                click.echo(str(path))
+        if live:
+            for path in plot_live_e2e(Path(json_dir), Path(out_dir)):
                 click.echo(str(path))
     except AegaeonError as exc:
         raise _fail(exc) from exc
