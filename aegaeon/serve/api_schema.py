@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 MAX_TOKENS_LIMIT = 1_000_000
+MAX_STOP = 4  # as OpenAI's API
 
 
 def check_unicode(text: str) -> str:
@@ -39,6 +40,22 @@ class _Generation(_Strict):
     seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     user: StrictStr | None = None
     ignore_eos: StrictBool | None = False  # vLLM's extension: generate max_tokens whatever the model says
+    stop: StrictStr | list[StrictStr] | None = None  # up to MAX_STOP strings; the text ends before the first
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings, got {len(stops)}")
+        for text in stops:
+            if not text:
+                raise ValueError("a stop string must not be empty")
+            check_unicode(text)
+        return value
+
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class CompletionBody(_Generation):

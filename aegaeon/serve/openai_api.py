@@ -34,6 +34,7 @@ from aegaeon.serve.metrics import Metrics
 from aegaeon.serve.proxy import Proxy, UnavailableError
 from aegaeon.serve.requests import LiveRequest, OverloadedError
 from aegaeon.serve.served_model import ServedModel, TemplateRejected
+from aegaeon.serve.stop import StopMatcher
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         prompt_ids = await off_loop(model.encode, prompt)
         state = _start(model, prompt_ids, body, body.max_tokens or 16)
-        return await _respond(state, model, bool(body.stream), False, request)
+        return await _respond(state, model, bool(body.stream), False, request, StopMatcher(body.stop_strings()))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, request: Request):
@@ -166,28 +167,37 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         # vLLM's default for chat: whatever of the context the prompt leaves
         max_tokens = body.max_completion_tokens or body.max_tokens or max(1, model.max_position - len(prompt_ids))
         state = _start(model, prompt_ids, body, max_tokens)
-        return await _respond(state, model, bool(body.stream), True, request)
+        return await _respond(state, model, bool(body.stream), True, request, StopMatcher(body.stop_strings()))
 
-    async def _respond(state: LiveRequest, model: ServedModel, stream: bool, chat: bool, request: Request):
+    async def _respond(state: LiveRequest, model: ServedModel, stream: bool, chat: bool, request: Request,
+                       stops: StopMatcher):
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{state.submit.request_id}"
         metrics.started(model.name)
         if stream:
-            return StreamingResponse(_sse(state, model, rid, chat), media_type="text/event-stream")
+            return StreamingResponse(_sse(state, model, rid, chat, stops), media_type="text/event-stream")
         tokens, reason, arrival = [], None, time.time()
         times: list[float] = []
+        text: str | None = None  # set when a stop string ended the text
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             async for token_ids, stamps, finish in _tokens(state, gone):
                 tokens += token_ids
                 times += stamps
                 reason = finish or reason
+                if stops.stops:
+                    cut, stopped = stops.cut(await off_loop(model.decode, tokens))
+                    if stopped:  # the rest would be thrown away: stop generating it
+                        proxy.cancel(state.submit.request_id)
+                        text, reason = cut, "stop"
+                        break
         except ClientGone:
             proxy.cancel(state.submit.request_id)
             return JSONResponse(error_body("the client disconnected", None, "client_disconnected"), status_code=499)
         finally:
             gone.cancel()
         metrics.finished(model.name, arrival, times)
-        text = await off_loop(model.decode, tokens)
+        if text is None:
+            text = await off_loop(model.decode, tokens)
         usage = {"prompt_tokens": len(state.submit.prompt_ids), "completion_tokens": len(tokens),
                  "total_tokens": len(state.submit.prompt_ids) + len(tokens)}
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason} if chat
@@ -222,8 +232,9 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
             if message.finish_reason is not None:
                 return
 
-    async def _sse(state: LiveRequest, model: ServedModel, rid: str, chat: bool) -> AsyncIterator[bytes]:
-        sent, arrival, times, finished = [], time.time(), [], False
+    async def _sse(state: LiveRequest, model: ServedModel, rid: str, chat: bool,
+                   stops: StopMatcher) -> AsyncIterator[bytes]:
+        sent, arrival, times, finished, shown = [], time.time(), [], False, ""
         obj = "chat.completion.chunk" if chat else "text_completion"
         try:
             if chat:  # OpenAI's first chunk carries the role
@@ -233,13 +244,20 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
             async for token_ids, stamps, finish in _tokens(state):
                 finished = finish is not None
                 times += stamps
-                before = model.decode(sent)
                 sent += token_ids
-                delta = model.decode(sent)[len(before):]
+                text, stopped = stops.cut(model.decode(sent))
+                if finish is not None and not stopped:
+                    text = model.decode(sent)  # the end: nothing is held back any more
+                delta, shown = text[len(shown):], text
+                if stopped:
+                    finish, finished = "stop", True
+                    proxy.cancel(state.submit.request_id)
                 choice = ({"index": 0, "delta": {"content": delta}, "finish_reason": finish} if chat
                           else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish})
                 yield _event({"id": rid, "object": obj, "created": int(time.time()), "model": model.name,
                               "choices": [choice]})
+                if stopped:
+                    break
         except ApiError as err:
             finished = True
             yield _event(err.body())

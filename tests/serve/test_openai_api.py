@@ -253,3 +253,22 @@ def test_launcher_cleans_up_on_sigterm_and_recovers_after_a_crash(tmp_path):
     assert proc.wait(timeout=60) == 0
     time.sleep(0.5)
     assert not list(SHM_DIR.glob("*aegaeon-launchtest-*"))
+
+
+def test_stop_strings_end_the_text_before_them_streaming_and_not(server):
+    client = _client(server)
+    args = dict(model="small", prompt="the model serves", max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
+    full = client.completions.create(**args).choices[0].text
+    assert len(full) >= 4, full
+    stop = full[len(full) // 2:len(full) // 2 + 2]
+    expected = full[:full.find(stop)]
+    cut = client.completions.create(**args, stop=[stop, "never appears \u2603"])
+    assert cut.choices[0].text == expected and cut.choices[0].finish_reason == "stop"
+    streamed = list(client.completions.create(**args, stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == expected
+    assert streamed[-1].choices[0].finish_reason == "stop"
+    assert client.completions.create(**args, stop="never appears \u2603").choices[0].text == full
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(**args, stop=["a", "b", "c", "d", "e"])
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(**args, stop="")
