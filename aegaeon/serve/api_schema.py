@@ -28,6 +28,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StreamOptions(_Strict):
+    include_usage: StrictBool | None = False  # a last chunk, with no choices, carries the usage
+
+
 class _Generation(_Strict):
     """Fields both endpoints share."""
 
@@ -37,6 +41,7 @@ class _Generation(_Strict):
     top_p: StrictFloat | None = Field(1.0, gt=0.0, le=1.0)
     n: Literal[1] | None = 1
     stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
     seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     user: StrictStr | None = None
     ignore_eos: StrictBool | None = False  # vLLM's extension: generate max_tokens whatever the model says

@@ -152,7 +152,8 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         prompt_ids = await off_loop(model.encode, prompt)
         state = _start(model, prompt_ids, body, body.max_tokens or 16)
-        return await _respond(state, model, bool(body.stream), False, request, StopMatcher(body.stop_strings()))
+        return await _respond(state, model, bool(body.stream), False, request, StopMatcher(body.stop_strings()),
+                               _wants_usage(body))
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, request: Request):
@@ -167,14 +168,15 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         # vLLM's default for chat: whatever of the context the prompt leaves
         max_tokens = body.max_completion_tokens or body.max_tokens or max(1, model.max_position - len(prompt_ids))
         state = _start(model, prompt_ids, body, max_tokens)
-        return await _respond(state, model, bool(body.stream), True, request, StopMatcher(body.stop_strings()))
+        return await _respond(state, model, bool(body.stream), True, request, StopMatcher(body.stop_strings()),
+                               _wants_usage(body))
 
     async def _respond(state: LiveRequest, model: ServedModel, stream: bool, chat: bool, request: Request,
-                       stops: StopMatcher):
+                       stops: StopMatcher, usage_chunk: bool = False):
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{state.submit.request_id}"
         metrics.started(model.name)
         if stream:
-            return StreamingResponse(_sse(state, model, rid, chat, stops), media_type="text/event-stream")
+            return StreamingResponse(_sse(state, model, rid, chat, stops, usage_chunk), media_type="text/event-stream")
         tokens, reason, arrival = [], None, time.time()
         times: list[float] = []
         text: str | None = None  # set when a stop string ended the text
@@ -233,7 +235,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
                 return
 
     async def _sse(state: LiveRequest, model: ServedModel, rid: str, chat: bool,
-                   stops: StopMatcher) -> AsyncIterator[bytes]:
+                   stops: StopMatcher, usage_chunk: bool) -> AsyncIterator[bytes]:
         sent, arrival, times, finished, shown = [], time.time(), [], False, ""
         obj = "chat.completion.chunk" if chat else "text_completion"
         try:
@@ -265,9 +267,18 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
             if not finished:  # the client disconnected mid-stream: free the request's KV
                 proxy.cancel(state.submit.request_id)
         metrics.finished(model.name, arrival, times)
+        if usage_chunk:  # OpenAI's stream_options.include_usage: one more chunk, no choices, the usage
+            prompt = len(state.submit.prompt_ids)
+            yield _event({"id": rid, "object": obj, "created": int(time.time()), "model": model.name, "choices": [],
+                          "usage": {"prompt_tokens": prompt, "completion_tokens": len(sent),
+                                    "total_tokens": prompt + len(sent)}})
         yield b"data: [DONE]\n\n"
 
     return Guard(app, api.api_key, api.max_body_bytes, api.public_metrics)
+
+
+def _wants_usage(body) -> bool:
+    return bool(body.stream and body.stream_options is not None and body.stream_options.include_usage)
 
 
 def _event(obj: dict) -> bytes:

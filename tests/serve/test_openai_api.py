@@ -272,3 +272,12 @@ def test_stop_strings_end_the_text_before_them_streaming_and_not(server):
         client.completions.create(**args, stop=["a", "b", "c", "d", "e"])
     with pytest.raises(openai.BadRequestError):
         client.completions.create(**args, stop="")
+
+
+def test_stream_options_include_usage_adds_a_last_chunk_with_the_usage(server):
+    client = _client(server)
+    chunks = list(client.completions.create(model="small", prompt="the model serves", max_tokens=5, temperature=0,
+                                            stream=True, stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert all(c.usage is None for c in chunks[:-1])
