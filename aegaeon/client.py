@@ -30,12 +30,13 @@ class Client:
         self.timeout = timeout
 
     def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> LiveRequest:
+               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False, top_k: int = 0,
+               min_p: float = 0.0) -> LiveRequest:
         if not prompt_ids:
             raise RequestError(f"model {model}: the prompt is empty")
         if max_tokens < 1:
             raise RequestError(f"max_tokens={max_tokens} must be at least 1")
-        return self.proxy.submit(model, prompt_ids, max_tokens, temperature, top_p, seed, ignore_eos)
+        return self.proxy.submit(model, prompt_ids, max_tokens, temperature, top_p, seed, ignore_eos, top_k, min_p)
 
     def stream(self, state: LiveRequest) -> Iterator[tuple[int, float]]:
         """(token id, time) pairs as they arrive; raises RequestError if the request fails."""

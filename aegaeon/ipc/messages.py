@@ -31,6 +31,8 @@ class Submit:
     top_p: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False
+    top_k: int = 0  # 0 or -1: off
+    min_p: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ class _Generation(_Strict):
     max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: StrictFloat | None = Field(1.0, ge=0.0, le=2.0)
     top_p: StrictFloat | None = Field(1.0, gt=0.0, le=1.0)
+    top_k: StrictInt | None = Field(None, ge=-1, le=MAX_TOKENS_LIMIT)  # vLLM's: -1 or 0 is off
+    min_p: StrictFloat | None = Field(None, ge=0.0, le=1.0)  # vLLM's
     n: Literal[1] | None = 1
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None

@@ -135,7 +135,8 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
             temperature = 0.0
         top_p = 1.0 if body.top_p is None else body.top_p
         try:
-            return proxy.submit(model.name, prompt_ids, max_tokens, temperature, top_p, body.seed, bool(body.ignore_eos))
+            return proxy.submit(model.name, prompt_ids, max_tokens, temperature, top_p, body.seed, bool(body.ignore_eos),
+                                body.top_k or 0, body.min_p or 0.0)
         except OverloadedError as err:
             raise ApiError(429, str(err), None, "too_many_requests", "rate_limit_error",
                            {"Retry-After": str(max(1, round(err.retry_after)))}) from None

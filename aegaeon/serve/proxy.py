@@ -86,11 +86,12 @@ class Proxy:
         return wait_for_workers(list(self.links.values()), timeout, alive)
 
     def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False) -> LiveRequest:
+               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False, top_k: int = 0,
+               min_p: float = 0.0) -> LiveRequest:
         """Admit and route a request. OverloadedError beyond the admission limits (429), UnavailableError when
         no prefill worker is alive (503), RequestError when the request cannot be sent at all."""
         fields = dict(model=model, prompt_ids=tuple(prompt_ids), max_tokens=max_tokens, temperature=temperature,
-                      top_p=top_p, seed=seed, ignore_eos=ignore_eos)
+                      top_p=top_p, seed=seed, ignore_eos=ignore_eos, top_k=top_k, min_p=min_p)
         with self.lock:
             if self._stopping:
                 raise UnavailableError("the node is shutting down")

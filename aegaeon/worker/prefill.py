@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def sampling_of(submit: Submit) -> SamplingParams:
-    return SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed, submit.ignore_eos)
+    return SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed, submit.ignore_eos,
+                          submit.top_k, submit.min_p)
 
 
 class PrefillWorker(WorkerLoop):

@@ -24,7 +24,7 @@ def test_every_message_type_round_trips():
 
 @pytest.mark.parametrize("frame, words", [
     (b"\xc1", "not msgpack"), (msgpack.packb([99, 1]), "known message tag"), (msgpack.packb({"a": 1}), "known message tag"),
-    (msgpack.packb([0, 1, "m"]), "Submit frame has 2 fields, expected 8"),
+    (msgpack.packb([0, 1, "m"]), "Submit frame has 2 fields, expected 10"),
 ])
 def test_malformed_frames_are_errors_that_say_why(frame, words):
     with pytest.raises(MessageError, match=words):

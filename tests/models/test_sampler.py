@@ -27,3 +27,26 @@ def test_greedy_below_the_threshold_and_nan_logits_are_a_request_error():
     assert sample_one(logits, SamplingParams(temperature=1e-300), None) == 1
     with pytest.raises(RequestError, match="non-finite"):
         sample_one(torch.tensor([0.0, float("nan")]), SamplingParams(), None)
+
+
+def _drawn(logits, **params) -> set[int]:
+    sampling = SamplingParams(temperature=1.0, seed=0, **params)
+    generator = new_generator(sampling)
+    return {sample_one(logits, sampling, generator) for _ in range(300)}
+
+
+def test_top_k_and_min_p_keep_what_they_say():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert _drawn(logits, top_k=1) == {0}
+    assert _drawn(logits, top_k=2) == {0, 1}
+    assert _drawn(logits, top_k=-1) == {0, 1, 2, 3} == _drawn(logits, top_k=0)
+    assert _drawn(logits, min_p=0.5) == {0, 1}  # 0.3 >= 0.5 x 0.5; 0.15 is not
+    assert _drawn(logits, min_p=1.0) == {0}
+    # top-k, then top-p on the renormalised rest: 0.5/0.8 = 0.625 < 0.7, so token 1 stays; 3 of 4 never
+    assert _drawn(logits, top_k=3, top_p=0.7) == {0, 1}
+
+
+@pytest.mark.parametrize("bad", [dict(top_k=-2), dict(min_p=-0.1), dict(min_p=1.5), dict(min_p=float("nan"))])
+def test_out_of_range_top_k_and_min_p_are_request_errors(bad):
+    with pytest.raises(RequestError):
+        SamplingParams(**bad).validate()

@@ -23,12 +23,13 @@ class FakeProxy:
         self.telemetry = _NoTelemetry()
         self.table = _NoTable()
 
-    def submit(self, model, prompt_ids, max_tokens=16, temperature=0.0, top_p=1.0, seed=None, ignore_eos=False):
+    def submit(self, model, prompt_ids, max_tokens=16, temperature=0.0, top_p=1.0, seed=None, ignore_eos=False,
+               top_k=0, min_p=0.0):
         if self.refuse is not None:
             raise self.refuse
-        SamplingParams(max_tokens, temperature, top_p, seed).validate()  # raises what a worker would
+        SamplingParams(max_tokens, temperature, top_p, seed, ignore_eos, top_k, min_p).validate()  # as a worker
         submit = Submit(len(self.submitted) + 1, model, tuple(prompt_ids), max_tokens, temperature, top_p, seed,
-                        ignore_eos)
+                        ignore_eos, top_k, min_p)
         self.submitted.append(submit)
         return LiveRequest(submit, time.time())
 

@@ -56,6 +56,16 @@ def test_values_are_never_coerced_and_ranges_hold(model_dir, field, value):
     assert reply.json()["error"]["param"].split(".")[0] == field and not proxy.submitted
 
 
+def test_top_k_and_min_p_reach_the_worker_and_are_strict(model_dir):
+    client, proxy = _client(model_dir)
+    reply = _post(client, {"model": "tiny", "prompt": "hi", "max_tokens": 2, "top_k": 5, "min_p": 0.1})
+    assert reply.status_code == 200, reply.text
+    assert (proxy.submitted[-1].top_k, proxy.submitted[-1].min_p) == (5, 0.1)
+    for bad in ({"top_k": "5"}, {"top_k": -2}, {"top_k": 1.5}, {"min_p": 2.0}, {"min_p": "0.1"}):
+        reply = _post(client, {"model": "tiny", "prompt": "hi", "max_tokens": 2, **bad})
+        assert reply.status_code == 400 and "error" in reply.json(), (bad, reply.text)
+
+
 def test_a_lone_surrogate_is_a_400_in_completions_and_chat(model_dir):
     client, _ = _client(model_dir)
     raw = b'{"model": "tiny", "prompt": "a\\ud800b", "max_tokens": 2}'

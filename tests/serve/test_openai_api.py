@@ -281,3 +281,11 @@ def test_stream_options_include_usage_adds_a_last_chunk_with_the_usage(server):
                                             extra_body={"ignore_eos": True}))
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
     assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_top_k_1_samples_what_greedy_decodes(server):
+    client = _client(server)
+    args = dict(model="small", prompt="the model serves", max_tokens=8, extra_body={"ignore_eos": True})
+    greedy = client.completions.create(**args, temperature=0).choices[0].text
+    args["extra_body"] = {"ignore_eos": True, "top_k": 1, "min_p": 0.0}
+    assert client.completions.create(**args, temperature=1.0, seed=3).choices[0].text == greedy
