@@ -136,10 +136,12 @@ def _closed_loop(request, total: int, concurrency: int) -> PathFigures:
     elapsed = time.perf_counter() - start
     ttft = [r[1] - r[0] for r in results if len(r) > 1]
     tpot = [(r[-1] - r[1]) / (len(r) - 2) for r in results if len(r) > 2]
-    return PathFigures(total / elapsed, _pct(ttft, 50), _pct(ttft, 99), _pct(tpot, 50), _pct(tpot, 99))
+    return PathFigures(total / elapsed, percentile(ttft, 50), percentile(ttft, 99), percentile(tpot, 50),
+                       percentile(tpot, 99))
 
 
-def _pct(values: list[float], p: int) -> float:
+def percentile(values: list[float], p: int) -> float:
+    """The nearest-rank p-th percentile (nan for no values)."""
     if not values:
         return float("nan")
     ordered = sorted(values)

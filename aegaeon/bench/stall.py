@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aegaeon.bench.http import percentile
 from aegaeon.config.serving import ApiConfig, EngineConfig, NodeConfig
 from aegaeon.serve.node import Node
 
@@ -99,8 +100,8 @@ def bench_stall(models: dict[str, str], requests: int = 64, concurrency: int = 4
                     if hostile.is_alive():  # blocked on a big prompt the server is still reading
                         hostile.terminate()
                         hostile.join()
-                rows.append(ConditionFigures(condition, len(latencies), failed, _pct(latencies, 50),
-                                             _pct(latencies, 99), got, _peak_rss_mib()))
+                rows.append(ConditionFigures(condition, len(latencies), failed, percentile(latencies, 50),
+                                             percentile(latencies, 99), got, _peak_rss_mib()))
                 log.info("stall bench: %s done (p99 %.2f s)", condition, rows[-1].p99_s)
         server.should_exit = True
         thread.join(timeout=10)
@@ -266,9 +267,3 @@ def _free_port() -> int:
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-
-def _pct(values: list[float], p: int) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
