@@ -23,7 +23,12 @@ _spec.loader.exec_module(_build)
 plan = _build.plan_build(torch.version.cuda, _build.find_nvcc(), os.environ.get("AEGAEON_BUILD_CUDA"))
 print(f"aegaeon: building the extension with CUDA={plan.with_cuda} ({plan.reason})")
 
-cxx_flags = ["-O3", "-std=c++17"]
+# -g0: Python's own CFLAGS carry -g, which made the objects 10x larger and the link slower; AEGAEON_DEBUG=1
+# keeps debug info for gdb.
+cxx_flags = ["-O3", "-std=c++17"] + ([] if os.environ.get("AEGAEON_DEBUG") == "1" else ["-g0"])
+# The extension links this torch's C++ ABI: the package asks for the same release (aegaeon.native checks it
+# again at import, for a torch changed after the install).
+torch_release = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 if plan.with_cuda:
     extension = CUDAExtension(
         "aegaeon._C",
@@ -38,27 +43,33 @@ setup(
     name="aegaeon",
     version="0.1.0",
     description="Serve many LLMs on a shared GPU pool with token-level auto-scaling",
-    packages=find_packages(include=["aegaeon", "aegaeon.*"]),
-    package_data={"aegaeon": ["data/*.csv", "data/profiles/*.json"]},
+    packages=find_packages(include=["aegaeon", "aegaeon.*"]) + ["aegaeon._profiles"],
+    # the top-level profiles/ ships inside the package as aegaeon/_profiles (aegaeon.profiles finds either);
+    # only the devices in version control, not the cpu-* profiles benchmarks write on the building machine
+    package_dir={"aegaeon._profiles": "profiles"},
+    package_data={"aegaeon": ["data/*.csv"], "aegaeon._profiles": ["H100/*.json"]},
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.4",
+        f"torch=={torch_release}.*",
         "numpy>=1.24",
         "click>=8.1",
         "safetensors>=0.4",
         "posix_ipc>=1.1",
         "msgpack>=1.0",
-        "pybind11>=2.12",
-        "ninja>=1.11",
-        "matplotlib>=3.7",
         "tokenizers>=0.21",  # encode_batch_fast (releases the GIL, skips offsets)
         "fastapi>=0.110",
+        "pydantic>=2",  # the API's request schema (aegaeon/serve/api_schema.py)
+        "httpx>=0.27",  # aegaeon bench http / stall / chaos drive the API as a client does
         "uvicorn>=0.29",
         "pyyaml>=6",  # pool files (aegaeon serve --config)
         "jinja2>=3.1",
         "pyzmq>=25",
+        "prometheus_client>=0.20",  # /metrics: the exposition format, HELP text and label escaping
     ],
-    extras_require={"test": ["pytest>=7", "transformers>=4.40", "openai>=1.0", "httpx>=0.27", "hypothesis>=6"]},
+    extras_require={
+        "plot": ["matplotlib>=3.7"],
+        "test": ["pytest>=7", "transformers>=4.40", "openai>=1.0", "hypothesis>=6", "matplotlib>=3.7"],
+    },
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aegaeon.errors import ConfigError
+from aegaeon.plot_backend import pyplot
 from aegaeon.sched.slo import DEFAULT_TPOT_SLO, DEFAULT_TTFT_SLO
 
 log = logging.getLogger(__name__)
@@ -105,11 +106,7 @@ def plot_live_e2e(json_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def _draw(series: dict[tuple[str, str], list[tuple[float, float]]], x_key: str, title: str, stem: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for policy, variant in sorted(series, key=_series_order):
         label, marker = POLICY_STYLE.get(policy, (policy, "."))

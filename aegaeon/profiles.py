@@ -50,9 +50,12 @@ class TablePoint:
 
 
 def profiles_dir() -> Path:
-    """AEGAEON_PROFILES, else the repository's profiles/ folder."""
+    """AEGAEON_PROFILES, else the repository's profiles/ folder, else the copy a wheel ships (aegaeon/_profiles)."""
     env = env_str("AEGAEON_PROFILES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "profiles"
+    if env:
+        return Path(env)
+    source_tree = Path(__file__).resolve().parent.parent / "profiles"
+    return source_tree if source_tree.is_dir() else Path(__file__).resolve().parent / "_profiles"
 
 
 def read_measured_table(model_dir: Path) -> list[TablePoint]:

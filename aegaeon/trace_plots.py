@@ -22,6 +22,7 @@ import numpy as np
 
 from aegaeon.bench.e2e import BREAKDOWN_PARTS
 from aegaeon.errors import ConfigError
+from aegaeon.plot_backend import pyplot
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _percentiles(values: list[float]) -> str:
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -96,12 +97,7 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def plot_breakdown(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], str]:

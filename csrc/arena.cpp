@@ -1,5 +1,7 @@
 #include "arena.h"
 
+#include <ATen/ops/empty.h>
+
 #include <sstream>
 
 namespace aegaeon {
@@ -18,10 +20,10 @@ int64_t checked_slab_count(int64_t total_bytes, int64_t slab_bytes) {
 
 }  // namespace
 
-Arena::Arena(int64_t total_bytes, int64_t slab_bytes, const torch::Device& device)
+Arena::Arena(int64_t total_bytes, int64_t slab_bytes, const c10::Device& device)
     : allocator_(checked_slab_count(total_bytes, slab_bytes), slab_bytes),
-      buffer_(torch::empty({allocator_.num_slabs() * slab_bytes},
-                           torch::TensorOptions().dtype(torch::kUInt8).device(device))) {}
+      buffer_(at::empty({allocator_.num_slabs() * slab_bytes},
+                           at::TensorOptions().dtype(at::kByte).device(device))) {}
 
 int64_t Arena::reserve_weights(int64_t weight_bytes) {
   const int64_t slab = allocator_.slab_bytes();
@@ -55,7 +57,7 @@ std::vector<std::pair<int64_t, int64_t>> Arena::relocate_draining() {
 
 bool Arena::weights_ready() const { return allocator_.stats().draining_slabs == 0; }
 
-torch::Tensor Arena::weight_bytes_view(int64_t offset, int64_t nbytes) const {
+at::Tensor Arena::weight_bytes_view(int64_t offset, int64_t nbytes) const {
   if (offset < 0 || nbytes < 0 || offset + nbytes > weight_bytes_) {
     std::ostringstream msg;
     msg << "weight view [" << offset << ", " << offset + nbytes << ") is outside the weight region of "
@@ -68,7 +70,7 @@ torch::Tensor Arena::weight_bytes_view(int64_t offset, int64_t nbytes) const {
   return buffer_.narrow(0, offset, nbytes);
 }
 
-torch::Tensor Arena::block_bytes_view(int64_t handle) const {
+at::Tensor Arena::block_bytes_view(int64_t handle) const {
   return buffer_.narrow(0, handle, allocator_.block_bytes_of(handle));
 }
 

@@ -8,7 +8,7 @@
 // out to host memory.
 #pragma once
 
-#include <torch/torch.h>
+#include <ATen/core/Tensor.h>
 
 #include <utility>
 #include <vector>
@@ -24,7 +24,7 @@ class ArenaTooSmallError : public std::invalid_argument {
 
 class Arena {
  public:
-  Arena(int64_t total_bytes, int64_t slab_bytes, const torch::Device& device);
+  Arena(int64_t total_bytes, int64_t slab_bytes, const c10::Device& device);
 
   // Reserves the first ceil(weight_bytes / slab_bytes) slabs for weights.
   // Returns the number of slabs still draining (0: the region is ready).
@@ -34,22 +34,22 @@ class Arena {
   std::vector<std::pair<int64_t, int64_t>> relocate_draining();
   bool weights_ready() const;
   // A byte view of [offset, offset + nbytes) of the weight region.
-  torch::Tensor weight_bytes_view(int64_t offset, int64_t nbytes) const;
+  at::Tensor weight_bytes_view(int64_t offset, int64_t nbytes) const;
 
   int64_t allocate_block(int64_t block_bytes) { return allocator_.allocate(block_bytes); }
   void free_block(int64_t handle) { allocator_.free(handle); }
   // A byte view of one live block.
-  torch::Tensor block_bytes_view(int64_t handle) const;
+  at::Tensor block_bytes_view(int64_t handle) const;
 
   const SlabAllocator& allocator() const { return allocator_; }
   SlabAllocator& allocator() { return allocator_; }
-  const torch::Tensor& buffer() const { return buffer_; }
+  const at::Tensor& buffer() const { return buffer_; }
   int64_t weight_bytes() const { return weight_bytes_; }
   int64_t total_bytes() const { return buffer_.numel(); }
 
  private:
   SlabAllocator allocator_;
-  torch::Tensor buffer_;
+  at::Tensor buffer_;
   int64_t weight_bytes_ = 0;
 };
 

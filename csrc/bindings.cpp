@@ -1,7 +1,10 @@
 // Python bindings of aegaeon._C. Exceptions map onto the classes of
 // aegaeon.errors so Python code catches one set of types.
 #include <pybind11/stl.h>
-#include <torch/extension.h>
+// Only the tensor type casters and the version, not <torch/extension.h>: that pulls in all of libtorch's
+// C++ API and made this file most of the install time.
+#include <torch/csrc/utils/pybind.h>
+#include <torch/headeronly/version.h>
 
 #include "arena.h"
 #include "slab_allocator.h"
@@ -103,7 +106,7 @@ Each slab serves one block size at a time and returns to the pool when empty.
 
   py::class_<Arena>(m, "Arena", "One device buffer: weight region followed by a slab-managed KV region.")
       .def(py::init([](int64_t total_bytes, int64_t slab_bytes, const std::string& device) {
-             return std::make_unique<Arena>(total_bytes, slab_bytes, torch::Device(device));
+             return std::make_unique<Arena>(total_bytes, slab_bytes, c10::Device(device));
            }),
            py::arg("total_bytes"), py::arg("slab_bytes"), py::arg("device") = "cpu")
       .def("reserve_weights", &Arena::reserve_weights, py::arg("weight_bytes"))
@@ -126,6 +129,7 @@ Each slab serves one block size at a time and returns to the pool when empty.
         "Page-lock and map host memory for DMA (CUDA builds only).");
   m.def("unregister_host_memory", &aegaeon::unregister_host_memory, py::arg("ptr"));
   m.def("built_with_cuda", &aegaeon::built_with_cuda);
+  m.attr("built_with_torch") = TORCH_VERSION;  // checked against the running torch at import (aegaeon.native)
   m.def("bench_alloc_free_pairs", &bench_alloc_free_pairs, py::arg("allocator"), py::arg("block_bytes"),
         py::arg("pairs"), py::arg("live"), "Seconds for `pairs` free+allocate pairs run in C++.");
 }

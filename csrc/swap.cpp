@@ -14,15 +14,15 @@
 namespace aegaeon {
 namespace {
 
-void check_buffer(const torch::Tensor& t, const char* what) {
-  if (t.dim() != 1 || t.scalar_type() != torch::kUInt8 || !t.is_contiguous()) {
+void check_buffer(const at::Tensor& t, const char* what) {
+  if (t.dim() != 1 || t.scalar_type() != at::kByte || !t.is_contiguous()) {
     std::ostringstream msg;
     msg << what << " must be a contiguous 1-D uint8 tensor, got " << t.sizes() << " " << t.scalar_type();
     throw std::invalid_argument(msg.str());
   }
 }
 
-void check_offsets(const torch::Tensor& offsets, int64_t limit, int64_t block_bytes, const char* what) {
+void check_offsets(const at::Tensor& offsets, int64_t limit, int64_t block_bytes, const char* what) {
   auto cpu = offsets.cpu();
   const int64_t* data = cpu.data_ptr<int64_t>();
   for (int64_t i = 0; i < cpu.numel(); ++i) {
@@ -44,12 +44,12 @@ void copy_blocks_cpu(const uint8_t* src, const int64_t* src_off, uint8_t* dst, c
 
 }  // namespace
 
-void copy_blocks(const torch::Tensor& src, const torch::Tensor& src_offsets, torch::Tensor& dst,
-                 const torch::Tensor& dst_offsets, int64_t block_bytes) {
+void copy_blocks(const at::Tensor& src, const at::Tensor& src_offsets, at::Tensor& dst,
+                 const at::Tensor& dst_offsets, int64_t block_bytes) {
   check_buffer(src, "source buffer");
   check_buffer(dst, "destination buffer");
   if (block_bytes <= 0) throw std::invalid_argument("block_bytes must be positive, got " + std::to_string(block_bytes));
-  if (src_offsets.scalar_type() != torch::kInt64 || dst_offsets.scalar_type() != torch::kInt64 ||
+  if (src_offsets.scalar_type() != at::kLong || dst_offsets.scalar_type() != at::kLong ||
       src_offsets.dim() != 1 || src_offsets.numel() != dst_offsets.numel()) {
     throw std::invalid_argument("offsets must be two 1-D int64 tensors of equal length");
   }
@@ -68,7 +68,7 @@ void copy_blocks(const torch::Tensor& src, const torch::Tensor& src_offsets, tor
   auto so = src_offsets.to(device, /*non_blocking=*/true).contiguous();
   auto dof = dst_offsets.to(device, /*non_blocking=*/true).contiguous();
   // A host side must be pinned: under UVA its pointer is valid in the kernel.
-  for (const torch::Tensor* t : {&src, static_cast<const torch::Tensor*>(&dst)}) {
+  for (const at::Tensor* t : {&src, static_cast<const at::Tensor*>(&dst)}) {
     if (!t->is_cuda() && !t->is_pinned()) {
       throw std::invalid_argument("the host side of a GPU block copy must be pinned (registered) memory");
     }

@@ -5,14 +5,14 @@
 // compute. Both paths check every offset against its buffer first.
 #pragma once
 
-#include <torch/torch.h>
+#include <ATen/core/Tensor.h>
 
 namespace aegaeon {
 
 // Copies block i of block_bytes from src[src_offsets[i]] to dst[dst_offsets[i]].
 // src and dst are 1-D uint8 tensors; offsets are 1-D int64 tensors of equal length.
-void copy_blocks(const torch::Tensor& src, const torch::Tensor& src_offsets, torch::Tensor& dst,
-                 const torch::Tensor& dst_offsets, int64_t block_bytes);
+void copy_blocks(const at::Tensor& src, const at::Tensor& src_offsets, at::Tensor& dst,
+                 const at::Tensor& dst_offsets, int64_t block_bytes);
 
 // Page-locks [ptr, ptr + nbytes) for DMA and maps it for device access.
 // Throws std::runtime_error in a build without CUDA.

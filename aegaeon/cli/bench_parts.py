@@ -4,6 +4,8 @@ attention."""
 from __future__ import annotations
 
 import json
+import statistics
+from pathlib import Path
 
 import click
 
@@ -218,3 +220,25 @@ def bench_attention_cmd(model: str | None, batch: int, total_context: int, steps
         click.echo(f"{p.layout:7s} {shape:29s} {p.step_s * 1e3:9.2f}")
 
 
+
+
+@bench.command("detok")
+@click.option("--model", default=None, help="Checkpoint dir whose tokenizer.json to use [default: the demo models'].")
+@click.option("--tokens", default=1800, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1))
+def bench_detok_cmd(model: str | None, tokens: int, repeats: int) -> None:
+    """Detokenising one stream token by token: a full decode per chunk vs incremental (DecodeStream)."""
+    from tokenizers import Tokenizer
+
+    from aegaeon.bench.detok import bench_detok
+    from aegaeon.models.demo import demo_models
+
+    folder = Path(model) if model else next(iter(demo_models().values()))
+    r = bench_detok(Tokenizer.from_file(str(folder / "tokenizer.json")), tokens, repeats)
+    spread = lambda xs: f"median {statistics.median(xs) * 1e3:.1f} ms (min {min(xs) * 1e3:.1f}, max {max(xs) * 1e3:.1f})"  # noqa: E731
+    click.echo(f"tokenizer:              {folder / 'tokenizer.json'}")
+    click.echo(f"stream of {r.tokens} tokens, one per chunk, {r.repeats} runs each")
+    click.echo(f"full decode per chunk:  {spread(r.full_decode_s)}")
+    click.echo(f"incremental:            {spread(r.incremental_s)}")
+    click.echo(f"ratio full / incr.:     {r.speedup:.1f}x")
+    click.echo(f"same final text:        {r.same_text}")

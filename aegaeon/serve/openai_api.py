@@ -30,6 +30,7 @@ from aegaeon.errors import RequestError
 from aegaeon.models.sampler import GREEDY_BELOW
 from aegaeon.serve.api_guard import BodyTooLarge, Guard, JSONResponse, error_body
 from aegaeon.serve.api_schema import ChatBody, CompletionBody
+from aegaeon.serve.detok import IncrementalText
 from aegaeon.serve.metrics import Metrics
 from aegaeon.serve.proxy import Proxy, UnavailableError
 from aegaeon.serve.requests import LiveRequest, OverloadedError
@@ -182,13 +183,14 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         times: list[float] = []
         text: str | None = None  # set when a stop string ended the text
         gone = asyncio.ensure_future(_disconnected(request))
+        decoded = IncrementalText(model.tokenizer) if stops.stops else None
         try:
             async for token_ids, stamps, finish in _tokens(state, gone):
                 tokens += token_ids
                 times += stamps
                 reason = finish or reason
-                if stops.stops:
-                    cut, stopped = stops.cut(await off_loop(model.decode, tokens))
+                if decoded is not None:
+                    cut, stopped = stops.cut(decoded.add(token_ids))
                     if stopped:  # the rest would be thrown away: stop generating it
                         proxy.cancel(state.submit.request_id)
                         text, reason = cut, "stop"
@@ -238,6 +240,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
     async def _sse(state: LiveRequest, model: ServedModel, rid: str, chat: bool,
                    stops: StopMatcher, usage_chunk: bool) -> AsyncIterator[bytes]:
         sent, arrival, times, finished, shown = [], time.time(), [], False, ""
+        decoded = IncrementalText(model.tokenizer)
         obj = "chat.completion.chunk" if chat else "text_completion"
         try:
             if chat:  # OpenAI's first chunk carries the role
@@ -248,9 +251,9 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
                 finished = finish is not None
                 times += stamps
                 sent += token_ids
-                text, stopped = stops.cut(model.decode(sent))
+                text, stopped = stops.cut(decoded.add(token_ids))
                 if finish is not None and not stopped:
-                    text = model.decode(sent)  # the end: nothing is held back any more
+                    text = decoded.finish()  # the end: nothing is held back any more
                 delta, shown = text[len(shown):], text
                 if stopped:
                     finish, finished = "stop", True

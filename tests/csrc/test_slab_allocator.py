@@ -138,3 +138,15 @@ def test_random_operations_match_the_python_model(seed):
         if step % 100 == 0:
             alloc.check_integrity()
     alloc.check_integrity()
+
+
+def test_the_extension_names_the_torch_it_was_built_against_and_a_mismatch_is_refused():
+    import torch
+
+    from aegaeon.errors import ConfigError
+    from aegaeon.native import check_torch_release
+
+    assert _C.built_with_torch.split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
+    check_torch_release("2.13.0", "2.13.1+cpu")  # a patch release or a local tag keeps the ABI
+    with pytest.raises(ConfigError, match="built against torch 2.12.0, but torch 2.13.0 is installed"):
+        check_torch_release("2.12.0", "2.13.0")
