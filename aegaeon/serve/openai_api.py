@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aegaeon.config.serving import ApiConfig, NodeConfig
@@ -31,6 +31,7 @@ from aegaeon.models.sampler import GREEDY_BELOW
 from aegaeon.serve.api_guard import BodyTooLarge, Guard, JSONResponse, error_body
 from aegaeon.serve.api_schema import ChatBody, CompletionBody
 from aegaeon.serve.detok import IncrementalText
+from aegaeon.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aegaeon.serve.metrics import Metrics
 from aegaeon.serve.proxy import Proxy, UnavailableError
 from aegaeon.serve.requests import LiveRequest, OverloadedError
@@ -68,7 +69,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
     served = {}
     for name, path in models.items():
         served[name] = ServedModel(name, Path(path))
-    metrics = Metrics(node.slo if node is not None else None,
+    metrics = Metrics(proxy, node.slo if node is not None else None,
                       node.engine.link_gbps if node is not None else None)
     shape = {} if node is None else {
         "policy": node.policy, "slo": {"ttft": node.slo.ttft, "tpot": node.slo.tpot},
@@ -116,8 +117,8 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
                                             "max_model_len": m.max_position} for n, m in served.items()]}
 
     @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(proxy), media_type="text/plain; version=0.0.4")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     def _model(name: str) -> ServedModel:
         if name not in served:
@@ -148,6 +149,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, request: Request):
+        arrival = time.time()  # wall clock, as the workers stamp tokens
         model = _model(body.model)
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
             raise ApiError(400, "give one prompt per request (a list of exactly one string)", "prompt")
@@ -155,10 +157,11 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         prompt_ids = await off_loop(model.encode, prompt)
         state = _start(model, prompt_ids, body, body.max_tokens or 16)
         return await _respond(state, model, bool(body.stream), False, request, StopMatcher(body.stop_strings()),
-                               _wants_usage(body))
+                               _wants_usage(body), arrival)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, request: Request):
+        arrival = time.time()
         model = _model(body.model)
         messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                     for m in body.messages]
@@ -171,15 +174,16 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         max_tokens = body.max_completion_tokens or body.max_tokens or max(1, model.max_position - len(prompt_ids))
         state = _start(model, prompt_ids, body, max_tokens)
         return await _respond(state, model, bool(body.stream), True, request, StopMatcher(body.stop_strings()),
-                               _wants_usage(body))
+                               _wants_usage(body), arrival)
 
     async def _respond(state: LiveRequest, model: ServedModel, stream: bool, chat: bool, request: Request,
-                       stops: StopMatcher, usage_chunk: bool = False):
+                       stops: StopMatcher, usage_chunk: bool, arrival: float):
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{state.submit.request_id}"
-        metrics.started(model.name)
+        metrics.started(model.name, len(state.submit.prompt_ids))
         if stream:
-            return StreamingResponse(_sse(state, model, rid, chat, stops, usage_chunk), media_type="text/event-stream")
-        tokens, reason, arrival = [], None, time.time()
+            return StreamingResponse(_sse(state, model, rid, chat, stops, usage_chunk, arrival),
+                                     media_type="text/event-stream")
+        tokens, reason = [], None
         times: list[float] = []
         text: str | None = None  # set when a stop string ended the text
         gone = asyncio.ensure_future(_disconnected(request))
@@ -197,10 +201,14 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
                         break
         except ClientGone:
             proxy.cancel(state.submit.request_id)
+            reason = None
             return JSONResponse(error_body("the client disconnected", None, "client_disconnected"), status_code=499)
+        except ApiError:
+            reason = None
+            raise
         finally:
             gone.cancel()
-        metrics.finished(model.name, arrival, times)
+            metrics.finished(model.name, arrival, times, reason)
         if text is None:
             text = await off_loop(model.decode, tokens)
         usage = {"prompt_tokens": len(state.submit.prompt_ids), "completion_tokens": len(tokens),
@@ -238,8 +246,8 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
                 return
 
     async def _sse(state: LiveRequest, model: ServedModel, rid: str, chat: bool,
-                   stops: StopMatcher, usage_chunk: bool) -> AsyncIterator[bytes]:
-        sent, arrival, times, finished, shown = [], time.time(), [], False, ""
+                   stops: StopMatcher, usage_chunk: bool, arrival: float) -> AsyncIterator[bytes]:
+        sent, times, finished, shown, reason = [], [], False, "", None
         decoded = IncrementalText(model.tokenizer)
         obj = "chat.completion.chunk" if chat else "text_completion"
         try:
@@ -258,6 +266,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
                 if stopped:
                     finish, finished = "stop", True
                     proxy.cancel(state.submit.request_id)
+                reason = finish
                 choice = ({"index": 0, "delta": {"content": delta}, "finish_reason": finish} if chat
                           else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish})
                 yield _event({"id": rid, "object": obj, "created": int(time.time()), "model": model.name,
@@ -265,12 +274,12 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
                 if stopped:
                     break
         except ApiError as err:
-            finished = True
+            finished, reason = True, None
             yield _event(err.body())
         finally:
             if not finished:  # the client disconnected mid-stream: free the request's KV
                 proxy.cancel(state.submit.request_id)
-        metrics.finished(model.name, arrival, times)
+            metrics.finished(model.name, arrival, times, reason)
         if usage_chunk:  # OpenAI's stream_options.include_usage: one more chunk, no choices, the usage
             prompt = len(state.submit.prompt_ids)
             yield _event({"id": rid, "object": obj, "created": int(time.time()), "model": model.name, "choices": [],

@@ -72,6 +72,15 @@ class Proxy:
     def cancelled(self) -> int:
         return self.table.cancelled
 
+    def request_counts(self) -> dict[str, tuple[int, int]]:
+        """Per model: (requests being decoded, requests admitted and not yet handed to a decode worker)."""
+        counts: dict[str, list[int]] = {}
+        with self.lock:
+            for request in self.table.requests.values():
+                entry = counts.setdefault(request.model, [0, 0])
+                entry[0 if request.decode_worker is not None else 1] += 1
+        return {model: (decoding, queued) for model, (decoding, queued) in counts.items()}
+
     @property
     def prefill(self) -> list[WorkerLink]:
         return self.router.prefill

@@ -10,6 +10,7 @@ import time
 from aegaeon.ipc.messages import Submit, Tokens
 from aegaeon.models.sampler import SamplingParams
 from aegaeon.serve.requests import LiveRequest
+from aegaeon.serve.telemetry import Telemetry
 
 
 class FakeProxy:
@@ -20,7 +21,7 @@ class FakeProxy:
         self.cancelled_ids: list[int] = []
         self.cancelled = self.restarts = 0
         self.links: dict = {}
-        self.telemetry = _NoTelemetry()
+        self.telemetry = Telemetry()
         self.table = _NoTable()
 
     def submit(self, model, prompt_ids, max_tokens=16, temperature=0.0, top_p=1.0, seed=None, ignore_eos=False,
@@ -40,14 +41,12 @@ class FakeProxy:
     def cancel(self, request_id: int) -> None:
         self.cancelled_ids.append(request_id)
 
+    def request_counts(self) -> dict[str, tuple[int, int]]:
+        return {}  # every request is answered at once: none is ever in flight
+
     def health(self):
         ok, reason = self.serving
         return ok, reason, {"workers": {"prefill": int(ok), "decode": int(ok)}}
-
-
-class _NoTelemetry:
-    def prometheus_lines(self) -> list[str]:
-        return []
 
 
 class _NoTable:

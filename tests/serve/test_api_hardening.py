@@ -192,3 +192,19 @@ def test_fuzzed_bodies_never_make_a_5xx(fuzz_client, body, chat):
     reply = _post(client, body, "/v1/chat/completions" if chat else "/v1/completions")
     assert reply.status_code < 500, (body, reply.text)
     assert "error" in reply.json() or reply.status_code == 200
+
+
+def test_metrics_parse_with_prometheus_client_even_for_a_model_named_with_quotes(model_dir):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    name = 'we"ird\\name\nwith a newline'
+    app = create_app(FakeProxy(), {name: model_dir}, ApiConfig(api_key=KEY))
+    client = TestClient(app, raise_server_exceptions=False)
+    assert _post(client, {"model": name, "prompt": "hi", "max_tokens": 3}).status_code == 200
+    response = client.get("/metrics", headers=AUTH)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    generated = [s for s in families["vllm:generation_tokens"].samples if s.name == "vllm:generation_tokens_total"]
+    assert [(s.labels["model_name"], s.value) for s in generated] == [(name, 3.0)]
+    reasons = [s.labels for s in families["vllm:request_success"].samples if s.name == "vllm:request_success_total"]
+    assert reasons == [{"model_name": name, "finished_reason": "length"}]

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aegaeon.config.serving import ApiConfig, EngineConfig
 from aegaeon.models.maker import make_model
@@ -35,19 +36,20 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("api")
     models = {"small": make_model(root / "small", SMALL_SHAPE, seed=1), "large": make_model(root / "large", LARGE_SHAPE, seed=2)}
-    node = Node(NodeConfig({k: str(v) for k, v in models.items()}, num_instances=3, cluster_id="apitest",
-                           engine=EngineConfig(slab_bytes=65536, kv_bytes=8 * 2**20), host_kv_bytes=4 * 2**20,
-                           kv_slab_bytes=65536, threads_per_worker=1))
+    config = NodeConfig({k: str(v) for k, v in models.items()}, num_instances=3, cluster_id="apitest",
+                        engine=EngineConfig(slab_bytes=65536, kv_bytes=8 * 2**20), host_kv_bytes=4 * 2**20,
+                        kv_slab_bytes=65536, threads_per_worker=1)
+    node = Node(config)
     proxy = node.start()
     port = _free_port()
     api = ApiConfig(port=port, api_key=KEY, header_timeout=1.0)
-    srv = uvicorn.Server(uvicorn_config(create_app(proxy, models, api), api))
+    srv = uvicorn.Server(uvicorn_config(create_app(proxy, models, api, config), api))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", proxy
+    yield f"http://127.0.0.1:{port}", proxy, config
     srv.should_exit = True
     thread.join(timeout=10)
     node.stop()
@@ -82,12 +84,27 @@ def test_models_health_and_metrics(server):
     assert health["status"] == "ok" and health["workers"]["prefill"] >= 1 and health["workers"]["decode"] >= 1
     _client(server).completions.create(model="small", prompt="count the switches", max_tokens=3)
     text = httpx.get(f"{server[0]}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    assert "aegaeon_requests_total" in text and "# TYPE aegaeon_ttft_seconds histogram" in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # the scrape parses as Prometheus text
+
+    def value(family: str, sample: str, **labels) -> float:
+        return next(s.value for s in families[family].samples if s.name == sample and s.labels == labels)
+
+    assert value("aegaeon_requests", "aegaeon_requests_total", model_name="small") >= 1
+    assert value("vllm:prompt_tokens", "vllm:prompt_tokens_total", model_name="small") >= 1
+    assert value("vllm:generation_tokens", "vllm:generation_tokens_total", model_name="small") >= 1
+    assert value("vllm:time_to_first_token_seconds", "vllm:time_to_first_token_seconds_count", model_name="small") >= 1
+    assert value("vllm:e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds_count", model_name="small") >= 1
+    assert sum(s.value for s in families["vllm:request_success"].samples
+               if s.name == "vllm:request_success_total" and s.labels["model_name"] == "small") >= 1
+    assert {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+            "aegaeon_slo_attainment", "aegaeon_worker_restarts"} <= set(families)
+    assert all(family.documentation for family in families.values())  # a HELP line on every series
     # per model: switches, the time they took, and KV bytes moved by the prefill -> decode handoff
-    assert 'aegaeon_model_switches_total{model="small"}' in text
-    assert 'aegaeon_model_switch_seconds_total{model="small"}' in text
-    exported = [line for line in text.splitlines() if line.startswith('aegaeon_kv_swap_bytes_total{model="small",kind="export"}')]
-    assert exported and float(exported[0].split()[-1]) > 0
+    assert value("aegaeon_model_switches", "aegaeon_model_switches_total", model_name="small") >= 1
+    assert value("aegaeon_model_switch_seconds", "aegaeon_model_switch_seconds_total", model_name="small") > 0
+    assert value("aegaeon_kv_swap_bytes", "aegaeon_kv_swap_bytes_total", model_name="small", kind="export") > 0
+    # the SLO /metrics scores against is the one the node plans decode quotas for
+    assert value("aegaeon_slo_seconds", "aegaeon_slo_seconds", kind="tpot") == server[2].slo.tpot
 
 
 def test_unknown_model_is_a_404_with_an_openai_error(server):
@@ -128,7 +145,7 @@ def test_curl_streams_server_sent_events(server):
 
 
 def test_a_client_that_disconnects_mid_stream_cancels_its_request(server):
-    url, proxy = server
+    url, proxy, _ = server
     cancelled_before = proxy.cancelled
     body = {"model": "small", "prompt": "the model serves", "max_tokens": 1900, "stream": True}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
@@ -145,7 +162,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_request(server):
 
 
 def test_a_non_streaming_client_that_gives_up_cancels_its_request(server):
-    url, proxy = server
+    url, proxy, _ = server
     cancelled_before = proxy.cancelled
     body = {"model": "small", "prompt": "the model serves", "max_tokens": 1900, "ignore_eos": True}
     with pytest.raises(httpx.TimeoutException):
@@ -172,7 +189,7 @@ def test_random_sampling_parameters_and_token_ids_never_stop_the_node(server):
     from aegaeon.client import Client
     from aegaeon.errors import RequestError
 
-    url, proxy = server
+    url, proxy, _ = server
     client = Client(proxy)
     client.timeout = 60
 
