@@ -15,6 +15,9 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).resolve().parent
+# one place for the version: aegaeon/__init__.py (what `aegaeon --version` prints)
+_version = next(line.split('"')[1] for line in (ROOT / "aegaeon" / "__init__.py").read_text().splitlines()
+                if line.startswith("__version__"))
 _spec = importlib.util.spec_from_file_location("aegaeon_build", ROOT / "aegaeon" / "_build.py")
 _build = importlib.util.module_from_spec(_spec)
 sys.modules["aegaeon_build"] = _build  # dataclasses look their module up here
@@ -41,7 +44,7 @@ else:
 
 setup(
     name="aegaeon",
-    version="0.1.0",
+    version=_version,
     description="Serve many LLMs on a shared GPU pool with token-level auto-scaling",
     packages=find_packages(include=["aegaeon", "aegaeon.*"]) + ["aegaeon._profiles"],
     # the top-level profiles/ ships inside the package as aegaeon/_profiles (aegaeon.profiles finds either);

@@ -1,6 +1,7 @@
 """The options that configure a node, shared by `aegaeon serve` and `aegaeon-launch start`.
 
-Every option defaults to "not given": the defaults live in aegaeon.config.serving alone, a pool file
+Models come as arguments (`aegaeon serve DIR_OR_ID ...`, as `vllm serve` takes one), with `--models` or in
+the pool file. Every option defaults to "not given": the defaults live in aegaeon.config.serving alone, a pool file
 (`--config pool.yaml`, aegaeon.config.pool) comes next, and flags given on the command line win.
 """
 
@@ -27,6 +28,10 @@ FLAG_KEYS: dict[str, tuple[str | None, str]] = {
 }
 
 _OPTIONS = [
+    click.argument("model_args", metavar="[MODEL]...", nargs=-1),
+    click.option("--served-model-name", "served_names", multiple=True, metavar="NAME",
+                 help="The API name of each model given, in order (repeat it, or NAME1,NAME2) "
+                      "[default: the folder's name]."),
     click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                  help="A YAML pool file (models and any setting below); flags given here win over it."),
     click.option("--models", "models_spec", default=None,
@@ -71,6 +76,20 @@ def node_options(command: Callable) -> Callable:
     return command
 
 
+def _with_served_names(specs: list[str], names: list[str]) -> list[str]:
+    if len(names) != len(specs):
+        raise click.BadParameter(f"{len(names)} names for {len(specs)} models: give one name per MODEL (or "
+                                 f"--models entry), in the same order", param_hint="--served-model-name")
+    if len(set(names)) != len(names):
+        raise click.BadParameter(f"the names {names} repeat one: each model needs its own",
+                                 param_hint="--served-model-name")
+    named = [spec for spec in specs if "=" in spec]
+    if named:
+        raise click.BadParameter(f"{named} already name their models (NAME=DIR): drop the name there or drop "
+                                 f"--served-model-name", param_hint="--served-model-name")
+    return [f"{name}={spec}" for name, spec in zip(names, specs)]
+
+
 def node_settings(given: dict[str, Any], **fixed: Any) -> tuple[NodeConfig, ApiConfig]:
     """NodeConfig and ApiConfig from the options of `node_options` (None: not given) and `fixed` fields of
     NodeConfig set by the command itself (multi-node role, token)."""
@@ -87,8 +106,14 @@ def node_settings(given: dict[str, Any], **fixed: Any) -> tuple[NodeConfig, ApiC
             flags[key] = given[name]
         else:
             flags.setdefault(section, {})[key] = given[name]
+    specs = list(given.get("model_args") or ())
     if given.get("models_spec"):
-        flags["models"] = [part.strip() for part in given["models_spec"].split(",") if part.strip()]
+        specs += [part.strip() for part in given["models_spec"].split(",") if part.strip()]
+    names = [n.strip() for joined in given.get("served_names") or () for n in joined.split(",") if n.strip()]
+    if names:
+        specs = _with_served_names(specs, names)
+    if specs:
+        flags["models"] = specs
     if given.get("devices"):
         indexes = [d.strip() for d in given["devices"].split(",") if d.strip()]
         if not indexes or not all(d.isdigit() for d in indexes):

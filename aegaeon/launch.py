@@ -14,12 +14,14 @@ import logging
 
 import click
 
+from aegaeon import __version__
 from aegaeon.cli_node import node_options, node_settings
 from aegaeon.errors import AegaeonError
 from aegaeon.ipc.shm import inspect_cluster, remove_stale
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="aegaeon-launch")
 def main() -> None:
     """Per-node launcher of an aegaeon cluster."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

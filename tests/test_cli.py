@@ -293,3 +293,34 @@ def test_list_flags_take_the_artifacts_space_separated_form():
                                           "--policy", "sllm"]
     assert join_list_values(["workload", "gen", "--num-models", "16:80:4"]) == ["workload", "gen", "--num-models",
                                                                                 "16:80:4"]
+
+
+def test_models_as_arguments_with_served_names_like_vllm_serve(tmp_path):
+    from aegaeon.cli_node import node_settings
+    from aegaeon.models.maker import make_model
+    from tests.models.reference import SMALL_SHAPE
+
+    first, second = make_model(tmp_path / "first", SMALL_SHAPE), make_model(tmp_path / "second", SMALL_SHAPE)
+    config, _ = node_settings({"model_args": (str(first), str(second)), "served_names": ("alpha,beta",)})
+    assert {name: Path(path) for name, path in config.models.items()} == {"alpha": first, "beta": second}
+    config, _ = node_settings({"model_args": (str(first),), "models_spec": str(second)})  # both ways add up
+    assert sorted(config.models) == ["first", "second"]
+    for given, complaint in [
+        ({"model_args": (str(first), str(second)), "served_names": ("alpha",)}, "1 names for 2 models"),
+        ({"model_args": (f"x={first}",), "served_names": ("alpha",)}, "already name their models"),
+        ({"model_args": (str(first), str(second)), "served_names": ("a", "a")}, "repeat"),
+    ]:
+        with pytest.raises(Exception, match=complaint) as err:
+            node_settings(given)
+        assert "--served-model-name" in str(err.value.param_hint)
+
+
+def test_both_commands_print_their_version_and_share_the_cluster_id_default():
+    import aegaeon
+    from aegaeon.cli_node import node_settings
+
+    assert CliRunner().invoke(main, ["--version"]).output.strip() == f"aegaeon, version {aegaeon.__version__}"
+    assert CliRunner().invoke(launch_main, ["--version"]).output.strip().endswith(aegaeon.__version__)
+    config, _ = node_settings({})  # what `aegaeon serve` and `aegaeon-launch start` both get
+    status = CliRunner().invoke(launch_main, ["status"])  # `status` looks at the same cluster by default
+    assert status.exit_code == 0 and status.output.startswith(f"cluster {config.cluster_id}:")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from aegaeon import __version__
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -62,6 +64,7 @@ class ListJoiningGroup(click.Group):
 
 
 @click.group(cls=ListJoiningGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="aegaeon")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """aegaeon: serve many LLMs on a shared pool of devices."""

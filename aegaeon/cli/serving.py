@@ -14,15 +14,14 @@ from aegaeon.cli.root import _fail, _parse_models, _progress_bar, main
 @main.command()
 @node_options
 def serve(**given) -> None:
-    """Serve an OpenAI-compatible API from a node of worker processes (CPU: the demo pool by default).
+    """Serve an OpenAI-compatible API for MODEL... (checkpoint dirs, NAME=DIR or hub ids in the local Hugging
+    Face cache) from a node of worker processes; without models, the embedded demo pool on CPU.
 
     Settings come from the defaults, then --config FILE, then the flags given; see docs/configuration.md."""
     from aegaeon.errors import AegaeonError
     from aegaeon.serve.server import serve_node
 
     try:
-        if given.get("cluster_id") is None:
-            given["cluster_id"] = "serve"
         config, api = node_settings(given)
         serve_node(config, api, announce=lambda line: click.echo(line, err=True))
     except AegaeonError as exc:

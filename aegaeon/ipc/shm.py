@@ -196,7 +196,7 @@ def remove_stale(cluster_id: str, wait: float = 0.0) -> list[str]:
     report = inspect_cluster(cluster_id)
     if report.owner_alive:
         raise ClusterRunningError(
-            f"cluster {cluster_id!r} is owned by live process {report.owner_pid}: stop it first, or use another id"
+            f"cluster {cluster_id!r} is owned by live process {report.owner_pid}: stop it first, or give this run its own --cluster-id"
         )
     if report.objects:
         deadline = time.monotonic() + wait
