@@ -280,16 +280,20 @@ class StepExecutor:
 
     def _sample(self, seq: Sequence, logits: torch.Tensor, entry: ModelEntry) -> SeqUpdate:
         try:
-            token = sample_one(logits, seq.sampling, seq.generator)
+            params = seq.sampling
+            made = params.output_before + len(seq.output_ids)  # output tokens so far, earlier runs included
+            eos = entry.checkpoint.config.eos_token_id
+            banned = ((() if eos is None else (eos,)) + params.stop_token_ids) if made < params.min_tokens else ()
+            context = seq.token_ids if params.penalised else None
+            token = sample_one(logits, params, seq.generator, context, made, banned)
         except RequestError as err:
             return self._fail(seq, f"request {seq.seq_id}: {err}")
         except Exception as err:  # a sampler bug fails this request, not its batch nor the worker
             log.exception("sampling request %d failed", seq.seq_id)
             return self._fail(seq, f"request {seq.seq_id}: sampling failed: {err}")
         seq.output_ids.append(token)
-        eos = entry.checkpoint.config.eos_token_id
         reason = None
-        if eos is not None and token == eos and not seq.sampling.ignore_eos:
+        if (eos is not None and token == eos and not params.ignore_eos) or token in params.stop_token_ids:
             reason = "stop"
         elif len(seq.output_ids) >= seq.sampling.max_tokens or len(seq.token_ids) >= entry.max_position:
             reason = "length"

@@ -33,6 +33,12 @@ class Submit:
     ignore_eos: bool = False
     top_k: int = 0  # 0 or -1: off
     min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    output_before: int = 0  # a re-run: the prompt's last tokens that are the request's earlier output
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Greedy and temperature/top-p sampling, reproducible per request."""
+"""Greedy and temperature/top-k/top-p/min-p sampling with vLLM's penalties, reproducible per request."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ class SamplingParams:
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
     top_k: int = 0  # keep the k most likely tokens; 0 or -1 (vLLM's "off"): all
     min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one
+    presence_penalty: float = 0.0  # OpenAI's: minus this for every token the output already has
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times how often the output has the token
+    repetition_penalty: float = 1.0  # vLLM's: tokens of the prompt or output, positive logits / it, others x it
+    min_tokens: int = 0  # vLLM's: EOS and stop_token_ids cannot end the output before this many tokens
+    stop_token_ids: tuple[int, ...] = ()  # vLLM's: these tokens end the output as EOS does
+    # Tokens at the end of the prompt that are this request's own output from an earlier run (a re-run after
+    # its worker was lost): the penalties and min_tokens count them as output.
+    output_before: int = 0
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
     def validate(self) -> None:
         if self.max_tokens < 1:
@@ -33,6 +45,16 @@ class SamplingParams:
             raise RequestError(f"top_k={self.top_k} must be -1 or 0 (off), or at least 1")
         if not (math.isfinite(self.min_p) and 0 <= self.min_p <= 1):
             raise RequestError(f"min_p={self.min_p} must be in [0, 1]")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and -2 <= value <= 2):
+                raise RequestError(f"{name}={value} must be in [-2, 2]")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise RequestError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1: off)")
+        if self.min_tokens < 0 or self.min_tokens > self.output_before + self.max_tokens:
+            raise RequestError(f"min_tokens={self.min_tokens} must be in [0, max_tokens]")
+        if self.output_before < 0 or any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise RequestError("stop_token_ids must be token ids (integers >= 0)")
 
 
 def new_generator(params: SamplingParams) -> torch.Generator | None:
@@ -44,11 +66,16 @@ def new_generator(params: SamplingParams) -> torch.Generator | None:
     return generator
 
 
-def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+               context_ids: list[int] | None = None, num_output: int = 0, banned: tuple[int, ...] = ()) -> int:
     """One token from a [vocab] row of logits. RequestError (that request fails, the worker carries on) when
-    the logits are not finite: no sampling from NaN."""
+    the logits are not finite: no sampling from NaN. `context_ids` are the request's prompt and output so
+    far, the last `num_output` of them output (needed when it has penalties); `banned` tokens cannot be
+    drawn (EOS before min_tokens)."""
     if not bool(torch.isfinite(logits).all()):
         raise RequestError("the model produced non-finite logits for this request; it cannot be sampled")
+    if params.penalised or banned:
+        logits = adjust_logits(logits, params, context_ids or [], num_output, banned)
     if params.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
@@ -67,3 +94,25 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
     choice = torch.multinomial(sorted_probs, 1, generator=generator)
     return int(order[choice])
+
+
+def adjust_logits(logits: torch.Tensor, params: SamplingParams, context_ids: list[int], num_output: int,
+                  banned: tuple[int, ...] = ()) -> torch.Tensor:
+    """vLLM's penalties on a copy of one row, in its order (repetition over prompt and output, then frequency
+    and presence over the output: the last `num_output` of `context_ids`), and `banned` tokens set to -inf."""
+    logits = logits.float().clone()
+    vocab = logits.shape[-1]
+    if params.repetition_penalty != 1.0 and context_ids:
+        seen = torch.unique(torch.tensor(context_ids, dtype=torch.long))
+        seen = seen[seen < vocab]
+        picked = logits[seen]
+        logits[seen] = torch.where(picked > 0, picked / params.repetition_penalty,
+                                   picked * params.repetition_penalty)
+    output = context_ids[len(context_ids) - min(num_output, len(context_ids)):]
+    if (params.presence_penalty or params.frequency_penalty) and output:
+        counts = torch.bincount(torch.tensor(output, dtype=torch.long), minlength=vocab)[:vocab].float()
+        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float()
+    allowed = sorted({t for t in banned if t < vocab})
+    if allowed and len(allowed) < vocab:  # never ban every token
+        logits[torch.tensor(allowed, dtype=torch.long)] = float("-inf")
+    return logits

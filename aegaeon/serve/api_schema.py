@@ -7,13 +7,14 @@ tokeniser). `seed` spans what a torch generator takes (signed or unsigned 64-bit
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_STOP = 4  # as OpenAI's API
+MAX_STOP_TOKEN_IDS = 64
 
 
 def check_unicode(text: str) -> str:
@@ -41,6 +42,11 @@ class _Generation(_Strict):
     top_p: StrictFloat | None = Field(1.0, gt=0.0, le=1.0)
     top_k: StrictInt | None = Field(None, ge=-1, le=MAX_TOKENS_LIMIT)  # vLLM's: -1 or 0 is off
     min_p: StrictFloat | None = Field(None, ge=0.0, le=1.0)  # vLLM's
+    presence_penalty: StrictFloat | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: StrictFloat | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: StrictFloat | None = Field(None, gt=0.0, allow_inf_nan=False)  # vLLM's; 1 is off
+    min_tokens: StrictInt | None = Field(None, ge=0, le=MAX_TOKENS_LIMIT)  # vLLM's
+    stop_token_ids: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     n: Literal[1] | None = 1
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None

@@ -136,9 +136,10 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         if temperature < GREEDY_BELOW:  # as vLLM does: a temperature this small is greedy decoding
             temperature = 0.0
         top_p = 1.0 if body.top_p is None else body.top_p
+        penalties = _penalties(body, model, max_tokens)
         try:
             return proxy.submit(model.name, prompt_ids, max_tokens, temperature, top_p, body.seed, bool(body.ignore_eos),
-                                body.top_k or 0, body.min_p or 0.0)
+                                body.top_k or 0, body.min_p or 0.0, **penalties)
         except OverloadedError as err:
             raise ApiError(429, str(err), None, "too_many_requests", "rate_limit_error",
                            {"Retry-After": str(max(1, round(err.retry_after)))}) from None
@@ -288,6 +289,21 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         yield b"data: [DONE]\n\n"
 
     return Guard(app, api.api_key, api.max_body_bytes, api.public_metrics)
+
+
+def _penalties(body, model: ServedModel, max_tokens: int) -> dict:
+    """The penalty and stopping fields a request set, checked against its model and max_tokens."""
+    given = {name: getattr(body, name) for name in ("presence_penalty", "frequency_penalty", "repetition_penalty",
+                                                     "min_tokens", "stop_token_ids")
+             if getattr(body, name) is not None}
+    if given.get("min_tokens", 0) > max_tokens:
+        raise ApiError(400, f"min_tokens ({given['min_tokens']}) must not exceed max_tokens ({max_tokens})",
+                       "min_tokens")
+    outside = [t for t in given.get("stop_token_ids", ()) if t >= model.vocab_size]
+    if outside:
+        raise ApiError(400, f"stop_token_ids {outside} are not tokens of {model.name} (vocabulary of "
+                            f"{model.vocab_size})", "stop_token_ids")
+    return given
 
 
 def _wants_usage(body) -> bool:

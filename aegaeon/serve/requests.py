@@ -59,7 +59,7 @@ class LiveRequest:
         """The request as it continues after the tokens already delivered: the Submit of its next run (the
         client's own, before any token)."""
         return replace(self.submit, prompt_ids=self.submit.prompt_ids + tuple(self.delivered),
-                       max_tokens=self.submit.max_tokens - len(self.delivered))
+                       max_tokens=self.submit.max_tokens - len(self.delivered), output_before=len(self.delivered))
 
 
 class RequestTable:

@@ -27,7 +27,8 @@ class ServedModel:
 
         self.name = name
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self.max_position = load_arch_config(path).max_position
+        arch = load_arch_config(path)
+        self.max_position, self.vocab_size = arch.max_position, arch.vocab_size
         tokenizer_config = path / "tokenizer_config.json"
         extra = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
         # The sandbox has no loader: a template that uses {% include %} fails at render time, as a 400.

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 def sampling_of(submit: Submit) -> SamplingParams:
     return SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed, submit.ignore_eos,
-                          submit.top_k, submit.min_p)
+                          submit.top_k, submit.min_p, submit.presence_penalty, submit.frequency_penalty,
+                          submit.repetition_penalty, submit.min_tokens, tuple(submit.stop_token_ids),
+                          submit.output_before)
 
 
 class PrefillWorker(WorkerLoop):

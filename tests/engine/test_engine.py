@@ -116,3 +116,28 @@ def test_a_request_larger_than_the_whole_kv_pool_fails_with_a_clear_error(pool):
     with Engine({"a": pool["a"]}, config) as engine:
         result = engine.generate([("a", "hi " * 30)], SamplingParams(max_tokens=2000))[0]
     assert result.error and "the KV cache cannot hold" in result.error
+
+
+def test_min_tokens_holds_off_eos_and_stop_token_ids_end_the_output(pool):
+    """The model's greedy output of a prompt is its own reference: a stop token id taken from it ends the
+    output right there, and min_tokens keeps that token (and EOS) from ending it earlier."""
+    from dataclasses import replace
+
+    free = _alone(pool, "a", PROMPTS[0], SamplingParams(max_tokens=12, ignore_eos=True))
+    stop_at = 4
+    token = free.token_ids[stop_at]
+    first = free.token_ids.index(token)  # the first time the model makes that token
+    stopped = _alone(pool, "a", PROMPTS[0], SamplingParams(max_tokens=12, ignore_eos=True, stop_token_ids=(token,)))
+    assert stopped.token_ids == free.token_ids[:first + 1] and stopped.finish_reason == "stop"
+    held = _alone(pool, "a", PROMPTS[0], replace(SamplingParams(max_tokens=12, ignore_eos=True,
+                                                                stop_token_ids=(token,)), min_tokens=first + 2))
+    assert len(held.token_ids) >= first + 2 and token not in held.token_ids[:first + 2]
+
+
+def test_repetition_penalty_changes_greedy_output_and_one_is_off(pool):
+    base = _alone(pool, "a", PROMPTS[1], SamplingParams(max_tokens=12, ignore_eos=True))
+    off = _alone(pool, "a", PROMPTS[1], SamplingParams(max_tokens=12, ignore_eos=True, repetition_penalty=1.0))
+    strong = _alone(pool, "a", PROMPTS[1], SamplingParams(max_tokens=12, ignore_eos=True, repetition_penalty=1e6))
+    assert off.token_ids == base.token_ids
+    assert len(set(base.token_ids)) < len(base.token_ids)  # unpenalised, this prompt's output repeats itself
+    assert len(set(strong.token_ids)) == len(strong.token_ids)  # every token seen is as good as banned

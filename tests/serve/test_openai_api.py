@@ -306,3 +306,31 @@ def test_top_k_1_samples_what_greedy_decodes(server):
     greedy = client.completions.create(**args, temperature=0).choices[0].text
     args["extra_body"] = {"ignore_eos": True, "top_k": 1, "min_p": 0.0}
     assert client.completions.create(**args, temperature=1.0, seed=3).choices[0].text == greedy
+
+
+def test_penalties_and_vllm_stopping_fields_through_the_openai_package(server):
+    client = _client(server)
+    plain = client.completions.create(model="small", prompt="the model serves", max_tokens=10, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    tokens = plain.choices[0].text
+    assert plain.usage.completion_tokens == 10 and tokens
+    same = client.completions.create(model="small", prompt="the model serves", max_tokens=10, temperature=0,
+                                     presence_penalty=0.0, frequency_penalty=0.0,
+                                     extra_body={"ignore_eos": True, "repetition_penalty": 1.0})
+    assert same.choices[0].text == tokens  # every penalty at its "off" value changes nothing
+    penalised = client.completions.create(model="small", prompt="the model serves", max_tokens=10, temperature=0,
+                                          frequency_penalty=2.0, extra_body={"ignore_eos": True,
+                                                                             "repetition_penalty": 50.0})
+    assert penalised.usage.completion_tokens == 10
+    chat = client.chat.completions.create(model="large", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                          temperature=0, presence_penalty=1.5,
+                                          extra_body={"min_tokens": 6, "stop_token_ids": [0, 1, 2]})
+    assert chat.usage.completion_tokens == 6  # min_tokens = max_tokens: neither EOS nor a stop id ends it early
+    for extra, param in [({"min_tokens": 11}, "min_tokens"), ({"stop_token_ids": [10**6]}, "stop_token_ids"),
+                         ({"repetition_penalty": 0}, "repetition_penalty"), ({"stop_token_ids": [-1]}, "stop_token_ids")]:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model="small", prompt="hi", max_tokens=10, extra_body=extra)
+        assert err.value.body["param"].split(".")[0] == param, (extra, err.value.body)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="small", prompt="hi", max_tokens=4, presence_penalty=3.0)
+    assert err.value.body["param"] == "presence_penalty"

@@ -38,3 +38,17 @@ def test_only_charged_losses_count_against_the_rerun_bound():
             recovery.rerun(culprit, "worker lost", charged=True)
     assert not bystander.done and bystander.reruns == 5
     assert culprit.done and culprit.suspected == 2 and router.dispatched.count(culprit.request_id) == 2
+
+
+def test_a_rerun_counts_the_tokens_already_streamed_as_output_for_penalties_and_min_tokens():
+    from aegaeon.ipc.messages import Tokens
+    from aegaeon.worker.prefill import sampling_of
+
+    request = LiveRequest(Submit(7, "a", (1, 2, 3), 8, presence_penalty=0.5, min_tokens=4), arrival=0.0)
+    request.listener = lambda message: None
+    request.deliver(Tokens(7, (9, 9), (0.0, 0.0)))
+    run = request.next_run()
+    assert (run.prompt_ids, run.max_tokens, run.output_before) == ((1, 2, 3, 9, 9), 6, 2)
+    sampling = sampling_of(run)
+    sampling.validate()  # min_tokens 4 of a request 2 tokens in and 6 to go is valid
+    assert (sampling.presence_penalty, sampling.min_tokens, sampling.output_before) == (0.5, 4, 2)
