@@ -30,7 +30,7 @@ from aegaeon.device_link import make_link
 from aegaeon.errors import AegaeonError, ArenaTooSmallError, OutOfBlocksError, RequestError
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.kv.manager import KVCacheManager, SwapRecord
-from aegaeon.models.sampler import SamplingParams, new_generator, sample_one
+from aegaeon.models.sampler import SamplingParams, new_generator, sample_one, token_logprobs
 from aegaeon.sched.cost import ModelSizes
 from aegaeon.sequence import Sequence, SeqStatus
 from aegaeon.weights.checkpoint import Checkpoint, open_checkpoint
@@ -48,6 +48,7 @@ class SeqUpdate:
     new_tokens: tuple[int, ...]
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: tuple = ()  # per new token, when the request asked (aegaeon.ipc.messages.Tokens.logprobs)
 
     @property
     def done(self) -> bool:
@@ -286,6 +287,7 @@ class StepExecutor:
             banned = ((() if eos is None else (eos,)) + params.stop_token_ids) if made < params.min_tokens else ()
             context = seq.token_ids if params.penalised else None
             token = sample_one(logits, params, seq.generator, context, made, banned)
+            logprobs = () if params.logprobs is None else (token_logprobs(logits, token, params.logprobs),)
         except RequestError as err:
             return self._fail(seq, f"request {seq.seq_id}: {err}")
         except Exception as err:  # a sampler bug fails this request, not its batch nor the worker
@@ -299,7 +301,7 @@ class StepExecutor:
             reason = "length"
         if reason is not None:
             self.remove(seq.seq_id)
-        return SeqUpdate(seq.seq_id, (token,), reason)
+        return SeqUpdate(seq.seq_id, (token,), reason, logprobs=logprobs)
 
     def _make_resident(self, seqs: list[Sequence]) -> list[Sequence]:
         """Swap in those of `seqs` whose KV is in host memory, while room can be made; returns the resident ones."""

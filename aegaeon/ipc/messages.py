@@ -39,6 +39,7 @@ class Submit:
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     output_before: int = 0  # a re-run: the prompt's last tokens that are the request's earlier output
+    logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class Tokens:
     finish_reason: str | None = None
     error: str | None = None
     unavailable: bool = False  # the error is the cluster's (a worker or node lost, no worker left), not the request's
+    # when the request asked for logprobs, one per token: (its log-probability, ((token, log-probability), ...)
+    # of the most likely tokens)
+    logprobs: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -230,14 +234,13 @@ def encode(message: object) -> bytes:
 
 def decode(frame: bytes) -> object:
     try:
-        items = msgpack.unpackb(frame, raw=False)
+        items = msgpack.unpackb(frame, raw=False, use_list=False)  # arrays as tuples, nested ones too, at C speed
     except (msgpack.UnpackException, ValueError) as bad:
         raise MessageError(f"frame of {len(frame)} bytes is not msgpack ({bad})") from None
-    if not isinstance(items, list) or not items or not isinstance(items[0], int) or not 0 <= items[0] < len(MESSAGE_TYPES):
+    if not isinstance(items, tuple) or not items or not isinstance(items[0], int) or not 0 <= items[0] < len(MESSAGE_TYPES):
         raise MessageError(f"frame does not start with a known message tag: {str(items)[:80]}")
     cls = MESSAGE_TYPES[items[0]]
     names = [f.name for f in fields(cls)]
     if len(items) - 1 != len(names):
         raise MessageError(f"{cls.__name__} frame has {len(items) - 1} fields, expected {len(names)}")
-    values = [tuple(v) if isinstance(v, list) else v for v in items[1:]]
-    return cls(**dict(zip(names, values)))
+    return cls(**dict(zip(names, items[1:])))

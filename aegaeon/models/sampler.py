@@ -9,6 +9,7 @@ import torch
 
 from aegaeon.errors import RequestError
 
+MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
 GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (as vLLM does): dividing by them overflows
 
 
@@ -29,6 +30,7 @@ class SamplingParams:
     # Tokens at the end of the prompt that are this request's own output from an earlier run (a re-run after
     # its worker was lost): the penalties and min_tokens count them as output.
     output_before: int = 0
+    logprobs: int | None = None  # None: off; k >= 0: the drawn token's log-probability and the k most likely
 
     @property
     def penalised(self) -> bool:
@@ -53,6 +55,8 @@ class SamplingParams:
             raise RequestError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1: off)")
         if self.min_tokens < 0 or self.min_tokens > self.output_before + self.max_tokens:
             raise RequestError(f"min_tokens={self.min_tokens} must be in [0, max_tokens]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise RequestError(f"logprobs={self.logprobs} must be in [0, {MAX_LOGPROBS}]")
         if self.output_before < 0 or any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise RequestError("stop_token_ids must be token ids (integers >= 0)")
 
@@ -116,3 +120,12 @@ def adjust_logits(logits: torch.Tensor, params: SamplingParams, context_ids: lis
     if allowed and len(allowed) < vocab:  # never ban every token
         logits[torch.tensor(allowed, dtype=torch.long)] = float("-inf")
     return logits
+
+
+def token_logprobs(logits: torch.Tensor, token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """The drawn token's log-probability and the k most likely tokens', under the model's own distribution
+    (raw logits: before temperature and penalties, as vLLM reports them by default)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(logprobs, min(k, logprobs.shape[-1])) if k else None
+    alternatives = () if top is None else tuple(zip(top.indices.tolist(), top.values.tolist()))
+    return float(logprobs[token]), alternatives

@@ -15,6 +15,8 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 MAX_TOKENS_LIMIT = 1_000_000
 MAX_STOP = 4  # as OpenAI's API
 MAX_STOP_TOKEN_IDS = 64
+MAX_N = 16
+MAX_LOGPROBS = 20  # as OpenAI's top_logprobs (aegaeon.models.sampler checks it again)
 
 
 def check_unicode(text: str) -> str:
@@ -47,7 +49,7 @@ class _Generation(_Strict):
     repetition_penalty: StrictFloat | None = Field(None, gt=0.0, allow_inf_nan=False)  # vLLM's; 1 is off
     min_tokens: StrictInt | None = Field(None, ge=0, le=MAX_TOKENS_LIMIT)  # vLLM's
     stop_token_ids: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
-    n: Literal[1] | None = 1
+    n: StrictInt | None = Field(1, ge=1, le=MAX_N)  # independent samples, each its own request on the node
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
@@ -73,6 +75,11 @@ class _Generation(_Strict):
 
 class CompletionBody(_Generation):
     prompt: StrictStr | list[StrictStr]
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)  # each token's and the k most likely
+    echo: StrictBool | None = False  # the prompt's text before the completion's
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -108,3 +115,8 @@ class ChatMessage(_Strict):
 class ChatBody(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    logprobs: StrictBool | None = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None

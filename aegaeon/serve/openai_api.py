@@ -12,11 +12,10 @@ that disconnects, streaming or not, cancels its request.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,37 +29,14 @@ from aegaeon.errors import RequestError
 from aegaeon.models.sampler import GREEDY_BELOW
 from aegaeon.serve.api_guard import BodyTooLarge, Guard, JSONResponse, error_body
 from aegaeon.serve.api_schema import ChatBody, CompletionBody
-from aegaeon.serve.detok import IncrementalText
 from aegaeon.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aegaeon.serve.metrics import Metrics
 from aegaeon.serve.proxy import Proxy, UnavailableError
+from aegaeon.serve.responses import ApiError, Generation, Responder, unavailable
 from aegaeon.serve.requests import LiveRequest, OverloadedError
 from aegaeon.serve.served_model import ServedModel, TemplateRejected
-from aegaeon.serve.stop import StopMatcher
 
 log = logging.getLogger(__name__)
-
-TOKEN_TIMEOUT = 300.0  # seconds without a token before a request is given up as a 504
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return error_body(self.message, self.param, self.code, self.kind)
-
-
-class ClientGone(Exception):
-    pass
-
-
-def _unavailable(message: str) -> ApiError:
-    return ApiError(503, message, None, "service_unavailable", "service_unavailable_error")
-
 
 def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig(), node: NodeConfig | None = None):
     """The ASGI app. `node`, when given, sets the SLO /metrics scores against and what /health reports of the
@@ -71,6 +47,7 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         served[name] = ServedModel(name, Path(path))
     metrics = Metrics(proxy, node.slo if node is not None else None,
                       node.engine.link_gbps if node is not None else None)
+    responder = Responder(proxy, metrics)
     shape = {} if node is None else {
         "policy": node.policy, "slo": {"ttft": node.slo.ttft, "tpot": node.slo.tpot},
         "link": f"emulated at {node.engine.link_gbps:g} GB/s" if node.engine.link_gbps else "native"}
@@ -125,7 +102,10 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
             raise ApiError(404, f"The model `{name}` does not exist: see GET /v1/models", "model", "model_not_found")
         return served[name]
 
-    def _start(model: ServedModel, prompt_ids: list[int], body, max_tokens: int) -> LiveRequest:
+    def _start(model: ServedModel, prompt_ids: list[int], body, max_tokens: int,
+               logprobs: int | None) -> tuple[LiveRequest, ...]:
+        """Submit the request's `n` choices (each its own request on the node, seeded seed, seed+1, ...);
+        all or none: a refusal cancels the choices already submitted."""
         if not prompt_ids:
             raise ApiError(400, "the prompt is empty", "prompt")
         if len(prompt_ids) + max_tokens > model.max_position:
@@ -136,17 +116,25 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         if temperature < GREEDY_BELOW:  # as vLLM does: a temperature this small is greedy decoding
             temperature = 0.0
         top_p = 1.0 if body.top_p is None else body.top_p
-        penalties = _penalties(body, model, max_tokens)
+        extras = _penalties(body, model, max_tokens)
+        if logprobs is not None:
+            extras["logprobs"] = logprobs
+        states: list[LiveRequest] = []
         try:
-            return proxy.submit(model.name, prompt_ids, max_tokens, temperature, top_p, body.seed, bool(body.ignore_eos),
-                                body.top_k or 0, body.min_p or 0.0, **penalties)
-        except OverloadedError as err:
-            raise ApiError(429, str(err), None, "too_many_requests", "rate_limit_error",
-                           {"Retry-After": str(max(1, round(err.retry_after)))}) from None
-        except UnavailableError as err:
-            raise _unavailable(str(err)) from None
-        except RequestError as err:
+            for index in range(body.n or 1):
+                seed = body.seed if body.seed is None or index == 0 else (body.seed + index) % 2**64
+                states.append(proxy.submit(model.name, prompt_ids, max_tokens, temperature, top_p, seed,
+                                           bool(body.ignore_eos), body.top_k or 0, body.min_p or 0.0, **extras))
+        except (OverloadedError, UnavailableError, RequestError) as err:
+            for state in states:
+                proxy.cancel(state.submit.request_id)
+            if isinstance(err, OverloadedError):
+                raise ApiError(429, str(err), None, "too_many_requests", "rate_limit_error",
+                               {"Retry-After": str(max(1, round(err.retry_after)))}) from None
+            if isinstance(err, UnavailableError):
+                raise unavailable(str(err)) from None
             raise ApiError(400, str(err)) from None
+        return tuple(states)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, request: Request):
@@ -155,15 +143,21 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
             raise ApiError(400, "give one prompt per request (a list of exactly one string)", "prompt")
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        if body.echo and body.logprobs is not None:
+            raise ApiError(400, "echo with logprobs needs the prompt's logprobs, which this server does not "
+                                "compute yet: drop one of them", "echo")
         prompt_ids = await off_loop(model.encode, prompt)
-        state = _start(model, prompt_ids, body, body.max_tokens or 16)
-        return await _respond(state, model, bool(body.stream), False, request, StopMatcher(body.stop_strings()),
-                               _wants_usage(body), arrival)
+        states = _start(model, prompt_ids, body, body.max_tokens or 16, body.logprobs)
+        generation = Generation(states, model, False, tuple(body.stop_strings()), arrival, body.logprobs,
+                                prompt if body.echo else "", _wants_usage(body))
+        return await _respond(generation, bool(body.stream), request)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, request: Request):
         arrival = time.time()
         model = _model(body.model)
+        if body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                     for m in body.messages]
         try:
@@ -173,120 +167,18 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         prompt_ids = await off_loop(model.encode, text)
         # vLLM's default for chat: whatever of the context the prompt leaves
         max_tokens = body.max_completion_tokens or body.max_tokens or max(1, model.max_position - len(prompt_ids))
-        state = _start(model, prompt_ids, body, max_tokens)
-        return await _respond(state, model, bool(body.stream), True, request, StopMatcher(body.stop_strings()),
-                               _wants_usage(body), arrival)
+        logprobs = body.top_logprobs_wanted()
+        states = _start(model, prompt_ids, body, max_tokens, logprobs)
+        generation = Generation(states, model, True, tuple(body.stop_strings()), arrival, logprobs,
+                                usage_chunk=_wants_usage(body))
+        return await _respond(generation, bool(body.stream), request)
 
-    async def _respond(state: LiveRequest, model: ServedModel, stream: bool, chat: bool, request: Request,
-                       stops: StopMatcher, usage_chunk: bool, arrival: float):
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{state.submit.request_id}"
-        metrics.started(model.name, len(state.submit.prompt_ids))
+    async def _respond(generation: Generation, stream: bool, request: Request):
+        for state in generation.states:
+            metrics.started(generation.model.name, len(state.submit.prompt_ids))
         if stream:
-            return StreamingResponse(_sse(state, model, rid, chat, stops, usage_chunk, arrival),
-                                     media_type="text/event-stream")
-        tokens, reason = [], None
-        times: list[float] = []
-        text: str | None = None  # set when a stop string ended the text
-        gone = asyncio.ensure_future(_disconnected(request))
-        decoded = IncrementalText(model.tokenizer) if stops.stops else None
-        try:
-            async for token_ids, stamps, finish in _tokens(state, gone):
-                tokens += token_ids
-                times += stamps
-                reason = finish or reason
-                if decoded is not None:
-                    cut, stopped = stops.cut(decoded.add(token_ids))
-                    if stopped:  # the rest would be thrown away: stop generating it
-                        proxy.cancel(state.submit.request_id)
-                        text, reason = cut, "stop"
-                        break
-        except ClientGone:
-            proxy.cancel(state.submit.request_id)
-            reason = None
-            return JSONResponse(error_body("the client disconnected", None, "client_disconnected"), status_code=499)
-        except ApiError:
-            reason = None
-            raise
-        finally:
-            gone.cancel()
-            metrics.finished(model.name, arrival, times, reason)
-        if text is None:
-            text = await off_loop(model.decode, tokens)
-        usage = {"prompt_tokens": len(state.submit.prompt_ids), "completion_tokens": len(tokens),
-                 "total_tokens": len(state.submit.prompt_ids) + len(tokens)}
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason} if chat
-                  else {"index": 0, "text": text, "logprobs": None, "finish_reason": reason})
-        return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": model.name, "choices": [choice], "usage": usage}
-
-    async def _tokens(state: LiveRequest, gone: asyncio.Future | None = None
-                      ) -> AsyncIterator[tuple[list[int], list[float], str | None]]:
-        """Token batches from the proxy, awaited on the event loop (no thread per stream); ApiError on
-        failure, ClientGone as soon as `gone` completes."""
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue = asyncio.Queue()
-        proxy.listen(state, lambda message: loop.call_soon_threadsafe(inbox.put_nowait, message))
-        while True:
-            getter = asyncio.ensure_future(inbox.get())
-            waiting = {getter} if gone is None else {getter, gone}
-            done, _ = await asyncio.wait(waiting, timeout=TOKEN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                getter.cancel()
-                if gone is not None and gone in done:
-                    raise ClientGone()
-                proxy.cancel(state.submit.request_id)
-                raise ApiError(504, f"request {state.submit.request_id} produced no token in {TOKEN_TIMEOUT:g} s",
-                               None, "timeout", "server_error")
-            message = getter.result()
-            if message.error is not None:
-                if message.unavailable:
-                    raise _unavailable(message.error)
-                raise ApiError(400, message.error, None, "request_failed")
-            yield list(message.token_ids), list(message.times), message.finish_reason
-            if message.finish_reason is not None:
-                return
-
-    async def _sse(state: LiveRequest, model: ServedModel, rid: str, chat: bool,
-                   stops: StopMatcher, usage_chunk: bool, arrival: float) -> AsyncIterator[bytes]:
-        sent, times, finished, shown, reason = [], [], False, "", None
-        decoded = IncrementalText(model.tokenizer)
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        try:
-            if chat:  # OpenAI's first chunk carries the role
-                first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                yield _event({"id": rid, "object": obj, "created": int(time.time()), "model": model.name,
-                              "choices": [first]})
-            async for token_ids, stamps, finish in _tokens(state):
-                finished = finish is not None
-                times += stamps
-                sent += token_ids
-                text, stopped = stops.cut(decoded.add(token_ids))
-                if finish is not None and not stopped:
-                    text = decoded.finish()  # the end: nothing is held back any more
-                delta, shown = text[len(shown):], text
-                if stopped:
-                    finish, finished = "stop", True
-                    proxy.cancel(state.submit.request_id)
-                reason = finish
-                choice = ({"index": 0, "delta": {"content": delta}, "finish_reason": finish} if chat
-                          else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish})
-                yield _event({"id": rid, "object": obj, "created": int(time.time()), "model": model.name,
-                              "choices": [choice]})
-                if stopped:
-                    break
-        except ApiError as err:
-            finished, reason = True, None
-            yield _event(err.body())
-        finally:
-            if not finished:  # the client disconnected mid-stream: free the request's KV
-                proxy.cancel(state.submit.request_id)
-            metrics.finished(model.name, arrival, times, reason)
-        if usage_chunk:  # OpenAI's stream_options.include_usage: one more chunk, no choices, the usage
-            prompt = len(state.submit.prompt_ids)
-            yield _event({"id": rid, "object": obj, "created": int(time.time()), "model": model.name, "choices": [],
-                          "usage": {"prompt_tokens": prompt, "completion_tokens": len(sent),
-                                    "total_tokens": prompt + len(sent)}})
-        yield b"data: [DONE]\n\n"
+            return StreamingResponse(responder.stream(generation), media_type="text/event-stream")
+        return await responder.complete(generation, request)
 
     return Guard(app, api.api_key, api.max_body_bytes, api.public_metrics)
 
@@ -308,15 +200,3 @@ def _penalties(body, model: ServedModel, max_tokens: int) -> dict:
 
 def _wants_usage(body) -> bool:
     return bool(body.stream and body.stream_options is not None and body.stream_options.include_usage)
-
-
-def _event(obj: dict) -> bytes:
-    return f"data: {json.dumps(obj)}\n\n".encode()
-
-
-async def _disconnected(request: Request) -> None:
-    """Completes when the client of a non-streaming request goes away (its body has been read already)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -32,8 +32,8 @@ from aegaeon.serve.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-PENALTY_FIELDS = frozenset({"presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens",
-                            "stop_token_ids"})
+SAMPLING_EXTRAS = frozenset({"presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens",
+                             "stop_token_ids", "logprobs"})
 
 class UnavailableError(RequestError):
     """The cluster cannot take the request now (no worker of a role is alive): HTTP 503."""
@@ -99,17 +99,17 @@ class Proxy:
 
     def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
                top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False, top_k: int = 0,
-               min_p: float = 0.0, **penalties) -> LiveRequest:
+               min_p: float = 0.0, **extras) -> LiveRequest:
         """Admit and route a request. OverloadedError beyond the admission limits (429), UnavailableError when
-        no prefill worker is alive (503), RequestError when the request cannot be sent at all. `penalties`:
-        Submit's presence_penalty, frequency_penalty, repetition_penalty, min_tokens, stop_token_ids."""
-        unknown = set(penalties) - PENALTY_FIELDS
+        no prefill worker is alive (503), RequestError when the request cannot be sent at all. `extras`: any of
+        Submit's SAMPLING_EXTRAS (penalties, min_tokens, stop_token_ids, logprobs)."""
+        unknown = set(extras) - SAMPLING_EXTRAS
         if unknown:
             raise TypeError(f"Proxy.submit() got unknown sampling fields {sorted(unknown)}")
-        if "stop_token_ids" in penalties:
-            penalties["stop_token_ids"] = tuple(penalties["stop_token_ids"])
+        if "stop_token_ids" in extras:
+            extras["stop_token_ids"] = tuple(extras["stop_token_ids"])
         fields = dict(model=model, prompt_ids=tuple(prompt_ids), max_tokens=max_tokens, temperature=temperature,
-                      top_p=top_p, seed=seed, ignore_eos=ignore_eos, top_k=top_k, min_p=min_p, **penalties)
+                      top_p=top_p, seed=seed, ignore_eos=ignore_eos, top_k=top_k, min_p=min_p, **extras)
         with self.lock:
             if self._stopping:
                 raise UnavailableError("the node is shutting down")

@@ -68,6 +68,10 @@ class ServedModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
+    def token_text(self, token_id: int) -> str:
+        """One token's own text, special tokens included (what logprobs name a token by)."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
 
 def _raise_template_error(message: str) -> None:
     from jinja2 import TemplateError

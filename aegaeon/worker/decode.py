@@ -134,7 +134,7 @@ class DecodeWorker(WorkerLoop):
         for update in updates:
             if update.done:
                 self._report_left(update.request_id, model)
-            self.report(update.request_id, update.new_tokens, update.finish_reason, update.error)
+            self.report(update.request_id, update.new_tokens, update.finish_reason, update.error, update.logprobs)
 
     def turn_done(self, turn: Turn, steps: int, seconds: float, switch_seconds: float) -> None:
         q = self.quantum

@@ -122,10 +122,11 @@ class WorkerLoop:
         self.send(Tokens(request_id, (), (), None, reason))
 
     def report(self, request_id: int, tokens: tuple[int, ...], finish_reason: str | None = None,
-               error: str | None = None) -> None:
+               error: str | None = None, logprobs: tuple = ()) -> None:
         if tokens or finish_reason is not None or error is not None:
             now = time.time()
-            self.send(Tokens(request_id, tokens, tuple(now for _ in tokens), finish_reason, error))
+            self.send(Tokens(request_id, tokens, tuple(now for _ in tokens), finish_reason, error,
+                             logprobs=logprobs))
 
     def trace(self, kind: str, model: str, seconds: float = 0.0, nbytes: int = 0, request_id: int = -1,
               label: str = "", **detail: float) -> None:

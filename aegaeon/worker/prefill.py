@@ -27,7 +27,7 @@ def sampling_of(submit: Submit) -> SamplingParams:
     return SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed, submit.ignore_eos,
                           submit.top_k, submit.min_p, submit.presence_penalty, submit.frequency_penalty,
                           submit.repetition_penalty, submit.min_tokens, tuple(submit.stop_token_ids),
-                          submit.output_before)
+                          submit.output_before, submit.logprobs)
 
 
 class PrefillWorker(WorkerLoop):
@@ -104,7 +104,7 @@ class PrefillWorker(WorkerLoop):
         update = updates[0]
         # the trace goes first: the proxy has it before the request can finish
         self.trace("prefill", model, compute, request_id=request_id, start=group_start, switch=switch_seconds)
-        self.report(request_id, update.new_tokens, update.finish_reason, update.error)
+        self.report(request_id, update.new_tokens, update.finish_reason, update.error, update.logprobs)
         if not update.done:
             self.hand_off(request_id, model)
         self.report_measurements()

@@ -1,3 +1,5 @@
+from dataclasses import fields
+
 import msgpack
 import pytest
 
@@ -7,6 +9,9 @@ from aegaeon.ipc.messages import (MESSAGE_TYPES, Cancel, KvRelease, MessageError
 
 EXAMPLES = [
     Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42, True), Schedule("m", (1, 2), 0.25),
+    Submit(8, "m", (1,), 4, presence_penalty=0.5, repetition_penalty=1.2, min_tokens=2, stop_token_ids=(3, 4),
+           output_before=1, logprobs=2),
+    Tokens(8, (5,), (1.5,), logprobs=((-0.25, ((5, -0.25), (6, -1.5))),)),
     SwapOut(7, "m", (4096, 8192), 33, (9,), b"\x01\x02"), SwapIn(7, "m", (4096,), 16, (9, 10)), Tokens(7, (5, 6), (1.5, 1.6), "length"),
     StepDone("m", 4, 0.1, 0.02), KvRelease(7, (4096,)), WorkerReady(2, "decode", {"x": "bad"}), Cancel(7),
     Hello("n1", ("prefill", "decode"), ("a", "b")), Welcome((4, 5)), Refused("wrong cluster token"),
@@ -17,14 +22,14 @@ EXAMPLES = [
 
 
 def test_every_message_type_round_trips():
-    assert {type(m) for m in EXAMPLES} == set(MESSAGE_TYPES)
+    assert {type(m) for m in EXAMPLES} == set(MESSAGE_TYPES)  # nested tuples come back as tuples
     for message in EXAMPLES:
         assert decode(encode(message)) == message
 
 
 @pytest.mark.parametrize("frame, words", [
     (b"\xc1", "not msgpack"), (msgpack.packb([99, 1]), "known message tag"), (msgpack.packb({"a": 1}), "known message tag"),
-    (msgpack.packb([0, 1, "m"]), "Submit frame has 2 fields, expected 10"),
+    (msgpack.packb([0, 1, "m"]), f"Submit frame has 2 fields, expected {len(fields(Submit))}"),
 ])
 def test_malformed_frames_are_errors_that_say_why(frame, words):
     with pytest.raises(MessageError, match=words):

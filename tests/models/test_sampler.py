@@ -96,3 +96,15 @@ def test_banned_tokens_are_never_drawn_and_penalties_steer_greedy():
 def test_out_of_range_penalties_are_request_errors(bad):
     with pytest.raises(RequestError):
         SamplingParams(**bad).validate()
+
+
+def test_token_logprobs_are_the_models_log_softmax_and_its_top_k():
+    from aegaeon.models.sampler import token_logprobs
+
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(9))
+    reference = torch.log_softmax(logits, dim=-1)
+    chosen, top = token_logprobs(logits, 7, 4)
+    assert chosen == float(reference[7])
+    assert [t for t, _ in top] == torch.topk(reference, 4).indices.tolist()
+    assert [lp for _, lp in top] == torch.topk(reference, 4).values.tolist()
+    assert token_logprobs(logits, 7, 0)[1] == ()

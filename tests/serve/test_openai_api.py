@@ -116,7 +116,7 @@ def test_unknown_model_is_a_404_with_an_openai_error(server):
 @pytest.mark.parametrize("body, param", [
     ({"model": "small", "prompt": "hi", "max_tokens": -1}, "max_tokens"),
     ({"model": "small", "prompt": "hi", "max_tokens": "many"}, "max_tokens"),
-    ({"model": "small", "prompt": "hi", "n": 2}, "n"),
+    ({"model": "small", "prompt": "hi", "n": 0}, "n"),
     ({"model": "small", "prompt": "hi", "frobnicate": True}, "frobnicate"),
     ({"prompt": "hi"}, "model"),
     ({"model": "small", "prompt": "hi " * 3000, "max_tokens": 10}, "max_tokens"),
@@ -334,3 +334,72 @@ def test_penalties_and_vllm_stopping_fields_through_the_openai_package(server):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="small", prompt="hi", max_tokens=4, presence_penalty=3.0)
     assert err.value.body["param"] == "presence_penalty"
+
+
+def test_n_choices_are_independent_seeded_samples_streaming_and_not(server):
+    client = _client(server)
+    greedy = client.completions.create(model="small", prompt="one pool", max_tokens=6, temperature=0, n=3,
+                                       extra_body={"ignore_eos": True})
+    assert [c.index for c in greedy.choices] == [0, 1, 2] and greedy.usage.completion_tokens == 18
+    assert len({c.text for c in greedy.choices}) == 1  # greedy: three equal choices
+    sampled = client.completions.create(model="small", prompt="one pool", max_tokens=6, temperature=1.0, seed=11,
+                                        n=2, extra_body={"ignore_eos": True})
+    alone = [client.completions.create(model="small", prompt="one pool", max_tokens=6, temperature=1.0, seed=s,
+                                       extra_body={"ignore_eos": True}).choices[0].text for s in (11, 12)]
+    assert [c.text for c in sampled.choices] == alone  # choice i is the request seeded seed + i
+    texts = {0: "", 1: ""}
+    for chunk in client.completions.create(model="small", prompt="one pool", max_tokens=6, temperature=1.0,
+                                           seed=11, n=2, stream=True, extra_body={"ignore_eos": True}):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert [texts[0], texts[1]] == alone
+    chat = client.chat.completions.create(model="large", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                          temperature=0, n=2, stream=True)
+    roles = [c.choices[0].delta.role for c in chat if c.choices and c.choices[0].delta.role]
+    assert roles == ["assistant", "assistant"]  # the first chunk of each choice carries the role
+
+
+def test_logprobs_as_openai_shapes_them_for_each_endpoint(server):
+    client = _client(server)
+    body = dict(model="small", prompt="the model serves", max_tokens=6, temperature=0, logprobs=2,
+                extra_body={"ignore_eos": True})
+    full = client.completions.create(**body)
+    lp = full.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6
+    assert "".join(lp.tokens) == full.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert chosen <= 0 and 1 <= len(top) <= 2
+        assert abs(chosen - max(top.values())) < 1e-5  # greedy: the drawn token is the most likely one
+    streamed = [t for chunk in client.completions.create(**body, stream=True) if chunk.choices[0].logprobs
+                for t in chunk.choices[0].logprobs.tokens]
+    assert streamed == lp.tokens
+
+    chat = client.chat.completions.create(model="large", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                          temperature=0, logprobs=True, top_logprobs=3,
+                                          extra_body={"ignore_eos": True})
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 5 and "".join(c.token for c in content) == chat.choices[0].message.content
+    assert all(len(c.top_logprobs) == 3 and bytes(c.bytes) == c.token.encode("utf-8") for c in content)
+    assert all(abs(c.logprob - c.top_logprobs[0].logprob) < 1e-5 for c in content)
+    plain = client.chat.completions.create(model="large", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="large", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       top_logprobs=2)
+    assert err.value.body["param"] == "top_logprobs"
+
+
+def test_echo_puts_the_prompt_before_the_completion(server):
+    client = _client(server)
+    prompt = "the model serves"
+    plain = client.completions.create(model="small", prompt=prompt, max_tokens=4, temperature=0)
+    echoed = client.completions.create(model="small", prompt=prompt, max_tokens=4, temperature=0, echo=True)
+    assert echoed.choices[0].text == prompt + plain.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model="small", prompt=prompt,
+                                                                             max_tokens=4, temperature=0, echo=True,
+                                                                             stream=True))
+    assert streamed == echoed.choices[0].text
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="small", prompt=prompt, max_tokens=4, echo=True, logprobs=1)
+    assert err.value.body["param"] == "echo"
