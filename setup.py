@@ -16,14 +16,19 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 ROOT = Path(__file__).resolve().parent
 # one place for the version: aegaeon/__init__.py (what `aegaeon --version` prints)
-_version = next(line.split('"')[1] for line in (ROOT / "aegaeon" / "__init__.py").read_text().splitlines()
-                if line.startswith("__version__"))
+_version = next(
+    line.split('"')[1]
+    for line in (ROOT / "aegaeon" / "__init__.py").read_text().splitlines()
+    if line.startswith("__version__")
+)
 _spec = importlib.util.spec_from_file_location("aegaeon_build", ROOT / "aegaeon" / "_build.py")
 _build = importlib.util.module_from_spec(_spec)
 sys.modules["aegaeon_build"] = _build  # dataclasses look their module up here
 _spec.loader.exec_module(_build)
 
-plan = _build.plan_build(torch.version.cuda, _build.find_nvcc(), os.environ.get("AEGAEON_BUILD_CUDA"))
+plan = _build.plan_build(
+    torch.version.cuda, _build.find_nvcc(), os.environ.get("AEGAEON_BUILD_CUDA")
+)
 print(f"aegaeon: building the extension with CUDA={plan.with_cuda} ({plan.reason})")
 
 # -g0: Python's own CFLAGS carry -g, which made the objects 10x larger and the link slower; AEGAEON_DEBUG=1
@@ -40,7 +45,9 @@ if plan.with_cuda:
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
     )
 else:
-    extension = CppExtension("aegaeon._C", list(plan.sources), extra_compile_args={"cxx": cxx_flags})
+    extension = CppExtension(
+        "aegaeon._C", list(plan.sources), extra_compile_args={"cxx": cxx_flags}
+    )
 
 setup(
     name="aegaeon",
@@ -71,7 +78,13 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.7"],
-        "test": ["pytest>=7", "transformers>=4.40", "openai>=1.0", "hypothesis>=6", "matplotlib>=3.7"],
+        "test": [
+            "pytest>=7",
+            "transformers>=4.40",
+            "openai>=1.0",
+            "hypothesis>=6",
+            "matplotlib>=3.7",
+        ],
     },
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

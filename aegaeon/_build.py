@@ -24,7 +24,11 @@ class BuildPlan:
 
 def find_nvcc(cuda_home: str | None = None) -> str | None:
     """Path of nvcc under CUDA_HOME, else on PATH, else None."""
-    home = cuda_home if cuda_home is not None else os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    home = (
+        cuda_home
+        if cuda_home is not None
+        else os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    )
     if home and (Path(home) / "bin" / "nvcc").is_file():
         return str(Path(home) / "bin" / "nvcc")
     return shutil.which("nvcc")
@@ -43,7 +47,9 @@ def find_cuda_include(nvcc: str | None = None) -> Path | None:
     return None
 
 
-def plan_build(torch_cuda_version: str | None, nvcc: str | None, force: str | None = None) -> BuildPlan:
+def plan_build(
+    torch_cuda_version: str | None, nvcc: str | None, force: str | None = None
+) -> BuildPlan:
     """Decide whether the CUDA sources are compiled.
 
     CUDA is built when torch was built with CUDA and nvcc exists, unless
@@ -59,7 +65,9 @@ def plan_build(torch_cuda_version: str | None, nvcc: str | None, force: str | No
     have_both = torch_cuda_version is not None and nvcc is not None
     if force == "1" and not have_both:
         missing = "torch without CUDA" if torch_cuda_version is None else "no nvcc found"
-        raise ValueError(f"AEGAEON_BUILD_CUDA=1 but {missing}: install a CUDA torch and the CUDA toolkit")
+        raise ValueError(
+            f"AEGAEON_BUILD_CUDA=1 but {missing}: install a CUDA torch and the CUDA toolkit"
+        )
     if have_both:
         return BuildPlan(True, cpp + cuda, f"torch CUDA {torch_cuda_version}, nvcc at {nvcc}")
     why = "torch has no CUDA" if torch_cuda_version is None else "nvcc not found"

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from aegaeon.config.serving import DEFAULT_SLAB_BYTES
-from aegaeon.native import _C
 from aegaeon.errors import ArenaTooSmallError, InvalidHandleError
-
+from aegaeon.native import _C
 
 
 @dataclass(frozen=True)
@@ -57,9 +56,16 @@ class ArenaUsage:
 class Arena:
     """A device buffer shared by the weights in place and the KV blocks."""
 
-    def __init__(self, total_bytes: int, slab_bytes: int = DEFAULT_SLAB_BYTES, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        total_bytes: int,
+        slab_bytes: int = DEFAULT_SLAB_BYTES,
+        device: str | torch.device = "cpu",
+    ):
         if slab_bytes <= 0 or slab_bytes % 256:
-            raise ArenaTooSmallError(f"slab_bytes={slab_bytes} is invalid: use a positive multiple of 256 bytes")
+            raise ArenaTooSmallError(
+                f"slab_bytes={slab_bytes} is invalid: use a positive multiple of 256 bytes"
+            )
         self.device = torch.device(device)
         self._core = _C.Arena(int(total_bytes), int(slab_bytes), str(self.device))
 
@@ -92,7 +98,12 @@ class Arena:
     def weight_view(self, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
         """A typed view of the weight region starting at byte `offset`."""
         nbytes = math.prod(shape) * _itemsize(dtype)
-        return _typed(self._core.weight_bytes_view(int(offset), nbytes), dtype, shape, f"weight at offset {offset}")
+        return _typed(
+            self._core.weight_bytes_view(int(offset), nbytes),
+            dtype,
+            shape,
+            f"weight at offset {offset}",
+        )
 
     def allocate_block(self, block_bytes: int) -> int:
         return self._core.allocate_block(int(block_bytes))
@@ -100,7 +111,9 @@ class Arena:
     def free_block(self, handle: int) -> None:
         self._core.free_block(int(handle))
 
-    def block_view(self, handle: int, dtype: torch.dtype, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    def block_view(
+        self, handle: int, dtype: torch.dtype, shape: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
         """A typed view of one live KV block (the whole block when shape is None)."""
         raw = self._core.block_bytes_view(int(handle))
         if shape is None:
@@ -126,7 +139,9 @@ class Arena:
             kv_free_bytes=kv_capacity - st["used_bytes"],
             internal_fragmentation_bytes=st["internal_fragmentation_bytes"],
             external_fragmentation_bytes=st["external_fragmentation_bytes"],
-            slabs_per_block_size={size: entry["slabs"] for size, entry in st["per_block_size"].items()},
+            slabs_per_block_size={
+                size: entry["slabs"] for size, entry in st["per_block_size"].items()
+            },
         )
 
 
@@ -134,7 +149,11 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _typed(raw: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], what: str) -> torch.Tensor:
+def _typed(
+    raw: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], what: str
+) -> torch.Tensor:
     if raw.storage_offset() % _itemsize(dtype):
-        raise InvalidHandleError(f"{what} is not aligned for {dtype}: use sizes that are multiples of its item size")
+        raise InvalidHandleError(
+            f"{what} is not aligned for {dtype}: use sizes that are multiples of its item size"
+        )
     return raw.view(dtype).view(tuple(shape))

@@ -16,57 +16,140 @@ from aegaeon.config.serving import ApiConfig, NodeConfig
 
 # flag name -> (section of the pool file or None, key)
 FLAG_KEYS: dict[str, tuple[str | None, str]] = {
-    "num_instances": (None, "num_instances"), "prefill_instances": (None, "prefill_instances"),
-    "cluster_id": (None, "cluster_id"), "device": (None, "device"), "policy": (None, "policy"),
-    "max_batch": (None, "max_batch"), "max_quota": (None, "max_quota"), "host_kv_mib": (None, "host_kv_mib"),
-    "ttft_slo": ("slo", "ttft"), "tpot_slo": ("slo", "tpot"),
-    "max_requests": ("limits", "max_requests"), "max_requests_per_model": ("limits", "max_requests_per_model"),
+    "num_instances": (None, "num_instances"),
+    "prefill_instances": (None, "prefill_instances"),
+    "cluster_id": (None, "cluster_id"),
+    "device": (None, "device"),
+    "policy": (None, "policy"),
+    "max_batch": (None, "max_batch"),
+    "max_quota": (None, "max_quota"),
+    "host_kv_mib": (None, "host_kv_mib"),
+    "ttft_slo": ("slo", "ttft"),
+    "tpot_slo": ("slo", "tpot"),
+    "max_requests": ("limits", "max_requests"),
+    "max_requests_per_model": ("limits", "max_requests_per_model"),
     "recovery_grace": ("recovery", "recovery_grace"),
-    "kv_mib": ("engine", "kv_mib"), "dtype": ("engine", "dtype"), "link_gbps": ("engine", "link_gbps"),
-    "host": ("api", "host"), "port": ("api", "port"), "api_key": ("api", "api_key"),
-    "public_metrics": ("api", "public_metrics"), "max_body_mib": ("api", "max_body_mib"),
+    "kv_mib": ("engine", "kv_mib"),
+    "dtype": ("engine", "dtype"),
+    "link_gbps": ("engine", "link_gbps"),
+    "host": ("api", "host"),
+    "port": ("api", "port"),
+    "api_key": ("api", "api_key"),
+    "public_metrics": ("api", "public_metrics"),
+    "max_body_mib": ("api", "max_body_mib"),
 }
 
 _OPTIONS = [
     click.argument("model_args", metavar="[MODEL]...", nargs=-1),
-    click.option("--served-model-name", "served_names", multiple=True, metavar="NAME",
-                 help="The API name of each model given, in order (repeat it, or NAME1,NAME2) "
-                      "[default: the folder's name]."),
-    click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                 help="A YAML pool file (models and any setting below); flags given here win over it."),
-    click.option("--models", "models_spec", default=None,
-                 help="Comma-separated checkpoint dirs, NAME=DIR or hub ids found in the local Hugging Face "
-                      "cache [default: the embedded demo pool]."),
-    click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
-                 help="cpu: --num-instances virtual instances; cuda: one worker per GPU of --devices [cpu]."),
-    click.option("--devices", default=None, metavar="0,1,...",
-                 help="GPU indexes, one worker each (implies --device cuda; sets --num-instances)."),
+    click.option(
+        "--served-model-name",
+        "served_names",
+        multiple=True,
+        metavar="NAME",
+        help="The API name of each model given, in order (repeat it, or NAME1,NAME2) "
+        "[default: the folder's name].",
+    ),
+    click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="A YAML pool file (models and any setting below); flags given here win over it.",
+    ),
+    click.option(
+        "--models",
+        "models_spec",
+        default=None,
+        help="Comma-separated checkpoint dirs, NAME=DIR or hub ids found in the local Hugging Face "
+        "cache [default: the embedded demo pool].",
+    ),
+    click.option(
+        "--device",
+        type=click.Choice(["cpu", "cuda"]),
+        default=None,
+        help="cpu: --num-instances virtual instances; cuda: one worker per GPU of --devices [cpu].",
+    ),
+    click.option(
+        "--devices",
+        default=None,
+        metavar="0,1,...",
+        help="GPU indexes, one worker each (implies --device cuda; sets --num-instances).",
+    ),
     click.option("--num-instances", type=int, default=None, help="Worker processes [3]."),
-    click.option("--prefill-instances", type=int, default=None, help="How many of them run prefill [1]."),
+    click.option(
+        "--prefill-instances", type=int, default=None, help="How many of them run prefill [1]."
+    ),
     click.option("--cluster-id", default=None, help="Names the cluster's shared-memory objects."),
-    click.option("--policy", default=None, help="Decode scaling: aegaeon or sllm (request-level) [aegaeon]."),
-    click.option("--ttft-slo", type=float, default=None, help="Seconds to the first token [env AEGAEON_TTFT_SLO or 10]."),
-    click.option("--tpot-slo", type=float, default=None,
-                 help="Seconds per output token the quotas plan for [env AEGAEON_TPOT_SLO or 0.1]."),
-    click.option("--max-batch", type=int, default=None, help="Decode batch cap per model turn [64]."),
+    click.option(
+        "--policy", default=None, help="Decode scaling: aegaeon or sllm (request-level) [aegaeon]."
+    ),
+    click.option(
+        "--ttft-slo",
+        type=float,
+        default=None,
+        help="Seconds to the first token [env AEGAEON_TTFT_SLO or 10].",
+    ),
+    click.option(
+        "--tpot-slo",
+        type=float,
+        default=None,
+        help="Seconds per output token the quotas plan for [env AEGAEON_TPOT_SLO or 0.1].",
+    ),
+    click.option(
+        "--max-batch", type=int, default=None, help="Decode batch cap per model turn [64]."
+    ),
     click.option("--max-quota", type=float, default=None, help="Longest decode turn, seconds [4]."),
-    click.option("--kv-mib", type=int, default=None, help="Device arena MiB beyond the largest model [64]."),
-    click.option("--host-kv-mib", type=int, default=None, help="Host KV cache MiB, shared by all workers [64]."),
-    click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
-                 help="Cast every checkpoint to this dtype [each checkpoint's own]."),
-    click.option("--link-gbps", type=float, default=None,
-                 help="CPU only: pace weight copies and KV swaps to a host<->device link of this many GB/s "
-                      "(the regime of a GPU's PCIe link; off by default)."),
-    click.option("--max-requests", type=int, default=None, help="Requests held at once before 429s [1024]."),
-    click.option("--max-requests-per-model", type=int, default=None, help="The same, per model [256]."),
-    click.option("--recovery-grace", type=float, default=None,
-                 help="Seconds a role may have no live worker before its requests fail with 503 [30]."),
+    click.option(
+        "--kv-mib", type=int, default=None, help="Device arena MiB beyond the largest model [64]."
+    ),
+    click.option(
+        "--host-kv-mib",
+        type=int,
+        default=None,
+        help="Host KV cache MiB, shared by all workers [64].",
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(["float32", "float16", "bfloat16"]),
+        default=None,
+        help="Cast every checkpoint to this dtype [each checkpoint's own].",
+    ),
+    click.option(
+        "--link-gbps",
+        type=float,
+        default=None,
+        help="CPU only: pace weight copies and KV swaps to a host<->device link of this many GB/s "
+        "(the regime of a GPU's PCIe link; off by default).",
+    ),
+    click.option(
+        "--max-requests", type=int, default=None, help="Requests held at once before 429s [1024]."
+    ),
+    click.option(
+        "--max-requests-per-model", type=int, default=None, help="The same, per model [256]."
+    ),
+    click.option(
+        "--recovery-grace",
+        type=float,
+        default=None,
+        help="Seconds a role may have no live worker before its requests fail with 503 [30].",
+    ),
     click.option("--host", default=None, help="HTTP address [127.0.0.1]."),
     click.option("--port", type=int, default=None, help="HTTP port [8000]."),
-    click.option("--api-key", envvar="AEGAEON_API_KEY", default=None,
-                 help="Require `Authorization: Bearer KEY` on every route but /health [env AEGAEON_API_KEY]."),
-    click.option("--public-metrics", is_flag=True, default=None, help="Serve /metrics without the API key."),
-    click.option("--max-body-mib", type=float, default=None, help="Largest request body; beyond it a 413 [8]."),
+    click.option(
+        "--api-key",
+        envvar="AEGAEON_API_KEY",
+        default=None,
+        help="Require `Authorization: Bearer KEY` on every route but /health [env AEGAEON_API_KEY].",
+    ),
+    click.option(
+        "--public-metrics", is_flag=True, default=None, help="Serve /metrics without the API key."
+    ),
+    click.option(
+        "--max-body-mib",
+        type=float,
+        default=None,
+        help="Largest request body; beyond it a 413 [8].",
+    ),
 ]
 
 
@@ -78,15 +161,23 @@ def node_options(command: Callable) -> Callable:
 
 def _with_served_names(specs: list[str], names: list[str]) -> list[str]:
     if len(names) != len(specs):
-        raise click.BadParameter(f"{len(names)} names for {len(specs)} models: give one name per MODEL (or "
-                                 f"--models entry), in the same order", param_hint="--served-model-name")
+        raise click.BadParameter(
+            f"{len(names)} names for {len(specs)} models: give one name per MODEL (or "
+            f"--models entry), in the same order",
+            param_hint="--served-model-name",
+        )
     if len(set(names)) != len(names):
-        raise click.BadParameter(f"the names {names} repeat one: each model needs its own",
-                                 param_hint="--served-model-name")
+        raise click.BadParameter(
+            f"the names {names} repeat one: each model needs its own",
+            param_hint="--served-model-name",
+        )
     named = [spec for spec in specs if "=" in spec]
     if named:
-        raise click.BadParameter(f"{named} already name their models (NAME=DIR): drop the name there or drop "
-                                 f"--served-model-name", param_hint="--served-model-name")
+        raise click.BadParameter(
+            f"{named} already name their models (NAME=DIR): drop the name there or drop "
+            f"--served-model-name",
+            param_hint="--served-model-name",
+        )
     return [f"{name}={spec}" for name, spec in zip(names, specs)]
 
 
@@ -109,7 +200,12 @@ def node_settings(given: dict[str, Any], **fixed: Any) -> tuple[NodeConfig, ApiC
     specs = list(given.get("model_args") or ())
     if given.get("models_spec"):
         specs += [part.strip() for part in given["models_spec"].split(",") if part.strip()]
-    names = [n.strip() for joined in given.get("served_names") or () for n in joined.split(",") if n.strip()]
+    names = [
+        n.strip()
+        for joined in given.get("served_names") or ()
+        for n in joined.split(",")
+        if n.strip()
+    ]
     if names:
         specs = _with_served_names(specs, names)
     if specs:
@@ -117,8 +213,10 @@ def node_settings(given: dict[str, Any], **fixed: Any) -> tuple[NodeConfig, ApiC
     if given.get("devices"):
         indexes = [d.strip() for d in given["devices"].split(",") if d.strip()]
         if not indexes or not all(d.isdigit() for d in indexes):
-            raise click.BadParameter(f"{given['devices']!r} is not a list of GPU indexes like 0,1",
-                                     param_hint="--devices")
+            raise click.BadParameter(
+                f"{given['devices']!r} is not a list of GPU indexes like 0,1",
+                param_hint="--devices",
+            )
         flags["devices"] = [f"cuda:{d}" for d in indexes]
     values = merge(file_values, flags)
     if not values.get("models"):

@@ -29,16 +29,36 @@ class Client:
         self.proxy = proxy
         self.timeout = timeout
 
-    def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False, top_k: int = 0,
-               min_p: float = 0.0, **penalties) -> LiveRequest:
+    def submit(
+        self,
+        model: str,
+        prompt_ids: list[int],
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        **penalties,
+    ) -> LiveRequest:
         """Submit a request; `penalties` as Proxy.submit takes them (presence_penalty, min_tokens, ...)."""
         if not prompt_ids:
             raise RequestError(f"model {model}: the prompt is empty")
         if max_tokens < 1:
             raise RequestError(f"max_tokens={max_tokens} must be at least 1")
-        return self.proxy.submit(model, prompt_ids, max_tokens, temperature, top_p, seed, ignore_eos, top_k, min_p,
-                                 **penalties)
+        return self.proxy.submit(
+            model,
+            prompt_ids,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            ignore_eos,
+            top_k,
+            min_p,
+            **penalties,
+        )
 
     def stream(self, state: LiveRequest) -> Iterator[tuple[int, float]]:
         """(token id, time) pairs as they arrive; raises RequestError if the request fails."""
@@ -54,7 +74,9 @@ class Client:
             try:
                 message = state.tokens.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise TimeoutError(f"request {state.submit.request_id}: no token within {self.timeout} s") from None
+                raise TimeoutError(
+                    f"request {state.submit.request_id}: no token within {self.timeout} s"
+                ) from None
             yield message
             if message.error is not None or message.finish_reason is not None:
                 return
@@ -68,7 +90,9 @@ class Client:
             done.error = message.error
         return done
 
-    def complete_many(self, requests: list[tuple[str, list[int]]], max_tokens: int = 16) -> list[Completion]:
+    def complete_many(
+        self, requests: list[tuple[str, list[int]]], max_tokens: int = 16
+    ) -> list[Completion]:
         """Submit all requests at once, then wait for each (in order)."""
         states = [self.submit(model, ids, max_tokens) for model, ids in requests]
         return [self.complete(state) for state in states]

@@ -38,7 +38,9 @@ class DeviceLink:
 class EmulatedLink(DeviceLink):
     def __init__(self, gbps: float):
         if not gbps > 0:
-            raise ConfigError(f"--link-gbps {gbps}: the emulated link's bandwidth must be positive (GB/s)")
+            raise ConfigError(
+                f"--link-gbps {gbps}: the emulated link's bandwidth must be positive (GB/s)"
+            )
         self.gbps = float(gbps)
         self._lock = threading.Lock()
         self._free_at = 0.0  # when the channel has finished the transfers queued on it

@@ -28,14 +28,20 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--cluster-id", default="default", show_default=True, help="Names the cluster's shm objects.")
+@click.option(
+    "--cluster-id", default="default", show_default=True, help="Names the cluster's shm objects."
+)
 def status(cluster_id: str) -> None:
     """Show the shared-memory objects of a cluster on this node and whether their owner lives."""
     try:
         report = inspect_cluster(cluster_id)
     except AegaeonError as exc:
         raise click.ClickException(str(exc)) from exc
-    owner = "none" if report.owner_pid is None else f"pid {report.owner_pid} ({'alive' if report.owner_alive else 'gone'})"
+    owner = (
+        "none"
+        if report.owner_pid is None
+        else f"pid {report.owner_pid} ({'alive' if report.owner_alive else 'gone'})"
+    )
     click.echo(f"cluster {cluster_id}: owner {owner}, {len(report.objects)} objects")
     for name in report.objects:
         click.echo(f"  /dev/shm/{name}")
@@ -43,20 +49,53 @@ def status(cluster_id: str) -> None:
 
 @main.command()
 @node_options
-@click.option("--head", "is_head", is_flag=True, help="Also listen for joining nodes on --link-listen.")
-@click.option("--link-listen", default="127.0.0.1:7070", show_default=True,
-              help="HOST:PORT the head listens on for nodes (0.0.0.0:PORT for every interface).")
-@click.option("--join", "join_address", default=None, metavar="HOST:PORT",
-              help="Join the head node listening there; this node then serves the head's proxy.")
-@click.option("--token", envvar="AEGAEON_TOKEN", default=None,
-              help="Shared cluster token (8+ characters) for --head/--join [env AEGAEON_TOKEN].")
-@click.option("--node-name", default=None, help="This node's name in the head's logs [default: host name].")
-@click.option("--max-frame-mib", default=256, show_default=True,
-              help="Largest TCP link frame (one request's KV crossing nodes must fit).")
-@click.option("--heartbeat-timeout", default=5.0, show_default=True,
-              help="Seconds of silence after which a node (or the head) counts as lost.")
-def start(is_head: bool, link_listen: str, join_address: str | None, token: str | None, node_name: str | None,
-          max_frame_mib: int, heartbeat_timeout: float, **given) -> None:
+@click.option(
+    "--head", "is_head", is_flag=True, help="Also listen for joining nodes on --link-listen."
+)
+@click.option(
+    "--link-listen",
+    default="127.0.0.1:7070",
+    show_default=True,
+    help="HOST:PORT the head listens on for nodes (0.0.0.0:PORT for every interface).",
+)
+@click.option(
+    "--join",
+    "join_address",
+    default=None,
+    metavar="HOST:PORT",
+    help="Join the head node listening there; this node then serves the head's proxy.",
+)
+@click.option(
+    "--token",
+    envvar="AEGAEON_TOKEN",
+    default=None,
+    help="Shared cluster token (8+ characters) for --head/--join [env AEGAEON_TOKEN].",
+)
+@click.option(
+    "--node-name", default=None, help="This node's name in the head's logs [default: host name]."
+)
+@click.option(
+    "--max-frame-mib",
+    default=256,
+    show_default=True,
+    help="Largest TCP link frame (one request's KV crossing nodes must fit).",
+)
+@click.option(
+    "--heartbeat-timeout",
+    default=5.0,
+    show_default=True,
+    help="Seconds of silence after which a node (or the head) counts as lost.",
+)
+def start(
+    is_head: bool,
+    link_listen: str,
+    join_address: str | None,
+    token: str | None,
+    node_name: str | None,
+    max_frame_mib: int,
+    heartbeat_timeout: float,
+    **given,
+) -> None:
     """Start this node (caches, workers, and on the head the proxy and HTTP API) until Ctrl-C or SIGTERM;
     both clean up. A joining node also stops when it loses the head. Node settings as for `aegaeon serve`."""
     import socket
@@ -72,10 +111,17 @@ def start(is_head: bool, link_listen: str, join_address: str | None, token: str 
         link = None
         if role is not None:
             if not token:
-                raise click.UsageError("--head and --join need the cluster token: --token or AEGAEON_TOKEN")
+                raise click.UsageError(
+                    "--head and --join need the cluster token: --token or AEGAEON_TOKEN"
+                )
             link = LinkConfig(token, max_frame_mib * 2**20, heartbeat_timeout)
-        config, api = node_settings(given, link_role=role, link_address=join_address or link_listen, link=link,
-                                    node_name=node_name or socket.gethostname())
+        config, api = node_settings(
+            given,
+            link_role=role,
+            link_address=join_address or link_listen,
+            link=link,
+            node_name=node_name or socket.gethostname(),
+        )
         if role == "join":
             join_cluster(config, announce)
         else:

@@ -13,17 +13,22 @@ _REBUILD = "reinstall aegaeon against the torch you have: pip install --no-build
 try:
     from aegaeon import _C
 except ImportError as err:
-    raise ImportError(f"aegaeon._C does not load with torch {torch.__version__} ({err}): {_REBUILD}") from err
+    raise ImportError(
+        f"aegaeon._C does not load with torch {torch.__version__} ({err}): {_REBUILD}"
+    ) from err
 
 
 def check_torch_release(built_with: str, running: str) -> None:
     """ConfigError unless both versions are the same major.minor release (local tags such as +cpu aside)."""
+
     def release(version: str) -> tuple[str, ...]:
         return tuple(version.split("+")[0].split(".")[:2])
 
     if release(built_with) != release(running):
-        raise ConfigError(f"aegaeon._C was built against torch {built_with}, but torch {running} is installed: "
-                          f"{_REBUILD}")
+        raise ConfigError(
+            f"aegaeon._C was built against torch {built_with}, but torch {running} is installed: "
+            f"{_REBUILD}"
+        )
 
 
 check_torch_release(_C.built_with_torch, torch.__version__)

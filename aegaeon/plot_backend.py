@@ -10,7 +10,9 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ConfigError('plotting needs matplotlib: pip install "aegaeon[plot]" (or pip install matplotlib)') from None
+        raise ConfigError(
+            'plotting needs matplotlib: pip install "aegaeon[plot]" (or pip install matplotlib)'
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -16,8 +16,12 @@ from aegaeon.sched.slo import DEFAULT_TPOT_SLO, DEFAULT_TTFT_SLO
 
 log = logging.getLogger(__name__)
 
-POLICY_STYLE = {"aegaeon": ("Aegaeon", "o"), "sllm": ("ServerlessLLM", "s"), "sllm+": ("ServerlessLLM+", "^"),
-                "muxserve": ("MuxServe", "x")}
+POLICY_STYLE = {
+    "aegaeon": ("Aegaeon", "o"),
+    "sllm": ("ServerlessLLM", "s"),
+    "sllm+": ("ServerlessLLM+", "^"),
+    "muxserve": ("MuxServe", "x"),
+}
 
 
 @dataclass(frozen=True)
@@ -31,24 +35,38 @@ class E2ESpec:
     slo_scale: float = 1.0
 
     def matches(self, r: dict) -> bool:
-        return ((self.arrival_rate is None or abs(r["arrival_rate"] - self.arrival_rate) < 1e-9)
-                and (self.num_models is None or r["num_models"] == self.num_models)
-                and abs(r["inlen_scale"] - self.inlen_scale) < 1e-9
-                and abs(r["outlen_scale"] - self.outlen_scale) < 1e-9
-                and abs(r["ttft_slo"] - DEFAULT_TTFT_SLO * self.slo_scale) < 1e-9
-                and abs(r["tpot_slo"] - DEFAULT_TPOT_SLO * self.slo_scale) < 1e-9)
+        return (
+            (self.arrival_rate is None or abs(r["arrival_rate"] - self.arrival_rate) < 1e-9)
+            and (self.num_models is None or r["num_models"] == self.num_models)
+            and abs(r["inlen_scale"] - self.inlen_scale) < 1e-9
+            and abs(r["outlen_scale"] - self.outlen_scale) < 1e-9
+            and abs(r["ttft_slo"] - DEFAULT_TTFT_SLO * self.slo_scale) < 1e-9
+            and abs(r["tpot_slo"] - DEFAULT_TPOT_SLO * self.slo_scale) < 1e-9
+        )
 
 
 E2E_SPECS: dict[str, E2ESpec] = {
     "0.1": E2ESpec("Fig. 11(a): rate 0.1 req/s per model", "num_models", arrival_rate=0.1),
     "0.5": E2ESpec("Fig. 11(b): rate 0.5 req/s per model", "num_models", arrival_rate=0.5),
     "40": E2ESpec("Fig. 11(c): 40 models", "arrival_rate", num_models=40),
-    "0.1-ix2": E2ESpec("Fig. 12: rate 0.1, inputs x2", "num_models", arrival_rate=0.1, inlen_scale=2.0),
-    "0.1-ox2": E2ESpec("Fig. 12: rate 0.1, outputs x2", "num_models", arrival_rate=0.1, outlen_scale=2.0),
-    "0.5-ix2": E2ESpec("Fig. 12: rate 0.5, inputs x2", "num_models", arrival_rate=0.5, inlen_scale=2.0),
-    "0.5-ox2": E2ESpec("Fig. 12: rate 0.5, outputs x2", "num_models", arrival_rate=0.5, outlen_scale=2.0),
-    "slo0.5": E2ESpec("Fig. 13: SLOs x0.5, rate 0.1", "num_models", arrival_rate=0.1, slo_scale=0.5),
-    "slo0.3": E2ESpec("Fig. 13: SLOs x0.3, rate 0.1", "num_models", arrival_rate=0.1, slo_scale=0.3),
+    "0.1-ix2": E2ESpec(
+        "Fig. 12: rate 0.1, inputs x2", "num_models", arrival_rate=0.1, inlen_scale=2.0
+    ),
+    "0.1-ox2": E2ESpec(
+        "Fig. 12: rate 0.1, outputs x2", "num_models", arrival_rate=0.1, outlen_scale=2.0
+    ),
+    "0.5-ix2": E2ESpec(
+        "Fig. 12: rate 0.5, inputs x2", "num_models", arrival_rate=0.5, inlen_scale=2.0
+    ),
+    "0.5-ox2": E2ESpec(
+        "Fig. 12: rate 0.5, outputs x2", "num_models", arrival_rate=0.5, outlen_scale=2.0
+    ),
+    "slo0.5": E2ESpec(
+        "Fig. 13: SLOs x0.5, rate 0.1", "num_models", arrival_rate=0.1, slo_scale=0.5
+    ),
+    "slo0.3": E2ESpec(
+        "Fig. 13: SLOs x0.3, rate 0.1", "num_models", arrival_rate=0.1, slo_scale=0.3
+    ),
 }
 
 
@@ -78,7 +96,9 @@ def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path) -> list[Path]:
             key = (r["policy"], r.get("variant", ""))
             series.setdefault(key, []).append((r[spec.x_key], 100.0 * r["slo_attainment"]))
     if not series:
-        raise ConfigError(f"no results in {json_dir} match figure {spec_name!r} ({spec.title}): run `aegaeon sim` first")
+        raise ConfigError(
+            f"no results in {json_dir} match figure {spec_name!r} ({spec.title}): run `aegaeon sim` first"
+        )
     return _draw(series, spec.x_key, spec.title, Path(out_dir) / f"e2e-{spec_name}")
 
 
@@ -89,30 +109,59 @@ def plot_live_e2e(json_dir: Path, out_dir: Path) -> list[Path]:
     for r in load_results(json_dir):
         if r.get("source") != "live" or "num_models" not in r:
             continue
-        key = (r["arrival_rate"], r["inlen_scale"], r["outlen_scale"], round(r["ttft_slo"], 4),
-               round(r["tpot_slo"], 6), r.get("link_like") or "", round(r.get("link_gbps") or 0.0, 6), r["nnodes"])
-        series = groups.setdefault(key, {})  # SLOs rounded: one sweep's runs share them up to float noise
-        series.setdefault((r["policy"], r.get("variant", "")), []).append((r["num_models"], 100.0 * r["slo_attainment"]))
+        key = (
+            r["arrival_rate"],
+            r["inlen_scale"],
+            r["outlen_scale"],
+            round(r["ttft_slo"], 4),
+            round(r["tpot_slo"], 6),
+            r.get("link_like") or "",
+            round(r.get("link_gbps") or 0.0, 6),
+            r["nnodes"],
+        )
+        series = groups.setdefault(
+            key, {}
+        )  # SLOs rounded: one sweep's runs share them up to float noise
+        series.setdefault((r["policy"], r.get("variant", "")), []).append(
+            (r["num_models"], 100.0 * r["slo_attainment"])
+        )
     if not groups:
-        raise ConfigError(f"no live results in {json_dir}: run `aegaeon bench e2e --out {json_dir}` first")
+        raise ConfigError(
+            f"no live results in {json_dir}: run `aegaeon bench e2e --out {json_dir}` first"
+        )
     paths = []
     for (rate, inlen, outlen, ttft, tpot, like, gbps, nnodes), series in sorted(groups.items()):
-        link = f"link like {like} ({gbps:.3g} GB/s)" if like else (f"link {gbps:.3g} GB/s" if gbps else "native link")
-        title = (f"Live, {nnodes} CPU node{'s' if nnodes > 1 else ''}, {link}\nrate {rate:g} req/s per model, "
-                 f"inputs x{inlen:g}, outputs x{outlen:g}\nSLO TTFT {ttft:.3g} s, TPOT {tpot:.3g} s")
-        stem = f"e2e-live-{rate:g}-{inlen:g}-{outlen:g}-ttft{ttft:g}-tpot{tpot:g}" + (f"-{like}" if like else "")
+        link = (
+            f"link like {like} ({gbps:.3g} GB/s)"
+            if like
+            else (f"link {gbps:.3g} GB/s" if gbps else "native link")
+        )
+        title = (
+            f"Live, {nnodes} CPU node{'s' if nnodes > 1 else ''}, {link}\nrate {rate:g} req/s per model, "
+            f"inputs x{inlen:g}, outputs x{outlen:g}\nSLO TTFT {ttft:.3g} s, TPOT {tpot:.3g} s"
+        )
+        stem = f"e2e-live-{rate:g}-{inlen:g}-{outlen:g}-ttft{ttft:g}-tpot{tpot:g}" + (
+            f"-{like}" if like else ""
+        )
         paths += _draw(series, "num_models", title, Path(out_dir) / stem)
     return paths
 
 
-def _draw(series: dict[tuple[str, str], list[tuple[float, float]]], x_key: str, title: str, stem: Path) -> list[Path]:
+def _draw(
+    series: dict[tuple[str, str], list[tuple[float, float]]], x_key: str, title: str, stem: Path
+) -> list[Path]:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for policy, variant in sorted(series, key=_series_order):
         label, marker = POLICY_STYLE.get(policy, (policy, "."))
         xs, ys = zip(*sorted(series[policy, variant]))
-        ax.plot(xs, ys, marker=marker, label=f"{label} ({variant})" if variant else label,
-                linestyle="--" if variant else "-")
+        ax.plot(
+            xs,
+            ys,
+            marker=marker,
+            label=f"{label} ({variant})" if variant else label,
+            linestyle="--" if variant else "-",
+        )
     ax.axhline(90, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("Number of models" if x_key == "num_models" else "Arrival rate per model (req/s)")
     ax.set_ylabel("SLO attainment (%)")

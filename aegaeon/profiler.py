@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from aegaeon.config import ModelSpec
-from aegaeon.engine.executor import StepExecutor
 from aegaeon.config.serving import EngineConfig
+from aegaeon.engine.executor import StepExecutor
 from aegaeon.errors import ConfigError
 from aegaeon.models.config import ArchConfig
 from aegaeon.models.sampler import SamplingParams
@@ -48,26 +48,46 @@ class ProfileRequest:
 
 
 def spec_of(name: str, config: ArchConfig, dtype_bytes: int) -> ModelSpec:
-    return ModelSpec(name, config.hidden_size, config.intermediate_size, config.num_layers, config.num_heads,
-                     config.num_kv_heads, config.vocab_size, config.max_position, config.qkv_bias,
-                     config.tie_word_embeddings, dtype_bytes)
+    return ModelSpec(
+        name,
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_layers,
+        config.num_heads,
+        config.num_kv_heads,
+        config.vocab_size,
+        config.max_position,
+        config.qkv_bias,
+        config.tie_word_embeddings,
+        dtype_bytes,
+    )
 
 
-def measure_profile(req: ProfileRequest, progress: Callable[[int, int], None] | None = None) -> dict:
+def measure_profile(
+    req: ProfileRequest, progress: Callable[[int, int], None] | None = None
+) -> dict:
     """Measure the table and the link on `req.device`; returns the profile dict (schema aegaeon-profile/1)."""
     if not req.input_lens or not req.batches or req.decode_steps < 1 or req.repeats < 1:
-        raise ConfigError("give at least one input length and batch size, and decode_steps/repeats >= 1")
+        raise ConfigError(
+            "give at least one input length and batch size, and decode_steps/repeats >= 1"
+        )
     longest = max(req.input_lens) + req.decode_steps + 1
     kv_mib = max(64, 2 * max(req.batches) * longest * 1024 // 2**20 + 64)
-    config = EngineConfig(device=req.device, kv_bytes=kv_mib * 2**20, max_batch_size=max(req.batches),
-                          steps_per_turn=1)
+    config = EngineConfig(
+        device=req.device,
+        kv_bytes=kv_mib * 2**20,
+        max_batch_size=max(req.batches),
+        steps_per_turn=1,
+    )
     with StepExecutor({req.name: req.model}, config) as engine:
         if req.name in engine.unavailable:
             raise ConfigError(engine.unavailable[req.name])
         entry = engine.runner.entries[req.name]
         if longest > entry.max_position:
-            raise ConfigError(f"model {req.name}: --input-lens up to {max(req.input_lens)} exceed its context "
-                              f"of {entry.max_position} tokens")
+            raise ConfigError(
+                f"model {req.name}: --input-lens up to {max(req.input_lens)} exceed its context "
+                f"of {entry.max_position} tokens"
+            )
         engine.runner.switch_to(req.name)
         grid = [(i, b) for i in req.input_lens for b in req.batches]
         points = []
@@ -82,7 +102,9 @@ def measure_profile(req: ProfileRequest, progress: Callable[[int, int], None] | 
     return build_profile(req.device_name, spec, points, link, block_size)
 
 
-def _measure_point(engine: StepExecutor, req: ProfileRequest, input_len: int, batch: int) -> TablePoint:
+def _measure_point(
+    engine: StepExecutor, req: ProfileRequest, input_len: int, batch: int
+) -> TablePoint:
     rng = random.Random(input_len * 1000 + batch)
     vocab = engine.runner.entries[req.name].checkpoint.config.vocab_size
     prefills, decodes = [], []
@@ -91,17 +113,20 @@ def _measure_point(engine: StepExecutor, req: ProfileRequest, input_len: int, ba
         prefill, steps = time_batch(engine, req.name, prompts, req.decode_steps, req.device)
         prefills.append(prefill)
         decodes.extend(steps)
-    decodes = decodes[req.decode_steps:]
+    decodes = decodes[req.decode_steps :]
     return TablePoint(input_len, batch, min(prefills[1:]), sum(decodes) / len(decodes))
 
 
-def time_batch(engine: StepExecutor, model: str, prompts: list[list[int]], decode_steps: int,
-               device: str) -> tuple[float, list[float]]:
+def time_batch(
+    engine: StepExecutor, model: str, prompts: list[list[int]], decode_steps: int, device: str
+) -> tuple[float, list[float]]:
     """Prefill `prompts` as one batch of the bound `model`, then run `decode_steps` decode steps; returns the
     prefill's seconds and each step's, and frees the sequences."""
     ids = list(range(len(prompts)))
     for request_id, prompt in zip(ids, prompts):
-        engine.add(request_id, model, prompt, SamplingParams(max_tokens=decode_steps + 1, ignore_eos=True))
+        engine.add(
+            request_id, model, prompt, SamplingParams(max_tokens=decode_steps + 1, ignore_eos=True)
+        )
     prefill = timed(device, lambda: engine.step(model, ids))
     steps = [timed(device, lambda: engine.step(model, ids)) for _ in range(decode_steps)]
     for request_id in ids:
@@ -130,8 +155,15 @@ def _measure_link(engine: StepExecutor, req: ProfileRequest) -> LinkCost:
     dst = torch.empty_like(src, device=req.device)
     copy_s = min(timed(req.device, lambda: dst.copy_(src)) for _ in range(5))
     bandwidth = src.numel() / copy_s
-    switch_s = min(timed(req.device, lambda: engine.runner.entries[req.name].model.bind(
-        entry.weights.views(_copy_weights(engine, req.name)))) for _ in range(5))
+    switch_s = min(
+        timed(
+            req.device,
+            lambda: engine.runner.entries[req.name].model.bind(
+                entry.weights.views(_copy_weights(engine, req.name))
+            ),
+        )
+        for _ in range(5)
+    )
     engine.add(0, req.name, [1] * (entry.kv.block_size * 8), SamplingParams(max_tokens=2))
     engine.reserve_kv(0)
     blocks, block_bytes = engine.kv_blocks(0)
@@ -141,7 +173,13 @@ def _measure_link(engine: StepExecutor, req: ProfileRequest) -> LinkCost:
     engine.remove(0)
     switch_eff = min(1.0, (src.numel() / switch_s) / bandwidth)
     swap_eff = min(1.0, (swap_bytes / min(swap_s)) / bandwidth)
-    return LinkCost(bandwidth, switch_eff, swap_eff, _device_memory(req.device), fast_switch_efficiency=switch_eff)
+    return LinkCost(
+        bandwidth,
+        switch_eff,
+        swap_eff,
+        _device_memory(req.device),
+        fast_switch_efficiency=switch_eff,
+    )
 
 
 def _copy_weights(engine: StepExecutor, name: str) -> torch.Tensor:

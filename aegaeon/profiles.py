@@ -38,7 +38,9 @@ PREFILL_CHUNK_TOKENS = 4096
 # as a broken measurement (e.g. i4096b2 at 0.4 ms, below the weight-read floor).
 DECODE_OUTLIER_REL = 0.5
 # H100 SXM over PCIe 5.0 x16: ~64 GB/s raw; pinned copies reach ~55 GB/s.
-H100_LINK = LinkCost(h2d_bandwidth=55e9, switch_efficiency=0.15, swap_efficiency=0.8, device_memory_bytes=80 * 2**30)
+H100_LINK = LinkCost(
+    h2d_bandwidth=55e9, switch_efficiency=0.15, swap_efficiency=0.8, device_memory_bytes=80 * 2**30
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,14 @@ def read_measured_table(model_dir: Path) -> list[TablePoint]:
             continue
         data = json.loads(path.read_text())
         try:
-            points.append(TablePoint(int(match[1]), int(match[2]), float(data["avg_prefill_latency"]),
-                                     float(data["avg_decode_latency"])))
+            points.append(
+                TablePoint(
+                    int(match[1]),
+                    int(match[2]),
+                    float(data["avg_prefill_latency"]),
+                    float(data["avg_decode_latency"]),
+                )
+            )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing field {exc}") from exc
     if not points:
@@ -94,20 +102,39 @@ def _fit_nonnegative(features: np.ndarray, target: np.ndarray, relative: bool = 
         active.pop(int(np.argmin(coef)))
 
 
-def fit_model_cost(spec: ModelSpec, points: list[TablePoint], block_size: int = DEFAULT_BLOCK_SIZE,
-                   chunk_tokens: int = PREFILL_CHUNK_TOKENS) -> tuple[ModelCost, dict[str, str]]:
+def fit_model_cost(
+    spec: ModelSpec,
+    points: list[TablePoint],
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    chunk_tokens: int = PREFILL_CHUNK_TOKENS,
+) -> tuple[ModelCost, dict[str, str]]:
     """Fits both latency forms; returns the cost and the excluded points ('i<I>b<B>' -> reason)."""
-    probe = ModelCost(spec.name, spec.hidden_size, spec.intermediate_size, block_size, spec.weight_bytes,
-                      spec.kv_bytes_per_token, spec.max_context, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    probe = ModelCost(
+        spec.name,
+        spec.hidden_size,
+        spec.intermediate_size,
+        block_size,
+        spec.weight_bytes,
+        spec.kv_bytes_per_token,
+        spec.max_context,
+        (0.0, 0.0, 0.0),
+        (0.0, 0.0, 0.0),
+    )
     excluded = {}
     prefill_points = [p for p in points if p.batch * p.input_len <= chunk_tokens]
     for p in points:
         if p.batch * p.input_len > chunk_tokens:
             excluded[f"i{p.input_len}b{p.batch}"] = f"prefill: over the {chunk_tokens}-token chunk"
     if len(prefill_points) < 3:
-        raise ConfigError(f"{spec.name}: {len(prefill_points)} prefill points within the chunk; need 3 or more")
-    prefill_x = np.array([probe.prefill_features(p.batch * p.input_len, p.batch * p.input_len**2)
-                          for p in prefill_points])
+        raise ConfigError(
+            f"{spec.name}: {len(prefill_points)} prefill points within the chunk; need 3 or more"
+        )
+    prefill_x = np.array(
+        [
+            probe.prefill_features(p.batch * p.input_len, p.batch * p.input_len**2)
+            for p in prefill_points
+        ]
+    )
     prefill_c = _fit_nonnegative(prefill_x, np.array([p.prefill_s for p in prefill_points]))
 
     decode_x = np.array([probe.decode_features(p.batch, p.batch * p.input_len) for p in points])
@@ -120,13 +147,27 @@ def fit_model_cost(spec: ModelSpec, points: list[TablePoint], block_size: int = 
             reason = f"decode: first fit off by more than {DECODE_OUTLIER_REL:.0%}"
             excluded[key] = f"{excluded[key]}; {reason}" if key in excluded else reason
     decode_c = _fit_nonnegative(decode_x[keep], decode_y[keep])
-    cost = ModelCost(spec.name, spec.hidden_size, spec.intermediate_size, block_size, spec.weight_bytes,
-                     spec.kv_bytes_per_token, spec.max_context, tuple(prefill_c), tuple(decode_c))
+    cost = ModelCost(
+        spec.name,
+        spec.hidden_size,
+        spec.intermediate_size,
+        block_size,
+        spec.weight_bytes,
+        spec.kv_bytes_per_token,
+        spec.max_context,
+        tuple(prefill_c),
+        tuple(decode_c),
+    )
     return cost, excluded
 
 
-def build_profile(device: str, spec: ModelSpec, points: list[TablePoint], link: LinkCost,
-                  block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
+def build_profile(
+    device: str,
+    spec: ModelSpec,
+    points: list[TablePoint],
+    link: LinkCost,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> dict:
     cost, excluded = fit_model_cost(spec, points, block_size)
     table, prefill_err, decode_err = [], [], []
     for p in points:
@@ -152,9 +193,10 @@ def build_profile(device: str, spec: ModelSpec, points: list[TablePoint], link: 
         "decode_coefficients": list(cost.decode_coefficients),
         "table": table,
         "fit_error": {  # over the points used by each fit; `table` has every point
-
-            "prefill_mean_rel": float(np.mean(prefill_err)), "prefill_max_rel": float(np.max(prefill_err)),
-            "decode_mean_rel": float(np.mean(decode_err)), "decode_max_rel": float(np.max(decode_err)),
+            "prefill_mean_rel": float(np.mean(prefill_err)),
+            "prefill_max_rel": float(np.max(prefill_err)),
+            "decode_mean_rel": float(np.mean(decode_err)),
+            "decode_max_rel": float(np.max(decode_err)),
         },
     }
 
@@ -177,20 +219,32 @@ def load_profile(path: Path) -> tuple[ModelCost, LinkCost]:
         raise ConfigError(f"profile {path}: schema {data.get('schema')!r} is not {SCHEMA!r}")
     try:
         arch = data["architecture"]
-        cost = ModelCost(data["model"], arch["hidden_size"], arch["intermediate_size"], data["block_size"],
-                         data["weight_bytes"], data["kv_bytes_per_token"], arch["max_context"],
-                         tuple(data["prefill_coefficients"]), tuple(data["decode_coefficients"]))
+        cost = ModelCost(
+            data["model"],
+            arch["hidden_size"],
+            arch["intermediate_size"],
+            data["block_size"],
+            data["weight_bytes"],
+            data["kv_bytes_per_token"],
+            arch["max_context"],
+            tuple(data["prefill_coefficients"]),
+            tuple(data["decode_coefficients"]),
+        )
         link = LinkCost(**data["link"])
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"profile {path}: missing or malformed field {exc}") from exc
     return cost, link
 
 
-def load_device_profiles(device: str, root: Path | None = None) -> tuple[dict[str, ModelCost], LinkCost]:
+def load_device_profiles(
+    device: str, root: Path | None = None
+) -> tuple[dict[str, ModelCost], LinkCost]:
     folder = (root or profiles_dir()) / device
     files = sorted(folder.glob("*.json"))
     if not files:
-        raise ConfigError(f"no profiles for device {device!r} in {folder}: run `aegaeon profile fit` or pass --profiles")
+        raise ConfigError(
+            f"no profiles for device {device!r} in {folder}: run `aegaeon profile fit` or pass --profiles"
+        )
     costs, link = {}, None
     for path in files:
         cost, link = load_profile(path)
@@ -198,16 +252,22 @@ def load_device_profiles(device: str, root: Path | None = None) -> tuple[dict[st
     return costs, link
 
 
-def cost_model_for_workload(model_names: Iterable[str], device: str = "H100", root: Path | None = None,
-                            mix: tuple[str, ...] = PAPER_MIX,
-                            assignment: Mapping[str, str] | None = None) -> TableCostModel:
+def cost_model_for_workload(
+    model_names: Iterable[str],
+    device: str = "H100",
+    root: Path | None = None,
+    mix: tuple[str, ...] = PAPER_MIX,
+    assignment: Mapping[str, str] | None = None,
+) -> TableCostModel:
     """A cost model for the workload's model names (synth_model_NN -> mix[NN % len(mix)])."""
     costs, link = load_device_profiles(device, root)
     table = {}
     for name in model_names:
         base = (assignment or {}).get(name) or _mix_entry(name, mix)
         if base not in costs:
-            raise ConfigError(f"model {name!r} maps to {base!r}, which has no {device} profile; have {sorted(costs)}")
+            raise ConfigError(
+                f"model {name!r} maps to {base!r}, which has no {device} profile; have {sorted(costs)}"
+            )
         table[name] = costs[base]
     return TableCostModel(table, link)
 
@@ -215,11 +275,15 @@ def cost_model_for_workload(model_names: Iterable[str], device: str = "H100", ro
 def _mix_entry(name: str, mix: tuple[str, ...]) -> str:
     match = re.search(r"(\d+)$", name)
     if not match:
-        raise ConfigError(f"model {name!r} has no index: name synthetic models synth_model_NN or give an assignment")
+        raise ConfigError(
+            f"model {name!r} has no index: name synthetic models synth_model_NN or give an assignment"
+        )
     return mix[int(match[1]) % len(mix)]
 
 
-def fit_directory(raw_root: Path, device: str, out_dir: Path, link: LinkCost = H100_LINK) -> list[Path]:
+def fit_directory(
+    raw_root: Path, device: str, out_dir: Path, link: LinkCost = H100_LINK
+) -> list[Path]:
     """Fits every known model found under raw_root/<model>/ and writes its profile."""
     written = []
     for model_dir in sorted(p for p in Path(raw_root).iterdir() if p.is_dir()):
@@ -227,5 +291,9 @@ def fit_directory(raw_root: Path, device: str, out_dir: Path, link: LinkCost = H
         if spec is None:
             log.warning("skipping %s: no architecture known for it", model_dir.name)
             continue
-        written.append(write_profile(build_profile(device, spec, read_measured_table(model_dir), link), out_dir))
+        written.append(
+            write_profile(
+                build_profile(device, spec, read_measured_table(model_dir), link), out_dir
+            )
+        )
     return written

@@ -44,4 +44,4 @@ class Sequence:
 
     def pending_tokens(self) -> list[int]:
         """Tokens whose KV the next forward step must compute."""
-        return self.token_ids[self.num_cached:]
+        return self.token_ids[self.num_cached :]

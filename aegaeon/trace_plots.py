@@ -27,8 +27,12 @@ from aegaeon.plot_backend import pyplot
 log = logging.getLogger(__name__)
 
 SWITCH_STAGES = ("wait_weights", "evict_kv", "copy_weights", "bind")
-SWAP_KINDS = {"export": "prefill -> host (export)", "import": "host -> decode (import)",
-              "out": "preemption swap-out", "in": "preemption swap-in"}
+SWAP_KINDS = {
+    "export": "prefill -> host (export)",
+    "import": "host -> decode (import)",
+    "out": "preemption swap-out",
+    "in": "preemption swap-in",
+}
 FIGURES = ("breakdown", "autoscale-cdf", "kvcache-cdf", "frag")
 
 
@@ -55,12 +59,16 @@ def load_traced_runs(paths: Iterable[Path], policy: str | None = None) -> list[T
             raise ConfigError(f"{path}: not a readable result JSON ({exc})") from None
         if "trace" not in result or (policy is not None and result.get("policy") != policy):
             continue
-        label = (f"{result['policy']} {result['num_models']}m {result['arrival_rate']:g}r/s"
-                 f" in x{result['inlen_scale']:g} out x{result['outlen_scale']:g}")
+        label = (
+            f"{result['policy']} {result['num_models']}m {result['arrival_rate']:g}r/s"
+            f" in x{result['inlen_scale']:g} out x{result['outlen_scale']:g}"
+        )
         runs.append(TracedRun(label, result))
     if not runs:
-        raise ConfigError("no traced results found: run `aegaeon bench e2e` first (its live-*.json files carry the "
-                          "traces these figures need)")
+        raise ConfigError(
+            "no traced results found: run `aegaeon bench e2e` first (its live-*.json files carry the "
+            "traces these figures need)"
+        )
     return runs
 
 
@@ -109,26 +117,50 @@ def plot_breakdown(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], st
         means = [float(np.mean([p[k] for p in parts])) if parts else 0.0 for k in BREAKDOWN_PARTS]
         left = 0.0
         for k, mean in zip(BREAKDOWN_PARTS, means):
-            ax_req.barh(row, mean * 1000.0, left=left, color=f"C{BREAKDOWN_PARTS.index(k)}",
-                        label=k if row == 0 else None)
+            ax_req.barh(
+                row,
+                mean * 1000.0,
+                left=left,
+                color=f"C{BREAKDOWN_PARTS.index(k)}",
+                label=k if row == 0 else None,
+            )
             left += mean * 1000.0
         switches = run.trace["switches"]
-        stage_means = [float(np.mean([s[k] for s in switches])) if switches else 0.0 for k in SWITCH_STAGES]
+        stage_means = [
+            float(np.mean([s[k] for s in switches])) if switches else 0.0 for k in SWITCH_STAGES
+        ]
         left = 0.0
         for k, mean in zip(SWITCH_STAGES, stage_means):
-            ax_sw.barh(row, mean * 1000.0, left=left, color=f"C{SWITCH_STAGES.index(k)}",
-                       label=k if row == 0 else None)
+            ax_sw.barh(
+                row,
+                mean * 1000.0,
+                left=left,
+                color=f"C{SWITCH_STAGES.index(k)}",
+                label=k if row == 0 else None,
+            )
             left += mean * 1000.0
-        lines.append(f"{run.label}: request latency (mean ms over {len(parts)} requests): "
-                     + ", ".join(f"{k} {m * 1000:.2f}" for k, m in zip(BREAKDOWN_PARTS, means)))
-        lines.append(f"{run.label}: model switch (mean ms over {len(switches)} switches): "
-                     + ", ".join(f"{k} {m * 1000:.3f}" for k, m in zip(SWITCH_STAGES, stage_means)))
-    for ax, title in ((ax_req, "Fig. 14(a): request latency breakdown"), (ax_sw, "Fig. 14(b): model switch breakdown")):
+        lines.append(
+            f"{run.label}: request latency (mean ms over {len(parts)} requests): "
+            + ", ".join(f"{k} {m * 1000:.2f}" for k, m in zip(BREAKDOWN_PARTS, means))
+        )
+        lines.append(
+            f"{run.label}: model switch (mean ms over {len(switches)} switches): "
+            + ", ".join(f"{k} {m * 1000:.3f}" for k, m in zip(SWITCH_STAGES, stage_means))
+        )
+    for ax, title in (
+        (ax_req, "Fig. 14(a): request latency breakdown"),
+        (ax_sw, "Fig. 14(b): model switch breakdown"),
+    ):
         ax.set_yticks(range(len(runs)), [r.label for r in runs], fontsize=7)
         ax.set_xlabel("mean time (ms)")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, ncol=4 if ax is ax_req else 2, loc="upper center", bbox_to_anchor=(0.5, -0.3),
-                  frameon=False)
+        ax.legend(
+            fontsize=7,
+            ncol=4 if ax is ax_req else 2,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.3),
+            frameon=False,
+        )
     return _save(fig, out_dir, "fig14-breakdown"), "\n".join(lines)
 
 
@@ -157,7 +189,9 @@ def plot_kvcache_cdf(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], 
             seconds = [s["seconds"] for s in swaps]
             _cdf(ax, seconds, f"{run.label}: {name}" if len(runs) > 1 else name)
             gbps = sum(s["bytes"] for s in swaps) / max(sum(seconds), 1e-12) / 1e9
-            lines.append(f"{run.label}: KV {name} latency {_percentiles(seconds)}; {gbps:.2f} GB/s while copying")
+            lines.append(
+                f"{run.label}: KV {name} latency {_percentiles(seconds)}; {gbps:.2f} GB/s while copying"
+            )
         if len(set(run.trace.get("nodes", {}).values())) > 1:
             lines.append(f"{run.label}: {cross_node_handoffs(run.trace)}")
     _label_cdf(ax, "KV-cache swap latency (ms)", "Fig. 16: KV-cache swap latency")
@@ -169,7 +203,9 @@ def cross_node_handoffs(trace: dict) -> str:
     node_of = trace["nodes"]
     exported = {s["request"]: s["worker"] for s in trace["swaps"] if s["label"] == "export"}
     imported = {s["request"]: s["worker"] for s in trace["swaps"] if s["label"] == "import"}
-    pairs = Counter((node_of[str(exported[r])], node_of[str(imported[r])]) for r in exported if r in imported)
+    pairs = Counter(
+        (node_of[str(exported[r])], node_of[str(imported[r])]) for r in exported if r in imported
+    )
     crossed = sum(n for (src, dst), n in pairs.items() if src != dst)
     routes = ", ".join(f"{src} -> {dst} {n}" for (src, dst), n in sorted(pairs.items()))
     return f"KV handoffs across nodes: {crossed} of {sum(pairs.values())} ({routes})"
@@ -193,13 +229,18 @@ def plot_frag(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], str]:
             label = f"{run.label} w{worker}" if len(runs) > 1 else f"worker {worker}"
             ts = [s["t"] for s in mine]
             ax_frag.plot(ts, [100.0 * fragmentation(s) for s in mine], label=label)
-            ax_used.plot(ts, [100.0 * s["kv_used"] / max(1, s["total"] - s["weight_region"]) for s in mine],
-                         label=label)
+            ax_used.plot(
+                ts,
+                [100.0 * s["kv_used"] / max(1, s["total"] - s["weight_region"]) for s in mine],
+                label=label,
+            )
         busy = [s for s in samples if s["kv_used"] > 0]
         frag = [fragmentation(s) for s in busy]
-        lines.append(f"{run.label}: KV-region fragmentation over {len(busy)} samples with KV in use: "
-                     f"mean {100 * float(np.mean(frag)) if frag else 0:.2f}%, "
-                     f"max {100 * max(frag) if frag else 0:.2f}%")
+        lines.append(
+            f"{run.label}: KV-region fragmentation over {len(busy)} samples with KV in use: "
+            f"mean {100 * float(np.mean(frag)) if frag else 0:.2f}%, "
+            f"max {100 * max(frag) if frag else 0:.2f}%"
+        )
     ax_frag.set_ylabel("fragmented KV region (%)")
     ax_used.set_ylabel("KV region in use (%)")
     for ax in (ax_frag, ax_used):
@@ -210,5 +251,9 @@ def plot_frag(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], str]:
     return _save(fig, out_dir, "frag"), "\n".join(lines)
 
 
-PLOTTERS = {"breakdown": plot_breakdown, "autoscale-cdf": plot_autoscale_cdf, "kvcache-cdf": plot_kvcache_cdf,
-            "frag": plot_frag}
+PLOTTERS = {
+    "breakdown": plot_breakdown,
+    "autoscale-cdf": plot_autoscale_cdf,
+    "kvcache-cdf": plot_kvcache_cdf,
+    "frag": plot_frag,
+}

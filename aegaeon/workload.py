@@ -50,23 +50,35 @@ class WorkloadSpec:
         if self.num_models < 1:
             raise ConfigError(f"--num-models {self.num_models}: need at least 1 model")
         if not self.arrival_rate > 0 or not self.duration > 0:
-            raise ConfigError(f"arrival rate {self.arrival_rate} and duration {self.duration} must be positive")
+            raise ConfigError(
+                f"arrival rate {self.arrival_rate} and duration {self.duration} must be positive"
+            )
         if not self.inlen_scale > 0 or not self.outlen_scale > 0:
-            raise ConfigError(f"length scales {self.inlen_scale}, {self.outlen_scale} must be positive")
+            raise ConfigError(
+                f"length scales {self.inlen_scale}, {self.outlen_scale} must be positive"
+            )
         unknown = sorted(set(self.mix) - set(PAPER_MODELS))
         if unknown:
-            raise ConfigError(f"model mix names unknown models {unknown}; known: {sorted(PAPER_MODELS)}")
+            raise ConfigError(
+                f"model mix names unknown models {unknown}; known: {sorted(PAPER_MODELS)}"
+            )
 
     @property
     def filename(self) -> str:
-        return workload_filename(self.num_models, self.arrival_rate, self.inlen_scale, self.outlen_scale)
+        return workload_filename(
+            self.num_models, self.arrival_rate, self.inlen_scale, self.outlen_scale
+        )
 
 
-def workload_filename(num_models: int, arrival_rate: float, inlen_scale: float, outlen_scale: float) -> str:
+def workload_filename(
+    num_models: int, arrival_rate: float, inlen_scale: float, outlen_scale: float
+) -> str:
     for flag, scale in (("--inlen-scale", inlen_scale), ("--outlen-scale", outlen_scale)):
         if abs(round(scale, 1) - scale) > 1e-9:  # else two workloads would share one file name
-            raise ConfigError(f"{flag} {scale:g}: workload file names keep one decimal (synth-N-R-X-Y.csv); "
-                              f"use a multiple of 0.1")
+            raise ConfigError(
+                f"{flag} {scale:g}: workload file names keep one decimal (synth-N-R-X-Y.csv); "
+                f"use a multiple of 0.1"
+            )
     return f"synth-{num_models}-{arrival_rate:g}-{inlen_scale:.1f}-{outlen_scale:.1f}.csv"
 
 
@@ -75,7 +87,9 @@ def sharegpt_lengths() -> dict[str, np.ndarray]:
     text = resources.files("aegaeon.data").joinpath("sharegpt_lengths.csv").read_text()
     pairs: dict[str, list[tuple[int, int]]] = {}
     for row in csv.DictReader(io.StringIO(text)):
-        pairs.setdefault(row["tokenizer"], []).append((int(row["input_len"]), int(row["output_len"])))
+        pairs.setdefault(row["tokenizer"], []).append(
+            (int(row["input_len"]), int(row["output_len"]))
+        )
     return {name: np.array(rows, dtype=np.int64) for name, rows in pairs.items()}
 
 
@@ -85,7 +99,9 @@ def generate(spec: WorkloadSpec) -> list[RequestSpec]:
     for index in range(spec.num_models):
         model = PAPER_MODELS[spec.mix[index % len(spec.mix)]]
         rng = np.random.default_rng([spec.seed, index])
-        gaps = rng.exponential(1.0 / spec.arrival_rate, size=int(spec.arrival_rate * spec.duration * 2 + 20))
+        gaps = rng.exponential(
+            1.0 / spec.arrival_rate, size=int(spec.arrival_rate * spec.duration * 2 + 20)
+        )
         times = np.cumsum(gaps)
         times = times[times < spec.duration]
         pool = lengths[model.tokenizer]
@@ -148,7 +164,9 @@ def load_workload(path: Path) -> list[RequestSpec]:
                 continue
             requests.append(_parse_row(path, line, row, len(requests)))
             if requests[-1].arrival < last:
-                raise ConfigError(f"{path}:{line}: time {row[0]} is earlier than the line before; sort by time")
+                raise ConfigError(
+                    f"{path}:{line}: time {row[0]} is earlier than the line before; sort by time"
+                )
             last = requests[-1].arrival
     if not requests:
         raise ConfigError(f"workload {path} has no requests")
@@ -164,7 +182,9 @@ def _parse_row(path: Path, line: int, row: list[str], request_id: int) -> Reques
     except ValueError as exc:
         raise ConfigError(f"{path}:{line}: {exc}") from exc
     if input_len < 1 or output_len < 1:
-        raise ConfigError(f"{path}:{line}: lengths must be at least 1, found input {input_len}, output {output_len}")
+        raise ConfigError(
+            f"{path}:{line}: lengths must be at least 1, found input {input_len}, output {output_len}"
+        )
     model = row[1].strip()
     if not model:
         raise ConfigError(f"{path}:{line}: empty model name")

@@ -11,8 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_bringup_dry_run_passes_every_stage_on_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path)}
-    done = subprocess.run(["bash", "benchmarks/gpu/bringup.sh", "--device", "cpu"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu/bringup.sh", "--device", "cpu"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     stages = results["stages"]
     assert done.returncode == 0, {k: v.get("error") for k, v in stages.items() if not v["ok"]}

@@ -43,8 +43,13 @@ def _pairs_per_s(pairs: int, seconds: float) -> float:
     return pairs / max(seconds, 1e-12)
 
 
-def run_alloc_bench(pairs: int = 1_000_000, live: int = 1024, block_bytes: int = 16384,
-                    slab_bytes: int = 2 * 1024 * 1024, num_slabs: int = 256) -> AllocBenchResult:
+def run_alloc_bench(
+    pairs: int = 1_000_000,
+    live: int = 1024,
+    block_bytes: int = 16384,
+    slab_bytes: int = 2 * 1024 * 1024,
+    num_slabs: int = 256,
+) -> AllocBenchResult:
     from aegaeon.native import _C
 
     allocator = _C.SlabAllocator(num_slabs, slab_bytes)
@@ -71,5 +76,9 @@ def run_alloc_bench(pairs: int = 1_000_000, live: int = 1024, block_bytes: int =
         handles[slot] = allocate_fl()
     freelist_s = time.perf_counter() - start
 
-    return AllocBenchResult(pairs, _pairs_per_s(pairs, cpp_s), _pairs_per_s(pairs, binding_s),
-                            _pairs_per_s(pairs, freelist_s))
+    return AllocBenchResult(
+        pairs,
+        _pairs_per_s(pairs, cpp_s),
+        _pairs_per_s(pairs, binding_s),
+        _pairs_per_s(pairs, freelist_s),
+    )

@@ -20,8 +20,12 @@ from aegaeon.serve.node import Node
 
 log = logging.getLogger(__name__)
 
-PROMPTS = ("one pool serves many models", "hot and cold models share the devices", "a switch between two steps",
-           "the quota comes from the slo")
+PROMPTS = (
+    "one pool serves many models",
+    "hot and cold models share the devices",
+    "a switch between two steps",
+    "the quota comes from the slo",
+)
 
 
 @dataclass(frozen=True)
@@ -35,37 +39,60 @@ class ChaosBench:
     rerun: int
     restarts: int
     hostile: int  # bad requests sent during the faults (each must be refused or fail alone)
-    hostile_served: int  # of those, how many the node still answered (refused, failed or served: never hung)
+    hostile_served: (
+        int  # of those, how many the node still answered (refused, failed or served: never hung)
+    )
     back_to_full: bool
     p50_s: tuple[float, float]  # (undisturbed, with faults)
     p99_s: tuple[float, float]
     rss_mib: tuple[float, float]  # the node process at the start and at the end
 
     def render(self) -> str:
-        return "\n".join([
-            f"requests sent:        {self.requests} under faults; {self.kills} workers killed with SIGKILL",
-            f"completed / failed:   {self.completed} / {self.failed}",
-            f"lost / wrong tokens:  {self.lost} / {self.wrong}",
-            f"re-run / restarts:    {self.rerun} / {self.restarts}; back to full strength: {self.back_to_full}",
-            f"hostile requests:     {self.hostile} sent, {self.hostile_served} answered",
-            f"latency p50:          {self.p50_s[0]:.2f} s undisturbed, {self.p50_s[1]:.2f} s with faults",
-            f"latency p99:          {self.p99_s[0]:.2f} s undisturbed, {self.p99_s[1]:.2f} s with faults",
-            f"node RSS:             {self.rss_mib[0]:.0f} MiB at the start, {self.rss_mib[1]:.0f} MiB at the end",
-        ])
+        return "\n".join(
+            [
+                f"requests sent:        {self.requests} under faults; {self.kills} workers killed with SIGKILL",
+                f"completed / failed:   {self.completed} / {self.failed}",
+                f"lost / wrong tokens:  {self.lost} / {self.wrong}",
+                f"re-run / restarts:    {self.rerun} / {self.restarts}; back to full strength: {self.back_to_full}",
+                f"hostile requests:     {self.hostile} sent, {self.hostile_served} answered",
+                f"latency p50:          {self.p50_s[0]:.2f} s undisturbed, {self.p50_s[1]:.2f} s with faults",
+                f"latency p99:          {self.p99_s[0]:.2f} s undisturbed, {self.p99_s[1]:.2f} s with faults",
+                f"node RSS:             {self.rss_mib[0]:.0f} MiB at the start, {self.rss_mib[1]:.0f} MiB at the end",
+            ]
+        )
 
 
-def bench_chaos(models: dict[str, str], requests: int = 48, kills: int = 3, max_tokens: int = 24,
-                instances: int = 5, prefill_instances: int = 2, seed: int = 0, cluster_id: str = "chaos",
-                timeout: float = 180.0) -> ChaosBench:
+def bench_chaos(
+    models: dict[str, str],
+    requests: int = 48,
+    kills: int = 3,
+    max_tokens: int = 24,
+    instances: int = 5,
+    prefill_instances: int = 2,
+    seed: int = 0,
+    cluster_id: str = "chaos",
+    timeout: float = 180.0,
+) -> ChaosBench:
     from tokenizers import Tokenizer
 
     rng = random.Random(seed)
     names = sorted(models)
-    ids = {(m, p): Tokenizer.from_file(str(Path(models[m]) / "tokenizer.json")).encode(p).ids
-           for m in names for p in PROMPTS}
-    work = [(names[i % len(names)], PROMPTS[(i // len(names)) % len(PROMPTS)]) for i in range(requests)]
-    config = NodeConfig(models, num_instances=instances, prefill_instances=prefill_instances, cluster_id=cluster_id,
-                        engine=EngineConfig(kv_bytes=16 * 2**20), host_kv_bytes=32 * 2**20)
+    ids = {
+        (m, p): Tokenizer.from_file(str(Path(models[m]) / "tokenizer.json")).encode(p).ids
+        for m in names
+        for p in PROMPTS
+    }
+    work = [
+        (names[i % len(names)], PROMPTS[(i // len(names)) % len(PROMPTS)]) for i in range(requests)
+    ]
+    config = NodeConfig(
+        models,
+        num_instances=instances,
+        prefill_instances=prefill_instances,
+        cluster_id=cluster_id,
+        engine=EngineConfig(kv_bytes=16 * 2**20),
+        host_kv_bytes=32 * 2**20,
+    )
     with Node(config) as node:
         client = Client(node.proxy, timeout=timeout)
         rss_start = _rss_mib()
@@ -73,10 +100,14 @@ def bench_chaos(models: dict[str, str], requests: int = 48, kills: int = 3, max_
         rerun_before, restarts_before = node.proxy.table.rerun, node.proxy.restarts
         stop = threading.Event()
         killed: list[tuple[int, object]] = []  # (worker id, the process killed)
-        killer = threading.Thread(target=_kill_workers, args=(node, kills, rng, stop, killed), name="chaos-killer")
+        killer = threading.Thread(
+            target=_kill_workers, args=(node, kills, rng, stop, killed), name="chaos-killer"
+        )
         killer.start()
         hostile_sent: list[bool] = []  # one entry per hostile request: answered or not
-        hostile = threading.Thread(target=_send_hostile, args=(client, names, stop, hostile_sent), name="chaos-hostile")
+        hostile = threading.Thread(
+            target=_send_hostile, args=(client, names, stop, hostile_sent), name="chaos-hostile"
+        )
         hostile.start()
         stormy, stormy_latency, rounds = [], [], 0
         # keep the node loaded until every kill has landed, then one whole round more, so that the last lost
@@ -93,24 +124,45 @@ def bench_chaos(models: dict[str, str], requests: int = 48, kills: int = 3, max_
         killer.join()
         hostile.join()
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (_all_replaced(node, killed) and _full_strength(node, instances)):
+        while time.monotonic() < deadline and not (
+            _all_replaced(node, killed) and _full_strength(node, instances)
+        ):
             time.sleep(0.2)
         back = _all_replaced(node, killed) and _full_strength(node, instances)
-        rerun, restarts = node.proxy.table.rerun - rerun_before, node.proxy.restarts - restarts_before
+        rerun, restarts = (
+            node.proxy.table.rerun - rerun_before,
+            node.proxy.restarts - restarts_before,
+        )
         rss_end = _rss_mib()
     failed = sum(r is not None and r.error is not None for r in stormy)
     lost = sum(r is None for r in stormy)
     expected = calm * rounds
-    wrong = sum(r is not None and r.error is None and c is not None and r.token_ids != c.token_ids
-                for r, c in zip(stormy, expected))
+    wrong = sum(
+        r is not None and r.error is None and c is not None and r.token_ids != c.token_ids
+        for r, c in zip(stormy, expected)
+    )
     completed = sum(r is not None and r.error is None for r in stormy)
-    return ChaosBench(len(stormy), len(killed), completed, failed, lost, wrong, rerun, restarts,
-                      len(hostile_sent), sum(hostile_sent), back,
-                      (_pct(calm_latency, 50), _pct(stormy_latency, 50)),
-                      (_pct(calm_latency, 99), _pct(stormy_latency, 99)), (rss_start, rss_end))
+    return ChaosBench(
+        len(stormy),
+        len(killed),
+        completed,
+        failed,
+        lost,
+        wrong,
+        rerun,
+        restarts,
+        len(hostile_sent),
+        sum(hostile_sent),
+        back,
+        (_pct(calm_latency, 50), _pct(stormy_latency, 50)),
+        (_pct(calm_latency, 99), _pct(stormy_latency, 99)),
+        (rss_start, rss_end),
+    )
 
 
-def _serve(client: Client, work, ids, max_tokens: int) -> tuple[list[Completion | None], list[float]]:
+def _serve(
+    client: Client, work, ids, max_tokens: int
+) -> tuple[list[Completion | None], list[float]]:
     began = time.time()
     states = [client.submit(m, ids[(m, p)], max_tokens) for m, p in work]
     results: list[Completion | None] = []
@@ -129,14 +181,20 @@ def _serve(client: Client, work, ids, max_tokens: int) -> tuple[list[Completion 
 
 # What a careless or hostile client sends: token ids outside the vocabulary, sampling at the edges of float32,
 # more tokens than any context, an unknown model.
-HOSTILE = ({"prompt_ids": [10**9], "max_tokens": 4}, {"prompt_ids": [-1, 2], "max_tokens": 4},
-           {"prompt_ids": [1, 2], "max_tokens": 4, "temperature": 1.0, "top_p": 1e-300},
-           {"prompt_ids": [1, 2], "max_tokens": 4, "temperature": 1e-300},
-           {"prompt_ids": [1, 2], "max_tokens": 4, "temperature": 1e30, "seed": 2**64 - 1},
-           {"prompt_ids": [1] * 3000, "max_tokens": 10**6}, {"prompt_ids": [1, 2], "max_tokens": 4, "model": "nope"})
+HOSTILE = (
+    {"prompt_ids": [10**9], "max_tokens": 4},
+    {"prompt_ids": [-1, 2], "max_tokens": 4},
+    {"prompt_ids": [1, 2], "max_tokens": 4, "temperature": 1.0, "top_p": 1e-300},
+    {"prompt_ids": [1, 2], "max_tokens": 4, "temperature": 1e-300},
+    {"prompt_ids": [1, 2], "max_tokens": 4, "temperature": 1e30, "seed": 2**64 - 1},
+    {"prompt_ids": [1] * 3000, "max_tokens": 10**6},
+    {"prompt_ids": [1, 2], "max_tokens": 4, "model": "nope"},
+)
 
 
-def _send_hostile(client: Client, names: list[str], stop: threading.Event, answered: list[bool]) -> None:
+def _send_hostile(
+    client: Client, names: list[str], stop: threading.Event, answered: list[bool]
+) -> None:
     from aegaeon.errors import RequestError
 
     index = 0
@@ -154,11 +212,15 @@ def _send_hostile(client: Client, names: list[str], stop: threading.Event, answe
             answered.append(done is not None)
 
 
-def _kill_workers(node: Node, kills: int, rng: random.Random, stop: threading.Event, killed: list[int]) -> None:
+def _kill_workers(
+    node: Node, kills: int, rng: random.Random, stop: threading.Event, killed: list[int]
+) -> None:
     for _ in range(kills):
         if stop.wait(rng.uniform(0.2, 0.8)):
             return
-        busy = {wid for r in node.proxy.requests.values() for wid in (r.prefill_worker, r.decode_worker)}
+        busy = {
+            wid for r in node.proxy.requests.values() for wid in (r.prefill_worker, r.decode_worker)
+        }
         alive = [wid for wid, proc in enumerate(node.processes) if proc.is_alive()]
         alive = [wid for wid in alive if wid in busy] or alive  # rather one that holds work
         if not alive:
@@ -194,4 +256,6 @@ def _pct(values: list[float], q: int) -> float:
         return 0.0
     if len(values) == 1:
         return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if q < 100 else max(values)
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1] if q < 100 else max(values)
+    )

@@ -18,7 +18,9 @@ from aegaeon.serve.detok import IncrementalText
 class DetokResult:
     tokens: int
     repeats: int
-    full_decode_s: tuple[float, ...]  # one run each: the whole output decoded again after every token
+    full_decode_s: tuple[
+        float, ...
+    ]  # one run each: the whole output decoded again after every token
     incremental_s: tuple[float, ...]
     same_text: bool
 

@@ -23,26 +23,50 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aegaeon.client import Client
-from aegaeon.config.serving import EngineConfig
-from aegaeon.errors import ConfigError
 from aegaeon.config.link import LinkConfig
+from aegaeon.config.serving import EngineConfig, NodeConfig
+from aegaeon.errors import ConfigError
 from aegaeon.models.maker import config_for, make_model
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO
 from aegaeon.serve.node import Node
-from aegaeon.config.serving import NodeConfig
 from aegaeon.sim.runner import RunLabel, result_record
 from aegaeon.sim.sweep import ensure_workload
 
 log = logging.getLogger(__name__)
 
 MARKET_SHAPES = (
-    config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512, max_position=4096),
-    config_for("qwen2", layers=3, hidden=96, heads=6, kv_heads=2, intermediate=192, vocab=640, max_position=4096),
+    config_for(
+        "llama",
+        layers=2,
+        hidden=64,
+        heads=4,
+        kv_heads=2,
+        intermediate=128,
+        vocab=512,
+        max_position=4096,
+    ),
+    config_for(
+        "qwen2",
+        layers=3,
+        hidden=96,
+        heads=6,
+        kv_heads=2,
+        intermediate=192,
+        vocab=640,
+        max_position=4096,
+    ),
 )
 PROMPT_VOCAB = 500  # token ids below both market vocabularies
-BREAKDOWN_PARTS = ("queue", "prefill_switch", "prefill_compute", "handoff", "decode_switch", "decode_compute",
-                   "decode_wait")
+BREAKDOWN_PARTS = (
+    "queue",
+    "prefill_switch",
+    "prefill_compute",
+    "handoff",
+    "decode_switch",
+    "decode_compute",
+    "decode_wait",
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +90,9 @@ class E2ERun:
 
     def validate(self) -> None:
         if self.num_models < 1 or self.arrival_rate <= 0 or self.duration <= 0 or self.nnodes < 1:
-            raise ConfigError("--num-models, --arrival-rate, --duration and --nnodes must be positive")
+            raise ConfigError(
+                "--num-models, --arrival-rate, --duration and --nnodes must be positive"
+            )
 
 
 def market_models(num_models: int, root: Path) -> dict[str, str]:
@@ -84,21 +110,37 @@ def load_requests(run: E2ERun, workloads_dir: Path) -> list[RequestSpec]:
     """The run's workload (generated into `workloads_dir` if missing), cut at `duration`, lengths within context."""
     requests, _ = ensure_workload(run.label, workloads_dir, run.duration, run.seed)
     limit = (MARKET_SHAPES[0].max_position - 1) // 2
-    requests = [RequestSpec(r.request_id, r.model, r.arrival, min(r.input_len, limit), min(r.output_len, limit))
-                for r in requests if r.arrival < run.duration]
-    missing = sorted({r.model for r in requests} - {f"synth_model_{i:02d}" for i in range(run.num_models)})
+    requests = [
+        RequestSpec(
+            r.request_id, r.model, r.arrival, min(r.input_len, limit), min(r.output_len, limit)
+        )
+        for r in requests
+        if r.arrival < run.duration
+    ]
+    missing = sorted(
+        {r.model for r in requests} - {f"synth_model_{i:02d}" for i in range(run.num_models)}
+    )
     if missing:
-        raise ConfigError(f"the workload names models outside synth_model_00..{run.num_models - 1:02d}: {missing[:3]}")
+        raise ConfigError(
+            f"the workload names models outside synth_model_00..{run.num_models - 1:02d}: {missing[:3]}"
+        )
     if not requests:
         raise ConfigError(f"no request arrives within --duration {run.duration} s: raise it")
     return requests
 
 
 def node_config(run: E2ERun, models: dict[str, str], **link: object) -> NodeConfig:
-    return NodeConfig(models, run.instances, run.prefill_instances, cluster_id=f"e2e{run.seed}",
-                      engine=EngineConfig(kv_bytes=32 * 2**20, link_gbps=run.link_gbps), host_kv_bytes=128 * 2**20,
-                      policy=run.policy,
-                      slo=run.slo, **link)
+    return NodeConfig(
+        models,
+        run.instances,
+        run.prefill_instances,
+        cluster_id=f"e2e{run.seed}",
+        engine=EngineConfig(kv_bytes=32 * 2**20, link_gbps=run.link_gbps),
+        host_kv_bytes=128 * 2**20,
+        policy=run.policy,
+        slo=run.slo,
+        **link,
+    )
 
 
 @contextmanager
@@ -110,15 +152,33 @@ def launch_cluster(run: E2ERun, models: dict[str, str]) -> Iterator[Node]:
             yield node
         return
     token = secrets.token_hex(16)
-    head = Node(node_config(run, models, link_role="head", link_address="127.0.0.1:0", link=LinkConfig(token),
-                            node_name="head"))
+    head = Node(
+        node_config(
+            run,
+            models,
+            link_role="head",
+            link_address="127.0.0.1:0",
+            link=LinkConfig(token),
+            node_name="head",
+        )
+    )
     nodes = [head]
     try:
         head.start()
         for index in range(1, run.nnodes):
-            joined = Node(replace(node_config(run, models, link_role="join", link_address=f"127.0.0.1:{head.link.port}",
-                                              link=LinkConfig(token), node_name=f"node{index}"),
-                                  cluster_id=f"e2e{run.seed}n{index}"))
+            joined = Node(
+                replace(
+                    node_config(
+                        run,
+                        models,
+                        link_role="join",
+                        link_address=f"127.0.0.1:{head.link.port}",
+                        link=LinkConfig(token),
+                        node_name=f"node{index}",
+                    ),
+                    cluster_id=f"e2e{run.seed}n{index}",
+                )
+            )
             nodes.append(joined)
             joined.start()
         yield head
@@ -127,8 +187,12 @@ def launch_cluster(run: E2ERun, models: dict[str, str]) -> Iterator[Node]:
             node.stop()
 
 
-def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
-            progress: Callable[[int, int], None] | None = None) -> dict:
+def run_e2e(
+    run: E2ERun,
+    models_root: Path,
+    workloads_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     run.validate()
     requests = load_requests(run, workloads_dir)
     states = [RequestState(spec) for spec in requests]
@@ -140,10 +204,24 @@ def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
             thread.join()
         events = node.proxy.telemetry.events(since=start)
         nodes = {str(link.worker_id): link.node for link in node.proxy.links.values()}
-    extra = {"instances": run.instances, "prefill_instances": run.prefill_instances, "nnodes": run.nnodes,
-             "device": "cpu", "seed": run.seed, "link_gbps": run.link_gbps}
-    result = result_record(run.policy, run.label, states, run.slo, run.duration, run.instances * run.nnodes, extra,
-                           source="live")
+    extra = {
+        "instances": run.instances,
+        "prefill_instances": run.prefill_instances,
+        "nnodes": run.nnodes,
+        "device": "cpu",
+        "seed": run.seed,
+        "link_gbps": run.link_gbps,
+    }
+    result = result_record(
+        run.policy,
+        run.label,
+        states,
+        run.slo,
+        run.duration,
+        run.instances * run.nnodes,
+        extra,
+        source="live",
+    )
     by_proxy_id = {proxy_ids[i]: i for i in range(len(states))}
     breakdowns = request_breakdowns(states, proxy_ids, events, start)
     for record, breakdown in zip(result["requests"], breakdowns):
@@ -151,8 +229,11 @@ def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
     result["trace"] = {
         "start": start,
         "switches": [_relative(e, start) for e in events if e["kind"] == "switch"],
-        "swaps": [{**_relative(e, start), "request": by_proxy_id.get(e["request_id"])}
-                  for e in events if e["kind"] == "swap"],
+        "swaps": [
+            {**_relative(e, start), "request": by_proxy_id.get(e["request_id"])}
+            for e in events
+            if e["kind"] == "swap"
+        ],
         "memory": [_relative(e, start) for e in events if e["kind"] == "memory"],
         "quanta": [_relative(e, start) for e in events if e["kind"] == "quantum"],
         "nodes": nodes,  # worker id -> the node it ran on ("local": the head)
@@ -161,12 +242,20 @@ def run_e2e(run: E2ERun, models_root: Path, workloads_dir: Path,
 
 
 def _relative(event: dict, start: float) -> dict:
-    return {"t": event["time"] - start, "worker": event["worker_id"], "model": event["model"],
-            "seconds": event["seconds"], "bytes": event["nbytes"], "label": event["label"], **event["detail"]}
+    return {
+        "t": event["time"] - start,
+        "worker": event["worker_id"],
+        "model": event["model"],
+        "seconds": event["seconds"],
+        "bytes": event["nbytes"],
+        "label": event["label"],
+        **event["detail"],
+    }
 
 
-def request_breakdowns(states: list[RequestState], proxy_ids: list[int], events: list[dict],
-                       start: float) -> list[dict[str, float] | None]:
+def request_breakdowns(
+    states: list[RequestState], proxy_ids: list[int], events: list[dict], start: float
+) -> list[dict[str, float] | None]:
     """Where each finished request's latency went (seconds; the parts sum to finish - arrival).
 
     queue: arrival to its prefill group's start; prefill_switch / prefill_compute: the group's model switch, and
@@ -183,7 +272,10 @@ def request_breakdowns(states: list[RequestState], proxy_ids: list[int], events:
             out.append(None)
             continue
         arrival = start + state.spec.arrival
-        first, last = start + state.token_times[0], start + state.token_times[state.spec.output_len - 1]
+        first, last = (
+            start + state.token_times[0],
+            start + state.token_times[state.spec.output_len - 1],
+        )
         group_start = p["detail"]["start"]
         parts = {"queue": group_start - arrival, "prefill_switch": p["detail"]["switch"]}
         parts["prefill_compute"] = first - group_start - parts["prefill_switch"]
@@ -194,13 +286,19 @@ def request_breakdowns(states: list[RequestState], proxy_ids: list[int], events:
             parts["handoff"] = admitted - first
             parts["decode_switch"] = d["detail"]["switch"]
             parts["decode_compute"] = d["detail"]["compute"]
-            parts["decode_wait"] = last - admitted - parts["decode_switch"] - parts["decode_compute"]
+            parts["decode_wait"] = (
+                last - admitted - parts["decode_switch"] - parts["decode_compute"]
+            )
         out.append(parts)
     return out
 
 
-def _replay(client: Client, states: list[RequestState], start: float,
-            progress: Callable[[int, int], None] | None) -> tuple[list[int], list[threading.Thread]]:
+def _replay(
+    client: Client,
+    states: list[RequestState],
+    start: float,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[int], list[threading.Thread]]:
     rng = random.Random(0)
     threads, proxy_ids, done = [], [], [0]
     lock = threading.Lock()

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aegaeon.client import Client
-from aegaeon.config.serving import ApiConfig, EngineConfig
+from aegaeon.config.serving import ApiConfig, EngineConfig, NodeConfig
 from aegaeon.serve.node import Node
-from aegaeon.config.serving import NodeConfig
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,13 @@ class HttpBench:
         return self.inprocess.requests_per_s / self.http.requests_per_s
 
 
-def bench_http(models: dict[str, str], requests: int = 64, concurrency: int = 8, max_tokens: int = 32,
-               prompt: str = "the model serves many requests from one pool") -> HttpBench:
+def bench_http(
+    models: dict[str, str],
+    requests: int = 64,
+    concurrency: int = 8,
+    max_tokens: int = 32,
+    prompt: str = "the model serves many requests from one pool",
+) -> HttpBench:
     import socket
 
     import uvicorn
@@ -47,15 +51,23 @@ def bench_http(models: dict[str, str], requests: int = 64, concurrency: int = 8,
     from aegaeon.serve.openai_api import create_app
     from aegaeon.serve.server import uvicorn_config
 
-    config = NodeConfig(models, num_instances=3, prefill_instances=1, cluster_id="benchhttp",
-                        engine=EngineConfig(kv_bytes=32 * 2**20))
+    config = NodeConfig(
+        models,
+        num_instances=3,
+        prefill_instances=1,
+        cluster_id="benchhttp",
+        engine=EngineConfig(kv_bytes=32 * 2**20),
+    )
     with Node(config) as node:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         api = ApiConfig(port=port, max_body_bytes=64 * 2**20)
-        server = uvicorn.Server(uvicorn_config(create_app(node.proxy, {k: Path(v) for k, v in models.items()}, api),
-                                               api))
+        server = uvicorn.Server(
+            uvicorn_config(
+                create_app(node.proxy, {k: Path(v) for k, v in models.items()}, api), api
+            )
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
@@ -70,22 +82,29 @@ def bench_http(models: dict[str, str], requests: int = 64, concurrency: int = 8,
             http = pool.apply(_http_load, (url, names, prompt, max_tokens, requests, concurrency))
         client = Client(node.proxy)
         ids = {name: _prompt_ids(path, prompt) for name, path in models.items()}
-        inprocess = _closed_loop(lambda i: _client_request(client, names[i % len(names)], ids, max_tokens), requests,
-                                 concurrency)
+        inprocess = _closed_loop(
+            lambda i: _client_request(client, names[i % len(names)], ids, max_tokens),
+            requests,
+            concurrency,
+        )
         server.should_exit = True
         thread.join(timeout=10)
     return HttpBench(requests, concurrency, max_tokens, http, inprocess)
 
 
-def _http_load(url: str, names: list[str], prompt: str, max_tokens: int, requests: int,
-               concurrency: int) -> PathFigures:
+def _http_load(
+    url: str, names: list[str], prompt: str, max_tokens: int, requests: int, concurrency: int
+) -> PathFigures:
     import httpx
 
     # One pooled client, as a real client keeps: a new httpx client per request would load its TLS CA
     # bundle every time (tens of ms) and that would be measured as "HTTP overhead".
     with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as http:
-        return _closed_loop(lambda i: _http_request(http, url, names[i % len(names)], prompt, max_tokens),
-                            requests, concurrency)
+        return _closed_loop(
+            lambda i: _http_request(http, url, names[i % len(names)], prompt, max_tokens),
+            requests,
+            concurrency,
+        )
 
 
 def _prompt_ids(path: str, prompt: str) -> list[int]:
@@ -95,16 +114,28 @@ def _prompt_ids(path: str, prompt: str) -> list[int]:
 
 
 def _http_request(http, url: str, model: str, prompt: str, max_tokens: int) -> list[float]:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
     times = [time.perf_counter()]
     with http.stream("POST", url, json=body) as response:
         for line in response.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:])["choices"][0]["text"]:
+            if (
+                line.startswith("data: ")
+                and line != "data: [DONE]"
+                and json.loads(line[6:])["choices"][0]["text"]
+            ):
                 times.append(time.perf_counter())
     return times
 
 
-def _client_request(client: Client, model: str, ids: dict[str, list[int]], max_tokens: int) -> list[float]:
+def _client_request(
+    client: Client, model: str, ids: dict[str, list[int]], max_tokens: int
+) -> list[float]:
     times = [time.perf_counter()]
     for _token in client.stream(client.submit(model, ids[model], max_tokens)):
         times.append(time.perf_counter())
@@ -136,8 +167,13 @@ def _closed_loop(request, total: int, concurrency: int) -> PathFigures:
     elapsed = time.perf_counter() - start
     ttft = [r[1] - r[0] for r in results if len(r) > 1]
     tpot = [(r[-1] - r[1]) / (len(r) - 2) for r in results if len(r) > 2]
-    return PathFigures(total / elapsed, percentile(ttft, 50), percentile(ttft, 99), percentile(tpot, 50),
-                       percentile(tpot, 99))
+    return PathFigures(
+        total / elapsed,
+        percentile(ttft, 50),
+        percentile(ttft, 99),
+        percentile(tpot, 50),
+        percentile(tpot, 99),
+    )
 
 
 def percentile(values: list[float], p: int) -> float:

@@ -59,8 +59,14 @@ def bench_ipc(round_trips: int = 20000, warmup: int = 1000) -> IpcBench:
     echo.start()
     pipe_times = _measure(lambda: (parent.send_bytes(payload), parent.recv_bytes()), total)[warmup:]
     echo.join()
-    return IpcBench(round_trips, len(payload), _us(statistics.median(ring_times)), _us(_p99(ring_times)),
-                    _us(statistics.median(pipe_times)), _us(_p99(pipe_times)))
+    return IpcBench(
+        round_trips,
+        len(payload),
+        _us(statistics.median(ring_times)),
+        _us(_p99(ring_times)),
+        _us(statistics.median(pipe_times)),
+        _us(_p99(pipe_times)),
+    )
 
 
 def _measure(round_trip, count: int) -> list[float]:

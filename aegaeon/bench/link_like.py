@@ -61,19 +61,27 @@ class LinkLike:
         return SLO(self.regime.slo.ttft * scale, self.regime.slo.tpot * scale)
 
     def describe(self) -> str:
-        return (f"like {self.regime.device}: a switch costs {self.regime.switch_per_step:.1f} decode steps and the "
-                f"TPOT SLO spans {self.regime.tpot_per_step:.1f} (reference step {self.regime.step_s * 1e3:.2f} ms, "
-                f"switch {self.regime.switch_s * 1e3:.0f} ms); CPU step {self.cpu_step_s * 1e3:.2f} ms, mean "
-                f"weights {self.cpu_weight_bytes / 2**20:.2f} MiB -> link {self.gbps:.4g} GB/s, SLO TTFT "
-                f"{self.slo.ttft:.3g} s / TPOT {self.slo.tpot:.3g} s")
+        return (
+            f"like {self.regime.device}: a switch costs {self.regime.switch_per_step:.1f} decode steps and the "
+            f"TPOT SLO spans {self.regime.tpot_per_step:.1f} (reference step {self.regime.step_s * 1e3:.2f} ms, "
+            f"switch {self.regime.switch_s * 1e3:.0f} ms); CPU step {self.cpu_step_s * 1e3:.2f} ms, mean "
+            f"weights {self.cpu_weight_bytes / 2**20:.2f} MiB -> link {self.gbps:.4g} GB/s, SLO TTFT "
+            f"{self.slo.ttft:.3g} s / TPOT {self.slo.tpot:.3g} s"
+        )
 
 
-def reference_regime(device: str = "H100", slo: SLO | None = None, root: Path | None = None) -> Regime:
+def reference_regime(
+    device: str = "H100", slo: SLO | None = None, root: Path | None = None
+) -> Regime:
     from aegaeon.profiles import load_device_profiles
 
     costs, link = load_device_profiles(device, root)
-    steps = [c.decode_time(REFERENCE_BATCH, REFERENCE_BATCH * REFERENCE_CONTEXT) for c in costs.values()]
-    switches = [c.weight_bytes / (link.h2d_bandwidth * link.fast_switch_efficiency) for c in costs.values()]
+    steps = [
+        c.decode_time(REFERENCE_BATCH, REFERENCE_BATCH * REFERENCE_CONTEXT) for c in costs.values()
+    ]
+    switches = [
+        c.weight_bytes / (link.h2d_bandwidth * link.fast_switch_efficiency) for c in costs.values()
+    ]
     return Regime(device, mean(steps), mean(switches), slo or SLO())
 
 
@@ -90,7 +98,9 @@ def measure_cpu_market(models: dict[str, str], threads: int = 1) -> tuple[float,
     torch.set_num_threads(threads)
     try:
         with StepExecutor(models, EngineConfig(kv_bytes=32 * 2**20)) as engine:
-            sizes = {name: entry.weights.total_bytes for name, entry in engine.runner.entries.items()}
+            sizes = {
+                name: entry.weights.total_bytes for name, entry in engine.runner.entries.items()
+            }
             steps = []
             for name in _one_per_size(sizes):
                 engine.host_cache.wait(name)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BENCH_CONFIG = dict(arch="llama", layers=4, hidden=512, heads=8, kv_heads=4, intermediate=1408, vocab=8192)
+BENCH_CONFIG = dict(
+    arch="llama", layers=4, hidden=512, heads=8, kv_heads=4, intermediate=1408, vocab=8192
+)
 
 
 def default_bench_model(root: Path) -> Path:

@@ -36,19 +36,28 @@ class _FlatCost:
 class SchedBench:
     prefill_decisions_per_s: float  # a request placed by grouped FCFS (and its group later popped)
     decode_rounds_per_s: float  # regroup + quotas for one decode instance
-    dispatcher_decisions_per_s: float  # the same placements through PrefillDispatcher (what proxy and sim run)
+    dispatcher_decisions_per_s: (
+        float  # the same placements through PrefillDispatcher (what proxy and sim run)
+    )
     policy_rounds_per_s: float  # a round started and its turns handed out by WeightedRoundRobin
     requests_per_round: int
     models: int
 
 
-def bench_sched(requests: int = 20000, models: int = 64, instances: int = 4, round_requests: int = 64,
-                rounds: int = 2000) -> SchedBench:
+def bench_sched(
+    requests: int = 20000,
+    models: int = 64,
+    instances: int = 4,
+    round_requests: int = 64,
+    rounds: int = 2000,
+) -> SchedBench:
     rng = random.Random(0)
     cost = _FlatCost()
     grouped = GroupedFCFS(instances)
-    specs = [RequestSpec(i, f"m{rng.randrange(models)}", i * 0.01, rng.randrange(16, 2048), 128)
-             for i in range(requests)]
+    specs = [
+        RequestSpec(i, f"m{rng.randrange(models)}", i * 0.01, rng.randrange(16, 2048), 128)
+        for i in range(requests)
+    ]
     busy, loaded = [0.0] * instances, [None] * instances
     start = time.perf_counter()
     for spec in specs:
@@ -57,7 +66,10 @@ def bench_sched(requests: int = 20000, models: int = 64, instances: int = 4, rou
             for i in range(instances):
                 grouped.next_group(i)
     prefill_rate = requests / (time.perf_counter() - start)
-    candidates = [DecodeCandidate(i, f"m{rng.randrange(8)}", rng.randrange(64, 4096)) for i in range(round_requests)]
+    candidates = [
+        DecodeCandidate(i, f"m{rng.randrange(8)}", rng.randrange(64, 4096))
+        for i in range(round_requests)
+    ]
     start = time.perf_counter()
     for _ in range(rounds):
         batches, _ = form_batches(candidates, cost, 1 << 40)
@@ -78,4 +90,6 @@ def bench_sched(requests: int = 20000, models: int = 64, instances: int = 4, rou
             policy.next_turn(candidates)
         policy.next_turn(candidates)
     policy_rate = rounds / (time.perf_counter() - start)
-    return SchedBench(prefill_rate, decode_rate, dispatcher_rate, policy_rate, round_requests, models)
+    return SchedBench(
+        prefill_rate, decode_rate, dispatcher_rate, policy_rate, round_requests, models
+    )

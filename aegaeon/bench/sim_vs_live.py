@@ -40,13 +40,13 @@ import numpy as np
 import torch
 
 from aegaeon.bench.e2e import E2ERun, load_requests, market_models, node_config, run_e2e
-from aegaeon.worker.spec import default_threads
+from aegaeon.config.sim import SimConfig
 from aegaeon.profiler import ProfileRequest, measure_profile
 from aegaeon.profiles import load_profile, write_profile
 from aegaeon.sched.cost import LinkCost, ModelCost, TableCostModel
 from aegaeon.sched.request import RequestSpec
-from aegaeon.config.sim import SimConfig
 from aegaeon.sim.runner import result_record, simulate
+from aegaeon.worker.spec import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,23 @@ class DecodeCalibration:
     per_sequence: float = 0.0
 
     def describe(self) -> str:
-        return (f"{self.scale:.2f} x profile + {self.per_step * 1e3:.3f} ms + {self.per_sequence * 1e3:.3f} ms "
-                f"x batch")
+        return (
+            f"{self.scale:.2f} x profile + {self.per_step * 1e3:.3f} ms + {self.per_sequence * 1e3:.3f} ms "
+            f"x batch"
+        )
 
     def apply(self, cost: ModelCost) -> ModelCost:
         """The same terms in the profile's own form (constant, context and batch coefficients)."""
         dense = cost.decode_features(0, 0)[0]
         constant, context, batch = (c * self.scale for c in cost.decode_coefficients)
-        return replace(cost, decode_coefficients=(constant + self.per_step / dense, context,
-                                                  batch + self.per_sequence / dense))
+        return replace(
+            cost,
+            decode_coefficients=(
+                constant + self.per_step / dense,
+                context,
+                batch + self.per_sequence / dense,
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,9 @@ class MarketProfile:
     device: str  # their folder under profiles/
 
     def cost_model(self, calibration: DecodeCalibration = DecodeCalibration()) -> TableCostModel:
-        return TableCostModel({name: calibration.apply(cost) for name, cost in self.costs.items()}, self.link)
+        return TableCostModel(
+            {name: calibration.apply(cost) for name, cost in self.costs.items()}, self.link
+        )
 
 
 def _quanta(live: dict, market: MarketProfile) -> list[tuple[float, float, float, int]]:
@@ -114,7 +124,9 @@ def _quanta(live: dict, market: MarketProfile) -> list[tuple[float, float, float
         if cost is None:
             continue
         profiled = cost.decode_time(max(1, round(quantum["batch"])), round(quantum["context"]))
-        rows.append((profiled, quantum["batch"], quantum["wall"] / quantum["steps"], quantum["steps"]))
+        rows.append(
+            (profiled, quantum["batch"], quantum["wall"] / quantum["steps"], quantum["steps"])
+        )
     return rows
 
 
@@ -122,7 +134,9 @@ def decode_scale(live: dict, market: MarketProfile) -> float:
     """Serving / profiled decode step time over a live run's decode quanta (1.0 when it has none)."""
     rows = _quanta(live, market)
     predicted = sum(profiled * steps for profiled, _, _, steps in rows)
-    return sum(serving * steps for _, _, serving, steps in rows) / predicted if predicted > 0 else 1.0
+    return (
+        sum(serving * steps for _, _, serving, steps in rows) / predicted if predicted > 0 else 1.0
+    )
 
 
 def fit_calibration(lives: list[dict], market: MarketProfile) -> DecodeCalibration:
@@ -149,9 +163,14 @@ def fit_calibration(lives: list[dict], market: MarketProfile) -> DecodeCalibrati
     return DecodeCalibration(**fit(("scale",)))
 
 
-def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
-                   progress: Callable[[str], None] | None = None, input_lens: tuple[int, ...] = PROFILE_INPUT_LENS,
-                   batches: tuple[int, ...] = PROFILE_BATCHES) -> MarketProfile:
+def profile_market(
+    run: E2ERun,
+    models_root: Path,
+    profiles_root: Path,
+    progress: Callable[[str], None] | None = None,
+    input_lens: tuple[int, ...] = PROFILE_INPUT_LENS,
+    batches: tuple[int, ...] = PROFILE_BATCHES,
+) -> MarketProfile:
     """Profiles one model of each market shape, with as many threads as a live worker has."""
     models = market_models(run.num_models, models_root)
     threads = default_threads(run.instances)
@@ -166,8 +185,16 @@ def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
             name = f"market-shape{shape}"
             if progress:
                 progress(f"profiling {name} on {device_name}")
-            request = ProfileRequest(Path(models[f"synth_model_{shape:02d}"]), name, "cpu", device_name,
-                                     input_lens, batches, PROFILE_DECODE_STEPS, PROFILE_REPEATS)
+            request = ProfileRequest(
+                Path(models[f"synth_model_{shape:02d}"]),
+                name,
+                "cpu",
+                device_name,
+                input_lens,
+                batches,
+                PROFILE_DECODE_STEPS,
+                PROFILE_REPEATS,
+            )
             path = write_profile(measure_profile(request), profiles_root)
             by_shape[shape] = load_profile(path)
             paths.append(str(path))
@@ -179,12 +206,22 @@ def profile_market(run: E2ERun, models_root: Path, profiles_root: Path,
 
 def emulated_link(measured: LinkCost, gbps: float) -> LinkCost:
     """The link a node paced at `gbps` has: every copy at exactly that rate (aegaeon.device_link)."""
-    return replace(measured, h2d_bandwidth=gbps * 1e9, switch_efficiency=1.0, swap_efficiency=1.0,
-                   fast_switch_efficiency=1.0)
+    return replace(
+        measured,
+        h2d_bandwidth=gbps * 1e9,
+        switch_efficiency=1.0,
+        swap_efficiency=1.0,
+        fast_switch_efficiency=1.0,
+    )
 
 
-def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketProfile,
-                       calibration: DecodeCalibration = DecodeCalibration(), source: str = "sim-cpu") -> dict:
+def simulate_like_live(
+    run: E2ERun,
+    requests: list[RequestSpec],
+    market: MarketProfile,
+    calibration: DecodeCalibration = DecodeCalibration(),
+    source: str = "sim-cpu",
+) -> dict:
     """The simulator's prediction for `run`, on a system shaped like the live node, with calibrated decode costs."""
     if run.link_gbps:
         market = replace(market, link=emulated_link(market.link, run.link_gbps))
@@ -192,17 +229,36 @@ def simulate_like_live(run: E2ERun, requests: list[RequestSpec], market: MarketP
     node = node_config(run, {})
     largest = max(c.weight_bytes for c in market.costs.values())
     # the live decode workers' arena (largest weights + KV), batch cap and quota cap
-    config = SimConfig(num_gpus=run.instances, device_memory_bytes=largest + node.engine.kv_bytes,
-                       prefill_instances=run.prefill_instances, max_batch=node.max_batch, max_quota=node.max_quota)
+    config = SimConfig(
+        num_gpus=run.instances,
+        device_memory_bytes=largest + node.engine.kv_bytes,
+        prefill_instances=run.prefill_instances,
+        max_batch=node.max_batch,
+        max_quota=node.max_quota,
+    )
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
-    extra = {**extra, "instances": run.instances, "prefill_instances": run.prefill_instances, "device": "cpu",
-             "profiles": list(market.paths), "decode_calibration": asdict(calibration),
-             "link_gbps": run.link_gbps}
-    return result_record("aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source)
+    extra = {
+        **extra,
+        "instances": run.instances,
+        "prefill_instances": run.prefill_instances,
+        "device": "cpu",
+        "profiles": list(market.paths),
+        "decode_calibration": asdict(calibration),
+        "link_gbps": run.link_gbps,
+    }
+    return result_record(
+        "aegaeon", run.label, states, run.slo, run.duration, run.instances, extra, source=source
+    )
 
 
-def calibration_runs(run: E2ERun, rates: list[float], models_root: Path, workloads_dir: Path, runs: int,
-                     progress: ProgressFactory) -> list[dict]:
+def calibration_runs(
+    run: E2ERun,
+    rates: list[float],
+    models_root: Path,
+    workloads_dir: Path,
+    runs: int,
+    progress: ProgressFactory,
+) -> list[dict]:
     """`runs` extra live runs of `run`'s shape for the calibration alone, at `rates` in turn (highest first).
 
     Their workloads have seeds of their own (from CALIBRATION_SEED_OFFSET on).
@@ -212,19 +268,35 @@ def calibration_runs(run: E2ERun, rates: list[float], models_root: Path, workloa
     for index in range(runs):
         seed, rate = run.seed + CALIBRATION_SEED_OFFSET + index, order[index % len(order)]
         with progress(f"calibration at rate {rate:g} (seed {seed})") as advance:
-            lives.append(run_e2e(replace(run, policy="aegaeon", seed=seed, arrival_rate=rate), models_root,
-                                 workloads_dir, advance))
+            lives.append(
+                run_e2e(
+                    replace(run, policy="aegaeon", seed=seed, arrival_rate=rate),
+                    models_root,
+                    workloads_dir,
+                    advance,
+                )
+            )
     return lives
 
 
-def predict(run: E2ERun, requests: list[RequestSpec], live: dict, market: MarketProfile,
-            calibration: DecodeCalibration) -> Comparison:
+def predict(
+    run: E2ERun,
+    requests: list[RequestSpec],
+    live: dict,
+    market: MarketProfile,
+    calibration: DecodeCalibration,
+) -> Comparison:
     """One live run against the simulator: with the calibrated profile, the bare profile and in situ."""
     scale = decode_scale(live, market)
-    return Comparison(live, simulate_like_live(run, requests, market, calibration),
-                      simulate_like_live(run, requests, market, source="sim-cpu-bare"),
-                      simulate_like_live(run, requests, market, DecodeCalibration(scale), source="sim-cpu-insitu"),
-                      scale)
+    return Comparison(
+        live,
+        simulate_like_live(run, requests, market, calibration),
+        simulate_like_live(run, requests, market, source="sim-cpu-bare"),
+        simulate_like_live(
+            run, requests, market, DecodeCalibration(scale), source="sim-cpu-insitu"
+        ),
+        scale,
+    )
 
 
 @dataclass(frozen=True)
@@ -238,7 +310,9 @@ class PointSummary:
 
     def mean(self, which: str) -> float:
         """Mean SLO attainment of "live", "sim", "bare" or "in_situ" over the seeds."""
-        return sum(getattr(c, which)["slo_attainment"] for c in self.comparisons) / len(self.comparisons)
+        return sum(getattr(c, which)["slo_attainment"] for c in self.comparisons) / len(
+            self.comparisons
+        )
 
     def gap_points(self, which: str) -> float:
         return 100.0 * (self.mean(which) - self.mean("live"))
@@ -257,26 +331,40 @@ class PointSummary:
         return sum(c.decode_scale for c in self.comparisons) / len(self.comparisons)
 
 
-def compare_points(base: E2ERun, points: list[tuple[int, float]], seeds: list[int], models_root: Path,
-                   workloads_dir: Path, market: MarketProfile, extra_lives: list[dict], progress: ProgressFactory,
-                   written: Callable[[int, Comparison], None]) -> list[PointSummary]:
+def compare_points(
+    base: E2ERun,
+    points: list[tuple[int, float]],
+    seeds: list[int],
+    models_root: Path,
+    workloads_dir: Path,
+    market: MarketProfile,
+    extra_lives: list[dict],
+    progress: ProgressFactory,
+    written: Callable[[int, Comparison], None],
+) -> list[PointSummary]:
     """Each (number of models, rate) with each seed's workload, live first; then each run is predicted with the
     profile calibrated on every other run (leave one out) and `extra_lives`."""
     runs = []
     for num_models, rate in points:
         for seed in seeds:
-            run = replace(base, num_models=num_models, arrival_rate=rate, seed=seed, policy="aegaeon")
+            run = replace(
+                base, num_models=num_models, arrival_rate=rate, seed=seed, policy="aegaeon"
+            )
             with progress(f"live {num_models} models rate {rate:g} seed {seed}") as advance:
                 runs.append((run, run_e2e(run, models_root, workloads_dir, advance)))
     comparisons = []
     for index, (run, live) in enumerate(runs):
         others = [other for j, (_, other) in enumerate(runs) if j != index] + extra_lives
-        comparison = predict(run, load_requests(run, workloads_dir), live, market, fit_calibration(others, market))
+        comparison = predict(
+            run, load_requests(run, workloads_dir), live, market, fit_calibration(others, market)
+        )
         written(run.seed, comparison)
         comparisons.append(comparison)
     per_point = len(seeds)
-    return [PointSummary(num_models, rate, tuple(comparisons[i * per_point:(i + 1) * per_point]))
-            for i, (num_models, rate) in enumerate(points)]
+    return [
+        PointSummary(num_models, rate, tuple(comparisons[i * per_point : (i + 1) * per_point]))
+        for i, (num_models, rate) in enumerate(points)
+    ]
 
 
 def default_instances() -> int:

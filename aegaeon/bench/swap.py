@@ -45,13 +45,20 @@ class SwapBench:
         return self.decode_step_with_swap_s / self.decode_step_s - 1
 
 
-def bench_swap(model: Path, device: str = "cpu", blocks: int = 512, steps: int = 32,
-               link_gbps: float | None = None) -> SwapBench:
+def bench_swap(
+    model: Path,
+    device: str = "cpu",
+    blocks: int = 512,
+    steps: int = 32,
+    link_gbps: float | None = None,
+) -> SwapBench:
     """KV swap throughput vs a plain copy, and the slowdown of decode steps while swaps run."""
     import threading
 
-    with StepExecutor({"m": model}, EngineConfig(device=device, kv_bytes=256 * 2**20, steps_per_turn=1,
-                                                                link_gbps=link_gbps)) as engine:
+    with StepExecutor(
+        {"m": model},
+        EngineConfig(device=device, kv_bytes=256 * 2**20, steps_per_turn=1, link_gbps=link_gbps),
+    ) as engine:
         engine.runner.switch_to("m")
         layout = engine.runner.entries["m"].kv
         handles = [engine.arena.allocate_block(layout.block_bytes) for _ in range(blocks)]
@@ -62,9 +69,13 @@ def bench_swap(model: Path, device: str = "cpu", blocks: int = 512, steps: int =
 
         def swap(out: bool) -> None:
             if out:
-                ticket = swapper.copy(engine.arena.buffer, handles, host, host_offsets, layout.block_bytes)
+                ticket = swapper.copy(
+                    engine.arena.buffer, handles, host, host_offsets, layout.block_bytes
+                )
             else:
-                ticket = swapper.copy(host, host_offsets, engine.arena.buffer, handles, layout.block_bytes)
+                ticket = swapper.copy(
+                    host, host_offsets, engine.arena.buffer, handles, layout.block_bytes
+                )
             ticket.wait()
             if ticket.event is not None:
                 ticket.event.synchronize()
@@ -76,8 +87,12 @@ def bench_swap(model: Path, device: str = "cpu", blocks: int = 512, steps: int =
 
         seqs = list(range(8))
         for request_id in seqs:
-            engine.add(request_id, "m", [3, 1, 4, 1, 5, 9, 2, 6], SamplingParams(max_tokens=2 * steps + 4,
-                                                                             ignore_eos=True))
+            engine.add(
+                request_id,
+                "m",
+                [3, 1, 4, 1, 5, 9, 2, 6],
+                SamplingParams(max_tokens=2 * steps + 4, ignore_eos=True),
+            )
         engine.step("m", seqs)  # prefill
         alone = _decode_steps(engine, seqs, steps, device)
         stop = threading.Event()
@@ -88,7 +103,9 @@ def bench_swap(model: Path, device: str = "cpu", blocks: int = 512, steps: int =
         background.join()
         for handle in handles:
             engine.arena.free_block(handle)
-    return SwapBench(device, blocks, layout.block_bytes, out_s, in_s, plain_s, alone, busy, link_gbps)
+    return SwapBench(
+        device, blocks, layout.block_bytes, out_s, in_s, plain_s, alone, busy, link_gbps
+    )
 
 
 def _swap_until(stop, swap) -> None:

@@ -27,7 +27,9 @@ class SwitchBench:
     median_switch_s: float
     median_plain_copy_s: float
     pinned_h2d_gb_s: float | None  # GPU only
-    decode_step_s: float  # one decode step of a batch of 8 on the same engine: the unit a switch is paid in
+    decode_step_s: (
+        float  # one decode step of a batch of 8 on the same engine: the unit a switch is paid in
+    )
     link_gbps: float | None = None  # the emulated link, when there was one
 
     @property
@@ -50,7 +52,9 @@ class SwitchBench:
         return self.median_switch_s / (self.bytes_per_switch / (self.pinned_h2d_gb_s * 1e9))
 
 
-def bench_switch(model: Path, device: str = "cpu", switches: int = 20, link_gbps: float | None = None) -> SwitchBench:
+def bench_switch(
+    model: Path, device: str = "cpu", switches: int = 20, link_gbps: float | None = None
+) -> SwitchBench:
     """Alternate two copies of `model` in one engine; compare with copying the same bytes, and with a decode
     step of the same engine."""
     config = EngineConfig(device=device, kv_bytes=32 * 2**20, link_gbps=link_gbps)
@@ -73,15 +77,30 @@ def bench_switch(model: Path, device: str = "cpu", switches: int = 20, link_gbps
             sync(device)
             copies.append(time.perf_counter() - start)
         step_s = decode_step_time(engine, "first", device)
-    return SwitchBench(device, nbytes, switches, statistics.median(times), statistics.median(copies),
-                       pinned_h2d_bandwidth(nbytes) if device.startswith("cuda") else None, step_s, link_gbps)
+    return SwitchBench(
+        device,
+        nbytes,
+        switches,
+        statistics.median(times),
+        statistics.median(copies),
+        pinned_h2d_bandwidth(nbytes) if device.startswith("cuda") else None,
+        step_s,
+        link_gbps,
+    )
 
 
-def decode_step_time(engine: StepExecutor, model: str, device: str, batch: int = 8, steps: int = 16) -> float:
+def decode_step_time(
+    engine: StepExecutor, model: str, device: str, batch: int = 8, steps: int = 16
+) -> float:
     """Median seconds of one decode step of `batch` short sequences of `model` (bound already)."""
     seqs = list(range(10_000, 10_000 + batch))
     for request_id in seqs:
-        engine.add(request_id, model, [3, 1, 4, 1, 5, 9, 2, 6], SamplingParams(max_tokens=steps + 4, ignore_eos=True))
+        engine.add(
+            request_id,
+            model,
+            [3, 1, 4, 1, 5, 9, 2, 6],
+            SamplingParams(max_tokens=steps + 4, ignore_eos=True),
+        )
     engine.step(model, seqs)  # prefill
     times = []
     for _ in range(steps):
@@ -148,6 +167,6 @@ def bench_weight_load(model: Path, repeats: int = 3) -> WeightLoadBench:
             load_times.append(cache.load_stats[ckpt.name].copy_s)
             populate_times.append(cache.load_stats[ckpt.name].populate_s)
     file_bytes = sum(f.stat().st_size for f in files)
-    return WeightLoadBench(file_bytes, min(load_times[1:]), min(populate_times[1:]), min(raw_times[1:]))
-
-
+    return WeightLoadBench(
+        file_bytes, min(load_times[1:]), min(populate_times[1:]), min(raw_times[1:])
+    )

@@ -26,9 +26,11 @@ def _setup_logging(verbose: bool) -> None:
 def _request_progress(label: str):
     """A progress bar whose total is learnt from the first report; yields the `progress(done, total)` callback."""
     with click.progressbar(length=1, label=label, file=sys.stderr) as bar:
+
         def advance(done: int, total: int) -> None:
             bar.length = total
             bar.update(done - bar.pos)
+
         yield advance
 
 
@@ -55,7 +57,9 @@ def join_list_values(args: list[str]) -> list[str]:
 
 
 def _looks_numeric(text: str) -> bool:
-    return all(part.replace(".", "", 1).isdigit() for part in text.replace(":", ",").split(",") if part)
+    return all(
+        part.replace(".", "", 1).isdigit() for part in text.replace(":", ",").split(",") if part
+    )
 
 
 class ListJoiningGroup(click.Group):
@@ -86,10 +90,15 @@ def _parse_models(spec: str | None) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, path = item.rpartition("=") if "=" in item else (Path(item).name, "", item)
         if not name:
-            raise click.BadParameter(f"model {item!r} has no name: use NAME=DIR or a directory path", param_hint="--models")
+            raise click.BadParameter(
+                f"model {item!r} has no name: use NAME=DIR or a directory path",
+                param_hint="--models",
+            )
         if name in models:
-            raise click.BadParameter(f"model name {name!r} appears twice: use NAME=DIR to tell them apart",
-                                     param_hint="--models")
+            raise click.BadParameter(
+                f"model name {name!r} appears twice: use NAME=DIR to tell them apart",
+                param_hint="--models",
+            )
         models[name] = path
     if not models:
         raise click.BadParameter("no models given", param_hint="--models")
@@ -105,7 +114,9 @@ def _progress_bar(label: str):
             return
         bar = bars.get(model)
         if bar is None:
-            bar = bars[model] = click.progressbar(length=total, label=f"{label} {model}", file=sys.stderr)
+            bar = bars[model] = click.progressbar(
+                length=total, label=f"{label} {model}", file=sys.stderr
+            )
             bar.__enter__()
         bar.update(done - bar.pos)
         if done >= total:
@@ -119,5 +130,3 @@ def _bench_model(model: str | None) -> Path:
     from aegaeon.models.demo import aegaeon_home
 
     return Path(model) if model else default_bench_model(aegaeon_home())
-
-

@@ -18,8 +18,17 @@ from pathlib import Path
 
 from aegaeon.errors import ConfigError
 
-VARIABLES = ("AEGAEON_TTFT_SLO", "AEGAEON_TPOT_SLO", "AEGAEON_HOME", "AEGAEON_PROFILES", "AEGAEON_LOG_FILE",
-             "AEGAEON_TOKEN", "AEGAEON_API_KEY", "HF_HUB_CACHE", "HF_HOME")
+VARIABLES = (
+    "AEGAEON_TTFT_SLO",
+    "AEGAEON_TPOT_SLO",
+    "AEGAEON_HOME",
+    "AEGAEON_PROFILES",
+    "AEGAEON_LOG_FILE",
+    "AEGAEON_TOKEN",
+    "AEGAEON_API_KEY",
+    "HF_HUB_CACHE",
+    "HF_HOME",
+)
 
 
 def env_str(name: str) -> str | None:

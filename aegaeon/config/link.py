@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from aegaeon.errors import LinkError
 
-DEFAULT_MAX_FRAME_BYTES = 256 * 2**20  # the largest KV handoff of one request that may cross the link
+DEFAULT_MAX_FRAME_BYTES = (
+    256 * 2**20
+)  # the largest KV handoff of one request that may cross the link
 HEARTBEAT_PERIOD = 1.0
 DEFAULT_HEARTBEAT_TIMEOUT = 5.0
 
@@ -27,7 +29,11 @@ class LinkConfig:
 
     def __post_init__(self) -> None:
         if len(self.token) < 8:
-            raise LinkError("the cluster token must have at least 8 characters: pass --token (or AEGAEON_TOKEN)")
+            raise LinkError(
+                "the cluster token must have at least 8 characters: pass --token (or AEGAEON_TOKEN)"
+            )
         if self.max_frame_bytes < 2**16 or self.heartbeat_timeout <= HEARTBEAT_PERIOD:
-            raise LinkError(f"max frame {self.max_frame_bytes} bytes (>= 64 KiB) and heartbeat timeout "
-                            f"{self.heartbeat_timeout} s (> {HEARTBEAT_PERIOD} s) are out of range")
+            raise LinkError(
+                f"max frame {self.max_frame_bytes} bytes (>= 64 KiB) and heartbeat timeout "
+                f"{self.heartbeat_timeout} s (> {HEARTBEAT_PERIOD} s) are out of range"
+            )

@@ -45,9 +45,15 @@ class ModelSpec:
 
 # The paper's three models, with their published configurations.
 PAPER_MODELS: dict[str, ModelSpec] = {
-    "qwen2_5_7b": ModelSpec("qwen2_5_7b", 3584, 18944, 28, 28, 4, 152064, 32768, qkv_bias=True, tokenizer="qwen2.5"),
-    "yi1_5_9b_chat": ModelSpec("yi1_5_9b_chat", 4096, 11008, 48, 32, 4, 64000, 4096, tokenizer="yi1.5"),
-    "llama2_13b_chat": ModelSpec("llama2_13b_chat", 5120, 13824, 40, 40, 40, 32000, 4096, tokenizer="llama2"),
+    "qwen2_5_7b": ModelSpec(
+        "qwen2_5_7b", 3584, 18944, 28, 28, 4, 152064, 32768, qkv_bias=True, tokenizer="qwen2.5"
+    ),
+    "yi1_5_9b_chat": ModelSpec(
+        "yi1_5_9b_chat", 4096, 11008, 48, 32, 4, 64000, 4096, tokenizer="yi1.5"
+    ),
+    "llama2_13b_chat": ModelSpec(
+        "llama2_13b_chat", 5120, 13824, 40, 40, 40, 32000, 4096, tokenizer="llama2"
+    ),
 }
 
 # Model i of a synthetic workload stands for PAPER_MIX[i % 10] (the paper's runs).

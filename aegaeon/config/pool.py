@@ -26,17 +26,48 @@ from pathlib import Path
 from typing import Any
 
 from aegaeon.config.env import hub_cache
-from aegaeon.config.serving import (AdmissionLimits, ApiConfig, EngineConfig, NodeConfig, RecoveryConfig,
-                                    RestartPolicy)
+from aegaeon.config.serving import (
+    AdmissionLimits,
+    ApiConfig,
+    EngineConfig,
+    NodeConfig,
+    RecoveryConfig,
+    RestartPolicy,
+)
 from aegaeon.errors import ConfigError
 from aegaeon.sched.slo import SLO
 
-NODE_KEYS = ("models", "num_instances", "prefill_instances", "cluster_id", "device", "devices", "policy",
-             "max_batch", "max_quota", "threads_per_worker", "host_kv_mib", "slo", "limits", "recovery", "restarts",
-             "engine", "api")
+NODE_KEYS = (
+    "models",
+    "num_instances",
+    "prefill_instances",
+    "cluster_id",
+    "device",
+    "devices",
+    "policy",
+    "max_batch",
+    "max_quota",
+    "threads_per_worker",
+    "host_kv_mib",
+    "slo",
+    "limits",
+    "recovery",
+    "restarts",
+    "engine",
+    "api",
+)
 ENGINE_KEYS = ("kv_mib", "dtype", "link_gbps", "slab_kib", "block_size")
-API_KEYS = ("host", "port", "api_key", "public_metrics", "max_body_mib", "limit_concurrency", "keep_alive_seconds",
-            "header_timeout", "tokenizer_threads")
+API_KEYS = (
+    "host",
+    "port",
+    "api_key",
+    "public_metrics",
+    "max_body_mib",
+    "limit_concurrency",
+    "keep_alive_seconds",
+    "header_timeout",
+    "tokenizer_threads",
+)
 
 
 def read_pool_file(path: str | Path) -> dict[str, Any]:
@@ -52,7 +83,9 @@ def read_pool_file(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: the top level must be a mapping of settings, not {type(data).__name__}")
+        raise ConfigError(
+            f"--config {path}: the top level must be a mapping of settings, not {type(data).__name__}"
+        )
     _check_keys(data, NODE_KEYS, str(path))
     return data
 
@@ -81,20 +114,40 @@ def build(values: dict[str, Any], where: str = "the configuration") -> tuple[Nod
     _check_keys(engine_values, ENGINE_KEYS, f"{where}: engine")
     api_values = dict(values.get("api") or {})
     _check_keys(api_values, API_KEYS, f"{where}: api")
-    engine = EngineConfig(**_rename(engine_values, {"kv_mib": ("kv_bytes", 2**20), "slab_kib": ("slab_bytes", 1024)}))
+    engine = EngineConfig(
+        **_rename(engine_values, {"kv_mib": ("kv_bytes", 2**20), "slab_kib": ("slab_bytes", 1024)})
+    )
     slo_values = values.get("slo") or {}
     _check_keys(slo_values, ("ttft", "tpot"), f"{where}: slo")
-    slo = SLO.from_env(_number(slo_values.get("ttft"), "slo.ttft"), _number(slo_values.get("tpot"), "slo.tpot"))
+    slo = SLO.from_env(
+        _number(slo_values.get("ttft"), "slo.ttft"), _number(slo_values.get("tpot"), "slo.tpot")
+    )
     models = resolve_models(values.get("models") or [])
     node = NodeConfig(models, engine=engine, slo=slo)
-    simple = {k: values[k] for k in ("num_instances", "prefill_instances", "cluster_id", "device", "policy",
-                                     "max_batch", "max_quota", "threads_per_worker") if values.get(k) is not None}
+    simple = {
+        k: values[k]
+        for k in (
+            "num_instances",
+            "prefill_instances",
+            "cluster_id",
+            "device",
+            "policy",
+            "max_batch",
+            "max_quota",
+            "threads_per_worker",
+        )
+        if values.get(k) is not None
+    }
     node = replace(node, **simple)
     if values.get("devices"):
         node = replace(node, devices=tuple(values["devices"]), num_instances=len(values["devices"]))
     if values.get("host_kv_mib") is not None:
         node = replace(node, host_kv_bytes=int(values["host_kv_mib"]) * 2**20)
-    for key, cls in (("limits", AdmissionLimits), ("recovery", RecoveryConfig), ("restarts", RestartPolicy)):
+    for key, cls in (
+        ("limits", AdmissionLimits),
+        ("recovery", RecoveryConfig),
+        ("restarts", RestartPolicy),
+    ):
         if values.get(key):
             section = dict(values[key])
             _check_keys(section, tuple(f.name for f in fields(cls)), f"{where}: {key}")
@@ -127,6 +180,7 @@ def _number(value: Any, name: str) -> float | None:
 
 # ---- models ---------------------------------------------------------------------------------------------------
 
+
 def resolve_models(items: Any, served_names: tuple[str, ...] = ()) -> dict[str, str]:
     """name -> checkpoint directory, from paths, NAME=PATH, {name, path} maps or hub ids; `served_names`
     renames them in order (vLLM's --served-model-name)."""
@@ -137,14 +191,18 @@ def resolve_models(items: Any, served_names: tuple[str, ...] = ()) -> dict[str, 
     pairs = [_model_entry(item) for item in items]
     if served_names:
         if len(served_names) != len(pairs):
-            raise ConfigError(f"--served-model-name gives {len(served_names)} names for {len(pairs)} models: give "
-                              f"one per model, in order")
+            raise ConfigError(
+                f"--served-model-name gives {len(served_names)} names for {len(pairs)} models: give "
+                f"one per model, in order"
+            )
         pairs = [(name, path) for name, (_, path) in zip(served_names, pairs)]
     models: dict[str, str] = {}
     for name, path in pairs:
         if name in models:
-            raise ConfigError(f"model name {name!r} appears twice: use NAME=PATH or --served-model-name to tell "
-                              f"them apart")
+            raise ConfigError(
+                f"model name {name!r} appears twice: use NAME=PATH or --served-model-name to tell "
+                f"them apart"
+            )
         models[name] = path
     return models
 
@@ -183,8 +241,12 @@ def resolve_path(text: str) -> str:
     ref = repo / "refs" / "main"
     if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
         return str(snapshots / ref.read_text().strip())
-    candidates = sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+    candidates = (
+        sorted(snapshots.glob("*"), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+    )
     if candidates:
         return str(candidates[-1])
-    raise ConfigError(f"model {text!r} is neither a directory nor in the local Hugging Face cache ({hub_cache()}); "
-                      f"aegaeon never downloads: fetch it with `huggingface-cli download {text}` or give its path")
+    raise ConfigError(
+        f"model {text!r} is neither a directory nor in the local Hugging Face cache ({hub_cache()}); "
+        f"aegaeon never downloads: fetch it with `huggingface-cli download {text}` or give its path"
+    )

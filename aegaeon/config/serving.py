@@ -32,11 +32,15 @@ class EngineConfig:
     steps_per_turn: int = 4  # the one-process engine's turns (aegaeon.sched.rounds.StepRoundRobin)
     dtype: str | None = None  # None keeps each checkpoint's dtype
     cluster_id: str | None = None  # names the host cache segment; default per process
-    link_gbps: float | None = None  # CPU only: emulate a host<->device link of this many GB/s (aegaeon.device_link)
+    link_gbps: float | None = (
+        None  # CPU only: emulate a host<->device link of this many GB/s (aegaeon.device_link)
+    )
 
     def __post_init__(self) -> None:
         if self.link_gbps is not None and not self.device.startswith("cpu"):
-            raise ConfigError(f"--link-gbps emulates a link for CPU instances; device {self.device} has a real one")
+            raise ConfigError(
+                f"--link-gbps emulates a link for CPU instances; device {self.device} has a real one"
+            )
         if self.link_gbps is not None and not self.link_gbps > 0:
             raise ConfigError(f"--link-gbps {self.link_gbps} must be positive (GB/s)")
 
@@ -57,7 +61,9 @@ class AdmissionLimits:
 @dataclass(frozen=True)
 class RecoveryConfig:
     recovery_grace: float = 30.0  # seconds a role may have no worker before its requests fail
-    max_reruns: int = 2  # re-runs of a request lost by workers that were computing it (not merely holding it)
+    max_reruns: int = (
+        2  # re-runs of a request lost by workers that were computing it (not merely holding it)
+    )
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,10 @@ class ApiConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536 or self.max_body_bytes < 1024 or self.limit_concurrency < 1:
-            raise ConfigError(f"API settings out of range: port {self.port}, max body {self.max_body_bytes} bytes, "
-                              f"{self.limit_concurrency} connections")
+            raise ConfigError(
+                f"API settings out of range: port {self.port}, max body {self.max_body_bytes} bytes, "
+                f"{self.limit_concurrency} connections"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,13 +103,17 @@ class NodeConfig:
     prefill_instances: int = 1
     cluster_id: str = "default"
     device: str = "cpu"  # every worker's device, unless `devices` names one per worker
-    devices: tuple[str, ...] = ()  # e.g. ("cuda:0", "cuda:1"): one worker per entry (num_instances must match)
+    devices: tuple[
+        str, ...
+    ] = ()  # e.g. ("cuda:0", "cuda:1"): one worker per entry (num_instances must match)
     engine: EngineConfig = EngineConfig()
     host_kv_bytes: int = 64 * 1024 * 1024
     kv_slab_bytes: int = 256 * 1024
     ring_slots: int = 1024
     ring_slot_bytes: int = 16 * 1024
-    slo: SLO = field(default_factory=SLO.from_env)  # the quotas plan for it and /metrics scores against it
+    slo: SLO = field(
+        default_factory=SLO.from_env
+    )  # the quotas plan for it and /metrics scores against it
     threads_per_worker: int | None = None
     start_timeout: float = 120.0
     policy: str = "aegaeon"  # decode scaling: a live policy of aegaeon.sched.policies
@@ -125,31 +137,46 @@ class NodeConfig:
         from aegaeon.sched.policies import live_policies, policy
 
         if not self.models:
-            raise ConfigError("no model to serve: name at least one (a path, NAME=PATH, or --config pool.yaml)")
+            raise ConfigError(
+                "no model to serve: name at least one (a path, NAME=PATH, or --config pool.yaml)"
+            )
         if self.devices and len(self.devices) != self.num_instances:
-            raise ConfigError(f"{len(self.devices)} devices given for {self.num_instances} instances: one worker "
-                              f"runs per device (--num-instances)")
+            raise ConfigError(
+                f"{len(self.devices)} devices given for {self.num_instances} instances: one worker "
+                f"runs per device (--num-instances)"
+            )
         if not policy(self.policy).live:
-            raise ConfigError(f"--policy {self.policy!r} runs in the simulator only: the live node runs "
-                              f"{', '.join(live_policies())}")
+            raise ConfigError(
+                f"--policy {self.policy!r} runs in the simulator only: the live node runs "
+                f"{', '.join(live_policies())}"
+            )
         if self.link_role not in (None, "head", "join"):
             raise ConfigError(f"link role {self.link_role!r}: use head or join")
         if self.link_role is not None:
             if self.link is None:
                 raise ConfigError("a multi-node node needs the cluster token (--token)")
-            parse_address(self.link_address, "--head" if self.link_role == "head" else "--join",
-                          listen=self.link_role == "head")
+            parse_address(
+                self.link_address,
+                "--head" if self.link_role == "head" else "--join",
+                listen=self.link_role == "head",
+            )
         if self.link_role is None and not 1 <= self.prefill_instances < self.num_instances:
-            raise ConfigError(f"--prefill-instances {self.prefill_instances} must be at least 1 and below "
-                              f"--num-instances {self.num_instances}, leaving decode instances")
+            raise ConfigError(
+                f"--prefill-instances {self.prefill_instances} must be at least 1 and below "
+                f"--num-instances {self.num_instances}, leaving decode instances"
+            )
         if self.link_role is not None and not 0 <= self.prefill_instances <= self.num_instances:
-            raise ConfigError(f"--num-instances {self.num_instances} must be at least 1 and --prefill-instances "
-                              f"{self.prefill_instances} between 0 and it (the other nodes bring the other role)")
+            raise ConfigError(
+                f"--num-instances {self.num_instances} must be at least 1 and --prefill-instances "
+                f"{self.prefill_instances} between 0 and it (the other nodes bring the other role)"
+            )
         if self.num_instances < 1:
             raise ConfigError(f"--num-instances {self.num_instances} must be at least 1")
         if self.host_kv_bytes < self.kv_partitions * self.kv_slab_bytes:
-            raise ConfigError(f"host KV cache of {self.host_kv_bytes} bytes is smaller than one slab per partition "
-                              f"({self.kv_partitions} of {self.kv_slab_bytes} bytes): raise --host-kv-mib")
+            raise ConfigError(
+                f"host KV cache of {self.host_kv_bytes} bytes is smaller than one slab per partition "
+                f"({self.kv_partitions} of {self.kv_slab_bytes} bytes): raise --host-kv-mib"
+            )
 
     @property
     def kv_partitions(self) -> int:

@@ -21,4 +21,6 @@ class SimConfig:
     queue_size: int = 4  # sllm / sllm+ QS
     muxserve_kv_reserve_bytes: int = 20 * 2**30  # KV room each MuxServe model is placed with
     horizon_factor: float = 4.0  # stop simulating at this multiple of the workload span
-    record_turns: bool = False  # aegaeon: keep every prefill group and decode turn (the differential tests)
+    record_turns: bool = (
+        False  # aegaeon: keep every prefill group and decode turn (the differential tests)
+    )

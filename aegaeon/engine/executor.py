@@ -25,14 +25,14 @@ import torch
 
 from aegaeon.arena import Arena, ArenaUsage
 from aegaeon.config.serving import EngineConfig
-from aegaeon.engine.runner import ModelEntry, ModelRunner, SwitchRecord
 from aegaeon.device_link import make_link
+from aegaeon.engine.runner import ModelEntry, ModelRunner, SwitchRecord
 from aegaeon.errors import AegaeonError, ArenaTooSmallError, OutOfBlocksError, RequestError
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.kv.manager import KVCacheManager, SwapRecord
 from aegaeon.models.sampler import SamplingParams, new_generator, sample_one, token_logprobs
 from aegaeon.sched.cost import ModelSizes
-from aegaeon.sequence import Sequence, SeqStatus
+from aegaeon.sequence import SeqStatus, Sequence
 from aegaeon.weights.checkpoint import Checkpoint, open_checkpoint
 from aegaeon.weights.host_cache import HostWeightCache, ProgressFn
 
@@ -69,9 +69,14 @@ class KvImport:
 
 
 class StepExecutor:
-    def __init__(self, models: dict[str, str | Path], config: EngineConfig = EngineConfig(),
-                 prefetch_order: list[str] | None = None, progress: ProgressFn | None = None,
-                 host_cache_of: str | None = None):
+    def __init__(
+        self,
+        models: dict[str, str | Path],
+        config: EngineConfig = EngineConfig(),
+        prefetch_order: list[str] | None = None,
+        progress: ProgressFn | None = None,
+        host_cache_of: str | None = None,
+    ):
         """Serve `models` (name -> checkpoint dir). With `host_cache_of` (a cluster id) the executor attaches
         the node's weight cache made by that cluster's launcher instead of making its own."""
         self.config = config
@@ -79,19 +84,27 @@ class StepExecutor:
         checkpoints = self._open_checkpoints(models)
         self.namespace = None
         if host_cache_of is None:
-            self.namespace = ShmNamespace(config.cluster_id or f"engine{os.getpid()}.{next(_executor_ids)}").claim()
+            self.namespace = ShmNamespace(
+                config.cluster_id or f"engine{os.getpid()}.{next(_executor_ids)}"
+            ).claim()
         try:
             if self.namespace is None:
                 self.host_cache = HostWeightCache.attach(host_cache_of, checkpoints, config.dtype)
             else:
                 self.host_cache = HostWeightCache(self.namespace, checkpoints, config.dtype)
-                self.host_cache.start_prefetch([m for m in prefetch_order or [] if m in self.host_cache.models],
-                                               progress)
+                self.host_cache.start_prefetch(
+                    [m for m in prefetch_order or [] if m in self.host_cache.models], progress
+                )
             if config.device.startswith("cuda"):
                 self.host_cache.pin()
-            self.largest_weights = max(self.host_cache.models[c.name].layout.total_bytes for c in checkpoints)
-            self.arena = Arena(config.arena_bytes or self.largest_weights + config.kv_bytes, config.slab_bytes,
-                               config.device)
+            self.largest_weights = max(
+                self.host_cache.models[c.name].layout.total_bytes for c in checkpoints
+            )
+            self.arena = Arena(
+                config.arena_bytes or self.largest_weights + config.kv_bytes,
+                config.slab_bytes,
+                config.device,
+            )
             self.link = make_link(config.link_gbps)
             self.kv = KVCacheManager(self.arena, self.link)
             self.runner = ModelRunner(self.arena, self.host_cache, self.kv, self.link)
@@ -150,14 +163,18 @@ class StepExecutor:
         return self.runner.entries[model]
 
     def model_sizes(self) -> dict[str, ModelSizes]:
-        return {name: ModelSizes(e.weights.total_bytes, e.kv.block_bytes // e.kv.block_size)
-                for name, e in self.runner.entries.items()}
+        return {
+            name: ModelSizes(e.weights.total_bytes, e.kv.block_bytes // e.kv.block_size)
+            for name, e in self.runner.entries.items()
+        }
 
     def kv_capacity_bytes(self) -> int:
         """The KV bytes decode planning may count on: the arena less the largest model's weights."""
         return max(0, self.arena.total_bytes - self.largest_weights)
 
-    def check_request(self, model: str, prompt_ids: list[int] | tuple[int, ...], sampling: SamplingParams) -> None:
+    def check_request(
+        self, model: str, prompt_ids: list[int] | tuple[int, ...], sampling: SamplingParams
+    ) -> None:
         """Raise RequestError unless this executor can serve the request as asked."""
         entry = self.entry(model)
         sampling.validate()
@@ -179,29 +196,49 @@ class StepExecutor:
     def fail_model(self, model: str, reason: str) -> list[SeqUpdate]:
         """`model` cannot be served any more: fail its requests; returns their updates."""
         self._mark_unavailable(model, reason)
-        return [self._fail(seq, f"model {model} is unavailable: {reason}")
-                for seq in list(self._seqs.values()) if seq.model == model]
+        return [
+            self._fail(seq, f"model {model} is unavailable: {reason}")
+            for seq in list(self._seqs.values())
+            if seq.model == model
+        ]
 
     # ---- requests -----------------------------------------------------------------------------------------
 
-    def add(self, request_id: int, model: str, prompt_ids: list[int] | tuple[int, ...],
-            sampling: SamplingParams = SamplingParams(), prompt: str = "") -> None:
+    def add(
+        self,
+        request_id: int,
+        model: str,
+        prompt_ids: list[int] | tuple[int, ...],
+        sampling: SamplingParams = SamplingParams(),
+        prompt: str = "",
+    ) -> None:
         """A new request whose prompt the next step of its model prefills (RequestError when it cannot be)."""
         self.check_request(model, prompt_ids, sampling)
         if request_id in self._seqs:
             raise RequestError(f"request {request_id} is already on this executor")
-        self._seqs[request_id] = Sequence(request_id, model, prompt, list(prompt_ids), sampling,
-                                          new_generator(sampling))
+        self._seqs[request_id] = Sequence(
+            request_id, model, prompt, list(prompt_ids), sampling, new_generator(sampling)
+        )
 
     def import_kv(self, request: KvImport, host: torch.Tensor, host_offsets: list[int]) -> None:
         """Add a prefilled request, its KV copied from `host` (OutOfBlocksError, nothing kept, when short)."""
         self.check_request(request.model, request.prompt_ids, request.sampling)
-        seq = Sequence(request.request_id, request.model, "", list(request.prompt_ids), request.sampling,
-                       new_generator(request.sampling))
-        self.kv.import_blocks(seq, self.runner.entries[seq.model].kv, host, host_offsets, request.num_tokens)
+        seq = Sequence(
+            request.request_id,
+            request.model,
+            "",
+            list(request.prompt_ids),
+            request.sampling,
+            new_generator(request.sampling),
+        )
+        self.kv.import_blocks(
+            seq, self.runner.entries[seq.model].kv, host, host_offsets, request.num_tokens
+        )
         seq.output_ids = list(request.generated)
         if seq.generator is not None and request.sampler_state:
-            seq.generator.set_state(torch.frombuffer(bytearray(request.sampler_state), dtype=torch.uint8))
+            seq.generator.set_state(
+                torch.frombuffer(bytearray(request.sampler_state), dtype=torch.uint8)
+            )
         seq.num_cached, seq.status = request.num_tokens, SeqStatus.RUNNING
         self._seqs[seq.seq_id] = seq
 
@@ -261,7 +298,9 @@ class StepExecutor:
         batch = self._make_resident([self._seqs[i] for i in request_ids if i in self._seqs])
         updates: list[SeqUpdate] = []
         for seq in list(batch):
-            if not self._make_room(lambda: self.kv.grow(seq, len(seq.token_ids), entry.kv), keep=batch):
+            if not self._make_room(
+                lambda: self.kv.grow(seq, len(seq.token_ids), entry.kv), keep=batch
+            ):
                 batch.remove(seq)
                 update = self._preempt_or_fail(seq, entry)
                 if update is not None:
@@ -272,7 +311,9 @@ class StepExecutor:
             logits = self.runner.forward(model, batch)
         except Exception as err:  # a forward that breaks fails its batch, never the process
             log.exception("forward of %s failed for requests %s", model, [s.seq_id for s in batch])
-            return updates + [self._fail(seq, f"model {model}: the forward step failed: {err}") for seq in batch]
+            return updates + [
+                self._fail(seq, f"model {model}: the forward step failed: {err}") for seq in batch
+            ]
         for row, seq in enumerate(batch):
             seq.num_cached = len(seq.token_ids)
             seq.status = SeqStatus.RUNNING
@@ -282,12 +323,20 @@ class StepExecutor:
     def _sample(self, seq: Sequence, logits: torch.Tensor, entry: ModelEntry) -> SeqUpdate:
         try:
             params = seq.sampling
-            made = params.output_before + len(seq.output_ids)  # output tokens so far, earlier runs included
+            made = params.output_before + len(
+                seq.output_ids
+            )  # output tokens so far, earlier runs included
             eos = entry.checkpoint.config.eos_token_id
-            banned = ((() if eos is None else (eos,)) + params.stop_token_ids) if made < params.min_tokens else ()
+            banned = (
+                ((() if eos is None else (eos,)) + params.stop_token_ids)
+                if made < params.min_tokens
+                else ()
+            )
             context = seq.token_ids if params.penalised else None
             token = sample_one(logits, params, seq.generator, context, made, banned)
-            logprobs = () if params.logprobs is None else (token_logprobs(logits, token, params.logprobs),)
+            logprobs = (
+                () if params.logprobs is None else (token_logprobs(logits, token, params.logprobs),)
+            )
         except RequestError as err:
             return self._fail(seq, f"request {seq.seq_id}: {err}")
         except Exception as err:  # a sampler bug fails this request, not its batch nor the worker
@@ -295,9 +344,14 @@ class StepExecutor:
             return self._fail(seq, f"request {seq.seq_id}: sampling failed: {err}")
         seq.output_ids.append(token)
         reason = None
-        if (eos is not None and token == eos and not params.ignore_eos) or token in params.stop_token_ids:
+        if (
+            eos is not None and token == eos and not params.ignore_eos
+        ) or token in params.stop_token_ids:
             reason = "stop"
-        elif len(seq.output_ids) >= seq.sampling.max_tokens or len(seq.token_ids) >= entry.max_position:
+        elif (
+            len(seq.output_ids) >= seq.sampling.max_tokens
+            or len(seq.token_ids) >= entry.max_position
+        ):
             reason = "length"
         if reason is not None:
             self.remove(seq.seq_id)
@@ -336,9 +390,12 @@ class StepExecutor:
         if any(s.blocks for s in self._seqs.values() if s is not seq):
             self.kv.swap_out(seq, entry.kv)
             return None
-        return self._fail(seq, f"model {seq.model}: the KV cache cannot hold {len(seq.token_ids)} tokens "
-                               f"({entry.kv.block_bytes} bytes per {entry.kv.block_size}-token block): give the "
-                               f"engine more KV memory")
+        return self._fail(
+            seq,
+            f"model {seq.model}: the KV cache cannot hold {len(seq.token_ids)} tokens "
+            f"({entry.kv.block_bytes} bytes per {entry.kv.block_size}-token block): give the "
+            f"engine more KV memory",
+        )
 
     def _fail(self, seq: Sequence, reason: str) -> SeqUpdate:
         log.error("%s", reason)

@@ -15,9 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aegaeon.engine.executor import SeqUpdate, StepExecutor
-
 from aegaeon.config.serving import EngineConfig
+from aegaeon.engine.executor import SeqUpdate, StepExecutor
 from aegaeon.errors import AegaeonError, RequestError
 from aegaeon.models.sampler import SamplingParams
 from aegaeon.sched.decode import DecodeCandidate
@@ -50,8 +49,13 @@ class _Request:
 
 
 class LocalEngine:
-    def __init__(self, models: dict[str, str | Path], config: EngineConfig = EngineConfig(),
-                 prefetch_order: list[str] | None = None, progress: ProgressFn | None = None):
+    def __init__(
+        self,
+        models: dict[str, str | Path],
+        config: EngineConfig = EngineConfig(),
+        prefetch_order: list[str] | None = None,
+        progress: ProgressFn | None = None,
+    ):
         if config.steps_per_turn < 1 or config.max_batch_size < 1:
             raise RequestError("steps_per_turn and max_batch_size must be at least 1")
         self.executor = StepExecutor(models, config, prefetch_order, progress)
@@ -85,15 +89,21 @@ class LocalEngine:
         self.executor.entry(model)
         return self.submit_ids(model, self.tokenizers[model].encode(prompt).ids, sampling, prompt)
 
-    def submit_ids(self, model: str, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
-                   prompt: str = "") -> int:
+    def submit_ids(
+        self,
+        model: str,
+        prompt_ids: list[int],
+        sampling: SamplingParams = SamplingParams(),
+        prompt: str = "",
+    ) -> int:
         request_id = next(self._ids)
         self.executor.add(request_id, model, prompt_ids, sampling, prompt)
         self._requests[request_id] = _Request(request_id, model, prompt, tuple(prompt_ids), [])
         return request_id
 
-    def generate(self, requests: Iterable[tuple[str, str]], sampling: SamplingParams = SamplingParams()
-                 ) -> list[GenerationResult]:
+    def generate(
+        self, requests: Iterable[tuple[str, str]], sampling: SamplingParams = SamplingParams()
+    ) -> list[GenerationResult]:
         """Serve (model, prompt) pairs to completion; one result per pair, in order."""
         queued: list[int | GenerationResult] = []
         for model, prompt in requests:
@@ -106,12 +116,21 @@ class LocalEngine:
 
     def result(self, request_id: int) -> GenerationResult:
         r = self._requests[request_id]
-        text = self.tokenizers[r.model].decode(r.tokens) if r.tokens and r.model in self.tokenizers else ""
-        return GenerationResult(r.model, r.prompt, list(r.tokens), text, r.finish_reason, r.error, r.prompt_ids)
+        text = (
+            self.tokenizers[r.model].decode(r.tokens)
+            if r.tokens and r.model in self.tokenizers
+            else ""
+        )
+        return GenerationResult(
+            r.model, r.prompt, list(r.tokens), text, r.finish_reason, r.error, r.prompt_ids
+        )
 
     def _live(self) -> list[DecodeCandidate]:
-        return [DecodeCandidate(r.request_id, r.model, 0) for r in self._requests.values()
-                if r.finish_reason is None and r.error is None]
+        return [
+            DecodeCandidate(r.request_id, r.model, 0)
+            for r in self._requests.values()
+            if r.finish_reason is None and r.error is None
+        ]
 
     def run(self) -> None:
         """Serve every queued request to completion."""

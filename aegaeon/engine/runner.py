@@ -17,12 +17,12 @@ import torch
 
 from aegaeon.arena import Arena
 from aegaeon.device_link import DeviceLink
-from aegaeon.sequence import Sequence
 from aegaeon.errors import IntegrityError
 from aegaeon.kv.batch import SeqChunk, build_step
 from aegaeon.kv.layout import KVLayout
 from aegaeon.kv.manager import KVCacheManager
 from aegaeon.models.llama import LlamaModel
+from aegaeon.sequence import Sequence
 from aegaeon.weights.checkpoint import Checkpoint
 from aegaeon.weights.host_cache import HostWeightCache
 from aegaeon.weights.layout import WeightLayout
@@ -59,7 +59,13 @@ class SwitchRecord:
 
 
 class ModelRunner:
-    def __init__(self, arena: Arena, host_cache: HostWeightCache, kv: KVCacheManager, link: DeviceLink | None = None):
+    def __init__(
+        self,
+        arena: Arena,
+        host_cache: HostWeightCache,
+        kv: KVCacheManager,
+        link: DeviceLink | None = None,
+    ):
         self.arena = arena
         self.link = link or DeviceLink()
         self.host_cache = host_cache
@@ -67,15 +73,25 @@ class ModelRunner:
         self.entries: dict[str, ModelEntry] = {}
         self.active: str | None = None
         self.switches: list[SwitchRecord] = []
-        self.ragged_decode = True  # False: decode steps padded to the longest context (`bench attention` compares)
+        self.ragged_decode = (
+            True  # False: decode steps padded to the longest context (`bench attention` compares)
+        )
 
     def register(self, checkpoint: Checkpoint, block_size: int) -> ModelEntry:
         cached = self.host_cache.models[checkpoint.name]
         cfg = checkpoint.config
-        kv = KVLayout(cfg.num_layers, block_size, cfg.kv_size, cached.layout.dtype, self.arena.slab_bytes)
+        kv = KVLayout(
+            cfg.num_layers, block_size, cfg.kv_size, cached.layout.dtype, self.arena.slab_bytes
+        )
         kv.check_fits(checkpoint.name)
-        entry = ModelEntry(checkpoint.name, checkpoint, cached.layout, kv, LlamaModel(cfg),
-                           kv.units_view(self.arena.buffer))
+        entry = ModelEntry(
+            checkpoint.name,
+            checkpoint,
+            cached.layout,
+            kv,
+            LlamaModel(cfg),
+            kv.units_view(self.arena.buffer),
+        )
         self.entries[checkpoint.name] = entry
         return entry
 
@@ -97,24 +113,40 @@ class ModelRunner:
                 swapped += 1
             placement = self.arena.place_weights(entry.weights.total_bytes)
             if not placement.ready:
-                raise IntegrityError(f"switch to {name}: KV blocks remain in the weight region after swap-out")
+                raise IntegrityError(
+                    f"switch to {name}: KV blocks remain in the weight region after swap-out"
+                )
         evicted = time.perf_counter()
         region = self.arena.weight_view(0, torch.uint8, (entry.weights.total_bytes,))
         # From the page-locked host cache this is one DMA on the compute stream: the
         # forward kernels queued after it are ordered behind it without a device sync.
         source = self.host_cache.region(name)
-        self.link.transfer(entry.weights.total_bytes,
-                           lambda: region.copy_(source, non_blocking=self.arena.device.type == "cuda"))
+        self.link.transfer(
+            entry.weights.total_bytes,
+            lambda: region.copy_(source, non_blocking=self.arena.device.type == "cuda"),
+        )
         copied = time.perf_counter()
         entry.model.bind(entry.weights.views(region))
         self.active = name
         bound = time.perf_counter()
-        stages = {"wait_weights": start - waited, "evict_kv": evicted - start, "copy_weights": copied - evicted,
-                  "bind": bound - copied}
-        record = SwitchRecord(name, bound - start, entry.weights.total_bytes, len(placement.moved), swapped, stages)
+        stages = {
+            "wait_weights": start - waited,
+            "evict_kv": evicted - start,
+            "copy_weights": copied - evicted,
+            "bind": bound - copied,
+        }
+        record = SwitchRecord(
+            name, bound - start, entry.weights.total_bytes, len(placement.moved), swapped, stages
+        )
         self.switches.append(record)
-        log.debug("switched to %s in %.4f s (%d bytes, %d blocks moved, %d seqs swapped out)",
-                  name, record.seconds, record.bytes_copied, record.kv_moved, swapped)
+        log.debug(
+            "switched to %s in %.4f s (%d bytes, %d blocks moved, %d seqs swapped out)",
+            name,
+            record.seconds,
+            record.bytes_copied,
+            record.kv_moved,
+            swapped,
+        )
         return record
 
     def forward(self, name: str, seqs: list[Sequence]) -> torch.Tensor:
@@ -122,7 +154,17 @@ class ModelRunner:
         if self.active != name:
             raise IntegrityError(f"forward for {name} while {self.active} is bound: switch first")
         entry = self.entries[name]
-        chunks = [SeqChunk(seq.pending_tokens(), seq.num_cached, [entry.kv.block_unit(h) for h in seq.blocks])
-                  for seq in seqs]
-        step = build_step(chunks, entry.kv.block_size, entry.kv.units_per_row, self.arena.device, self.ragged_decode)
+        chunks = [
+            SeqChunk(
+                seq.pending_tokens(), seq.num_cached, [entry.kv.block_unit(h) for h in seq.blocks]
+            )
+            for seq in seqs
+        ]
+        step = build_step(
+            chunks,
+            entry.kv.block_size,
+            entry.kv.units_per_row,
+            self.arena.device,
+            self.ragged_decode,
+        )
         return entry.model.forward(step, entry.kv_units, entry.kv)

@@ -38,7 +38,9 @@ class Submit:
     repetition_penalty: float = 1.0
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
-    output_before: int = 0  # a re-run: the prompt's last tokens that are the request's earlier output
+    output_before: int = (
+        0  # a re-run: the prompt's last tokens that are the request's earlier output
+    )
     logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely
 
 
@@ -62,7 +64,9 @@ class _KvHandoff:
     host_handles: tuple[int, ...]  # blocks in the host KV cache
     num_tokens: int  # tokens whose KV the blocks hold
     generated: tuple[int, ...] = ()  # tokens the request has produced so far
-    sampler_state: bytes = b""  # the request's random generator, so seeded sampling continues exactly
+    sampler_state: bytes = (
+        b""  # the request's random generator, so seeded sampling continues exactly
+    )
     block_bytes: int = 0  # size of each block (the model's KV block)
 
 
@@ -219,9 +223,27 @@ class Shutdown:
     reason: str = ""
 
 
-MESSAGE_TYPES: tuple[type, ...] = (Submit, Schedule, SwapOut, SwapIn, Tokens, StepDone, KvRelease,
-                                   WorkerReady, Cancel, Shutdown, Trace, Hello, Welcome, Refused, Heartbeat, Routed,
-                                   KvPayload, WorkerGone, TurnStarted)  # append only: the index is the tag
+MESSAGE_TYPES: tuple[type, ...] = (
+    Submit,
+    Schedule,
+    SwapOut,
+    SwapIn,
+    Tokens,
+    StepDone,
+    KvRelease,
+    WorkerReady,
+    Cancel,
+    Shutdown,
+    Trace,
+    Hello,
+    Welcome,
+    Refused,
+    Heartbeat,
+    Routed,
+    KvPayload,
+    WorkerGone,
+    TurnStarted,
+)  # append only: the index is the tag
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
 
 
@@ -234,13 +256,22 @@ def encode(message: object) -> bytes:
 
 def decode(frame: bytes) -> object:
     try:
-        items = msgpack.unpackb(frame, raw=False, use_list=False)  # arrays as tuples, nested ones too, at C speed
+        items = msgpack.unpackb(
+            frame, raw=False, use_list=False
+        )  # arrays as tuples, nested ones too, at C speed
     except (msgpack.UnpackException, ValueError) as bad:
         raise MessageError(f"frame of {len(frame)} bytes is not msgpack ({bad})") from None
-    if not isinstance(items, tuple) or not items or not isinstance(items[0], int) or not 0 <= items[0] < len(MESSAGE_TYPES):
+    if (
+        not isinstance(items, tuple)
+        or not items
+        or not isinstance(items[0], int)
+        or not 0 <= items[0] < len(MESSAGE_TYPES)
+    ):
         raise MessageError(f"frame does not start with a known message tag: {str(items)[:80]}")
     cls = MESSAGE_TYPES[items[0]]
     names = [f.name for f in fields(cls)]
     if len(items) - 1 != len(names):
-        raise MessageError(f"{cls.__name__} frame has {len(items) - 1} fields, expected {len(names)}")
+        raise MessageError(
+            f"{cls.__name__} frame has {len(items) - 1} fields, expected {len(names)}"
+        )
     return cls(**dict(zip(names, items[1:])))

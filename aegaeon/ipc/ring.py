@@ -55,22 +55,30 @@ class MessageTooLargeError(SharedMemoryError, ValueError):
 
 
 class Ring:
-    def __init__(self, segment: SharedSegment, semaphores: dict[str, posix_ipc.Semaphore], name: str):
+    def __init__(
+        self, segment: SharedSegment, semaphores: dict[str, posix_ipc.Semaphore], name: str
+    ):
         self.name = name
         self._segment = segment
         self._buf = segment.buffer
         self._sem = semaphores
         magic, version, self.slot_count, self.slot_bytes = _HEADER.unpack_from(self._buf, 0)
         if magic != MAGIC or version != VERSION:
-            raise SharedMemoryError(f"ring {name}: segment is not an aegaeon ring (magic {magic:#x}, version {version})")
+            raise SharedMemoryError(
+                f"ring {name}: segment is not an aegaeon ring (magic {magic:#x}, version {version})"
+            )
 
     # ---- creation and attachment -----------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, namespace: ShmNamespace, name: str, slot_count: int = 256, slot_bytes: int = 4096) -> "Ring":
+    def create(
+        cls, namespace: ShmNamespace, name: str, slot_count: int = 256, slot_bytes: int = 4096
+    ) -> "Ring":
         if slot_count < 1 or slot_bytes < _LENGTH.size + 1:
-            raise SharedMemoryError(f"ring {name}: slot_count={slot_count} and slot_bytes={slot_bytes} must be "
-                                    f"at least 1 and {_LENGTH.size + 1}")
+            raise SharedMemoryError(
+                f"ring {name}: slot_count={slot_count} and slot_bytes={slot_bytes} must be "
+                f"at least 1 and {_LENGTH.size + 1}"
+            )
         segment = namespace.create_segment(f"ring.{name}", HEADER_BYTES + slot_count * slot_bytes)
         _HEADER.pack_into(segment.buffer, 0, MAGIC, VERSION, slot_count, slot_bytes)
         semaphores = {
@@ -85,7 +93,10 @@ class Ring:
         """Open an existing ring; a (re)starting reader reconciles `used` with head - tail."""
         namespace = ShmNamespace(cluster_id)
         segment = namespace.attach_segment(f"ring.{name}")
-        semaphores = {kind: namespace.open_semaphore(f"ring.{name}.{kind}") for kind in ("free", "used", "lock")}
+        semaphores = {
+            kind: namespace.open_semaphore(f"ring.{name}.{kind}")
+            for kind in ("free", "used", "lock")
+        }
         ring = cls(segment, semaphores, name)
         if reader:
             for _ in range(ring.pending() - ring._sem["used"].value):
@@ -107,7 +118,9 @@ class Ring:
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         if not _acquire(self._sem["free"], timeout):
-            raise RingFullError(f"ring {self.name}: no free slot within {timeout} s (the reader is behind)")
+            raise RingFullError(
+                f"ring {self.name}: no free slot within {timeout} s (the reader is behind)"
+            )
         if not _acquire(self._sem["lock"], _remaining(deadline)):
             self._sem["free"].release()
             raise RingFullError(f"ring {self.name}: writer lock not free within {timeout} s")
@@ -115,7 +128,7 @@ class Ring:
             head = self._counter(HEAD_AT)
             at = self._slot(head)
             _LENGTH.pack_into(self._buf, at, len(payload))
-            self._buf[at + _LENGTH.size: at + _LENGTH.size + len(payload)] = payload
+            self._buf[at + _LENGTH.size : at + _LENGTH.size + len(payload)] = payload
             _COUNTER.pack_into(self._buf, HEAD_AT, head + 1)
         finally:
             self._sem["lock"].release()
@@ -129,8 +142,10 @@ class Ring:
         at = self._slot(tail)
         (length,) = _LENGTH.unpack_from(self._buf, at)
         if length > self.max_message_bytes:
-            raise SharedMemoryError(f"ring {self.name}: slot {tail % self.slot_count} holds a corrupt length {length}")
-        payload = bytes(self._buf[at + _LENGTH.size: at + _LENGTH.size + length])
+            raise SharedMemoryError(
+                f"ring {self.name}: slot {tail % self.slot_count} holds a corrupt length {length}"
+            )
+        payload = bytes(self._buf[at + _LENGTH.size : at + _LENGTH.size + length])
         _COUNTER.pack_into(self._buf, TAIL_AT, tail + 1)
         self._sem["free"].release()
         return payload
@@ -160,4 +175,3 @@ def _acquire(sem: posix_ipc.Semaphore, timeout: float | None) -> bool:
 
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
-

@@ -42,7 +42,9 @@ _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
 
 def _check_part(kind: str, value: str) -> str:
     if not _NAME_RE.match(value):
-        raise SharedMemoryError(f"{kind} {value!r} is invalid: use 1-64 letters, digits, '_' or '.'")
+        raise SharedMemoryError(
+            f"{kind} {value!r} is invalid: use 1-64 letters, digits, '_' or '.'"
+        )
     return value
 
 
@@ -68,7 +70,9 @@ class SharedSegment:
         try:
             if create:
                 if size <= 0:
-                    raise SharedMemoryError(f"segment {name}: size {size} is invalid, it must be positive")
+                    raise SharedMemoryError(
+                        f"segment {name}: size {size} is invalid, it must be positive"
+                    )
                 shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=MODE, size=size)
             else:
                 shm = posix_ipc.SharedMemory(name)
@@ -93,14 +97,18 @@ class SharedSegment:
     def buffer(self) -> mmap.mmap:
         return self._map
 
-    def as_numpy(self, dtype: np.dtype | str, shape: tuple[int, ...], offset: int = 0) -> np.ndarray:
+    def as_numpy(
+        self, dtype: np.dtype | str, shape: tuple[int, ...], offset: int = 0
+    ) -> np.ndarray:
         """A numpy view (no copy) of `shape` items of `dtype` at byte `offset`."""
         dtype = np.dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64))
         self._check_range(offset, count * dtype.itemsize)
         return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset).reshape(shape)
 
-    def as_tensor(self, dtype: "torch.dtype", shape: tuple[int, ...], offset: int = 0) -> "torch.Tensor":
+    def as_tensor(
+        self, dtype: "torch.dtype", shape: tuple[int, ...], offset: int = 0
+    ) -> "torch.Tensor":
         """A torch view (no copy) of `shape` items of `dtype` at byte `offset`."""
         import torch
 
@@ -117,7 +125,9 @@ class SharedSegment:
         try:
             self._map.madvise(_MADV_POPULATE_WRITE, start, offset + nbytes - start)
         except OSError:  # kernels before 5.14: touch one byte per page instead
-            pages = np.frombuffer(self._map, dtype=np.uint8, count=offset + nbytes - start, offset=start)
+            pages = np.frombuffer(
+                self._map, dtype=np.uint8, count=offset + nbytes - start, offset=start
+            )
             pages[:: mmap.PAGESIZE] |= 0
 
     def _check_range(self, offset: int, nbytes: int) -> None:
@@ -150,7 +160,11 @@ class StaleReport:
 
 def _cluster_files(cluster_id: str) -> list[Path]:
     prefix = f"aegaeon-{_check_part('cluster id', cluster_id)}-"
-    return sorted(p for p in SHM_DIR.iterdir() if p.name.startswith(prefix) or p.name.startswith("sem." + prefix))
+    return sorted(
+        p
+        for p in SHM_DIR.iterdir()
+        if p.name.startswith(prefix) or p.name.startswith("sem." + prefix)
+    )
 
 
 def inspect_cluster(cluster_id: str) -> StaleReport:
@@ -207,11 +221,14 @@ def remove_stale(cluster_id: str, wait: float = 0.0) -> list[str]:
         if users:
             raise ClusterRunningError(
                 f"cluster {cluster_id!r}: processes {users} of its run still map its shared memory; stop them "
-                f"(kill {' '.join(map(str, users))}) or wait for them to exit, then clean up")
+                f"(kill {' '.join(map(str, users))}) or wait for them to exit, then clean up"
+            )
     for name in report.objects:
         (SHM_DIR / name).unlink(missing_ok=True)
     if report.objects:
-        log.warning("removed %d stale shared-memory objects of cluster %r", len(report.objects), cluster_id)
+        log.warning(
+            "removed %d stale shared-memory objects of cluster %r", len(report.objects), cluster_id
+        )
     return list(report.objects)
 
 
@@ -245,7 +262,9 @@ class ShmNamespace:
     def create_semaphore(self, name: str, initial_value: int = 0) -> posix_ipc.Semaphore:
         full = object_name(self.cluster_id, name)
         try:
-            sem = posix_ipc.Semaphore(full, posix_ipc.O_CREX, mode=MODE, initial_value=initial_value)
+            sem = posix_ipc.Semaphore(
+                full, posix_ipc.O_CREX, mode=MODE, initial_value=initial_value
+            )
         except posix_ipc.ExistentialError as exc:
             raise SharedMemoryError(f"semaphore {full}: {exc}") from exc
         self._semaphores.append(sem)

@@ -35,14 +35,20 @@ class StepBatch:
     tokens: torch.Tensor  # [B, Q] token ids (0 where padded)
     positions: torch.Tensor  # [B, Q]
     valid: torch.Tensor  # [B, Q] bool, real query tokens
-    write_units: torch.Tensor  # [valid tokens, units_per_row] arena units (layer 0, key) of each new token
+    write_units: (
+        torch.Tensor
+    )  # [valid tokens, units_per_row] arena units (layer 0, key) of each new token
     last: torch.Tensor  # [B] index of each sequence's last query token
     # Padded layout (prefill, mixed chunks):
-    read_units: torch.Tensor | None = None  # [B, C, units_per_row] arena units (layer 0, key) of each position
+    read_units: torch.Tensor | None = (
+        None  # [B, C, units_per_row] arena units (layer 0, key) of each position
+    )
     mask: torch.Tensor | None = None  # [B, Q, C] bool
     key_valid: torch.Tensor | None = None  # [B, C] bool: positions inside each sequence's context
     # Ragged layout (decode: Q == 1), T = summed context:
-    ragged_units: torch.Tensor | None = None  # [T, units_per_row] arena units of every sequence's keys, in order
+    ragged_units: torch.Tensor | None = (
+        None  # [T, units_per_row] arena units of every sequence's keys, in order
+    )
     key_lengths: torch.Tensor | None = None  # [B] keys of each sequence
     key_sequence: torch.Tensor | None = None  # [T] the sequence each key belongs to
 
@@ -51,8 +57,13 @@ class StepBatch:
         return self.ragged_units is not None
 
 
-def build_step(chunks: list[SeqChunk], block_size: int, units_per_row: int = 1,
-               device: torch.device | str = "cpu", ragged_decode: bool = True) -> StepBatch:
+def build_step(
+    chunks: list[SeqChunk],
+    block_size: int,
+    units_per_row: int = 1,
+    device: torch.device | str = "cpu",
+    ragged_decode: bool = True,
+) -> StepBatch:
     """The step's index tensors; a decode step is laid out ragged unless `ragged_decode` is False."""
     batch = len(chunks)
     queries = max(len(c.new_tokens) for c in chunks)
@@ -69,18 +80,26 @@ def build_step(chunks: list[SeqChunk], block_size: int, units_per_row: int = 1,
         valid[b, :n] = True
         table[b, : len(chunk.block_units)] = torch.tensor(chunk.block_units, dtype=torch.long)
     within_row = torch.arange(units_per_row)
-    write_first = (torch.gather(table, 1, positions // block_size) + (positions % block_size) * units_per_row)[valid]
+    write_first = (
+        torch.gather(table, 1, positions // block_size) + (positions % block_size) * units_per_row
+    )[valid]
     write_units = write_first.unsqueeze(-1) + within_row
     lengths = torch.tensor([c.start + len(c.new_tokens) for c in chunks])
     last = valid.sum(dim=1) - 1
     common = (tokens, positions, valid, write_units, last)
     if queries == 1 and ragged_decode:
         key_sequence = torch.repeat_interleave(torch.arange(batch), lengths)
-        key_pos = torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths)[key_sequence]
-        ragged_first = table[key_sequence, key_pos // block_size] + (key_pos % block_size) * units_per_row
+        key_pos = (
+            torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths)[key_sequence]
+        )
+        ragged_first = (
+            table[key_sequence, key_pos // block_size] + (key_pos % block_size) * units_per_row
+        )
         ragged = (ragged_first.unsqueeze(-1) + within_row, lengths, key_sequence)
         tensors = [t.to(device) for t in common + ragged]
-        return StepBatch(*tensors[:5], ragged_units=tensors[5], key_lengths=tensors[6], key_sequence=tensors[7])
+        return StepBatch(
+            *tensors[:5], ragged_units=tensors[5], key_lengths=tensors[6], key_sequence=tensors[7]
+        )
     key_pos = torch.arange(context)
     read_first = table[:, key_pos // block_size] + (key_pos % block_size) * units_per_row
     read_units = read_first.unsqueeze(-1) + within_row

@@ -25,7 +25,9 @@ class HostKvPartition:
         self.bytes = segment_bytes
         self.start, self.end = span
         if not 0 <= self.start <= self.end <= len(segment_bytes):
-            raise InvalidHandleError(f"partition {span} lies outside the {len(segment_bytes)}-byte segment")
+            raise InvalidHandleError(
+                f"partition {span} lies outside the {len(segment_bytes)}-byte segment"
+            )
         self.allocator = _C.SlabAllocator((self.end - self.start) // slab_bytes, slab_bytes)
 
     def owns(self, handle: int) -> bool:
@@ -46,25 +48,33 @@ class HostKvPartition:
     def free(self, handles: tuple[int, ...] | list[int]) -> None:
         for handle in handles:
             if not self.owns(handle):
-                raise InvalidHandleError(f"host KV handle {handle} is not in partition [{self.start}, {self.end})")
+                raise InvalidHandleError(
+                    f"host KV handle {handle} is not in partition [{self.start}, {self.end})"
+                )
             self.allocator.free(handle - self.start)
 
     def read(self, handles: tuple[int, ...], block_bytes: int) -> bytes:
         """The blocks at `handles` (anywhere in the segment), concatenated."""
-        return b"".join(self.bytes[h:h + block_bytes].tobytes() for h in handles)
+        return b"".join(self.bytes[h : h + block_bytes].tobytes() for h in handles)
 
     def write(self, data: bytes, block_bytes: int) -> tuple[int, ...]:
         """Store `data` as blocks of `block_bytes`; OutOfBlocksError (nothing kept) when the partition is full."""
         count = len(data) // block_bytes
         handles = self.allocate(count, block_bytes)
-        blocks = np.frombuffer(data, dtype=np.uint8, count=count * block_bytes).reshape(count, block_bytes)
+        blocks = np.frombuffer(data, dtype=np.uint8, count=count * block_bytes).reshape(
+            count, block_bytes
+        )
         for block, handle in zip(blocks, handles):
-            self.bytes[handle:handle + block_bytes] = block
+            self.bytes[handle : handle + block_bytes] = block
         return handles
 
 
-def store_in_order(partition: HostKvPartition, pending: list[T], wanted: Callable[[T], bool],
-                   data_of: Callable[[T], tuple[bytes, int]]) -> Iterator[tuple[T, tuple[int, ...]]]:
+def store_in_order(
+    partition: HostKvPartition,
+    pending: list[T],
+    wanted: Callable[[T], bool],
+    data_of: Callable[[T], tuple[bytes, int]],
+) -> Iterator[tuple[T, tuple[int, ...]]]:
     """Write pending payloads into `partition`, oldest first, while it has room; yields each with its handles.
     Payloads no longer `wanted` are dropped; the rest stay in `pending` until room is freed (back-pressure)."""
     while pending:

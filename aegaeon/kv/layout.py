@@ -61,7 +61,9 @@ class KVLayout:
             )
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         if self.unit_bytes % itemsize:
-            raise ArenaTooSmallError(f"model {model}: the slab of {self.slab_bytes} bytes does not align its KV rows")
+            raise ArenaTooSmallError(
+                f"model {model}: the slab of {self.slab_bytes} bytes does not align its KV rows"
+            )
 
     def units_view(self, buffer: torch.Tensor) -> torch.Tensor:
         """The arena's byte buffer as a [units, unit_bytes / itemsize] matrix of this dtype (no copy)."""

@@ -18,10 +18,10 @@ import torch
 
 from aegaeon.arena import Arena
 from aegaeon.device_link import DeviceLink
-from aegaeon.sequence import Sequence, SeqStatus
 from aegaeon.errors import OutOfBlocksError
 from aegaeon.kv.layout import KVLayout
 from aegaeon.kv.swap import BlockSwapper, SwapTicket
+from aegaeon.sequence import SeqStatus, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,23 @@ class KVCacheManager:
         still = []
         for kind, seq, ticket in self._in_flight:
             if ticket.done():
-                self._finished.append(SwapRecord(kind, seq.seq_id, seq.model, ticket.nbytes, ticket.seconds() or 0.0))
+                self._finished.append(
+                    SwapRecord(kind, seq.seq_id, seq.model, ticket.nbytes, ticket.seconds() or 0.0)
+                )
             else:
                 still.append((kind, seq, ticket))
         self._in_flight = still
 
-    def _copy(self, kind: str, seq: Sequence, src: torch.Tensor, src_offsets: list[int], dst: torch.Tensor,
-              dst_offsets: list[int], block_bytes: int) -> SwapTicket:
+    def _copy(
+        self,
+        kind: str,
+        seq: Sequence,
+        src: torch.Tensor,
+        src_offsets: list[int],
+        dst: torch.Tensor,
+        dst_offsets: list[int],
+        block_bytes: int,
+    ) -> SwapTicket:
         self._collect()
         ticket = self.swapper.copy(src, src_offsets, dst, dst_offsets, block_bytes)
         self._in_flight.append((kind, seq, ticket))
@@ -99,9 +109,18 @@ class KVCacheManager:
             seq.status = SeqStatus.SWAPPED if seq.num_cached else seq.status
             return
         block = layout.block_bytes
-        host = torch.empty(len(seq.blocks) * block, dtype=torch.uint8, pin_memory=self.arena.device.type == "cuda")
-        ticket = self._copy("out", seq, self.arena.buffer, seq.blocks, host,
-                            [i * block for i in range(len(seq.blocks))], block)
+        host = torch.empty(
+            len(seq.blocks) * block, dtype=torch.uint8, pin_memory=self.arena.device.type == "cuda"
+        )
+        ticket = self._copy(
+            "out",
+            seq,
+            self.arena.buffer,
+            seq.blocks,
+            host,
+            [i * block for i in range(len(seq.blocks))],
+            block,
+        )
         ticket.wait()
         if ticket.event is not None:
             ticket.event.synchronize()  # the host copy may be read by the CPU next
@@ -118,25 +137,44 @@ class KVCacheManager:
             return
         block = layout.block_bytes
         self.grow(seq, host.numel() // block * layout.block_size, layout)
-        self._copy("in", seq, host, [i * block for i in range(len(seq.blocks))], self.arena.buffer, seq.blocks,
-                   block).wait()
+        self._copy(
+            "in",
+            seq,
+            host,
+            [i * block for i in range(len(seq.blocks))],
+            self.arena.buffer,
+            seq.blocks,
+            block,
+        ).wait()
         seq.host_kv = None
         seq.status = SeqStatus.RUNNING
 
-    def export_blocks(self, seq: Sequence, layout: KVLayout, host: torch.Tensor, host_offsets: list[int]) -> None:
+    def export_blocks(
+        self, seq: Sequence, layout: KVLayout, host: torch.Tensor, host_offsets: list[int]
+    ) -> None:
         """Copy the sequence's blocks to `host` (a 1-D uint8 buffer) at `host_offsets`; keeps its blocks.
 
         Returns once the bytes are in host memory: another process reads them next."""
-        ticket = self._copy("export", seq, self.arena.buffer, seq.blocks, host, host_offsets, layout.block_bytes)
+        ticket = self._copy(
+            "export", seq, self.arena.buffer, seq.blocks, host, host_offsets, layout.block_bytes
+        )
         ticket.wait()
         if ticket.event is not None:
             ticket.event.synchronize()
 
-    def import_blocks(self, seq: Sequence, layout: KVLayout, host: torch.Tensor, host_offsets: list[int],
-                      num_tokens: int) -> None:
+    def import_blocks(
+        self,
+        seq: Sequence,
+        layout: KVLayout,
+        host: torch.Tensor,
+        host_offsets: list[int],
+        num_tokens: int,
+    ) -> None:
         """Give `seq` blocks for `num_tokens` tokens and fill them from `host` (OutOfBlocksError when short)."""
         self.grow(seq, num_tokens, layout)
-        self._copy("import", seq, host, host_offsets, self.arena.buffer, seq.blocks, layout.block_bytes).wait()
+        self._copy(
+            "import", seq, host, host_offsets, self.arena.buffer, seq.blocks, layout.block_bytes
+        ).wait()
 
     def apply_moves(self, moved: dict[int, int]) -> None:
         """Re-point sequences at blocks the arena relocated (their bytes were copied)."""

@@ -27,7 +27,9 @@ class SwapTicket:
     nbytes: int
     event: "torch.cuda.Event | None" = None
     future: Future | None = None
-    started: "torch.cuda.Event | None" = None  # GPU: timing event recorded just before the copy kernel
+    started: "torch.cuda.Event | None" = (
+        None  # GPU: timing event recorded just before the copy kernel
+    )
     buffers: tuple = ()  # GPU: source and destination, kept alive until the kernel has run
 
     def wait(self) -> None:
@@ -47,7 +49,9 @@ class SwapTicket:
         if not self.done():
             return None
         if self.event is not None:
-            return self.started.elapsed_time(self.event) / 1000.0 if self.started is not None else None
+            return (
+                self.started.elapsed_time(self.event) / 1000.0 if self.started is not None else None
+            )
         return self.future.result() if self.future is not None else 0.0
 
 
@@ -56,17 +60,28 @@ class BlockSwapper:
         self.device = torch.device(device)
         self.link = link or DeviceLink()
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="kv-swap") if self._stream is None else None
+        self._pool = (
+            ThreadPoolExecutor(1, thread_name_prefix="kv-swap") if self._stream is None else None
+        )
 
-    def copy(self, src: torch.Tensor, src_offsets: list[int], dst: torch.Tensor, dst_offsets: list[int],
-             block_bytes: int) -> SwapTicket:
+    def copy(
+        self,
+        src: torch.Tensor,
+        src_offsets: list[int],
+        dst: torch.Tensor,
+        dst_offsets: list[int],
+        block_bytes: int,
+    ) -> SwapTicket:
         """Copy block i from src[src_offsets[i]:] to dst[dst_offsets[i]:] (1-D uint8 buffers)."""
         src_off = torch.tensor(src_offsets, dtype=torch.int64)
         dst_off = torch.tensor(dst_offsets, dtype=torch.int64)
         nbytes = len(src_offsets) * block_bytes
         if self._stream is None:
-            future = self._pool.submit(self.link.transfer, nbytes,
-                                       lambda: _C.copy_blocks(src, src_off, dst, dst_off, block_bytes))
+            future = self._pool.submit(
+                self.link.transfer,
+                nbytes,
+                lambda: _C.copy_blocks(src, src_off, dst, dst_off, block_bytes),
+            )
             return SwapTicket(nbytes, future=future)
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
@@ -80,4 +95,3 @@ class BlockSwapper:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-

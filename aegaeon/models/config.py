@@ -115,8 +115,16 @@ class ArchConfig:
         return cfg
 
     def validate(self, where: str) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                     "head_dim", "max_position"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position",
+        ):
             if getattr(self, name) <= 0:
                 raise CheckpointError(f"{where}: {name}={getattr(self, name)} must be positive")
         if self.num_heads % self.num_kv_heads:
@@ -125,9 +133,13 @@ class ArchConfig:
                 f"num_key_value_heads={self.num_kv_heads}"
             )
         if self.head_dim % 2:
-            raise CheckpointError(f"{where}: head_dim={self.head_dim} must be even for rotary embeddings")
+            raise CheckpointError(
+                f"{where}: head_dim={self.head_dim} must be even for rotary embeddings"
+            )
         if self.dtype not in SUPPORTED_DTYPES:
-            raise CheckpointError(f"{where}: torch_dtype={self.dtype!r} is not supported: use one of {SUPPORTED_DTYPES}")
+            raise CheckpointError(
+                f"{where}: torch_dtype={self.dtype!r} is not supported: use one of {SUPPORTED_DTYPES}"
+            )
 
     def to_hf_dict(self) -> dict:
         """The config.json a Hugging Face checkpoint of this shape carries."""
@@ -160,7 +172,9 @@ class ArchConfig:
 def load_arch_config(checkpoint_dir: str | Path) -> ArchConfig:
     path = Path(checkpoint_dir) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{checkpoint_dir}: no config.json: point --models at a Hugging Face checkpoint directory")
+        raise CheckpointError(
+            f"{checkpoint_dir}: no config.json: point --models at a Hugging Face checkpoint directory"
+        )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as bad:

@@ -11,20 +11,27 @@ import logging
 import shutil
 from pathlib import Path
 
-from aegaeon.models.config import ArchConfig
 from aegaeon.config.env import aegaeon_home
+from aegaeon.models.config import ArchConfig
 from aegaeon.models.maker import config_for, make_model
 
 log = logging.getLogger(__name__)
 
 DEMO_MODELS: dict[str, tuple[ArchConfig, int]] = {
-    "demo-llama-a": (config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512), 1),
-    "demo-llama-b": (config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512), 2),
-    "demo-qwen": (config_for("qwen2", layers=3, hidden=96, heads=6, kv_heads=2, intermediate=192, vocab=640), 3),
+    "demo-llama-a": (
+        config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512),
+        1,
+    ),
+    "demo-llama-b": (
+        config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512),
+        2,
+    ),
+    "demo-qwen": (
+        config_for("qwen2", layers=3, hidden=96, heads=6, kv_heads=2, intermediate=192, vocab=640),
+        3,
+    ),
 }
 DEMO_PROMPTS = ("the model serves many requests", "hot and cold models share one pool")
-
-
 
 
 def demo_models(root: Path | None = None) -> dict[str, Path]:

@@ -16,10 +16,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * x32.to(x.dtype)
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, linear_factor: float,
-                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(
+    positions: torch.Tensor, head_dim: int, theta: float, linear_factor: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of shape positions.shape + (head_dim,)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+    inv_freq = 1.0 / (
+        theta
+        ** (
+            torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float()
+            / head_dim
+        )
+    )
     angles = (positions.float() / linear_factor).unsqueeze(-1) * inv_freq
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -33,11 +40,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-def swiglu_mlp(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+def swiglu_mlp(
+    x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor
+) -> torch.Tensor:
     return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def paged_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Attention of padded queries over keys gathered from KV blocks.
 
     q: [B, Q, H, D]; k, v: [B, C, KVH, D]; mask: [B, Q, C] (True = may attend).
@@ -54,8 +65,13 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return out.transpose(1, 2).reshape(batch, queries, heads * dim)
 
 
-def ragged_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lengths: torch.Tensor,
-                            key_sequence: torch.Tensor) -> torch.Tensor:
+def ragged_decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_lengths: torch.Tensor,
+    key_sequence: torch.Tensor,
+) -> torch.Tensor:
     """Attention of one query per sequence over the keys of all sequences laid back to back.
 
     q: [B, H, D]; k, v: [T, KVH, D], sequence 0's keys first; key_lengths: [B]
@@ -67,8 +83,10 @@ def ragged_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
     batch, heads, dim = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads
-    queries = q.float().view(batch, kv_heads, group, dim).index_select(0, key_sequence)  # [T, KVH, G, D]
-    scores = torch.einsum("tkgd,tkd->tkg", queries, k.float()).mul_(dim ** -0.5)
+    queries = (
+        q.float().view(batch, kv_heads, group, dim).index_select(0, key_sequence)
+    )  # [T, KVH, G, D]
+    scores = torch.einsum("tkgd,tkd->tkg", queries, k.float()).mul_(dim**-0.5)
     peak = torch.segment_reduce(scores, "max", lengths=key_lengths, axis=0)  # [B, KVH, G]
     weights = scores.sub_(peak.index_select(0, key_sequence)).exp_()
     total = torch.segment_reduce(weights, "sum", lengths=key_lengths, axis=0)

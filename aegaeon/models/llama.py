@@ -17,8 +17,14 @@ import torch.nn.functional as F
 from aegaeon.kv.batch import StepBatch
 from aegaeon.kv.layout import KVLayout
 from aegaeon.models.config import ArchConfig
-from aegaeon.models.layers import (apply_rotary, paged_attention, ragged_decode_attention, rms_norm, rotary_tables,
-                                   swiglu_mlp)
+from aegaeon.models.layers import (
+    apply_rotary,
+    paged_attention,
+    ragged_decode_attention,
+    rms_norm,
+    rotary_tables,
+    swiglu_mlp,
+)
 
 
 @dataclass(frozen=True)
@@ -50,31 +56,53 @@ class LlamaModel:
         self.embed = params["model.embed_tokens.weight"]
         self.final_norm = params["model.norm.weight"]
         self.lm_head = self.embed if self.config.tie_word_embeddings else params["lm_head.weight"]
-        self.layers = [self._layer(params, f"model.layers.{i}.") for i in range(self.config.num_layers)]
+        self.layers = [
+            self._layer(params, f"model.layers.{i}.") for i in range(self.config.num_layers)
+        ]
 
     def _layer(self, params: dict[str, torch.Tensor], p: str) -> LayerWeights:
         attn, mlp = p + "self_attn.", p + "mlp."
         return LayerWeights(
             params[p + "input_layernorm.weight"],
-            params[attn + "q_proj.weight"], params[attn + "k_proj.weight"], params[attn + "v_proj.weight"],
-            params.get(attn + "q_proj.bias"), params.get(attn + "k_proj.bias"), params.get(attn + "v_proj.bias"),
-            params[attn + "o_proj.weight"], params[p + "post_attention_layernorm.weight"],
-            params[mlp + "gate_proj.weight"], params[mlp + "up_proj.weight"], params[mlp + "down_proj.weight"],
+            params[attn + "q_proj.weight"],
+            params[attn + "k_proj.weight"],
+            params[attn + "v_proj.weight"],
+            params.get(attn + "q_proj.bias"),
+            params.get(attn + "k_proj.bias"),
+            params.get(attn + "v_proj.bias"),
+            params[attn + "o_proj.weight"],
+            params[p + "post_attention_layernorm.weight"],
+            params[mlp + "gate_proj.weight"],
+            params[mlp + "up_proj.weight"],
+            params[mlp + "down_proj.weight"],
         )
 
     @torch.inference_mode()
-    def forward(self, step: StepBatch, kv_units: torch.Tensor, layout: KVLayout, all_logits: bool = False
-                ) -> torch.Tensor:
+    def forward(
+        self, step: StepBatch, kv_units: torch.Tensor, layout: KVLayout, all_logits: bool = False
+    ) -> torch.Tensor:
         """Logits of each sequence's last new token ([B, V]), or of every query ([B, Q, V])."""
         if self.embed is None:
             raise RuntimeError("LlamaModel.forward before bind(): place the model's weights first")
         cfg = self.config
         x = F.embedding(step.tokens, self.embed)
-        cos, sin = rotary_tables(step.positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor, x.dtype)
+        cos, sin = rotary_tables(
+            step.positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor, x.dtype
+        )
         for index, layer in enumerate(self.layers):
-            x = x + self._attention(index, layer, rms_norm(x, layer.input_norm, cfg.rms_norm_eps), cos, sin,
-                                    step, kv_units, layout)
-            x = x + swiglu_mlp(rms_norm(x, layer.post_norm, cfg.rms_norm_eps), layer.gate, layer.up, layer.down)
+            x = x + self._attention(
+                index,
+                layer,
+                rms_norm(x, layer.input_norm, cfg.rms_norm_eps),
+                cos,
+                sin,
+                step,
+                kv_units,
+                layout,
+            )
+            x = x + swiglu_mlp(
+                rms_norm(x, layer.post_norm, cfg.rms_norm_eps), layer.gate, layer.up, layer.down
+            )
         if not all_logits:
             x = x[torch.arange(x.shape[0], device=x.device), step.last]
         return F.linear(rms_norm(x, self.final_norm, cfg.rms_norm_eps), self.lm_head)
@@ -83,8 +111,17 @@ class LlamaModel:
     def _has_stale_slots(step: StepBatch) -> bool:
         return not bool(step.key_valid.all())
 
-    def _attention(self, index: int, w: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   step: StepBatch, kv_units: torch.Tensor, layout: KVLayout) -> torch.Tensor:
+    def _attention(
+        self,
+        index: int,
+        w: LayerWeights,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        step: StepBatch,
+        kv_units: torch.Tensor,
+        layout: KVLayout,
+    ) -> torch.Tensor:
         cfg = self.config
         batch, queries, _ = x.shape
         q = F.linear(x, w.q, w.q_bias).view(batch, queries, cfg.num_heads, cfg.head_dim)
@@ -93,17 +130,29 @@ class LlamaModel:
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         key_off, value_off = layout.unit_offset(index, False), layout.unit_offset(index, True)
         unit = kv_units.shape[1]
-        kv_units.index_copy_(0, (step.write_units + key_off).flatten(), k[step.valid].reshape(-1, unit))
-        kv_units.index_copy_(0, (step.write_units + value_off).flatten(), v[step.valid].reshape(-1, unit))
+        kv_units.index_copy_(
+            0, (step.write_units + key_off).flatten(), k[step.valid].reshape(-1, unit)
+        )
+        kv_units.index_copy_(
+            0, (step.write_units + value_off).flatten(), v[step.valid].reshape(-1, unit)
+        )
         if step.ragged:
             rows = step.ragged_units.shape[0]
             keys = kv_units[step.ragged_units + key_off].view(rows, cfg.num_kv_heads, cfg.head_dim)
-            values = kv_units[step.ragged_units + value_off].view(rows, cfg.num_kv_heads, cfg.head_dim)
-            out = ragged_decode_attention(q[:, 0], keys, values, step.key_lengths, step.key_sequence)
+            values = kv_units[step.ragged_units + value_off].view(
+                rows, cfg.num_kv_heads, cfg.head_dim
+            )
+            out = ragged_decode_attention(
+                q[:, 0], keys, values, step.key_lengths, step.key_sequence
+            )
             return F.linear(out.unsqueeze(1), w.o)
         context = step.read_units.shape[1]
-        keys = kv_units[step.read_units + key_off].view(batch, context, cfg.num_kv_heads, cfg.head_dim)
-        values = kv_units[step.read_units + value_off].view(batch, context, cfg.num_kv_heads, cfg.head_dim)
+        keys = kv_units[step.read_units + key_off].view(
+            batch, context, cfg.num_kv_heads, cfg.head_dim
+        )
+        values = kv_units[step.read_units + value_off].view(
+            batch, context, cfg.num_kv_heads, cfg.head_dim
+        )
         if self._has_stale_slots(step):
             stale = ~step.key_valid.view(batch, context, 1, 1)
             keys, values = keys.masked_fill(stale, 0), values.masked_fill(stale, 0)

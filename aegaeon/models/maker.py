@@ -29,10 +29,27 @@ EOS_TOKEN = "<|endoftext|>"
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 PRESETS: dict[str, ArchConfig] = {
-    "qwen2.5-7b": ArchConfig("qwen2", 152064, 3584, 18944, 28, 28, 4, 128, 32768, 1e-6, 1e6, qkv_bias=True,
-                             dtype="bfloat16"),
-    "yi-1.5-9b": ArchConfig("llama", 64000, 4096, 11008, 48, 32, 4, 128, 4096, 1e-6, 5e6, dtype="bfloat16"),
-    "llama-2-13b": ArchConfig("llama", 32000, 5120, 13824, 40, 40, 40, 128, 4096, 1e-5, 1e4, dtype="float16"),
+    "qwen2.5-7b": ArchConfig(
+        "qwen2",
+        152064,
+        3584,
+        18944,
+        28,
+        28,
+        4,
+        128,
+        32768,
+        1e-6,
+        1e6,
+        qkv_bias=True,
+        dtype="bfloat16",
+    ),
+    "yi-1.5-9b": ArchConfig(
+        "llama", 64000, 4096, 11008, 48, 32, 4, 128, 4096, 1e-6, 5e6, dtype="bfloat16"
+    ),
+    "llama-2-13b": ArchConfig(
+        "llama", 32000, 5120, 13824, 40, 40, 40, 128, 4096, 1e-5, 1e4, dtype="float16"
+    ),
 }
 
 # A small English corpus for the demo tokenizer: enough for byte-level BPE to learn merges.
@@ -48,21 +65,47 @@ _CORPUS_WORDS = (
 ).split()
 
 
-def config_for(arch: str, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-               intermediate: int = 128, vocab: int = 512, max_position: int = 2048, dtype: str = "float32",
-               tie_embeddings: bool = False) -> ArchConfig:
+def config_for(
+    arch: str,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 128,
+    vocab: int = 512,
+    max_position: int = 2048,
+    dtype: str = "float32",
+    tie_embeddings: bool = False,
+) -> ArchConfig:
     if arch not in ("llama", "qwen2"):
         raise ConfigError(f"--arch {arch!r} is not supported: use llama or qwen2")
     if heads <= 0 or hidden % heads:
         raise ConfigError(f"--hidden {hidden} must be a positive multiple of --heads {heads}")
-    config = ArchConfig(arch, vocab, hidden, intermediate, layers, heads, kv_heads, hidden // heads, max_position,
-                        qkv_bias=arch == "qwen2", tie_word_embeddings=tie_embeddings, dtype=dtype)
+    config = ArchConfig(
+        arch,
+        vocab,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        hidden // heads,
+        max_position,
+        qkv_bias=arch == "qwen2",
+        tie_word_embeddings=tie_embeddings,
+        dtype=dtype,
+    )
     config.validate("make-model")
     return config
 
 
-def make_model(out_dir: str | Path, config: ArchConfig, seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES,
-               progress: Callable[[int, int], None] | None = None) -> Path:
+def make_model(
+    out_dir: str | Path,
+    config: ArchConfig,
+    seed: int = 0,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Write a checkpoint of `config` with random weights (deterministic for `seed`) to `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,17 +113,35 @@ def make_model(out_dir: str | Path, config: ArchConfig, seed: int = 0, shard_byt
     tokenizer.save(str(out / "tokenizer.json"))
     config = replace(config, eos_token_id=tokenizer.token_to_id(EOS_TOKEN))
     (out / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN,
-        "model_max_length": config.max_position,
-    }, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": EOS_TOKEN,
+                "pad_token": EOS_TOKEN,
+                "model_max_length": config.max_position,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     _write_weights(out, config, seed, shard_bytes, progress)
-    log.info("wrote %s checkpoint (%.1f M parameters) to %s", config.arch, config.num_parameters() / 1e6, out)
+    log.info(
+        "wrote %s checkpoint (%.1f M parameters) to %s",
+        config.arch,
+        config.num_parameters() / 1e6,
+        out,
+    )
     return out
 
 
-def _write_weights(out: Path, config: ArchConfig, seed: int, shard_bytes: int,
-                   progress: Callable[[int, int], None] | None) -> None:
+def _write_weights(
+    out: Path,
+    config: ArchConfig,
+    seed: int,
+    shard_bytes: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
     dtype = resolve_dtype(config.dtype)
     itemsize = torch.empty((), dtype=dtype).element_size()
     generator = torch.Generator().manual_seed(seed)
@@ -126,14 +187,20 @@ def build_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 258:
-        raise ConfigError(f"--vocab {vocab_size} is too small: byte-level tokenizers need at least 258 tokens")
+        raise ConfigError(
+            f"--vocab {vocab_size} is too small: byte-level tokenizers need at least 258 tokens"
+        )
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab_size, 2048), special_tokens=[EOS_TOKEN], show_progress=False,
+        vocab_size=min(vocab_size, 2048),
+        special_tokens=[EOS_TOKEN],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    corpus = [" ".join(_CORPUS_WORDS[i:] + _CORPUS_WORDS[:i]) for i in range(0, len(_CORPUS_WORDS), 7)]
+    corpus = [
+        " ".join(_CORPUS_WORDS[i:] + _CORPUS_WORDS[:i]) for i in range(0, len(_CORPUS_WORDS), 7)
+    ]
     tokenizer.train_from_iterator(corpus, trainer)
     return tokenizer

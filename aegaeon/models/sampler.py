@@ -10,7 +10,9 @@ import torch
 from aegaeon.errors import RequestError
 
 MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
-GREEDY_BELOW = 1e-5  # temperatures under this decode greedily (as vLLM does): dividing by them overflows
+GREEDY_BELOW = (
+    1e-5  # temperatures under this decode greedily (as vLLM does): dividing by them overflows
+)
 
 
 @dataclass(frozen=True)
@@ -24,17 +26,25 @@ class SamplingParams:
     min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one
     presence_penalty: float = 0.0  # OpenAI's: minus this for every token the output already has
     frequency_penalty: float = 0.0  # OpenAI's: minus this times how often the output has the token
-    repetition_penalty: float = 1.0  # vLLM's: tokens of the prompt or output, positive logits / it, others x it
-    min_tokens: int = 0  # vLLM's: EOS and stop_token_ids cannot end the output before this many tokens
+    repetition_penalty: float = (
+        1.0  # vLLM's: tokens of the prompt or output, positive logits / it, others x it
+    )
+    min_tokens: int = (
+        0  # vLLM's: EOS and stop_token_ids cannot end the output before this many tokens
+    )
     stop_token_ids: tuple[int, ...] = ()  # vLLM's: these tokens end the output as EOS does
     # Tokens at the end of the prompt that are this request's own output from an earlier run (a re-run after
     # its worker was lost): the penalties and min_tokens count them as output.
     output_before: int = 0
-    logprobs: int | None = None  # None: off; k >= 0: the drawn token's log-probability and the k most likely
+    logprobs: int | None = (
+        None  # None: off; k >= 0: the drawn token's log-probability and the k most likely
+    )
 
     @property
     def penalised(self) -> bool:
-        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+        return bool(
+            self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+        )
 
     def validate(self) -> None:
         if self.max_tokens < 1:
@@ -57,7 +67,9 @@ class SamplingParams:
             raise RequestError(f"min_tokens={self.min_tokens} must be in [0, max_tokens]")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise RequestError(f"logprobs={self.logprobs} must be in [0, {MAX_LOGPROBS}]")
-        if self.output_before < 0 or any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+        if self.output_before < 0 or any(
+            not isinstance(t, int) or t < 0 for t in self.stop_token_ids
+        ):
             raise RequestError("stop_token_ids must be token ids (integers >= 0)")
 
 
@@ -70,14 +82,22 @@ def new_generator(params: SamplingParams) -> torch.Generator | None:
     return generator
 
 
-def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
-               context_ids: list[int] | None = None, num_output: int = 0, banned: tuple[int, ...] = ()) -> int:
+def sample_one(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    context_ids: list[int] | None = None,
+    num_output: int = 0,
+    banned: tuple[int, ...] = (),
+) -> int:
     """One token from a [vocab] row of logits. RequestError (that request fails, the worker carries on) when
     the logits are not finite: no sampling from NaN. `context_ids` are the request's prompt and output so
     far, the last `num_output` of them output (needed when it has penalties); `banned` tokens cannot be
     drawn (EOS before min_tokens)."""
     if not bool(torch.isfinite(logits).all()):
-        raise RequestError("the model produced non-finite logits for this request; it cannot be sampled")
+        raise RequestError(
+            "the model produced non-finite logits for this request; it cannot be sampled"
+        )
     if params.penalised or banned:
         logits = adjust_logits(logits, params, context_ids or [], num_output, banned)
     if params.temperature < GREEDY_BELOW:
@@ -87,21 +107,28 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         return int(torch.multinomial(probs, 1, generator=generator))
     sorted_probs, order = torch.sort(probs, descending=True)
     if params.top_k > 0:  # top-k first, then top-p on what it left (renormalised), as vLLM does
-        sorted_probs[params.top_k:] = 0
+        sorted_probs[params.top_k :] = 0
         sorted_probs = sorted_probs / sorted_probs.sum()
     keep = torch.ones_like(sorted_probs, dtype=torch.bool)
     if params.top_p < 1:  # the smallest prefix whose mass reaches top_p
         keep &= torch.cumsum(sorted_probs, dim=-1) - sorted_probs < params.top_p
     if params.min_p > 0:
         keep &= sorted_probs >= params.min_p * sorted_probs[0]
-    keep[0] = True  # the most likely token always stays (a top_p below float32's least value would drop it)
+    keep[0] = (
+        True  # the most likely token always stays (a top_p below float32's least value would drop it)
+    )
     sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
     choice = torch.multinomial(sorted_probs, 1, generator=generator)
     return int(order[choice])
 
 
-def adjust_logits(logits: torch.Tensor, params: SamplingParams, context_ids: list[int], num_output: int,
-                  banned: tuple[int, ...] = ()) -> torch.Tensor:
+def adjust_logits(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    context_ids: list[int],
+    num_output: int,
+    banned: tuple[int, ...] = (),
+) -> torch.Tensor:
     """vLLM's penalties on a copy of one row, in its order (repetition over prompt and output, then frequency
     and presence over the output: the last `num_output` of `context_ids`), and `banned` tokens set to -inf."""
     logits = logits.float().clone()
@@ -110,11 +137,14 @@ def adjust_logits(logits: torch.Tensor, params: SamplingParams, context_ids: lis
         seen = torch.unique(torch.tensor(context_ids, dtype=torch.long))
         seen = seen[seen < vocab]
         picked = logits[seen]
-        logits[seen] = torch.where(picked > 0, picked / params.repetition_penalty,
-                                   picked * params.repetition_penalty)
-    output = context_ids[len(context_ids) - min(num_output, len(context_ids)):]
+        logits[seen] = torch.where(
+            picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty
+        )
+    output = context_ids[len(context_ids) - min(num_output, len(context_ids)) :]
     if (params.presence_penalty or params.frequency_penalty) and output:
-        counts = torch.bincount(torch.tensor(output, dtype=torch.long), minlength=vocab)[:vocab].float()
+        counts = torch.bincount(torch.tensor(output, dtype=torch.long), minlength=vocab)[
+            :vocab
+        ].float()
         logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float()
     allowed = sorted({t for t in banned if t < vocab})
     if allowed and len(allowed) < vocab:  # never ban every token
@@ -122,7 +152,9 @@ def adjust_logits(logits: torch.Tensor, params: SamplingParams, context_ids: lis
     return logits
 
 
-def token_logprobs(logits: torch.Tensor, token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+def token_logprobs(
+    logits: torch.Tensor, token: int, k: int
+) -> tuple[float, tuple[tuple[int, float], ...]]:
     """The drawn token's log-probability and the k most likely tokens', under the model's own distribution
     (raw logits: before temperature and penalties, as vLLM reports them by default)."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)

@@ -109,7 +109,9 @@ class TableCostModel:
         try:
             return self.models[name]
         except KeyError:
-            raise ConfigError(f"model {name!r} has no profile; known: {sorted(self.models)[:8]}...") from None
+            raise ConfigError(
+                f"model {name!r} has no profile; known: {sorted(self.models)[:8]}..."
+            ) from None
 
     def prefill_time(self, model: str, input_lens: Sequence[int]) -> float:
         return self.model(model).prefill_time(input_lens)
@@ -120,7 +122,9 @@ class TableCostModel:
     def switch_time(self, from_model: str | None, to_model: str) -> float:
         if from_model == to_model:
             return 0.0
-        return self.model(to_model).weight_bytes / (self.link.h2d_bandwidth * self.link.switch_efficiency)
+        return self.model(to_model).weight_bytes / (
+            self.link.h2d_bandwidth * self.link.switch_efficiency
+        )
 
     def swap_time(self, nbytes: int) -> float:
         return nbytes / (self.link.h2d_bandwidth * self.link.swap_efficiency)
@@ -153,7 +157,9 @@ class MeasuredCost:
     LEARNING_RATE = 0.3
     DEFAULTS = {"step": 0.01, "switch": 0.001, "prefill_token": 1e-4, "swap_byte": 0.0}
 
-    def __init__(self, sizes: Mapping[str, ModelSizes] | None = None, prior: CostModel | None = None):
+    def __init__(
+        self, sizes: Mapping[str, ModelSizes] | None = None, prior: CostModel | None = None
+    ):
         self.sizes = dict(sizes or {})
         self.prior = prior
         self._tables: dict[str, dict[str, float]] = {kind: {} for kind in self.DEFAULTS}
@@ -176,7 +182,9 @@ class MeasuredCost:
     def _observe(self, kind: str, key: str, value: float) -> None:
         table = self._tables[kind]
         old = table.get(key)
-        table[key] = value if old is None else (1 - self.LEARNING_RATE) * old + self.LEARNING_RATE * value
+        table[key] = (
+            value if old is None else (1 - self.LEARNING_RATE) * old + self.LEARNING_RATE * value
+        )
 
     def learnt(self, kind: str, key: str) -> float | None:
         """The moving average of `kind` for `key`; None before its first observation."""
@@ -199,7 +207,9 @@ class MeasuredCost:
         per_token = self.learnt("prefill_token", model)
         if per_token is None and self.prior is not None:
             return self.prior.prefill_time(model, input_lens)
-        return (per_token if per_token is not None else self._average("prefill_token")) * sum(input_lens)
+        return (per_token if per_token is not None else self._average("prefill_token")) * sum(
+            input_lens
+        )
 
     def swap_time(self, nbytes: int) -> float:
         per_byte = self.learnt("swap_byte", "")
@@ -224,7 +234,9 @@ class MeasuredCost:
             return self.sizes[model]
         if self.prior is not None:
             return ModelSizes(self.prior.weight_bytes(model), self.prior.kv_bytes_per_token(model))
-        raise ConfigError(f"model {model!r}: its sizes are unknown to this cost model; known: {sorted(self.sizes)}")
+        raise ConfigError(
+            f"model {model!r}: its sizes are unknown to this cost model; known: {sorted(self.sizes)}"
+        )
 
 
 def kv_capacity_bytes(memory_bytes: int, weight_bytes: Sequence[int]) -> int:

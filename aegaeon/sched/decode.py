@@ -53,8 +53,12 @@ class RoundPlan:
     load: float  # sum_j 1/n_j: above 1 the round cannot meet the TPOT SLO
 
 
-def form_batches(candidates: Sequence[DecodeCandidate], cost: CostModel, kv_capacity_bytes: int,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> tuple[list[DecodeBatch], list[int]]:
+def form_batches(
+    candidates: Sequence[DecodeCandidate],
+    cost: CostModel,
+    kv_capacity_bytes: int,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> tuple[list[DecodeBatch], list[int]]:
     """FCFS regrouping into per-model batches; returns (batches, request ids left waiting).
 
     Batches are ordered by their first request's position (FCFS across models).
@@ -72,18 +76,27 @@ def form_batches(candidates: Sequence[DecodeCandidate], cost: CostModel, kv_capa
             continue
         batch.append(cand)
         used += need
-    batches = [DecodeBatch(model, tuple(c.request_id for c in batch), sum(c.context_len for c in batch))
-               for model, batch in members.items() if batch]
+    batches = [
+        DecodeBatch(model, tuple(c.request_id for c in batch), sum(c.context_len for c in batch))
+        for model, batch in members.items()
+        if batch
+    ]
     return batches, waiting
 
 
-def compute_quotas(step_times: Sequence[float], switch_cost: float, tpot_slo: float,
-                   max_quota: float = DEFAULT_MAX_QUOTA) -> tuple[tuple[float, ...], float, float]:
+def compute_quotas(
+    step_times: Sequence[float],
+    switch_cost: float,
+    tpot_slo: float,
+    max_quota: float = DEFAULT_MAX_QUOTA,
+) -> tuple[tuple[float, ...], float, float]:
     """The quota formula; returns (quotas, alpha, load)."""
     if not step_times:
         return (), MIN_ALPHA, 0.0
     if min(step_times) <= 0 or tpot_slo <= 0 or max_quota <= 0 or switch_cost < 0:
-        raise ConfigError(f"quota inputs out of range: steps {step_times}, c {switch_cost}, SLO {tpot_slo}, Q {max_quota}")
+        raise ConfigError(
+            f"quota inputs out of range: steps {step_times}, c {switch_cost}, SLO {tpot_slo}, Q {max_quota}"
+        )
     n = [tpot_slo / d for d in step_times]
     load = sum(1.0 / x for x in n)
     if switch_cost == 0:
@@ -92,8 +105,13 @@ def compute_quotas(step_times: Sequence[float], switch_cost: float, tpot_slo: fl
     return tuple(switch_cost / (x * (alpha - load)) for x in n), alpha, load
 
 
-def plan_round(batches: Sequence[DecodeBatch], loaded_model: str | None, cost: CostModel, tpot_slo: float,
-               max_quota: float = DEFAULT_MAX_QUOTA) -> RoundPlan:
+def plan_round(
+    batches: Sequence[DecodeBatch],
+    loaded_model: str | None,
+    cost: CostModel,
+    tpot_slo: float,
+    max_quota: float = DEFAULT_MAX_QUOTA,
+) -> RoundPlan:
     """Quotas for one round. Batches run in the given order, starting from `loaded_model`."""
     steps = tuple(cost.decode_time(b.model, len(b.request_ids), b.context_tokens) for b in batches)
     models = [b.model for b in batches]
@@ -113,7 +131,9 @@ def rotate_to_loaded(batches: list[DecodeBatch], loaded_model: str | None) -> li
     return batches
 
 
-def choose_decode_instance(model: str, loads: Sequence[Mapping[str, int]], max_batch: int = DEFAULT_MAX_BATCH) -> int:
+def choose_decode_instance(
+    model: str, loads: Sequence[Mapping[str, int]], max_batch: int = DEFAULT_MAX_BATCH
+) -> int:
     """The decode instance a request of `model` joins; `loads[i]` counts instance i's live requests per model.
 
     An instance already decoding `model` with room in that model's batch takes it, the least busy such one:
@@ -124,7 +144,9 @@ def choose_decode_instance(model: str, loads: Sequence[Mapping[str, int]], max_b
     if not loads:
         raise ConfigError("no decode instance to place the request on")
     busy = [sum(load.values()) for load in loads]
-    with_room = [i for i, load in enumerate(loads) if load.get(model, 0) < max_batch] or list(range(len(loads)))
+    with_room = [i for i, load in enumerate(loads) if load.get(model, 0) < max_batch] or list(
+        range(len(loads))
+    )
     holding = [i for i in with_room if loads[i].get(model, 0) > 0]
     if holding:
         return min(holding, key=lambda i: (busy[i], i))

@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 from aegaeon.sched.cost import CostModel
 
 
-def place_models(models: list[str], cost: CostModel, num_gpus: int, device_memory_bytes: int,
-                 kv_reserve_bytes: int) -> tuple[dict[str, int], list[str]]:
+def place_models(
+    models: list[str],
+    cost: CostModel,
+    num_gpus: int,
+    device_memory_bytes: int,
+    kv_reserve_bytes: int,
+) -> tuple[dict[str, int], list[str]]:
     """Greedy placement; returns (model -> GPU index, unplaceable models)."""
     free = [device_memory_bytes] * num_gpus
     placement, unplaced = {}, []

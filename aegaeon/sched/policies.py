@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 from aegaeon.errors import ConfigError
 from aegaeon.sched.cost import CostModel
-from aegaeon.sched.rounds import UNBOUNDED_KV, DecodePolicy, RequestLevel, RoundConfig, WeightedRoundRobin
+from aegaeon.sched.rounds import (
+    UNBOUNDED_KV,
+    DecodePolicy,
+    RequestLevel,
+    RoundConfig,
+    WeightedRoundRobin,
+)
 
 
 def _token_level(cost: CostModel, rounds: RoundConfig, kv_capacity_bytes: int) -> DecodePolicy:
@@ -28,17 +34,22 @@ class PolicyInfo:
     name: str
     summary: str
     sim_system: str  # "module:Class" of the simulator system that executes it
-    live_decode: object | None = None  # (cost, RoundConfig, kv capacity) -> DecodePolicy; None: simulator only
+    live_decode: object | None = (
+        None  # (cost, RoundConfig, kv capacity) -> DecodePolicy; None: simulator only
+    )
 
     @property
     def live(self) -> bool:
         return self.live_decode is not None
 
-    def decode_policy(self, cost: CostModel, rounds: RoundConfig, kv_capacity_bytes: int = UNBOUNDED_KV
-                      ) -> DecodePolicy:
+    def decode_policy(
+        self, cost: CostModel, rounds: RoundConfig, kv_capacity_bytes: int = UNBOUNDED_KV
+    ) -> DecodePolicy:
         if self.live_decode is None:
-            raise ConfigError(f"policy {self.name!r} runs in the simulator only; live policies: "
-                              f"{', '.join(live_policies())}")
+            raise ConfigError(
+                f"policy {self.name!r} runs in the simulator only; live policies: "
+                f"{', '.join(live_policies())}"
+            )
         return self.live_decode(cost, rounds, kv_capacity_bytes)
 
     def system_class(self) -> type:
@@ -46,17 +57,34 @@ class PolicyInfo:
         return getattr(importlib.import_module(module), name)
 
 
-POLICIES: dict[str, PolicyInfo] = {p.name: p for p in (
-    PolicyInfo("aegaeon", "token-level: grouped-FCFS prefill, weighted round-robin decode (the paper's system)",
-               "aegaeon.sim.aegaeon_system:AegaeonSystem", _token_level),
-    PolicyInfo("sllm", "request-level: a model keeps its instance until its requests are done (ServerlessLLM); "
-                       "live, the decode workers of a disaggregated node scale this way",
-               "aegaeon.sim.serverless:ServerlessSystem", _request_level),
-    PolicyInfo("sllm+", "ServerlessLLM with model-affinity batches and shortest-job-first order",
-               "aegaeon.sim.serverless:ServerlessSystem"),
-    PolicyInfo("muxserve", "static spatial-temporal colocation, placement-limited (MuxServe)",
-               "aegaeon.sim.muxserve:MuxServeSystem"),
-)}
+POLICIES: dict[str, PolicyInfo] = {
+    p.name: p
+    for p in (
+        PolicyInfo(
+            "aegaeon",
+            "token-level: grouped-FCFS prefill, weighted round-robin decode (the paper's system)",
+            "aegaeon.sim.aegaeon_system:AegaeonSystem",
+            _token_level,
+        ),
+        PolicyInfo(
+            "sllm",
+            "request-level: a model keeps its instance until its requests are done (ServerlessLLM); "
+            "live, the decode workers of a disaggregated node scale this way",
+            "aegaeon.sim.serverless:ServerlessSystem",
+            _request_level,
+        ),
+        PolicyInfo(
+            "sllm+",
+            "ServerlessLLM with model-affinity batches and shortest-job-first order",
+            "aegaeon.sim.serverless:ServerlessSystem",
+        ),
+        PolicyInfo(
+            "muxserve",
+            "static spatial-temporal colocation, placement-limited (MuxServe)",
+            "aegaeon.sim.muxserve:MuxServeSystem",
+        ),
+    )
+}
 
 
 def policy(name: str) -> PolicyInfo:

@@ -36,8 +36,10 @@ class GroupedFCFS:
 
     def __init__(self, num_instances: int, max_group_size: int = DEFAULT_MAX_GROUP_SIZE):
         if num_instances < 0 or max_group_size < 1:  # 0 instances: they join later (add_instance)
-            raise ConfigError(f"grouped FCFS needs >= 0 instances and a group size >= 1, got {num_instances}, "
-                              f"{max_group_size}")
+            raise ConfigError(
+                f"grouped FCFS needs >= 0 instances and a group size >= 1, got {num_instances}, "
+                f"{max_group_size}"
+            )
         self.max_group_size = max_group_size
         self.queues: list[deque[PrefillGroup]] = [deque() for _ in range(num_instances)]
 
@@ -46,8 +48,14 @@ class GroupedFCFS:
         self.queues.append(deque())
         return len(self.queues) - 1
 
-    def submit(self, request: RequestSpec, busy_until: Sequence[float], loaded: Sequence[str | None],
-               now: float, cost: CostModel) -> PrefillPlacement:
+    def submit(
+        self,
+        request: RequestSpec,
+        busy_until: Sequence[float],
+        loaded: Sequence[str | None],
+        now: float,
+        cost: CostModel,
+    ) -> PrefillPlacement:
         """Queue `request`; busy_until/loaded describe each instance's running work."""
         if not self.queues:
             raise ConfigError("no prefill instance to queue the request on")
@@ -56,17 +64,23 @@ class GroupedFCFS:
                 if group.model == request.model and len(group.requests) < self.max_group_size:
                     group.requests.append(request)
                     return PrefillPlacement(index, new_group=False)
-        finish = [self.predicted_finish(i, busy_until[i], loaded[i], now, cost) for i in range(len(self.queues))]
+        finish = [
+            self.predicted_finish(i, busy_until[i], loaded[i], now, cost)
+            for i in range(len(self.queues))
+        ]
         target = min(range(len(self.queues)), key=lambda i: (finish[i], i))
         self.queues[target].append(PrefillGroup(request.model, [request]))
         return PrefillPlacement(target, new_group=True)
 
-    def predicted_finish(self, instance: int, busy_until: float, loaded: str | None, now: float,
-                         cost: CostModel) -> float:
+    def predicted_finish(
+        self, instance: int, busy_until: float, loaded: str | None, now: float, cost: CostModel
+    ) -> float:
         """When `instance` would finish everything queued on it."""
         t, model = max(now, busy_until), loaded
         for group in self.queues[instance]:
-            t += cost.switch_time(model, group.model) + cost.prefill_time(group.model, [r.input_len for r in group.requests])
+            t += cost.switch_time(model, group.model) + cost.prefill_time(
+                group.model, [r.input_len for r in group.requests]
+            )
             model = group.model
         return t
 
@@ -115,7 +129,9 @@ class PrefillDispatcher:
     predicted busy-until from the cost model) are what grouped FCFS compares instances by.
     """
 
-    def __init__(self, num_instances: int, cost: CostModel, max_group_size: int = DEFAULT_MAX_GROUP_SIZE):
+    def __init__(
+        self, num_instances: int, cost: CostModel, max_group_size: int = DEFAULT_MAX_GROUP_SIZE
+    ):
         self.grouped = GroupedFCFS(num_instances, max_group_size)
         self.cost = cost
         self.instances = [_InstanceState() for _ in range(num_instances)]
@@ -134,7 +150,11 @@ class PrefillDispatcher:
         busy = [i.busy_until if i.alive else float("inf") for i in self.instances]
         loaded = [i.loaded for i in self.instances]
         placement = self.grouped.submit(request, busy, loaded, now, self.cost)
-        return None if self.instances[placement.instance].running else self._start(placement.instance, now)
+        return (
+            None
+            if self.instances[placement.instance].running
+            else self._start(placement.instance, now)
+        )
 
     def group_done(self, instance: int, now: float) -> GroupStart | None:
         self.instances[instance].running = False

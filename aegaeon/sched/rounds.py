@@ -24,8 +24,15 @@ from typing import Protocol, Sequence
 
 from aegaeon.errors import ConfigError
 from aegaeon.sched.cost import CostModel
-from aegaeon.sched.decode import (DEFAULT_MAX_BATCH, DEFAULT_MAX_QUOTA, REQUEST_LEVEL_SLICE, DecodeCandidate,
-                                  form_batches, plan_round, rotate_to_loaded)
+from aegaeon.sched.decode import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUOTA,
+    REQUEST_LEVEL_SLICE,
+    DecodeCandidate,
+    form_batches,
+    plan_round,
+    rotate_to_loaded,
+)
 
 UNBOUNDED_KV = 2**62
 
@@ -135,11 +142,17 @@ class WeightedRoundRobin:
         return first_of_model(self.running, live, self.config.max_batch) if self.running else ()
 
     def _plan(self, candidates: Sequence[DecodeCandidate]):
-        batches, _waiting = form_batches(candidates, self.cost, self.kv_capacity_bytes, self.config.max_batch)
+        batches, _waiting = form_batches(
+            candidates, self.cost, self.kv_capacity_bytes, self.config.max_batch
+        )
         if not batches:  # the first request alone overflows the KV capacity: run it anyway, it cannot wait forever
-            batches, _ = form_batches(candidates[:1], self.cost, UNBOUNDED_KV, self.config.max_batch)
+            batches, _ = form_batches(
+                candidates[:1], self.cost, UNBOUNDED_KV, self.config.max_batch
+            )
         batches = rotate_to_loaded(batches, self.loaded)
-        return plan_round(batches, self.loaded, self.cost, self.config.tpot_slo, self.config.max_quota)
+        return plan_round(
+            batches, self.loaded, self.cost, self.config.tpot_slo, self.config.max_quota
+        )
 
 
 class RequestLevel:
@@ -147,10 +160,14 @@ class RequestLevel:
     instance until none of its requests is left, in slices of `slice_seconds`; requests of that model that
     arrive meanwhile join at the next slice, requests of other models wait."""
 
-    def __init__(self, max_batch: int = DEFAULT_MAX_BATCH, slice_seconds: float = REQUEST_LEVEL_SLICE):
+    def __init__(
+        self, max_batch: int = DEFAULT_MAX_BATCH, slice_seconds: float = REQUEST_LEVEL_SLICE
+    ):
         if max_batch < 1 or slice_seconds <= 0:
-            raise ConfigError(f"request-level decode needs max_batch >= 1 and a positive slice, got {max_batch}, "
-                              f"{slice_seconds}")
+            raise ConfigError(
+                f"request-level decode needs max_batch >= 1 and a positive slice, got {max_batch}, "
+                f"{slice_seconds}"
+            )
         self.max_batch, self.slice_seconds = max_batch, slice_seconds
         self.running: str | None = None
         self.members: tuple[int, ...] = ()  # the slice's batch: fixed until the slice ends
@@ -178,7 +195,9 @@ class StepRoundRobin:
 
     def __init__(self, steps_per_turn: int, max_batch: int):
         if steps_per_turn < 1 or max_batch < 1:
-            raise ConfigError(f"steps_per_turn and max_batch must be at least 1, got {steps_per_turn}, {max_batch}")
+            raise ConfigError(
+                f"steps_per_turn and max_batch must be at least 1, got {steps_per_turn}, {max_batch}"
+            )
         self.steps_per_turn, self.max_batch = steps_per_turn, max_batch
         self.running: str | None = None
 
@@ -190,9 +209,17 @@ class StepRoundRobin:
         if not models:
             self.running = None
             return None
-        self.running = models[(models.index(self.running) + 1) % len(models)] if self.running in models else models[0]
-        return Turn(self.running, first_of_model(self.running, live, self.max_batch), float("inf"),
-                    self.steps_per_turn)
+        self.running = (
+            models[(models.index(self.running) + 1) % len(models)]
+            if self.running in models
+            else models[0]
+        )
+        return Turn(
+            self.running,
+            first_of_model(self.running, live, self.max_batch),
+            float("inf"),
+            self.steps_per_turn,
+        )
 
     def turn_batch(self, live: Sequence[DecodeCandidate]) -> tuple[int, ...]:
         return first_of_model(self.running, live, self.max_batch) if self.running else ()

@@ -28,7 +28,9 @@ from aegaeon.sched.request import RequestSpec
 class Run:
     model: str
     members: list[RequestSpec] = field(default_factory=list)
-    joiners: list[RequestSpec] = field(default_factory=list)  # arrived while it runs: admitted next slice
+    joiners: list[RequestSpec] = field(
+        default_factory=list
+    )  # arrived while it runs: admitted next slice
     started: bool = False
 
     @property
@@ -48,8 +50,10 @@ class GpuState:
 class ServerlessScheduler:
     def __init__(self, num_gpus: int, cost: CostModel, queue_size: int = 4, plus: bool = False):
         if num_gpus < 1 or queue_size < 1:
-            raise ConfigError(f"request-level scaling needs >= 1 GPU and a queue size >= 1, got {num_gpus}, "
-                              f"{queue_size}")
+            raise ConfigError(
+                f"request-level scaling needs >= 1 GPU and a queue size >= 1, got {num_gpus}, "
+                f"{queue_size}"
+            )
         self.cost, self.queue_size, self.plus = cost, queue_size, plus
         self.gpus = [GpuState() for _ in range(num_gpus)]
 
@@ -69,7 +73,11 @@ class ServerlessScheduler:
         gpu.running = None
         if not gpu.queue:
             return None
-        pick = min(range(len(gpu.queue)), key=lambda i: self._estimate(gpu.queue[i])) if self.plus else 0
+        pick = (
+            min(range(len(gpu.queue)), key=lambda i: self._estimate(gpu.queue[i]))
+            if self.plus
+            else 0
+        )
         run = gpu.queue.pop(pick)
         run.started = True
         gpu.running = run

@@ -37,7 +37,9 @@ class SLO:
 
     def __post_init__(self) -> None:
         if not (self.ttft > 0 and self.tpot > 0):
-            raise ConfigError(f"SLOs must be positive, got ttft={self.ttft} s and tpot={self.tpot} s")
+            raise ConfigError(
+                f"SLOs must be positive, got ttft={self.ttft} s and tpot={self.tpot} s"
+            )
 
     @classmethod
     def from_env(cls, ttft: float | None = None, tpot: float | None = None) -> "SLO":
@@ -61,7 +63,9 @@ def token_deadlines(arrival: float, token_times: np.ndarray, slo: SLO) -> np.nda
     return running + k * slo.tpot
 
 
-def request_attainment(arrival: float, token_times: Sequence[float], output_len: int, slo: SLO) -> float:
+def request_attainment(
+    arrival: float, token_times: Sequence[float], output_len: int, slo: SLO
+) -> float:
     """Share of the request's lifetime spent on schedule; 0 if unfinished."""
     times = np.asarray(token_times, dtype=np.float64)
     if len(times) < output_len or len(times) == 0:
@@ -78,7 +82,9 @@ def meets_both(arrival: float, token_times: Sequence[float], output_len: int, sl
     if len(token_times) < output_len or len(token_times) == 0:
         return False
     ttft = token_times[0] - arrival
-    tpot = (token_times[-1] - token_times[0]) / (len(token_times) - 1) if len(token_times) > 1 else 0.0
+    tpot = (
+        (token_times[-1] - token_times[0]) / (len(token_times) - 1) if len(token_times) > 1 else 0.0
+    )
     return ttft <= slo.ttft + _EPS and tpot <= slo.tpot + _EPS
 
 
@@ -90,7 +96,9 @@ class AttainmentSummary:
     finished_share: float
 
 
-def summarize(records: Sequence[tuple[float, Sequence[float], int]], slo: SLO, duration: float) -> AttainmentSummary:
+def summarize(
+    records: Sequence[tuple[float, Sequence[float], int]], slo: SLO, duration: float
+) -> AttainmentSummary:
     """records: (arrival, token_times, output_len) per request."""
     if not records:
         raise ConfigError("no requests to summarise: the workload is empty")
@@ -99,4 +107,6 @@ def summarize(records: Sequence[tuple[float, Sequence[float], int]], slo: SLO, d
     attain = [request_attainment(a, t, n, slo) for a, t, n in records]
     met = sum(meets_both(a, t, n, slo) for a, t, n in records)
     finished = sum(len(t) >= n for _, t, n in records)
-    return AttainmentSummary(float(np.mean(attain)), met / len(records), met / duration, finished / len(records))
+    return AttainmentSummary(
+        float(np.mean(attain)), met / len(records), met / duration, finished / len(records)
+    )

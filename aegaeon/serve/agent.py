@@ -17,8 +17,18 @@ import threading
 from collections.abc import Callable
 
 from aegaeon.errors import AegaeonError
-from aegaeon.ipc.messages import (KvPayload, KvRelease, Routed, Shutdown, SwapIn, SwapOut, WorkerGone, WorkerReady, decode,
-                                  encode)
+from aegaeon.ipc.messages import (
+    KvPayload,
+    KvRelease,
+    Routed,
+    Shutdown,
+    SwapIn,
+    SwapOut,
+    WorkerGone,
+    WorkerReady,
+    decode,
+    encode,
+)
 from aegaeon.ipc.tcp import JoinLink
 from aegaeon.kv.host_partition import HostKvPartition, store_in_order
 from aegaeon.serve.links import WorkerLink, start_link_threads, wait_for_workers
@@ -57,7 +67,10 @@ class NodeAgent:
             if isinstance(message, Routed):
                 link = self.local.get(message.worker_id)
                 if link is None:
-                    log.warning("head sent a message for worker %d, which is not on this node", message.worker_id)
+                    log.warning(
+                        "head sent a message for worker %d, which is not on this node",
+                        message.worker_id,
+                    )
                     return
                 link.outgoing.put(message.frame)
             elif isinstance(message, KvPayload):
@@ -74,9 +87,20 @@ class NodeAgent:
             link = self.local.get(payload.worker_id)
             return link is not None and not link.dead
 
-        for payload, handles in store_in_order(self.host_kv, self.pending, wanted, lambda p: (p.data, p.block_bytes)):
-            self.local[payload.worker_id].send(SwapIn(payload.request_id, payload.model, handles, payload.num_tokens,
-                                                      payload.generated, payload.sampler_state, payload.block_bytes))
+        for payload, handles in store_in_order(
+            self.host_kv, self.pending, wanted, lambda p: (p.data, p.block_bytes)
+        ):
+            self.local[payload.worker_id].send(
+                SwapIn(
+                    payload.request_id,
+                    payload.model,
+                    handles,
+                    payload.num_tokens,
+                    payload.generated,
+                    payload.sampler_state,
+                    payload.block_bytes,
+                )
+            )
 
     # ---- from this node's workers ---------------------------------------------------------------------------
 
@@ -95,10 +119,23 @@ class NodeAgent:
         cluster_id = self.global_ids[link.worker_id]
         if isinstance(message, SwapOut):
             data = self.host_kv.read(message.host_handles, message.block_bytes)
-            link.send(KvRelease(message.request_id, message.host_handles))  # the bytes travel; blocks are free
-            self._to_head(KvPayload(message.request_id, message.model, message.host_handles, message.num_tokens,
-                                    message.generated, message.sampler_state, message.block_bytes,
-                                    worker_id=cluster_id, data=data), cluster_id)
+            link.send(
+                KvRelease(message.request_id, message.host_handles)
+            )  # the bytes travel; blocks are free
+            self._to_head(
+                KvPayload(
+                    message.request_id,
+                    message.model,
+                    message.host_handles,
+                    message.num_tokens,
+                    message.generated,
+                    message.sampler_state,
+                    message.block_bytes,
+                    worker_id=cluster_id,
+                    data=data,
+                ),
+                cluster_id,
+            )
         elif isinstance(message, KvRelease):
             if message.host_handles and self.host_kv.owns(message.host_handles[0]):
                 self.host_kv.free(message.host_handles)
@@ -110,7 +147,9 @@ class NodeAgent:
     def _to_head(self, message: object, cluster_id: int) -> None:
         try:
             self.link.send(message)
-        except AegaeonError as err:  # a frame over the link's limit: the request times out at the head
+        except (
+            AegaeonError
+        ) as err:  # a frame over the link's limit: the request times out at the head
             log.error("worker %d: message to the head dropped: %s", cluster_id, err)
 
     def worker_died(self, worker_id: int, exitcode: int | None) -> None:

@@ -12,8 +12,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 OPEN_PATHS = ("/health",)
 
 
-def error_body(message: str, param: str | None = None, code: str | None = None,
-               kind: str = "invalid_request_error") -> dict:
+def error_body(
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    kind: str = "invalid_request_error",
+) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -25,7 +29,11 @@ class BodyTooLarge(Exception):
 def key_matches(header: str | None, api_key: str) -> bool:
     """`Authorization: Bearer KEY`, compared in constant time."""
     given = (header or "").removeprefix("Bearer ").encode()
-    return header is not None and header.startswith("Bearer ") and hmac.compare_digest(given, api_key.encode())
+    return (
+        header is not None
+        and header.startswith("Bearer ")
+        and hmac.compare_digest(given, api_key.encode())
+    )
 
 
 class Guard:
@@ -40,17 +48,31 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
+        }
         if self.api_key and scope["path"] not in self.open_paths:
             if not key_matches(headers.get("authorization"), self.api_key):
-                return await _reply(send, 401, error_body("invalid or missing API key", None, "invalid_api_key",
-                                                          "authentication_error"))
+                return await _reply(
+                    send,
+                    401,
+                    error_body(
+                        "invalid or missing API key",
+                        None,
+                        "invalid_api_key",
+                        "authentication_error",
+                    ),
+                )
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
-                return await _reply(send, 400, error_body(f"Content-Length {declared!r} is not a byte count"))
+                return await _reply(
+                    send, 400, error_body(f"Content-Length {declared!r} is not a byte count")
+                )
             if int(declared) > self.limit:
-                return await _reply(send, 413, error_body(str(BodyTooLarge(self.limit)), None, "body_too_large"))
+                return await _reply(
+                    send, 413, error_body(str(BodyTooLarge(self.limit)), None, "body_too_large")
+                )
         received = 0
 
         async def counted():
@@ -70,13 +92,23 @@ class JSONResponse(StarletteJSONResponse):
     a lone surrogate) must still encode; starlette's own writes UTF-8 and raises on a surrogate."""
 
     def render(self, content: object) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode()
 
 
 async def _reply(send, status: int, body: dict) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -101,7 +133,9 @@ class DeadlineH11Protocol(H11Protocol):
         super().on_response_complete()
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = self.loop.call_later(self.timeout_keep_alive + self.header_timeout, self._too_slow)
+        self._deadline = self.loop.call_later(
+            self.timeout_keep_alive + self.header_timeout, self._too_slow
+        )
 
     def connection_lost(self, exc) -> None:
         if self._deadline is not None:

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 MAX_TOKENS_LIMIT = 1_000_000
@@ -23,7 +32,9 @@ def check_unicode(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ValueError(f"text is not valid Unicode at position {err.start} (a lone surrogate?)") from None
+        raise ValueError(
+            f"text is not valid Unicode at position {err.start} (a lone surrogate?)"
+        ) from None
     return text
 
 
@@ -46,16 +57,26 @@ class _Generation(_Strict):
     min_p: StrictFloat | None = Field(None, ge=0.0, le=1.0)  # vLLM's
     presence_penalty: StrictFloat | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: StrictFloat | None = Field(None, ge=-2.0, le=2.0)
-    repetition_penalty: StrictFloat | None = Field(None, gt=0.0, allow_inf_nan=False)  # vLLM's; 1 is off
+    repetition_penalty: StrictFloat | None = Field(
+        None, gt=0.0, allow_inf_nan=False
+    )  # vLLM's; 1 is off
     min_tokens: StrictInt | None = Field(None, ge=0, le=MAX_TOKENS_LIMIT)  # vLLM's
-    stop_token_ids: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
-    n: StrictInt | None = Field(1, ge=1, le=MAX_N)  # independent samples, each its own request on the node
+    stop_token_ids: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(
+        None, max_length=MAX_STOP_TOKEN_IDS
+    )
+    n: StrictInt | None = Field(
+        1, ge=1, le=MAX_N
+    )  # independent samples, each its own request on the node
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     user: StrictStr | None = None
-    ignore_eos: StrictBool | None = False  # vLLM's extension: generate max_tokens whatever the model says
-    stop: StrictStr | list[StrictStr] | None = None  # up to MAX_STOP strings; the text ends before the first
+    ignore_eos: StrictBool | None = (
+        False  # vLLM's extension: generate max_tokens whatever the model says
+    )
+    stop: StrictStr | list[StrictStr] | None = (
+        None  # up to MAX_STOP strings; the text ends before the first
+    )
 
     @field_validator("stop")
     @classmethod
@@ -75,7 +96,9 @@ class _Generation(_Strict):
 
 class CompletionBody(_Generation):
     prompt: StrictStr | list[StrictStr]
-    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)  # each token's and the k most likely
+    logprobs: StrictInt | None = Field(
+        None, ge=0, le=MAX_LOGPROBS
+    )  # each token's and the k most likely
     echo: StrictBool | None = False  # the prompt's text before the completion's
 
     def top_logprobs_wanted(self) -> int | None:

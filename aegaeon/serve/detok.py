@@ -41,6 +41,9 @@ class IncrementalText:
         if full.startswith(self.text):
             self.text = full
         else:
-            log.warning("incremental decoding diverged from a full decode after %d tokens; keeping the "
-                        "streamed text", len(self._ids))
+            log.warning(
+                "incremental decoding diverged from a full decode after %d tokens; keeping the "
+                "streamed text",
+                len(self._ids),
+            )
         return self.text

@@ -24,11 +24,20 @@ log = logging.getLogger(__name__)
 class KvRelay:
     def __init__(self, imports: HostKvPartition | None, links: Callable[[int], WorkerLink | None]):
         self.imports, self.links = imports, links
-        self.issued: dict[int, WorkerLink] = {}  # a local prefill handle still out -> the incarnation that issued it
-        self.pending_imports: list[KvPayload] = []  # arrived KV waiting for room in the import partition
+        self.issued: dict[
+            int, WorkerLink
+        ] = {}  # a local prefill handle still out -> the incarnation that issued it
+        self.pending_imports: list[
+            KvPayload
+        ] = []  # arrived KV waiting for room in the import partition
 
-    def hand_off(self, swap: SwapOut | KvPayload, issuer: WorkerLink, request: LiveRequest | None,
-                 target: WorkerLink | None) -> str | None:
+    def hand_off(
+        self,
+        swap: SwapOut | KvPayload,
+        issuer: WorkerLink,
+        request: LiveRequest | None,
+        target: WorkerLink | None,
+    ) -> str | None:
         """Send a finished prefill on to `target`; returns why it could not go (the request must fail or
         re-run), or None. The host blocks of a request that cannot go are freed."""
         local_blocks = isinstance(swap, SwapOut)
@@ -41,8 +50,15 @@ class KvRelay:
         target.live[swap.request_id] = swap.model
         target.served += 1
         request.decode_worker = target.worker_id
-        fields = (swap.request_id, swap.model, swap.host_handles, swap.num_tokens, swap.generated,
-                  swap.sampler_state, swap.block_bytes)
+        fields = (
+            swap.request_id,
+            swap.model,
+            swap.host_handles,
+            swap.num_tokens,
+            swap.generated,
+            swap.sampler_state,
+            swap.block_bytes,
+        )
         if target.remote:
             if local_blocks:  # the bytes travel; this node's blocks are free at once
                 data = self.imports.read(swap.host_handles, swap.block_bytes)
@@ -53,14 +69,18 @@ class KvRelay:
                 target.send(request.run)
                 target.send(KvPayload(*fields, worker_id=target.worker_id, data=data))
             except AegaeonError as err:  # e.g. a KV payload over the link's frame limit
-                return f"request {swap.request_id} could not move to worker {target.worker_id}: {err}"
+                return (
+                    f"request {swap.request_id} could not move to worker {target.worker_id}: {err}"
+                )
             return None
         target.send(request.run)
         if local_blocks:
             request.unreleased = swap.host_handles
             target.send(SwapIn(*fields))
         else:
-            self.pending_imports.append(KvPayload(*fields, worker_id=target.worker_id, data=swap.data))
+            self.pending_imports.append(
+                KvPayload(*fields, worker_id=target.worker_id, data=swap.data)
+            )
         return None
 
     def hold(self, swap: SwapOut | KvPayload, issuer: WorkerLink) -> None:
@@ -68,16 +88,27 @@ class KvRelay:
         if isinstance(swap, SwapOut):
             self._taken(swap.host_handles, issuer)
 
-    def retry_imports(self, wanted: Callable[[KvPayload], bool], requests: Callable[[int], LiveRequest | None]
-                      ) -> None:
+    def retry_imports(
+        self, wanted: Callable[[KvPayload], bool], requests: Callable[[int], LiveRequest | None]
+    ) -> None:
         """Store arrived KV in the import partition, oldest first, while it has room."""
         if self.imports is None:
             return
-        for payload, handles in store_in_order(self.imports, self.pending_imports, wanted,
-                                               lambda p: (p.data, p.block_bytes)):
+        for payload, handles in store_in_order(
+            self.imports, self.pending_imports, wanted, lambda p: (p.data, p.block_bytes)
+        ):
             requests(payload.request_id).unreleased = handles
-            self.links(payload.worker_id).send(SwapIn(payload.request_id, payload.model, handles, payload.num_tokens,
-                                                      payload.generated, payload.sampler_state, payload.block_bytes))
+            self.links(payload.worker_id).send(
+                SwapIn(
+                    payload.request_id,
+                    payload.model,
+                    handles,
+                    payload.num_tokens,
+                    payload.generated,
+                    payload.sampler_state,
+                    payload.block_bytes,
+                )
+            )
 
     def release(self, message: KvRelease) -> None:
         """Return host KV blocks to the prefill worker that issued them (or to the import partition)."""

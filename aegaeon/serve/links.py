@@ -35,10 +35,14 @@ class WorkerLink:
     served: int = 0  # requests handed to this worker
     switches: int = 0  # model switches it reported
     steps: int = 0
-    turn_model: str | None = None  # decode: the model of the turn under way (TurnStarted .. StepDone)
+    turn_model: str | None = (
+        None  # decode: the model of the turn under way (TurnStarted .. StepDone)
+    )
     outgoing: "queue.Queue[bytes | None]" = field(default_factory=queue.Queue)
     dead: bool = False
-    transport: Callable[[object], None] | None = None  # a worker of another node: sends over the TCP link
+    transport: Callable[[object], None] | None = (
+        None  # a worker of another node: sends over the TCP link
+    )
     node: str = "local"  # the name of the node it runs on, for a worker of another node
     generation: int = 0  # how many times this worker id was respawned
 
@@ -73,10 +77,15 @@ class WorkerLink:
         self.outgoing.put(None)
 
 
-def start_link_threads(links: list[WorkerLink], on_frame: Callable[[WorkerLink, bytes], None],
-                       stopping: Callable[[], bool], prefix: str) -> list[threading.Thread]:
+def start_link_threads(
+    links: list[WorkerLink],
+    on_frame: Callable[[WorkerLink, bytes], None],
+    stopping: Callable[[], bool],
+    prefix: str,
+) -> list[threading.Thread]:
     """For each worker on this node: a thread reading its outbox into `on_frame` until `stopping()` or the link
     dies, and one writing its queued messages into its inbox."""
+
     def read(link: WorkerLink) -> None:
         while not stopping() and not link.dead:
             try:
@@ -88,17 +97,26 @@ def start_link_threads(links: list[WorkerLink], on_frame: Callable[[WorkerLink, 
             except Exception:  # one bad frame never stops the link
                 log.exception("worker %d: a message could not be handled", link.worker_id)
 
-    threads = [threading.Thread(target=read, args=(link,), name=f"{prefix}-read-w{link.worker_id}", daemon=True)
-               for link in links]
-    threads += [threading.Thread(target=link.run_sender, name=f"{prefix}-send-w{link.worker_id}", daemon=True)
-                for link in links]
+    threads = [
+        threading.Thread(
+            target=read, args=(link,), name=f"{prefix}-read-w{link.worker_id}", daemon=True
+        )
+        for link in links
+    ]
+    threads += [
+        threading.Thread(
+            target=link.run_sender, name=f"{prefix}-send-w{link.worker_id}", daemon=True
+        )
+        for link in links
+    ]
     for thread in threads:
         thread.start()
     return threads
 
 
-def wait_for_workers(links: list[WorkerLink], timeout: float,
-                     alive: Callable[[int], bool] | None = None) -> dict[str, str]:
+def wait_for_workers(
+    links: list[WorkerLink], timeout: float, alive: Callable[[int], bool] | None = None
+) -> dict[str, str]:
     """Wait for every worker's hello; returns the models some worker could not load (name -> why).
     `alive(worker_id)` lets a worker that dies while starting fail the wait at once."""
     deadline = time.monotonic() + timeout
@@ -106,8 +124,12 @@ def wait_for_workers(links: list[WorkerLink], timeout: float,
     for link in links:
         while not link.ready.wait(0.1):
             if alive is not None and not alive(link.worker_id):
-                raise RuntimeError(f"worker {link.worker_id} exited while starting: see its log above")
+                raise RuntimeError(
+                    f"worker {link.worker_id} exited while starting: see its log above"
+                )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"worker {link.worker_id} did not start within {timeout} s: see its log")
+                raise TimeoutError(
+                    f"worker {link.worker_id} did not start within {timeout} s: see its log"
+                )
         unavailable.update(link.unavailable)
     return unavailable

@@ -21,9 +21,9 @@ from dataclasses import replace
 from aegaeon.config.link import parse_address
 from aegaeon.config.serving import NodeConfig
 from aegaeon.errors import AegaeonError, ConfigError, LinkError
+from aegaeon.ipc.messages import Hello, KvPayload, Routed, WorkerGone, decode, encode
 from aegaeon.ipc.ring import Ring
 from aegaeon.ipc.shm import ShmNamespace
-from aegaeon.ipc.messages import Hello, KvPayload, Routed, WorkerGone, decode, encode
 from aegaeon.ipc.tcp import HeadLink, JoinLink, Peer
 from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.serve.agent import NodeAgent
@@ -65,7 +65,9 @@ class Node:
                     self.unavailable[name] = str(err)
                     log.error("model %s is unavailable: %s", name, err)
             if not checkpoints:
-                raise ConfigError("no model could be loaded: " + "; ".join(self.unavailable.values()))
+                raise ConfigError(
+                    "no model could be loaded: " + "; ".join(self.unavailable.values())
+                )
             self.host_cache = HostWeightCache(self.namespace, checkpoints, cfg.engine.dtype)
             self.host_cache.start_prefetch()
             segment = self.namespace.create_segment(KV_SEGMENT, cfg.host_kv_bytes)
@@ -74,61 +76,98 @@ class Node:
             imports = None
             if cfg.link_role is not None:
                 share = cfg.kv_share
-                imports = HostKvPartition(segment.as_numpy("uint8", (segment.size,)),
-                                          (cfg.prefill_instances * share, (cfg.prefill_instances + 1) * share),
-                                          cfg.kv_slab_bytes)
+                imports = HostKvPartition(
+                    segment.as_numpy("uint8", (segment.size,)),
+                    (cfg.prefill_instances * share, (cfg.prefill_instances + 1) * share),
+                    cfg.kv_slab_bytes,
+                )
             alive = lambda wid: self.processes[wid].is_alive()  # noqa: E731
             if cfg.link_role == "join":
                 self.agent = NodeAgent(links, imports)
                 self.unavailable.update(self.agent.wait_ready(cfg.start_timeout, alive))
             else:
-                self.proxy = Proxy(links, cfg.max_group_size, imports=imports, max_batch=cfg.max_batch, limits=cfg.limits,
-                                   recovery=cfg.recovery)
+                self.proxy = Proxy(
+                    links,
+                    cfg.max_group_size,
+                    imports=imports,
+                    max_batch=cfg.max_batch,
+                    limits=cfg.limits,
+                    recovery=cfg.recovery,
+                )
                 self.unavailable.update(self.proxy.wait_ready(cfg.start_timeout, alive))
             self.models = sorted(set(self.good_models) - set(self.unavailable))
             if cfg.link_role is not None:
                 self._start_link(links)
             # a joining node's workers are not replaced: the head re-runs their requests on the others
             respawn = self._respawn if cfg.link_role != "join" else None
-            self.supervisor = Supervisor(self.processes, self._lost, respawn, cfg.restarts,
-                                         self.proxy.expire if self.proxy is not None else None)
+            self.supervisor = Supervisor(
+                self.processes,
+                self._lost,
+                respawn,
+                cfg.restarts,
+                self.proxy.expire if self.proxy is not None else None,
+            )
             self.supervisor.start()
         except BaseException:
             self.stop()
             raise
-        log.info("node %s up: %d prefill + %d decode workers, %d models", cfg.cluster_id, cfg.prefill_instances,
-                 cfg.num_instances - cfg.prefill_instances, len(self.config.models) - len(self.unavailable))
+        log.info(
+            "node %s up: %d prefill + %d decode workers, %d models",
+            cfg.cluster_id,
+            cfg.prefill_instances,
+            cfg.num_instances - cfg.prefill_instances,
+            len(self.config.models) - len(self.unavailable),
+        )
         return self.proxy
 
     # ---- the TCP link -------------------------------------------------------------------------------------
 
     def _start_link(self, links: list[WorkerLink]) -> None:
         cfg = self.config
-        host, port = parse_address(cfg.link_address, "--head" if cfg.link_role == "head" else "--join",
-                                   listen=cfg.link_role == "head")
+        host, port = parse_address(
+            cfg.link_address,
+            "--head" if cfg.link_role == "head" else "--join",
+            listen=cfg.link_role == "head",
+        )
         if cfg.link_role == "head":
-            self.link = HeadLink(host, port, cfg.link, self._on_join, self._on_peer_message, self._on_lost)
+            self.link = HeadLink(
+                host, port, cfg.link, self._on_join, self._on_peer_message, self._on_lost
+            )
             self.link.start()
             log.info("listening for nodes on %s:%d", host, self.link.port)
             return
         self.link = JoinLink(host, port, cfg.link, self.agent.on_head_message, self.agent.on_lost)
         hello = Hello(cfg.node_name, tuple(link.role for link in links), tuple(self.models))
-        log.info("joining the head node at %s (waiting up to %g s for it)", cfg.link_address, cfg.start_timeout)
+        log.info(
+            "joining the head node at %s (waiting up to %g s for it)",
+            cfg.link_address,
+            cfg.start_timeout,
+        )
         self.agent.attach(self.link, self.link.join(hello, timeout=cfg.start_timeout))
         log.info("joined the head node at %s", cfg.link_address)
 
     def _on_join(self, peer: Peer, hello: Hello) -> tuple[int, ...]:
         """A node with the right token asks to join: give its workers cluster-wide ids."""
         if sorted(hello.models) != self.models:
-            raise LinkError(f"its models {sorted(hello.models)} differ from the head's {self.models}: start every "
-                            f"node with the same --models")
+            raise LinkError(
+                f"its models {sorted(hello.models)} differ from the head's {self.models}: start every "
+                f"node with the same --models"
+            )
         if not hello.roles:
             raise LinkError("it has no workers")
         first = max(self.proxy.links) + 1
         ids = tuple(range(first, first + len(hello.roles)))
-        links = [WorkerLink(worker_id, role, None, None, transport=self._transport(peer, worker_id),
-                            node=peer.node_name)
-                 for worker_id, role in zip(ids, hello.roles)]
+        links = [
+            WorkerLink(
+                worker_id,
+                role,
+                None,
+                None,
+                transport=self._transport(peer, worker_id),
+                node=peer.node_name,
+            )
+            for worker_id, role in zip(ids, hello.roles)
+        ]
         self.proxy.add_remote_links(links)
         return ids
 
@@ -138,13 +177,18 @@ class Node:
                 self.link.send_to(peer, message)
             else:
                 self.link.send_to(peer, Routed(worker_id, encode(message)))
+
         return send
 
     def _on_peer_message(self, peer: Peer, message: object) -> None:
         worker_id = getattr(message, "worker_id", None)
         if worker_id not in peer.worker_ids:
-            log.warning("node %r sent %s for worker %s, which is not its own; ignored", peer.node_name,
-                        type(message).__name__, worker_id)
+            log.warning(
+                "node %r sent %s for worker %s, which is not its own; ignored",
+                peer.node_name,
+                type(message).__name__,
+                worker_id,
+            )
             return
         if isinstance(message, Routed):
             self.proxy.deliver(worker_id, decode(message.frame))
@@ -167,21 +211,41 @@ class Node:
         role = "prefill" if worker_id < cfg.prefill_instances else "decode"
         share = cfg.kv_share
         partition = (worker_id * share, (worker_id + 1) * share) if role == "prefill" else (0, 0)
-        inbox = Ring.create(self.namespace, inbox_name(worker_id, generation), cfg.ring_slots, cfg.ring_slot_bytes)
-        outbox = Ring.create(self.namespace, outbox_name(worker_id, generation), cfg.ring_slots, cfg.ring_slot_bytes)
+        inbox = Ring.create(
+            self.namespace, inbox_name(worker_id, generation), cfg.ring_slots, cfg.ring_slot_bytes
+        )
+        outbox = Ring.create(
+            self.namespace, outbox_name(worker_id, generation), cfg.ring_slots, cfg.ring_slot_bytes
+        )
         device = cfg.devices[worker_id] if cfg.devices else cfg.device
-        spec = WorkerSpec(cfg.cluster_id, worker_id, role, self.good_models, replace(cfg.engine, device=device),
-                          partition, cfg.kv_slab_bytes, cfg.tpot_slo,
-                          cfg.threads_per_worker or default_threads(cfg.num_instances), cfg.policy, cfg.max_batch,
-                          cfg.max_quota, generation)
-        process = mp.get_context("spawn").Process(target=worker_main, args=(spec,),
-                                                  name=f"aegaeon-w{worker_id}" + (f"g{generation}" if generation else ""))
+        spec = WorkerSpec(
+            cfg.cluster_id,
+            worker_id,
+            role,
+            self.good_models,
+            replace(cfg.engine, device=device),
+            partition,
+            cfg.kv_slab_bytes,
+            cfg.tpot_slo,
+            cfg.threads_per_worker or default_threads(cfg.num_instances),
+            cfg.policy,
+            cfg.max_batch,
+            cfg.max_quota,
+            generation,
+        )
+        process = mp.get_context("spawn").Process(
+            target=worker_main,
+            args=(spec,),
+            name=f"aegaeon-w{worker_id}" + (f"g{generation}" if generation else ""),
+        )
         process.start()
         if worker_id < len(self.processes):
             self.processes[worker_id] = process
         else:
             self.processes.append(process)
-        return WorkerLink(worker_id, role, inbox, outbox, kv_partition=partition, generation=generation)
+        return WorkerLink(
+            worker_id, role, inbox, outbox, kv_partition=partition, generation=generation
+        )
 
     def _lost(self, worker_id: int, exitcode: int | None) -> None:
         (self.proxy or self.agent).worker_died(worker_id, exitcode)
@@ -233,12 +297,18 @@ def check_devices(devices: tuple[str, ...]) -> None:
         try:
             parsed = torch.device(device)
         except RuntimeError:
-            raise ConfigError(f"device {device!r} is not a torch device name (cpu, cuda:0, ...)") from None
+            raise ConfigError(
+                f"device {device!r} is not a torch device name (cpu, cuda:0, ...)"
+            ) from None
         if parsed.type == "cuda":
             if not torch.cuda.is_available():
-                raise ConfigError(f"device {device}: this torch build or machine has no CUDA GPU; use --device cpu "
-                                  f"--num-instances N for virtual CPU instances")
+                raise ConfigError(
+                    f"device {device}: this torch build or machine has no CUDA GPU; use --device cpu "
+                    f"--num-instances N for virtual CPU instances"
+                )
             if (parsed.index or 0) >= torch.cuda.device_count():
-                raise ConfigError(f"device {device}: this machine has {torch.cuda.device_count()} GPUs")
+                raise ConfigError(
+                    f"device {device}: this machine has {torch.cuda.device_count()} GPUs"
+                )
         elif parsed.type != "cpu":
             raise ConfigError(f"device {device}: only cpu and cuda devices are supported")

@@ -32,25 +32,48 @@ from aegaeon.serve.api_schema import ChatBody, CompletionBody
 from aegaeon.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aegaeon.serve.metrics import Metrics
 from aegaeon.serve.proxy import Proxy, UnavailableError
-from aegaeon.serve.responses import ApiError, Generation, Responder, unavailable
 from aegaeon.serve.requests import LiveRequest, OverloadedError
+from aegaeon.serve.responses import ApiError, Generation, Responder, unavailable
 from aegaeon.serve.served_model import ServedModel, TemplateRejected
 
 log = logging.getLogger(__name__)
 
-def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig(), node: NodeConfig | None = None):
+
+def create_app(
+    proxy: Proxy,
+    models: dict[str, Path],
+    api: ApiConfig = ApiConfig(),
+    node: NodeConfig | None = None,
+):
     """The ASGI app. `node`, when given, sets the SLO /metrics scores against and what /health reports of the
     node's shape (policy, SLO, whether the host<->device link is emulated)."""
-    app = FastAPI(title="aegaeon", docs_url=None, redoc_url=None, openapi_url=None, default_response_class=JSONResponse)
+    app = FastAPI(
+        title="aegaeon",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        default_response_class=JSONResponse,
+    )
     served = {}
     for name, path in models.items():
         served[name] = ServedModel(name, Path(path))
-    metrics = Metrics(proxy, node.slo if node is not None else None,
-                      node.engine.link_gbps if node is not None else None)
+    metrics = Metrics(
+        proxy,
+        node.slo if node is not None else None,
+        node.engine.link_gbps if node is not None else None,
+    )
     responder = Responder(proxy, metrics)
-    shape = {} if node is None else {
-        "policy": node.policy, "slo": {"ttft": node.slo.ttft, "tpot": node.slo.tpot},
-        "link": f"emulated at {node.engine.link_gbps:g} GB/s" if node.engine.link_gbps else "native"}
+    shape = (
+        {}
+        if node is None
+        else {
+            "policy": node.policy,
+            "slo": {"ttft": node.slo.ttft, "tpot": node.slo.tpot},
+            "link": f"emulated at {node.engine.link_gbps:g} GB/s"
+            if node.engine.link_gbps
+            else "native",
+        }
+    )
     pool = ThreadPoolExecutor(api.tokenizer_threads, thread_name_prefix="tokenize")
     weakref.finalize(app, pool.shutdown, wait=False, cancel_futures=True)
 
@@ -67,10 +90,17 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        if isinstance(err.__cause__, BodyTooLarge):  # FastAPI wraps errors met while reading the body
-            return JSONResponse(error_body(str(err.__cause__), None, "body_too_large"), status_code=413)
-        return JSONResponse(error_body(str(err.detail), None, None), status_code=err.status_code,
-                            headers=getattr(err, "headers", None))
+        if isinstance(
+            err.__cause__, BodyTooLarge
+        ):  # FastAPI wraps errors met while reading the body
+            return JSONResponse(
+                error_body(str(err.__cause__), None, "body_too_large"), status_code=413
+            )
+        return JSONResponse(
+            error_body(str(err.detail), None, None),
+            status_code=err.status_code,
+            headers=getattr(err, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -83,15 +113,31 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
     @app.get("/health")
     async def health() -> JSONResponse:
         serving, reason, details = proxy.health()
-        body = {"status": "ok" if serving else "unavailable", "models": len(served), **shape, **details}
+        body = {
+            "status": "ok" if serving else "unavailable",
+            "models": len(served),
+            **shape,
+            **details,
+        }
         if not serving:
             body["reason"] = reason
         return JSONResponse(body, status_code=200 if serving else 503)
 
     @app.get("/v1/models")
     async def list_models() -> dict:
-        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "aegaeon",
-                                            "max_model_len": m.max_position} for n, m in served.items()]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": n,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "aegaeon",
+                    "max_model_len": m.max_position,
+                }
+                for n, m in served.items()
+            ],
+        }
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -99,19 +145,29 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
 
     def _model(name: str) -> ServedModel:
         if name not in served:
-            raise ApiError(404, f"The model `{name}` does not exist: see GET /v1/models", "model", "model_not_found")
+            raise ApiError(
+                404,
+                f"The model `{name}` does not exist: see GET /v1/models",
+                "model",
+                "model_not_found",
+            )
         return served[name]
 
-    def _start(model: ServedModel, prompt_ids: list[int], body, max_tokens: int,
-               logprobs: int | None) -> tuple[LiveRequest, ...]:
+    def _start(
+        model: ServedModel, prompt_ids: list[int], body, max_tokens: int, logprobs: int | None
+    ) -> tuple[LiveRequest, ...]:
         """Submit the request's `n` choices (each its own request on the node, seeded seed, seed+1, ...);
         all or none: a refusal cancels the choices already submitted."""
         if not prompt_ids:
             raise ApiError(400, "the prompt is empty", "prompt")
         if len(prompt_ids) + max_tokens > model.max_position:
-            raise ApiError(400, f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) "
-                                f"exceeds the context of {model.max_position} tokens", "max_tokens",
-                           "context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) "
+                f"exceeds the context of {model.max_position} tokens",
+                "max_tokens",
+                "context_length_exceeded",
+            )
         temperature = 1.0 if body.temperature is None else body.temperature
         if temperature < GREEDY_BELOW:  # as vLLM does: a temperature this small is greedy decoding
             temperature = 0.0
@@ -123,14 +179,32 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         try:
             for index in range(body.n or 1):
                 seed = body.seed if body.seed is None or index == 0 else (body.seed + index) % 2**64
-                states.append(proxy.submit(model.name, prompt_ids, max_tokens, temperature, top_p, seed,
-                                           bool(body.ignore_eos), body.top_k or 0, body.min_p or 0.0, **extras))
+                states.append(
+                    proxy.submit(
+                        model.name,
+                        prompt_ids,
+                        max_tokens,
+                        temperature,
+                        top_p,
+                        seed,
+                        bool(body.ignore_eos),
+                        body.top_k or 0,
+                        body.min_p or 0.0,
+                        **extras,
+                    )
+                )
         except (OverloadedError, UnavailableError, RequestError) as err:
             for state in states:
                 proxy.cancel(state.submit.request_id)
             if isinstance(err, OverloadedError):
-                raise ApiError(429, str(err), None, "too_many_requests", "rate_limit_error",
-                               {"Retry-After": str(max(1, round(err.retry_after)))}) from None
+                raise ApiError(
+                    429,
+                    str(err),
+                    None,
+                    "too_many_requests",
+                    "rate_limit_error",
+                    {"Retry-After": str(max(1, round(err.retry_after)))},
+                ) from None
             if isinstance(err, UnavailableError):
                 raise unavailable(str(err)) from None
             raise ApiError(400, str(err)) from None
@@ -141,15 +215,29 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         arrival = time.time()  # wall clock, as the workers stamp tokens
         model = _model(body.model)
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
-            raise ApiError(400, "give one prompt per request (a list of exactly one string)", "prompt")
+            raise ApiError(
+                400, "give one prompt per request (a list of exactly one string)", "prompt"
+            )
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         if body.echo and body.logprobs is not None:
-            raise ApiError(400, "echo with logprobs needs the prompt's logprobs, which this server does not "
-                                "compute yet: drop one of them", "echo")
+            raise ApiError(
+                400,
+                "echo with logprobs needs the prompt's logprobs, which this server does not "
+                "compute yet: drop one of them",
+                "echo",
+            )
         prompt_ids = await off_loop(model.encode, prompt)
         states = _start(model, prompt_ids, body, body.max_tokens or 16, body.logprobs)
-        generation = Generation(states, model, False, tuple(body.stop_strings()), arrival, body.logprobs,
-                                prompt if body.echo else "", _wants_usage(body))
+        generation = Generation(
+            states,
+            model,
+            False,
+            tuple(body.stop_strings()),
+            arrival,
+            body.logprobs,
+            prompt if body.echo else "",
+            _wants_usage(body),
+        )
         return await _respond(generation, bool(body.stream), request)
 
     @app.post("/v1/chat/completions")
@@ -158,19 +246,32 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
         model = _model(body.model)
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                    for m in body.messages]
+        messages = [
+            {"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+            for m in body.messages
+        ]
         try:
             text = await off_loop(model.render_chat, messages)
         except TemplateRejected as err:
             raise ApiError(400, str(err), "messages") from None
         prompt_ids = await off_loop(model.encode, text)
         # vLLM's default for chat: whatever of the context the prompt leaves
-        max_tokens = body.max_completion_tokens or body.max_tokens or max(1, model.max_position - len(prompt_ids))
+        max_tokens = (
+            body.max_completion_tokens
+            or body.max_tokens
+            or max(1, model.max_position - len(prompt_ids))
+        )
         logprobs = body.top_logprobs_wanted()
         states = _start(model, prompt_ids, body, max_tokens, logprobs)
-        generation = Generation(states, model, True, tuple(body.stop_strings()), arrival, logprobs,
-                                usage_chunk=_wants_usage(body))
+        generation = Generation(
+            states,
+            model,
+            True,
+            tuple(body.stop_strings()),
+            arrival,
+            logprobs,
+            usage_chunk=_wants_usage(body),
+        )
         return await _respond(generation, bool(body.stream), request)
 
     async def _respond(generation: Generation, stream: bool, request: Request):
@@ -185,18 +286,35 @@ def create_app(proxy: Proxy, models: dict[str, Path], api: ApiConfig = ApiConfig
 
 def _penalties(body, model: ServedModel, max_tokens: int) -> dict:
     """The penalty and stopping fields a request set, checked against its model and max_tokens."""
-    given = {name: getattr(body, name) for name in ("presence_penalty", "frequency_penalty", "repetition_penalty",
-                                                     "min_tokens", "stop_token_ids")
-             if getattr(body, name) is not None}
+    given = {
+        name: getattr(body, name)
+        for name in (
+            "presence_penalty",
+            "frequency_penalty",
+            "repetition_penalty",
+            "min_tokens",
+            "stop_token_ids",
+        )
+        if getattr(body, name) is not None
+    }
     if given.get("min_tokens", 0) > max_tokens:
-        raise ApiError(400, f"min_tokens ({given['min_tokens']}) must not exceed max_tokens ({max_tokens})",
-                       "min_tokens")
+        raise ApiError(
+            400,
+            f"min_tokens ({given['min_tokens']}) must not exceed max_tokens ({max_tokens})",
+            "min_tokens",
+        )
     outside = [t for t in given.get("stop_token_ids", ()) if t >= model.vocab_size]
     if outside:
-        raise ApiError(400, f"stop_token_ids {outside} are not tokens of {model.name} (vocabulary of "
-                            f"{model.vocab_size})", "stop_token_ids")
+        raise ApiError(
+            400,
+            f"stop_token_ids {outside} are not tokens of {model.name} (vocabulary of "
+            f"{model.vocab_size})",
+            "stop_token_ids",
+        )
     return given
 
 
 def _wants_usage(body) -> bool:
-    return bool(body.stream and body.stream_options is not None and body.stream_options.include_usage)
+    return bool(
+        body.stream and body.stream_options is not None and body.stream_options.include_usage
+    )

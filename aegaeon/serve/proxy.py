@@ -16,24 +16,45 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from aegaeon.config.serving import AdmissionLimits, RecoveryConfig
 from aegaeon.errors import RequestError
-from aegaeon.ipc.messages import (Cancel, KvPayload, KvRelease, Shutdown, StepDone, Submit, SwapOut, Tokens, TurnStarted,
-                                  Trace, WorkerReady, decode, encode)
+from aegaeon.ipc.messages import (
+    Cancel,
+    KvPayload,
+    KvRelease,
+    Shutdown,
+    StepDone,
+    Submit,
+    SwapOut,
+    Tokens,
+    Trace,
+    TurnStarted,
+    WorkerReady,
+    decode,
+    encode,
+)
 from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.sched.decode import DEFAULT_MAX_BATCH
 from aegaeon.serve.handoff import KvRelay
 from aegaeon.serve.links import WorkerLink, start_link_threads, wait_for_workers
 from aegaeon.serve.recovery import Recovery, suspects
-from aegaeon.config.serving import RecoveryConfig
 from aegaeon.serve.requests import LiveRequest, RequestTable
-from aegaeon.config.serving import AdmissionLimits
 from aegaeon.serve.router import Router
 from aegaeon.serve.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-SAMPLING_EXTRAS = frozenset({"presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens",
-                             "stop_token_ids", "logprobs"})
+SAMPLING_EXTRAS = frozenset(
+    {
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "min_tokens",
+        "stop_token_ids",
+        "logprobs",
+    }
+)
+
 
 class UnavailableError(RequestError):
     """The cluster cannot take the request now (no worker of a role is alive): HTTP 503."""
@@ -44,15 +65,30 @@ class Proxy:
     arrives from other nodes is stored there for local decode workers. Without it every worker is local, and
     the node needs prefill and decode workers of its own."""
 
-    def __init__(self, links: list[WorkerLink], max_group_size: int = 8, imports: HostKvPartition | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH, limits: AdmissionLimits = AdmissionLimits(),
-                 recovery: RecoveryConfig = RecoveryConfig(), clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        links: list[WorkerLink],
+        max_group_size: int = 8,
+        imports: HostKvPartition | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        limits: AdmissionLimits = AdmissionLimits(),
+        recovery: RecoveryConfig = RecoveryConfig(),
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.links = {link.worker_id: link for link in links}
-        if imports is None and not (any(l.role == "prefill" for l in links) and any(l.role == "decode" for l in links)):
+        if imports is None and not (
+            any(w.role == "prefill" for w in links) and any(w.role == "decode" for w in links)
+        ):
             raise RequestError("a node needs at least one prefill and one decode worker")
         self.table = RequestTable(limits)
-        self.router = Router([l for l in links if l.role == "prefill"], [l for l in links if l.role == "decode"],
-                             self.table.get, clock, max_group_size, max_batch)
+        self.router = Router(
+            [w for w in links if w.role == "prefill"],
+            [w for w in links if w.role == "decode"],
+            self.table.get,
+            clock,
+            max_group_size,
+            max_batch,
+        )
         self.relay = KvRelay(imports, self.links.get)
         self.clock = clock
         self.recovery = Recovery(recovery, self.table, self.router, self.relay, clock)
@@ -63,9 +99,16 @@ class Proxy:
         self.restarts = 0
         self._stopping = False
         self._threads = start_link_threads(links, self._on_frame, lambda: self._stopping, "proxy")
-        self._handlers = {WorkerReady: self._on_ready, Tokens: self._on_tokens, Trace: self._on_trace,
-                          SwapOut: self._on_handoff, KvPayload: self._on_handoff, KvRelease: self._on_release,
-                          StepDone: self._on_step_done, TurnStarted: self._on_turn_started}
+        self._handlers = {
+            WorkerReady: self._on_ready,
+            Tokens: self._on_tokens,
+            Trace: self._on_trace,
+            SwapOut: self._on_handoff,
+            KvPayload: self._on_handoff,
+            KvRelease: self._on_release,
+            StepDone: self._on_step_done,
+            TurnStarted: self._on_turn_started,
+        }
 
     @property
     def requests(self) -> dict[int, LiveRequest]:
@@ -94,12 +137,24 @@ class Proxy:
 
     # ---- requests -----------------------------------------------------------------------------------------
 
-    def wait_ready(self, timeout: float, alive: Callable[[int], bool] | None = None) -> dict[str, str]:
+    def wait_ready(
+        self, timeout: float, alive: Callable[[int], bool] | None = None
+    ) -> dict[str, str]:
         return wait_for_workers(list(self.links.values()), timeout, alive)
 
-    def submit(self, model: str, prompt_ids: list[int], max_tokens: int = 16, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int | None = None, ignore_eos: bool = False, top_k: int = 0,
-               min_p: float = 0.0, **extras) -> LiveRequest:
+    def submit(
+        self,
+        model: str,
+        prompt_ids: list[int],
+        max_tokens: int = 16,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        **extras,
+    ) -> LiveRequest:
         """Admit and route a request. OverloadedError beyond the admission limits (429), UnavailableError when
         no prefill worker is alive (503), RequestError when the request cannot be sent at all. `extras`: any of
         Submit's SAMPLING_EXTRAS (penalties, min_tokens, stop_token_ids, logprobs)."""
@@ -108,18 +163,32 @@ class Proxy:
             raise TypeError(f"Proxy.submit() got unknown sampling fields {sorted(unknown)}")
         if "stop_token_ids" in extras:
             extras["stop_token_ids"] = tuple(extras["stop_token_ids"])
-        fields = dict(model=model, prompt_ids=tuple(prompt_ids), max_tokens=max_tokens, temperature=temperature,
-                      top_p=top_p, seed=seed, ignore_eos=ignore_eos, top_k=top_k, min_p=min_p, **extras)
+        fields = dict(
+            model=model,
+            prompt_ids=tuple(prompt_ids),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            ignore_eos=ignore_eos,
+            top_k=top_k,
+            min_p=min_p,
+            **extras,
+        )
         with self.lock:
             if self._stopping:
                 raise UnavailableError("the node is shutting down")
             if not self.router.prefill_alive:
-                raise UnavailableError("no prefill worker is alive: the node cannot serve now, retry later")
+                raise UnavailableError(
+                    "no prefill worker is alive: the node cannot serve now, retry later"
+                )
             frame = len(encode(Submit(0, **fields)))
             if frame > self.max_message_bytes:
-                raise RequestError(f"model {model}: a prompt of {len(prompt_ids)} tokens makes a {frame}-byte "
-                                   f"message, over the {self.max_message_bytes}-byte ring slot: start the node "
-                                   f"with larger ring slots")
+                raise RequestError(
+                    f"model {model}: a prompt of {len(prompt_ids)} tokens makes a {frame}-byte "
+                    f"message, over the {self.max_message_bytes}-byte ring slot: start the node "
+                    f"with larger ring slots"
+                )
             request = self.table.admit(fields, self.clock())
             self.router.dispatch(request)
         return request
@@ -165,7 +234,9 @@ class Proxy:
             return  # a lost incarnation's late messages: its requests run again elsewhere
         handler = self._handlers.get(type(message))
         if handler is None:
-            log.warning("worker %d sent an unexpected %s; ignored", link.worker_id, type(message).__name__)
+            log.warning(
+                "worker %d sent an unexpected %s; ignored", link.worker_id, type(message).__name__
+            )
         else:
             handler(link, message)
 
@@ -174,7 +245,9 @@ class Proxy:
         link.ready.set()
 
     def _on_trace(self, link: WorkerLink, message: Trace) -> None:
-        self.telemetry.record(replace(message, worker_id=link.worker_id))  # a joined node's worker knows its local id
+        self.telemetry.record(
+            replace(message, worker_id=link.worker_id)
+        )  # a joined node's worker knows its local id
 
     def _on_tokens(self, link: WorkerLink, message: Tokens) -> None:
         request = self.table.get(message.request_id)
@@ -188,7 +261,11 @@ class Proxy:
     def _on_handoff(self, link: WorkerLink, message: SwapOut | KvPayload) -> None:
         request = self.table.get(message.request_id)
         target = self.router.pick_decode(message.model)
-        if request is not None and target is None and self.recovery.park_handoff(request, message, link):
+        if (
+            request is not None
+            and target is None
+            and self.recovery.park_handoff(request, message, link)
+        ):
             return
         problem = self.relay.hand_off(message, link, request, target)
         if problem is not None and request is not None:
@@ -241,8 +318,11 @@ class Proxy:
             for request in held:
                 if request.unreleased:
                     self.relay.release(KvRelease(request.request_id, request.unreleased))
-                self.recovery.rerun(request, f"worker {worker_id} ({link.role}) {cause}",
-                                    charged=request.request_id in blamed)
+                self.recovery.rerun(
+                    request,
+                    f"worker {worker_id} ({link.role}) {cause}",
+                    charged=request.request_id in blamed,
+                )
 
     def worker_back(self, new: WorkerLink) -> None:
         """A replacement for a lost local worker (same id, role and partition) has started."""
@@ -250,7 +330,9 @@ class Proxy:
             old = self.links[new.worker_id]
             self.links[new.worker_id] = new
             self.restarts += 1
-            self._threads += start_link_threads([new], self._on_frame, lambda: self._stopping, "proxy")
+            self._threads += start_link_threads(
+                [new], self._on_frame, lambda: self._stopping, "proxy"
+            )
             if new.role == "decode":
                 self.router.decode_back(old, new)
             else:
@@ -266,13 +348,24 @@ class Proxy:
         """(serving, why not, details): serving needs a live worker of each role and a node not stopping."""
         with self.lock:
             alive = [link for link in self.links.values() if not link.dead]
-            workers = {role: sum(link.role == role for link in alive) for role in ("prefill", "decode")}
-            details = {"workers": workers, "remote_workers": sum(link.remote for link in alive),
-                       "requests": len(self.table), "parked": len(self.recovery.parked), "restarts": self.restarts,
-                       "rerun": self.table.rerun}
+            workers = {
+                role: sum(link.role == role for link in alive) for role in ("prefill", "decode")
+            }
+            details = {
+                "workers": workers,
+                "remote_workers": sum(link.remote for link in alive),
+                "requests": len(self.table),
+                "parked": len(self.recovery.parked),
+                "restarts": self.restarts,
+                "rerun": self.table.rerun,
+            }
             if self._stopping:
                 return False, "the node is shutting down", details
-            missing = [role for role, n in workers.items() if n == 0 or (role == "prefill" and not self.router.prefill_alive)]
+            missing = [
+                role
+                for role, n in workers.items()
+                if n == 0 or (role == "prefill" and not self.router.prefill_alive)
+            ]
             if missing:
                 return False, f"no {' or '.join(missing)} worker is alive", details
             return True, "", details
@@ -285,7 +378,9 @@ class Proxy:
             for link in links:
                 link.ready.set()
                 self.links[link.worker_id] = link
-                (self.router.add_prefill if link.role == "prefill" else self.router.add_decode)(link)
+                (self.router.add_prefill if link.role == "prefill" else self.router.add_decode)(
+                    link
+                )
             self.recovery.unpark()
 
     def close(self) -> None:
@@ -298,4 +393,3 @@ class Proxy:
             link.outgoing.put(None)
         for thread in self._threads:
             thread.join(timeout=2)
-

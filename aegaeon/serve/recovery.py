@@ -41,11 +41,25 @@ def suspects(held: list[LiveRequest], role: str, turn_model: str | None) -> set[
 
 
 class Recovery:
-    def __init__(self, config: RecoveryConfig, table: RequestTable, router: Router, relay: KvRelay,
-                 clock: Callable[[], float]):
-        self.config, self.table, self.router, self.relay, self.clock = config, table, router, relay, clock
+    def __init__(
+        self,
+        config: RecoveryConfig,
+        table: RequestTable,
+        router: Router,
+        relay: KvRelay,
+        clock: Callable[[], float],
+    ):
+        self.config, self.table, self.router, self.relay, self.clock = (
+            config,
+            table,
+            router,
+            relay,
+            clock,
+        )
         self.parked: list[_Parked] = []
-        self.respawned_prefill: list[tuple[WorkerLink, WorkerLink]] = []  # (lost, replacement) not yet in use
+        self.respawned_prefill: list[
+            tuple[WorkerLink, WorkerLink]
+        ] = []  # (lost, replacement) not yet in use
 
     def rerun(self, request: LiveRequest, reason: str, charged: bool = True) -> None:
         """The worker holding `request` is gone: run it again, park it, or fail it when it has been among
@@ -53,8 +67,11 @@ class Recovery:
         request.prefill_worker = request.decode_worker = None
         request.unreleased = ()
         if charged and request.suspected >= self.config.max_reruns:
-            self.table.fail(request, f"{reason}; the request was being computed by {request.suspected + 1} "
-                                     f"workers that died, so it is not run again: submit it again if it should be")
+            self.table.fail(
+                request,
+                f"{reason}; the request was being computed by {request.suspected + 1} "
+                f"workers that died, so it is not run again: submit it again if it should be",
+            )
             return
         request.suspected += charged
         request.reruns += 1
@@ -64,7 +81,9 @@ class Recovery:
         else:
             self.parked.append(_Parked(request, self.clock()))
 
-    def park_handoff(self, request: LiveRequest, swap: SwapOut | KvPayload, issuer: WorkerLink) -> bool:
+    def park_handoff(
+        self, request: LiveRequest, swap: SwapOut | KvPayload, issuer: WorkerLink
+    ) -> bool:
         """A finished prefill with no decode worker alive waits for one (its blocks stay in host memory);
         False when the node does not wait (no grace period)."""
         if self.config.recovery_grace <= 0:
@@ -94,7 +113,10 @@ class Recovery:
                 self._drop(item)
             elif item.swap is None and self.router.prefill_alive:
                 self.router.dispatch(item.request)
-            elif item.swap is not None and (target := self.router.pick_decode(item.request.model)) is not None:
+            elif (
+                item.swap is not None
+                and (target := self.router.pick_decode(item.request.model)) is not None
+            ):
                 problem = self.relay.hand_off(item.swap, item.issuer, item.request, target)
                 if problem is not None:
                     self.table.fail(item.request, problem)
@@ -117,8 +139,11 @@ class Recovery:
                 continue
             role = "prefill" if item.swap is None else "decode"
             self._drop(item)
-            self.table.fail(item.request, f"no {role} worker has been alive for {self.config.recovery_grace:g} s: "
-                                          f"the request cannot continue")
+            self.table.fail(
+                item.request,
+                f"no {role} worker has been alive for {self.config.recovery_grace:g} s: "
+                f"the request cannot continue",
+            )
         self.parked = kept
 
     def _drop(self, item: _Parked) -> None:

@@ -30,14 +30,18 @@ class LiveRequest:
     submit: Submit  # what the client asked for
     arrival: float
     tokens: "queue.Queue[Tokens]" = field(default_factory=queue.Queue)
-    listener: Callable[[Tokens], None] | None = None  # set by async front ends instead of reading `tokens`
+    listener: Callable[[Tokens], None] | None = (
+        None  # set by async front ends instead of reading `tokens`
+    )
     prefill_worker: int | None = None
     decode_worker: int | None = None
     unreleased: tuple[int, ...] = ()  # host KV handles handed to a decode worker, not yet released
     delivered: list[int] = field(default_factory=list)  # every token the client has been sent
     run: Submit | None = None  # what its current run was dispatched with (see `next_run`)
     reruns: int = 0
-    suspected: int = 0  # losses of a worker while it was computing this request (aegaeon.serve.recovery)
+    suspected: int = (
+        0  # losses of a worker while it was computing this request (aegaeon.serve.recovery)
+    )
     done: bool = False
 
     @property
@@ -58,8 +62,12 @@ class LiveRequest:
     def next_run(self) -> Submit:
         """The request as it continues after the tokens already delivered: the Submit of its next run (the
         client's own, before any token)."""
-        return replace(self.submit, prompt_ids=self.submit.prompt_ids + tuple(self.delivered),
-                       max_tokens=self.submit.max_tokens - len(self.delivered), output_before=len(self.delivered))
+        return replace(
+            self.submit,
+            prompt_ids=self.submit.prompt_ids + tuple(self.delivered),
+            max_tokens=self.submit.max_tokens - len(self.delivered),
+            output_before=len(self.delivered),
+        )
 
 
 class RequestTable:
@@ -77,12 +85,18 @@ class RequestTable:
         model = submit_fields["model"]
         if len(self.requests) >= self.limits.max_requests:
             self.refused += 1
-            raise OverloadedError(f"the node holds {len(self.requests)} requests, its limit (--max-requests): "
-                                  f"retry later", self.limits.retry_after)
+            raise OverloadedError(
+                f"the node holds {len(self.requests)} requests, its limit (--max-requests): "
+                f"retry later",
+                self.limits.retry_after,
+            )
         if self.per_model.get(model, 0) >= self.limits.max_requests_per_model:
             self.refused += 1
-            raise OverloadedError(f"model {model} has {self.per_model[model]} requests in flight, its limit "
-                                  f"(--max-requests-per-model): retry later", self.limits.retry_after)
+            raise OverloadedError(
+                f"model {model} has {self.per_model[model]} requests in flight, its limit "
+                f"(--max-requests-per-model): retry later",
+                self.limits.retry_after,
+            )
         request = LiveRequest(Submit(self._next_id, **submit_fields), arrival)
         self._next_id += 1
         self.requests[request.request_id] = request
@@ -106,7 +120,11 @@ class RequestTable:
         """The requests a worker holds: a decode worker's, or a prefill worker's not yet handed to decode."""
         if role == "decode":
             return [r for r in self.requests.values() if r.decode_worker == worker_id]
-        return [r for r in self.requests.values() if r.prefill_worker == worker_id and r.decode_worker is None]
+        return [
+            r
+            for r in self.requests.values()
+            if r.prefill_worker == worker_id and r.decode_worker is None
+        ]
 
     def __len__(self) -> int:
         return len(self.requests)

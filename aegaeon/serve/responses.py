@@ -27,10 +27,23 @@ TOKEN_TIMEOUT = 300.0  # seconds without a token before a request is given up as
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.status, self.message, self.param, self.code, self.kind = (
+            status,
+            message,
+            param,
+            code,
+            kind,
+        )
         self.headers = headers or {}
 
     def body(self) -> dict:
@@ -81,7 +94,9 @@ class _Choice:
         self.stopped_by_string = False
         self.ended = False
 
-    def take(self, token_ids: list[int], stamps: list[float], finish: str | None, logprobs: tuple) -> str:
+    def take(
+        self, token_ids: list[int], stamps: list[float], finish: str | None, logprobs: tuple
+    ) -> str:
         """Add a batch of tokens; the text that may be shown now (all of it once the choice has ended)."""
         self.tokens += token_ids
         self.times += stamps
@@ -105,37 +120,56 @@ class Responder:
     def __init__(self, proxy, metrics: Metrics, now: Callable[[], float] = time.time):
         self.proxy, self.metrics, self.now = proxy, metrics, now
 
-    async def tokens(self, state: LiveRequest, gone: asyncio.Future | None = None
-                     ) -> AsyncIterator[tuple[list[int], list[float], str | None, tuple]]:
+    async def tokens(
+        self, state: LiveRequest, gone: asyncio.Future | None = None
+    ) -> AsyncIterator[tuple[list[int], list[float], str | None, tuple]]:
         """Token batches of one request; ApiError on its failure, ClientGone as soon as `gone` completes."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
-        self.proxy.listen(state, lambda message: loop.call_soon_threadsafe(inbox.put_nowait, message))
+        self.proxy.listen(
+            state, lambda message: loop.call_soon_threadsafe(inbox.put_nowait, message)
+        )
         while True:
             getter = asyncio.ensure_future(inbox.get())
             waiting = {getter} if gone is None else {getter, gone}
-            done, _ = await asyncio.wait(waiting, timeout=TOKEN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                waiting, timeout=TOKEN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
             if getter not in done:
                 getter.cancel()
                 if gone is not None and gone in done:
                     raise ClientGone()
                 self.proxy.cancel(state.submit.request_id)
-                raise ApiError(504, f"request {state.submit.request_id} produced no token in {TOKEN_TIMEOUT:g} s",
-                               None, "timeout", "server_error")
+                raise ApiError(
+                    504,
+                    f"request {state.submit.request_id} produced no token in {TOKEN_TIMEOUT:g} s",
+                    None,
+                    "timeout",
+                    "server_error",
+                )
             message = getter.result()
             if message.error is not None:
                 if message.unavailable:
                     raise unavailable(message.error)
                 raise ApiError(400, message.error, None, "request_failed")
-            yield list(message.token_ids), list(message.times), message.finish_reason, tuple(message.logprobs)
+            yield (
+                list(message.token_ids),
+                list(message.times),
+                message.finish_reason,
+                tuple(message.logprobs),
+            )
             if message.finish_reason is not None:
                 return
 
     def _end(self, generation: Generation, choices: list[_Choice]) -> None:
         for choice in choices:
-            if not choice.ended and choice.reason is None:  # the client left or it failed: free its KV
+            if (
+                not choice.ended and choice.reason is None
+            ):  # the client left or it failed: free its KV
                 self.proxy.cancel(choice.state.submit.request_id)
-            self.metrics.finished(generation.model.name, generation.arrival, choice.times, choice.reason)
+            self.metrics.finished(
+                generation.model.name, generation.arrival, choice.times, choice.reason
+            )
 
     # ---- one JSON body ------------------------------------------------------------------------------------
 
@@ -146,18 +180,27 @@ class Responder:
         try:
             await asyncio.gather(*tasks)
         except ClientGone:
-            return JSONResponse(error_body("the client disconnected", None, "client_disconnected"), status_code=499)
+            return JSONResponse(
+                error_body("the client disconnected", None, "client_disconnected"), status_code=499
+            )
         finally:
             gone.cancel()
             for task in tasks:
                 task.cancel()
             self._end(generation, choices)
         completion = sum(len(c.tokens) for c in choices)
-        return {"id": generation.response_id, "object": "chat.completion" if generation.chat else "text_completion",
-                "created": int(self.now()), "model": generation.model.name,
-                "choices": [self._whole_choice(generation, c) for c in choices],
-                "usage": {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion,
-                          "total_tokens": generation.prompt_tokens + completion}}
+        return {
+            "id": generation.response_id,
+            "object": "chat.completion" if generation.chat else "text_completion",
+            "created": int(self.now()),
+            "model": generation.model.name,
+            "choices": [self._whole_choice(generation, c) for c in choices],
+            "usage": {
+                "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": generation.prompt_tokens + completion,
+            },
+        }
 
     async def _collect(self, choice: _Choice, gone: asyncio.Future) -> None:
         async for token_ids, stamps, finish, logprobs in self.tokens(choice.state, gone):
@@ -172,13 +215,26 @@ class Responder:
         text = choice.text
         logprobs = None
         if generation.logprobs is not None:
-            logprobs = logprob_block(generation.model, choice.tokens, choice.logprobs, generation.chat,
-                                     len(generation.echo))
+            logprobs = logprob_block(
+                generation.model,
+                choice.tokens,
+                choice.logprobs,
+                generation.chat,
+                len(generation.echo),
+            )
         if generation.chat:
-            return {"index": choice.index, "message": {"role": "assistant", "content": text},
-                    "logprobs": logprobs, "finish_reason": choice.reason}
-        return {"index": choice.index, "text": generation.echo + text, "logprobs": logprobs,
-                "finish_reason": choice.reason}
+            return {
+                "index": choice.index,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": logprobs,
+                "finish_reason": choice.reason,
+            }
+        return {
+            "index": choice.index,
+            "text": generation.echo + text,
+            "logprobs": logprobs,
+            "finish_reason": choice.reason,
+        }
 
     # ---- server-sent events -------------------------------------------------------------------------------
 
@@ -213,11 +269,13 @@ class Responder:
                 token_ids, stamps, finish, logprobs = batch
                 seen = len(choice.logprobs)
                 text = choice.take(token_ids, stamps, finish, logprobs)
-                delta, choice.shown = text[len(choice.shown):], text
+                delta, choice.shown = text[len(choice.shown) :], text
                 lp = None
                 if generation.logprobs is not None:
                     offset = len(generation.echo) + len(choice.shown) - len(delta)
-                    lp = logprob_block(generation.model, token_ids, choice.logprobs[seen:], generation.chat, offset)
+                    lp = logprob_block(
+                        generation.model, token_ids, choice.logprobs[seen:], generation.chat, offset
+                    )
                 content = {"content": delta} if generation.chat else delta
                 yield chunk(choice, content, choice.reason, lp)
                 if choice.reason is not None:
@@ -231,42 +289,79 @@ class Responder:
             self._end(generation, choices)
         if generation.usage_chunk:  # a last chunk with no choices, the usage
             completion = sum(len(c.tokens) for c in choices)
-            yield _event({"id": generation.response_id, "object": _chunk_object(generation), "created": int(self.now()),
-                          "model": generation.model.name, "choices": [],
-                          "usage": {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion,
-                                    "total_tokens": generation.prompt_tokens + completion}})
+            yield _event(
+                {
+                    "id": generation.response_id,
+                    "object": _chunk_object(generation),
+                    "created": int(self.now()),
+                    "model": generation.model.name,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": generation.prompt_tokens,
+                        "completion_tokens": completion,
+                        "total_tokens": generation.prompt_tokens + completion,
+                    },
+                }
+            )
         yield b"data: [DONE]\n\n"
 
     def _chunk_maker(self, generation: Generation) -> Callable[..., bytes]:
-        head = {"id": generation.response_id, "object": _chunk_object(generation), "model": generation.model.name}
+        head = {
+            "id": generation.response_id,
+            "object": _chunk_object(generation),
+            "model": generation.model.name,
+        }
 
         def chunk(choice: _Choice, content, finish: str | None, logprobs: dict | None) -> bytes:
-            body = ({"index": choice.index, "delta": content, "logprobs": logprobs, "finish_reason": finish}
-                    if generation.chat else
-                    {"index": choice.index, "text": content, "logprobs": logprobs, "finish_reason": finish})
+            body = (
+                {
+                    "index": choice.index,
+                    "delta": content,
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }
+                if generation.chat
+                else {
+                    "index": choice.index,
+                    "text": content,
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }
+            )
             return _event({**head, "created": int(self.now()), "choices": [body]})
 
         return chunk
 
 
-def logprob_block(model: ServedModel, token_ids: list[int], entries: list, chat: bool, offset: int) -> dict:
+def logprob_block(
+    model: ServedModel, token_ids: list[int], entries: list, chat: bool, offset: int
+) -> dict:
     """OpenAI's logprobs object for these tokens: chat's `content` list, or completions' parallel lists
     (`text_offset` counted from `offset`, the characters before the first of them)."""
     piece = model.token_text
     if chat:
+
         def item(token: int, logprob: float) -> dict:
             text = piece(token)
             return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
-        return {"content": [{**item(token, chosen), "top_logprobs": [item(t, lp) for t, lp in top]}
-                            for token, (chosen, top) in zip(token_ids, entries)]}
+        return {
+            "content": [
+                {**item(token, chosen), "top_logprobs": [item(t, lp) for t, lp in top]}
+                for token, (chosen, top) in zip(token_ids, entries)
+            ]
+        }
     texts = [piece(token) for token in token_ids]
     offsets = []
     for text in texts:
         offsets.append(offset)
         offset += len(text)
-    return {"tokens": texts, "token_logprobs": [chosen for chosen, _ in entries],
-            "top_logprobs": [{piece(t): lp for t, lp in top} for _, top in entries], "text_offset": offsets}
+    return {
+        "tokens": texts,
+        "token_logprobs": [chosen for chosen, _ in entries],
+        "top_logprobs": [{piece(t): lp for t, lp in top} for _, top in entries],
+        "text_offset": offsets,
+    }
 
 
 def _chunk_object(generation: Generation) -> str:

@@ -20,16 +20,25 @@ from aegaeon.serve.requests import LiveRequest
 
 
 class Router:
-    def __init__(self, prefill: list[WorkerLink], decode: list[WorkerLink], requests: Callable[[int], LiveRequest | None],
-                 clock: Callable[[], float], max_group_size: int = DEFAULT_MAX_GROUP_SIZE, max_batch: int = 64,
-                 cost: MeasuredCost | None = None):
+    def __init__(
+        self,
+        prefill: list[WorkerLink],
+        decode: list[WorkerLink],
+        requests: Callable[[int], LiveRequest | None],
+        clock: Callable[[], float],
+        max_group_size: int = DEFAULT_MAX_GROUP_SIZE,
+        max_batch: int = 64,
+        cost: MeasuredCost | None = None,
+    ):
         self.prefill = list(prefill)  # index = the dispatcher's instance
         self.decode = list(decode)
         self.requests, self.clock, self.max_batch = requests, clock, max_batch
         self.cost = cost or MeasuredCost()  # learnt from the prefill workers' StepDone reports
         self.dispatcher = PrefillDispatcher(len(self.prefill), self.cost, max_group_size)
         self.running: dict[int, GroupStart] = {}  # prefill instance -> its group under way
-        self.group_log: list[tuple[float, GroupStart]] | None = None  # set to a list to record (tests)
+        self.group_log: list[tuple[float, GroupStart]] | None = (
+            None  # set to a list to record (tests)
+        )
 
     # ---- prefill ------------------------------------------------------------------------------------------
 
@@ -40,8 +49,13 @@ class Router:
     def dispatch(self, request: LiveRequest) -> None:
         """Queue a request (or a re-run of one) for prefill."""
         request.run = request.next_run()
-        spec = RequestSpec(request.request_id, request.model, request.arrival, len(request.run.prompt_ids),
-                           request.run.max_tokens)
+        spec = RequestSpec(
+            request.request_id,
+            request.model,
+            request.arrival,
+            len(request.run.prompt_ids),
+            request.run.max_tokens,
+        )
         self._execute(self.dispatcher.submit(spec, self.clock()))
 
     def group_done(self, link: WorkerLink, message: StepDone) -> None:
@@ -91,7 +105,9 @@ class Router:
         alive = [w for w in self.decode if not w.dead]
         if not alive:
             return None
-        return alive[choose_decode_instance(model, [Counter(w.live.values()) for w in alive], self.max_batch)]
+        return alive[
+            choose_decode_instance(model, [Counter(w.live.values()) for w in alive], self.max_batch)
+        ]
 
     def add_decode(self, link: WorkerLink) -> None:
         self.decode.append(link)

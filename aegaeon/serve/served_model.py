@@ -33,26 +33,40 @@ class ServedModel:
         extra = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
         # The sandbox has no loader: a template that uses {% include %} fails at render time, as a 400.
         env = ImmutableSandboxedEnvironment()
-        env.globals["raise_exception"] = _raise_template_error  # what Hugging Face chat templates call
-        self.special_tokens = {k: v for k, v in extra.items() if k in ("bos_token", "eos_token") and isinstance(v, str)}
+        env.globals["raise_exception"] = (
+            _raise_template_error  # what Hugging Face chat templates call
+        )
+        self.special_tokens = {
+            k: v for k, v in extra.items() if k in ("bos_token", "eos_token") and isinstance(v, str)
+        }
         source = extra.get("chat_template")
         if isinstance(source, list):  # the named-templates form: take the default one
             source = next((t.get("template") for t in source if t.get("name") == "default"), None)
         try:
             self.chat_template = env.from_string(source or DEFAULT_CHAT_TEMPLATE)
         except TemplateSyntaxError as err:
-            log.warning("model %s: its chat template does not parse (%s, line %s); using the default template",
-                        name, err.message, err.lineno)
+            log.warning(
+                "model %s: its chat template does not parse (%s, line %s); using the default template",
+                name,
+                err.message,
+                err.lineno,
+            )
             self.chat_template = env.from_string(DEFAULT_CHAT_TEMPLATE)
 
     def render_chat(self, messages: list[dict]) -> str:
         """The prompt for `messages`; TemplateRejected when the template raises anything at all (its own
         `raise_exception`, a division by zero, an include, a sandbox violation)."""
         try:
-            return self.chat_template.render(messages=messages, add_generation_prompt=True, **self.special_tokens)
-        except Exception as err:  # a template is user-supplied code: no error of its own may be a 500
-            raise TemplateRejected(f"the chat template of {self.name} rejected the messages: "
-                                   f"{type(err).__name__}: {err}") from None
+            return self.chat_template.render(
+                messages=messages, add_generation_prompt=True, **self.special_tokens
+            )
+        except (
+            Exception
+        ) as err:  # a template is user-supplied code: no error of its own may be a 500
+            raise TemplateRejected(
+                f"the chat template of {self.name} rejected the messages: "
+                f"{type(err).__name__}: {err}"
+            ) from None
 
     def encode(self, text: str) -> list[int]:
         # encode_batch_fast, not encode: only the batch calls release the GIL while they work, so a huge prompt

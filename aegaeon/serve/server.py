@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from aegaeon.config.serving import ApiConfig, NodeConfig
 from aegaeon.errors import LinkError
 from aegaeon.serve.node import Node
-from aegaeon.config.serving import ApiConfig, NodeConfig
 
 
 def uvicorn_config(app, api: ApiConfig):
@@ -20,13 +20,23 @@ def uvicorn_config(app, api: ApiConfig):
 
     from aegaeon.serve.api_guard import deadline_protocol
 
-    return uvicorn.Config(app, host=api.host, port=api.port, log_level="warning", http=deadline_protocol(api.header_timeout),
-                          limit_concurrency=api.limit_concurrency, timeout_keep_alive=api.keep_alive_seconds,
-                          lifespan="on")
+    return uvicorn.Config(
+        app,
+        host=api.host,
+        port=api.port,
+        log_level="warning",
+        http=deadline_protocol(api.header_timeout),
+        limit_concurrency=api.limit_concurrency,
+        timeout_keep_alive=api.keep_alive_seconds,
+        lifespan="on",
+    )
 
 
-def serve_node(config: NodeConfig, api: ApiConfig = ApiConfig(),
-               announce: Callable[[str], None] = lambda line: None) -> None:
+def serve_node(
+    config: NodeConfig,
+    api: ApiConfig = ApiConfig(),
+    announce: Callable[[str], None] = lambda line: None,
+) -> None:
     """Start the node, serve the OpenAI-compatible API on api.host:api.port, and stop everything on exit.
 
     uvicorn turns SIGINT and SIGTERM into a graceful shutdown; the node then stops its workers and
@@ -43,16 +53,22 @@ def serve_node(config: NodeConfig, api: ApiConfig = ApiConfig(),
     node = Node(config)
     proxy = node.start()
     try:
-        good = {name: Path(path) for name, path in config.models.items() if name not in node.unavailable}
+        good = {
+            name: Path(path) for name, path in config.models.items() if name not in node.unavailable
+        }
         for reason in node.unavailable.values():
             announce(f"warning: {reason}")
         link = config.engine.link_gbps
-        announce(f"serving {sorted(good)} on http://{api.host}:{api.port}/v1 with {config.num_instances} "
-                 f"instances ({config.prefill_instances} prefill), policy {config.policy}, SLO TTFT "
-                 f"{config.slo.ttft:g} s / TPOT {config.slo.tpot:g} s"
-                 + (f", host<->device link emulated at {link:g} GB/s" if link else ""))
+        announce(
+            f"serving {sorted(good)} on http://{api.host}:{api.port}/v1 with {config.num_instances} "
+            f"instances ({config.prefill_instances} prefill), policy {config.policy}, SLO TTFT "
+            f"{config.slo.ttft:g} s / TPOT {config.slo.tpot:g} s"
+            + (f", host<->device link emulated at {link:g} GB/s" if link else "")
+        )
         if node.link is not None:
-            announce(f"listening for nodes on {config.link_address.rpartition(':')[0]}:{node.link.port}")
+            announce(
+                f"listening for nodes on {config.link_address.rpartition(':')[0]}:{node.link.port}"
+            )
         uvicorn.Server(uvicorn_config(create_app(proxy, good, api, config), api)).run()
     finally:
         node.stop()
@@ -65,7 +81,9 @@ def join_cluster(config: NodeConfig, announce: Callable[[str], None] = lambda li
     node = Node(config)
     node.start()
     try:
-        announce(f"joined the head node at {config.link_address} with {config.num_instances} workers")
+        announce(
+            f"joined the head node at {config.link_address} with {config.num_instances} workers"
+        )
         while not node.wait(1.0):
             pass
         raise LinkError(f"lost the head node at {config.link_address}: this node stops")

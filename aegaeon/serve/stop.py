@@ -16,15 +16,15 @@ class StopMatcher:
         it (then the part shown is everything before the earliest stop string, which is left out)."""
         ends = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if ends:
-            return text[:min(ends)], True
-        return text[:len(text) - self._held_back(text)], False
+            return text[: min(ends)], True
+        return text[: len(text) - self._held_back(text)], False
 
     def _held_back(self, text: str) -> int:
         """The longest end of `text` that begins some stop string (it may complete at the next token)."""
         longest = 0
         for stop in self.stops:
             for size in range(min(len(stop) - 1, len(text)), longest, -1):
-                if stop.startswith(text[len(text) - size:]):
+                if stop.startswith(text[len(text) - size :]):
                     longest = size
                     break
         return longest

@@ -20,12 +20,22 @@ POLL_SECONDS = 0.1
 
 
 class Supervisor:
-    def __init__(self, processes: list, on_lost: Callable[[int, int | None], None],
-                 respawn: Callable[[int, int], None] | None, policy: RestartPolicy = RestartPolicy(),
-                 on_tick: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        processes: list,
+        on_lost: Callable[[int, int | None], None],
+        respawn: Callable[[int, int], None] | None,
+        policy: RestartPolicy = RestartPolicy(),
+        on_tick: Callable[[], None] | None = None,
+    ):
         """`processes[i]` is worker i's process (replaced in place by `respawn(i, generation)`); without
         `respawn`, lost workers are only reported."""
-        self.processes, self.on_lost, self.respawn, self.policy = processes, on_lost, respawn, policy
+        self.processes, self.on_lost, self.respawn, self.policy = (
+            processes,
+            on_lost,
+            respawn,
+            policy,
+        )
         self.on_tick = on_tick
         self.restarts: dict[int, int] = {}
         self.due: dict[int, float] = {}  # worker id -> when its replacement starts
@@ -78,6 +88,6 @@ class Supervisor:
         if done >= self.policy.max_restarts:
             log.error("worker %d was replaced %d times: it stays down", worker_id, done)
             return
-        delay = min(self.policy.max_backoff, self.policy.backoff * 2 ** done)
+        delay = min(self.policy.max_backoff, self.policy.backoff * 2**done)
         self.due[worker_id] = now + delay
         log.warning("worker %d lost: a replacement starts in %.1f s", worker_id, delay)

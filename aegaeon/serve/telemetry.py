@@ -25,8 +25,12 @@ class Telemetry:
         self._events: deque[Trace] = deque(maxlen=max_events)
         self.switches: dict[str, int] = defaultdict(int)
         self.switch_seconds: dict[str, float] = defaultdict(float)
-        self.swap_bytes: dict[tuple[str, str], int] = defaultdict(int)  # (model, swap label) -> bytes
-        self._kv: dict[int, tuple[int, int]] = {}  # worker id -> (KV bytes used, KV bytes free), latest sample
+        self.swap_bytes: dict[tuple[str, str], int] = defaultdict(
+            int
+        )  # (model, swap label) -> bytes
+        self._kv: dict[
+            int, tuple[int, int]
+        ] = {}  # worker id -> (KV bytes used, KV bytes free), latest sample
 
     def record(self, trace: Trace) -> None:
         with self._lock:
@@ -37,7 +41,10 @@ class Telemetry:
             elif trace.kind == "swap":
                 self.swap_bytes[(trace.model, trace.label)] += trace.nbytes
             elif trace.kind == "memory":
-                self._kv[trace.worker_id] = (int(trace.detail.get("kv_used", 0)), int(trace.detail.get("kv_free", 0)))
+                self._kv[trace.worker_id] = (
+                    int(trace.detail.get("kv_used", 0)),
+                    int(trace.detail.get("kv_free", 0)),
+                )
 
     def events(self, since: float = 0.0) -> list[dict]:
         """Events that ended at or after wall-clock time `since`, oldest first, as plain dicts."""
@@ -50,13 +57,22 @@ class Telemetry:
             return dict(self._kv)
 
     def metric_families(self) -> list[Metric]:
-        switches = CounterMetricFamily("aegaeon_model_switches", "Model switches, per model switched to.",
-                                       labels=["model_name"])
-        seconds = CounterMetricFamily("aegaeon_model_switch_seconds", "Seconds spent switching to each model.",
-                                      labels=["model_name"])
-        swapped = CounterMetricFamily("aegaeon_kv_swap_bytes", "KV bytes moved, by kind: out/in (preemption "
-                                      "to and from host memory), export/import (prefill to decode handoff).",
-                                      labels=["model_name", "kind"])
+        switches = CounterMetricFamily(
+            "aegaeon_model_switches",
+            "Model switches, per model switched to.",
+            labels=["model_name"],
+        )
+        seconds = CounterMetricFamily(
+            "aegaeon_model_switch_seconds",
+            "Seconds spent switching to each model.",
+            labels=["model_name"],
+        )
+        swapped = CounterMetricFamily(
+            "aegaeon_kv_swap_bytes",
+            "KV bytes moved, by kind: out/in (preemption "
+            "to and from host memory), export/import (prefill to decode handoff).",
+            labels=["model_name", "kind"],
+        )
         with self._lock:
             for model, n in sorted(self.switches.items()):
                 switches.add_metric([model], n)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aegaeon.config.sim import SimConfig
 from aegaeon.sched.cost import CostModel, kv_capacity_bytes
 from aegaeon.sched.decode import choose_decode_instance
 from aegaeon.sched.prefill import GroupStart, PrefillDispatcher
@@ -18,7 +19,6 @@ from aegaeon.sched.request import RequestState
 from aegaeon.sched.rounds import RoundConfig, WeightedRoundRobin
 from aegaeon.sched.slo import SLO
 from aegaeon.sim.core import EventLoop
-from aegaeon.config.sim import SimConfig
 from aegaeon.sim.decode_instance import SimDecodeInstance
 
 
@@ -38,16 +38,29 @@ class _PrefillExecutor:
 class AegaeonSystem:
     name = "aegaeon"
 
-    def __init__(self, loop: EventLoop, cost: CostModel, slo: SLO, config: SimConfig, models: list[str],
-                 policy: str = "aegaeon"):
+    def __init__(
+        self,
+        loop: EventLoop,
+        cost: CostModel,
+        slo: SLO,
+        config: SimConfig,
+        models: list[str],
+        policy: str = "aegaeon",
+    ):
         self.loop, self.cost, self.slo, self.config = loop, cost, slo, config
         num_prefill, num_decode = split_instances(config)
         self.dispatcher = PrefillDispatcher(num_prefill, cost, config.max_group_size)
         self.prefill = [_PrefillExecutor() for _ in range(num_prefill)]
-        capacity = kv_capacity_bytes(config.device_memory_bytes, [cost.weight_bytes(m) for m in models])
+        capacity = kv_capacity_bytes(
+            config.device_memory_bytes, [cost.weight_bytes(m) for m in models]
+        )
         rounds = RoundConfig(slo.tpot, config.max_quota, config.max_batch)
-        self.decode = [SimDecodeInstance(loop, cost, WeightedRoundRobin(cost, rounds, capacity), config.record_turns)
-                       for _ in range(num_decode)]
+        self.decode = [
+            SimDecodeInstance(
+                loop, cost, WeightedRoundRobin(cost, rounds, capacity), config.record_turns
+            )
+            for _ in range(num_decode)
+        ]
         self.prefill_switches = 0
         self.prefill_busy = 0.0
         self.groups: list[tuple[float, GroupStart]] = []  # with config.record_turns
@@ -60,8 +73,10 @@ class AegaeonSystem:
     def instance_load(self, duration: float) -> dict[str, float]:
         """Busy seconds per instance per second of workload, by role. Decode instances decode ahead of the
         TPOT schedule whenever they hold requests, so only the prefill share tracks how much work there is."""
-        return {"prefill": self.prefill_busy / (len(self.prefill) * duration),
-                "decode": sum(d.busy_seconds for d in self.decode) / (len(self.decode) * duration)}
+        return {
+            "prefill": self.prefill_busy / (len(self.prefill) * duration),
+            "decode": sum(d.busy_seconds for d in self.decode) / (len(self.decode) * duration),
+        }
 
     # -- prefill ---------------------------------------------------------
     def submit(self, state: RequestState) -> None:
@@ -82,7 +97,9 @@ class AegaeonSystem:
             t += self.cost.prefill_time(spec.model, [spec.input_len])
             state.token_times.append(t)
             if not state.finished:
-                handoff = self.cost.swap_time(spec.input_len * self.cost.kv_bytes_per_token(spec.model))
+                handoff = self.cost.swap_time(
+                    spec.input_len * self.cost.kv_bytes_per_token(spec.model)
+                )
                 self.loop.at(t + handoff, lambda s=state: self._to_decode(s))
         self.prefill_busy += t - self.loop.now
         self.loop.at(t, lambda: self._group_done(start.instance))

@@ -8,10 +8,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from aegaeon.sched.cost import CostModel
 from aegaeon.config.sim import DEFAULT_DEVICE_MEMORY, SimConfig  # noqa: F401 (re-exported)
+from aegaeon.sched.cost import CostModel
 from aegaeon.sched.request import RequestState
-
 
 
 class EventLoop:
@@ -29,8 +28,9 @@ class EventLoop:
             action()
 
 
-def decode_segment(cost: CostModel, model: str, batch: Sequence[RequestState], start: float,
-                   budget: float | None) -> float:
+def decode_segment(
+    cost: CostModel, model: str, batch: Sequence[RequestState], start: float, budget: float | None
+) -> float:
     """Decode while fewer than `budget` seconds have been spent (`aegaeon.sched.rounds.quota_allows_step`: at
     least one step, the last may end past the budget), or until a request finishes.
 
@@ -45,7 +45,9 @@ def decode_segment(cost: CostModel, model: str, batch: Sequence[RequestState], s
     slope = cost.decode_time(model, size, context + size) - base
     k = np.arange(1, steps + 1, dtype=np.float64)
     times = start + k * base + slope * k * (k - 1) / 2
-    if budget is not None:  # step k+1 starts when step k ends, if that is before the budget runs out
+    if (
+        budget is not None
+    ):  # step k+1 starts when step k ends, if that is before the budget runs out
         steps = min(steps, int(np.searchsorted(times - start, budget, side="left")) + 1)
         times = times[:steps]
     stamps = times.tolist()
@@ -54,8 +56,9 @@ def decode_segment(cost: CostModel, model: str, batch: Sequence[RequestState], s
     return stamps[-1]
 
 
-def decode_for(cost: CostModel, model: str, batch: Sequence[RequestState], start: float,
-               budget: float | None) -> float:
+def decode_for(
+    cost: CostModel, model: str, batch: Sequence[RequestState], start: float, budget: float | None
+) -> float:
     """Decode the batch for `budget` seconds (None: until all finish); returns the end time."""
     t, active = start, [s for s in batch if not s.finished]
     while active and (budget is None or t - start < budget):

@@ -28,7 +28,9 @@ class _Segment:
 
 
 class SimDecodeInstance:
-    def __init__(self, loop: EventLoop, cost: CostModel, policy: DecodePolicy, record_turns: bool = False):
+    def __init__(
+        self, loop: EventLoop, cost: CostModel, policy: DecodePolicy, record_turns: bool = False
+    ):
         self.loop, self.cost, self.policy = loop, cost, policy
         self.requests: list[RequestState] = []  # in the order they arrived here
         self.by_id: dict[int, RequestState] = {}
@@ -54,8 +56,12 @@ class SimDecodeInstance:
         """The live requests with their context as of now (a running segment's laid-out tokens after now do
         not count yet: the live worker has not made them)."""
         now = self.loop.now
-        return [DecodeCandidate(s.spec.request_id, s.model, s.spec.input_len + bisect_right(s.token_times, now))
-                for s in self.live_states()]
+        return [
+            DecodeCandidate(
+                s.spec.request_id, s.model, s.spec.input_len + bisect_right(s.token_times, now)
+            )
+            for s in self.live_states()
+        ]
 
     def load(self) -> Counter:
         """Live requests per model: what decode placement compares instances by."""
@@ -118,13 +124,16 @@ class SimDecodeInstance:
         if segment is None:
             return  # still switching: the batch forms when decoding starts
         now = self.loop.now
-        in_flight = [s.token_times[i] for s in segment.batch
-                     if (i := bisect_right(s.token_times, now)) < len(s.token_times)]
+        in_flight = [
+            s.token_times[i]
+            for s in segment.batch
+            if (i := bisect_right(s.token_times, now)) < len(s.token_times)
+        ]
         if not in_flight:
             return  # the segment ends now; the next one forms its batch afresh
         cut = min(in_flight)
         for member in segment.batch:
-            del member.token_times[bisect_right(member.token_times, cut):]
+            del member.token_times[bisect_right(member.token_times, cut) :]
         self.epoch += 1
         self.segment = None
         self.busy_seconds += cut - segment.start

@@ -6,22 +6,34 @@ batch for one TPOT. Switching between resident models costs nothing.
 
 from __future__ import annotations
 
+from aegaeon.config.sim import SimConfig
 from aegaeon.sched.cost import CostModel
 from aegaeon.sched.muxserve import ColocatedTurns, place_models
 from aegaeon.sched.request import RequestState
 from aegaeon.sched.slo import SLO
 from aegaeon.sim.core import EventLoop, decode_for, prefill
-from aegaeon.config.sim import SimConfig
 
 
 class MuxServeSystem:
     name = "muxserve"
 
-    def __init__(self, loop: EventLoop, cost: CostModel, slo: SLO, config: SimConfig, models: list[str],
-                 policy: str = "muxserve"):
+    def __init__(
+        self,
+        loop: EventLoop,
+        cost: CostModel,
+        slo: SLO,
+        config: SimConfig,
+        models: list[str],
+        policy: str = "muxserve",
+    ):
         self.loop, self.cost, self.slo, self.config = loop, cost, slo, config
-        self.placement, self.unservable = place_models(models, cost, config.num_gpus, config.device_memory_bytes,
-                                                       config.muxserve_kv_reserve_bytes)
+        self.placement, self.unservable = place_models(
+            models,
+            cost,
+            config.num_gpus,
+            config.device_memory_bytes,
+            config.muxserve_kv_reserve_bytes,
+        )
         self.turns = [ColocatedTurns([]) for _ in range(config.num_gpus)]
         for model, gpu in self.placement.items():
             self.turns[gpu].models.append(model)

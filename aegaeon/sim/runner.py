@@ -27,17 +27,18 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from aegaeon.config.sim import SimConfig
 from aegaeon.errors import ConfigError
 from aegaeon.sched.cost import TableCostModel
 from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
+from aegaeon.sched.policies import policy as policy_info
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO, meets_both, request_attainment, summarize
-from aegaeon.sched.policies import policy as policy_info
 from aegaeon.sim.aegaeon_system import AegaeonSystem
 from aegaeon.sim.core import EventLoop
-from aegaeon.config.sim import SimConfig
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class RunLabel:
@@ -49,8 +50,15 @@ class RunLabel:
     outlen_scale: float = 1.0
 
 
-def simulate(policy: str, requests: Sequence[RequestSpec], cost: TableCostModel, slo: SLO, config: SimConfig,
-             duration: float, aegaeon_switch_efficiency: float | None = None) -> tuple[list[RequestState], dict]:
+def simulate(
+    policy: str,
+    requests: Sequence[RequestSpec],
+    cost: TableCostModel,
+    slo: SLO,
+    config: SimConfig,
+    duration: float,
+    aegaeon_switch_efficiency: float | None = None,
+) -> tuple[list[RequestState], dict]:
     """Replays `requests` through one system; returns final states and extra facts.
 
     Request-level systems load models at the link's `switch_efficiency`;
@@ -60,8 +68,12 @@ def simulate(policy: str, requests: Sequence[RequestSpec], cost: TableCostModel,
         raise ConfigError("cannot simulate an empty workload")
     variant = ""
     if policy == "aegaeon":
-        variant = aegaeon_variant(config.max_quota, aegaeon_switch_efficiency, cost.link.fast_switch_efficiency)
-        cost = cost.with_switch_efficiency(aegaeon_switch_efficiency or cost.link.fast_switch_efficiency)
+        variant = aegaeon_variant(
+            config.max_quota, aegaeon_switch_efficiency, cost.link.fast_switch_efficiency
+        )
+        cost = cost.with_switch_efficiency(
+            aegaeon_switch_efficiency or cost.link.fast_switch_efficiency
+        )
     loop = EventLoop()
     models = sorted({r.model for r in requests})
     system = policy_info(policy).system_class()(loop, cost, slo, config, models, policy)
@@ -69,14 +81,23 @@ def simulate(policy: str, requests: Sequence[RequestSpec], cost: TableCostModel,
     for state in states:
         loop.at(state.spec.arrival, lambda s=state: system.submit(s))
     loop.run(until=duration * config.horizon_factor + slo.ttft)
-    extra = {"switches": system.switches, "unservable_models": getattr(system, "unservable", []),
-             "switch_efficiency": cost.link.switch_efficiency}
+    extra = {
+        "switches": system.switches,
+        "unservable_models": getattr(system, "unservable", []),
+        "switch_efficiency": cost.link.switch_efficiency,
+    }
     if isinstance(system, AegaeonSystem):
-        extra.update(instance_load=system.instance_load(duration), max_quota=config.max_quota, variant=variant)
+        extra.update(
+            instance_load=system.instance_load(duration),
+            max_quota=config.max_quota,
+            variant=variant,
+        )
     return states, extra
 
 
-def aegaeon_variant(max_quota: float, switch_efficiency: float | None, default_efficiency: float) -> str:
+def aegaeon_variant(
+    max_quota: float, switch_efficiency: float | None, default_efficiency: float
+) -> str:
     """A short tag of the Aegaeon settings that differ from the defaults ("" when none do)."""
     parts = []
     if abs(max_quota - DEFAULT_MAX_QUOTA) > 1e-12:
@@ -86,25 +107,50 @@ def aegaeon_variant(max_quota: float, switch_efficiency: float | None, default_e
     return "_".join(parts)
 
 
-def result_record(policy: str, label: RunLabel, states: Sequence[RequestState], slo: SLO, duration: float,
-                  num_gpus: int, extra: dict, source: str = "sim") -> dict:
-    records = [(s.spec.arrival, s.token_times[: s.spec.output_len], s.spec.output_len) for s in states]
+def result_record(
+    policy: str,
+    label: RunLabel,
+    states: Sequence[RequestState],
+    slo: SLO,
+    duration: float,
+    num_gpus: int,
+    extra: dict,
+    source: str = "sim",
+) -> dict:
+    records = [
+        (s.spec.arrival, s.token_times[: s.spec.output_len], s.spec.output_len) for s in states
+    ]
     summary = summarize(records, slo, duration)
     finished = [s for s in states if s.finished]
     ttfts = [s.token_times[0] - s.spec.arrival for s in finished]
-    tpots = [(s.token_times[s.spec.output_len - 1] - s.token_times[0]) / (s.spec.output_len - 1)
-             for s in finished if s.spec.output_len > 1]
-    second_gaps = [s.token_times[1] - s.token_times[0] for s in states
-                   if min(len(s.token_times), s.spec.output_len) > 1]
+    tpots = [
+        (s.token_times[s.spec.output_len - 1] - s.token_times[0]) / (s.spec.output_len - 1)
+        for s in finished
+        if s.spec.output_len > 1
+    ]
+    second_gaps = [
+        s.token_times[1] - s.token_times[0]
+        for s in states
+        if min(len(s.token_times), s.spec.output_len) > 1
+    ]
     return {
-        "policy": policy, "source": source,
-        "num_models": label.num_models, "arrival_rate": label.arrival_rate,
-        "inlen_scale": label.inlen_scale, "outlen_scale": label.outlen_scale,
-        "num_gpus": num_gpus, "ttft_slo": slo.ttft, "tpot_slo": slo.tpot, "duration": duration,
+        "policy": policy,
+        "source": source,
+        "num_models": label.num_models,
+        "arrival_rate": label.arrival_rate,
+        "inlen_scale": label.inlen_scale,
+        "outlen_scale": label.outlen_scale,
+        "num_gpus": num_gpus,
+        "ttft_slo": slo.ttft,
+        "tpot_slo": slo.tpot,
+        "duration": duration,
         "num_requests": len(states),
-        "slo_attainment": summary.slo_attainment, "met_both_share": summary.met_both_share,
-        "goodput": summary.goodput, "finished_share": summary.finished_share,
-        **_percentiles("ttft", ttfts), **_percentiles("tpot", tpots),
+        "slo_attainment": summary.slo_attainment,
+        "met_both_share": summary.met_both_share,
+        "goodput": summary.goodput,
+        "finished_share": summary.finished_share,
+        **_percentiles("ttft", ttfts),
+        **_percentiles("tpot", tpots),
         **_percentiles("second_token_gap", second_gaps),
         **extra,
         "requests": [_request_record(s, slo) for s in states],
@@ -121,8 +167,11 @@ def _request_record(state: RequestState, slo: SLO) -> dict:
     spec, times = state.spec, state.token_times[: state.spec.output_len]
     done = len(times) >= spec.output_len
     return {
-        "id": spec.request_id, "model": spec.model, "arrival": spec.arrival,
-        "input_len": spec.input_len, "output_len": spec.output_len,
+        "id": spec.request_id,
+        "model": spec.model,
+        "arrival": spec.arrival,
+        "input_len": spec.input_len,
+        "output_len": spec.output_len,
         "ttft": times[0] - spec.arrival if times else None,
         "tpot": (times[-1] - times[0]) / (len(times) - 1) if done and len(times) > 1 else None,
         "finish": times[-1] if done else None,
@@ -134,18 +183,28 @@ def _request_record(state: RequestState, slo: SLO) -> dict:
 
 def result_filename(policy: str, label: RunLabel, slo: SLO, variant: str = "") -> str:
     system = f"{policy}_{variant}" if variant else policy
-    return (f"{system}-{label.num_models}-{label.arrival_rate:g}-{label.inlen_scale:.1f}-{label.outlen_scale:.1f}"
-            f"-ttft{slo.ttft:g}-tpot{slo.tpot:g}.json")
+    return (
+        f"{system}-{label.num_models}-{label.arrival_rate:g}-{label.inlen_scale:.1f}-{label.outlen_scale:.1f}"
+        f"-ttft{slo.ttft:g}-tpot{slo.tpot:g}.json"
+    )
 
 
 def write_result(out_dir: Path, result: dict) -> Path:
     """Atomic write: a file under plots/json/ is always a complete result."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    label = RunLabel(result["num_models"], result["arrival_rate"], result["inlen_scale"], result["outlen_scale"])
-    name = result_filename(result["policy"], label, SLO(result["ttft_slo"], result["tpot_slo"]),
-                           result.get("variant", ""))
-    path = out_dir / (name if result.get("source", "sim") == "sim" else f"{result['source']}-{name}")
+    label = RunLabel(
+        result["num_models"], result["arrival_rate"], result["inlen_scale"], result["outlen_scale"]
+    )
+    name = result_filename(
+        result["policy"],
+        label,
+        SLO(result["ttft_slo"], result["tpot_slo"]),
+        result.get("variant", ""),
+    )
+    path = out_dir / (
+        name if result.get("source", "sim") == "sim" else f"{result['source']}-{name}"
+    )
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
@@ -157,10 +216,16 @@ def write_result(out_dir: Path, result: dict) -> Path:
     return path
 
 
-def run_sweep(points: Iterable[tuple[str, RunLabel]], load_requests: Callable[[RunLabel], tuple[list, float]],
-              make_cost: Callable[[list[RequestSpec]], TableCostModel], slo: SLO, config: SimConfig, out_dir: Path,
-              progress: Callable[[str, dict], None] | None = None,
-              aegaeon_switch_efficiency: float | None = None) -> list[Path]:
+def run_sweep(
+    points: Iterable[tuple[str, RunLabel]],
+    load_requests: Callable[[RunLabel], tuple[list, float]],
+    make_cost: Callable[[list[RequestSpec]], TableCostModel],
+    slo: SLO,
+    config: SimConfig,
+    out_dir: Path,
+    progress: Callable[[str, dict], None] | None = None,
+    aegaeon_switch_efficiency: float | None = None,
+) -> list[Path]:
     """Simulates every (policy, label) point and writes one JSON each."""
     written, cache = [], {}
     for policy, label in points:
@@ -168,7 +233,9 @@ def run_sweep(points: Iterable[tuple[str, RunLabel]], load_requests: Callable[[R
             requests, duration = load_requests(label)
             cache = {label: (requests, duration, make_cost(requests))}
         requests, duration, cost = cache[label]
-        states, extra = simulate(policy, requests, cost, slo, config, duration, aegaeon_switch_efficiency)
+        states, extra = simulate(
+            policy, requests, cost, slo, config, duration, aegaeon_switch_efficiency
+        )
         result = result_record(policy, label, states, slo, duration, config.num_gpus, extra)
         written.append(write_result(out_dir, result))
         if progress:
@@ -178,14 +245,18 @@ def run_sweep(points: Iterable[tuple[str, RunLabel]], load_requests: Callable[[R
 
 def render_table(results: Sequence[dict]) -> str:
     """The `aegaeon sim` table of results (one row per point)."""
-    lines = [f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}"
-             f" {'2nd-tok p90':>11} {'busy P/D':>9}"]
+    lines = [
+        f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}"
+        f" {'2nd-tok p90':>11} {'busy P/D':>9}"
+    ]
     for r in results:
         p99 = "-" if r["ttft_p99"] is None else f"{r['ttft_p99']:.2f}"
         gap = "-" if r["second_token_gap_p90"] is None else f"{r['second_token_gap_p90']:.2f}"
         load = r.get("instance_load")
         load_text = f"{load['prefill']:.2f}/{load['decode']:.2f}" if load else "-"
         name = r["policy"] + (f"_{r['variant']}" if r.get("variant") else "")
-        lines.append(f"{name:<9} {r['num_models']:>6} {r['arrival_rate']:>5g} {100 * r['slo_attainment']:>7.1f}% "
-                     f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8} {gap:>11} {load_text:>9}")
+        lines.append(
+            f"{name:<9} {r['num_models']:>6} {r['arrival_rate']:>5g} {100 * r['slo_attainment']:>7.1f}% "
+            f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8} {gap:>11} {load_text:>9}"
+        )
     return "\n".join(lines)

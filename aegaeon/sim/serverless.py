@@ -8,26 +8,35 @@ switch time, a run's prompts are prefilled together, joiners between slices.
 
 from __future__ import annotations
 
+from aegaeon.config.sim import SimConfig
 from aegaeon.sched.cost import CostModel
-from aegaeon.sched.decode import DecodeCandidate
+from aegaeon.sched.decode import REQUEST_LEVEL_SLICE, DecodeCandidate
 from aegaeon.sched.request import RequestState
-from aegaeon.sched.decode import REQUEST_LEVEL_SLICE
 from aegaeon.sched.rounds import RequestLevel
 from aegaeon.sched.serverless import ServerlessScheduler
 from aegaeon.sched.slo import SLO
 from aegaeon.sim.core import EventLoop, decode_for, prefill
-from aegaeon.config.sim import SimConfig
 
 
 class ServerlessSystem:
-    def __init__(self, loop: EventLoop, cost: CostModel, slo: SLO, config: SimConfig, models: list[str],
-                 policy: str = "sllm"):
+    def __init__(
+        self,
+        loop: EventLoop,
+        cost: CostModel,
+        slo: SLO,
+        config: SimConfig,
+        models: list[str],
+        policy: str = "sllm",
+    ):
         self.loop, self.cost, self.slo, self.config = loop, cost, slo, config
         self.name = policy
         plus = policy == "sllm+"
         self.scheduler = ServerlessScheduler(config.num_gpus, cost, config.queue_size, plus)
         # ServerlessLLM+ decodes a run to its end; ServerlessLLM admits joiners between slices
-        self.slices = [RequestLevel(config.max_batch, float("inf") if plus else REQUEST_LEVEL_SLICE) for _ in range(config.num_gpus)]
+        self.slices = [
+            RequestLevel(config.max_batch, float("inf") if plus else REQUEST_LEVEL_SLICE)
+            for _ in range(config.num_gpus)
+        ]
         self.loaded: list[str | None] = [None] * config.num_gpus
         self.states: dict[int, RequestState] = {}
         self.switches = 0
@@ -54,14 +63,19 @@ class ServerlessSystem:
         fresh = self.scheduler.take_joiners(index)
         if fresh:
             t = prefill(self.cost, run.model, [self.states[r.request_id] for r in fresh], t)
-        live = [self.states[r.request_id] for r in run.members if not self.states[r.request_id].finished]
+        live = [
+            self.states[r.request_id] for r in run.members if not self.states[r.request_id].finished
+        ]
         run.members = [s.spec for s in live]
         # the whole run's predicted end, not this slice's: a GPU decoding a batch is not idle to sllm+
         left = max((s.remaining for s in live), default=0)
         context = sum(s.context_len for s in live)
-        self.scheduler.progress(index, t, t + left * self.cost.decode_time(run.model, len(live), context) if live else t)
-        turn = self.slices[index].next_turn([DecodeCandidate(s.spec.request_id, s.model, s.context_len)
-                                             for s in live])
+        self.scheduler.progress(
+            index, t, t + left * self.cost.decode_time(run.model, len(live), context) if live else t
+        )
+        turn = self.slices[index].next_turn(
+            [DecodeCandidate(s.spec.request_id, s.model, s.context_len) for s in live]
+        )
         if turn is None:
             self.loop.at(t, lambda: self._start_next(index))
             return

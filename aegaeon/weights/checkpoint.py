@@ -86,7 +86,9 @@ def read_safetensors_header(file: Path) -> dict[str, TensorSource]:
             raise CheckpointError(f"{file}: truncated before its header")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > min(size - 8, _MAX_HEADER_BYTES):
-            raise CheckpointError(f"{file}: header length {header_len} exceeds the file of {size} bytes")
+            raise CheckpointError(
+                f"{file}: header length {header_len} exceeds the file of {size} bytes"
+            )
         try:
             header = json.loads(f.read(header_len))
         except (json.JSONDecodeError, UnicodeDecodeError) as bad:
@@ -110,14 +112,20 @@ def _source(file: Path, name: str, entry: dict, data_start: int, size: int) -> T
             f"{file}: tensor {name} has dtype {entry.get('dtype')!r}: use one of {sorted(SAFETENSORS_DTYPES)}"
         ) from None
     except (TypeError, ValueError) as bad:
-        raise CheckpointError(f"{file}: tensor {name} has a malformed header entry ({bad})") from None
+        raise CheckpointError(
+            f"{file}: tensor {name} has a malformed header entry ({bad})"
+        ) from None
     numel = 1
     for d in shape:
         numel *= d
     if end - begin != numel * itemsize or begin < 0:
-        raise CheckpointError(f"{file}: tensor {name} spans {end - begin} bytes, not {numel * itemsize} for {shape}")
+        raise CheckpointError(
+            f"{file}: tensor {name} spans {end - begin} bytes, not {numel * itemsize} for {shape}"
+        )
     if data_start + end > size:
-        raise CheckpointError(f"{file}: truncated: tensor {name} ends at byte {data_start + end} of {size}")
+        raise CheckpointError(
+            f"{file}: truncated: tensor {name} ends at byte {data_start + end} of {size}"
+        )
     return TensorSource(name, file, data_start + begin, end - begin, dtype, shape)
 
 
@@ -128,4 +136,6 @@ def _check_tensors(config: ArchConfig, tensors: dict[str, TensorSource]) -> None
         raise CheckpointError(f"{len(missing)} tensors missing, first {missing[0]}")
     for name, shape in expected.items():
         if tensors[name].shape != shape:
-            raise CheckpointError(f"tensor {name} has shape {tensors[name].shape}, the config implies {shape}")
+            raise CheckpointError(
+                f"tensor {name} has shape {tensors[name].shape}, the config implies {shape}"
+            )

@@ -56,9 +56,13 @@ class CachedModel:
 
 def resolve_dtype(name: str) -> torch.dtype:
     try:
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+            name
+        ]
     except KeyError:
-        raise ConfigError(f"dtype {name!r} is not supported: use float32, float16 or bfloat16") from None
+        raise ConfigError(
+            f"dtype {name!r} is not supported: use float32, float16 or bfloat16"
+        ) from None
 
 
 class HostWeightCache:
@@ -66,22 +70,34 @@ class HostWeightCache:
     Other processes of the node: `HostWeightCache.attach(cluster_id, checkpoints)` maps it read-mostly
     and waits on the per-model state bytes the owner sets."""
 
-    def __init__(self, namespace: ShmNamespace, checkpoints: Iterable[Checkpoint], dtype: str | None = None):
+    def __init__(
+        self, namespace: ShmNamespace, checkpoints: Iterable[Checkpoint], dtype: str | None = None
+    ):
         """Lay out every model (in `dtype`, or each checkpoint's own when None) and create the segment."""
         self._lay_out(checkpoints, dtype)
         self.segment: SharedSegment = namespace.create_segment(SEGMENT_NAME, self.total_bytes)
         struct.pack_into(_HEADER_FORMAT, self.segment.buffer, 0, _MAGIC, _VERSION, len(self.models))
         self._start(owner=True)
-        log.info("host weight cache: %d models, %.1f MiB in /dev/shm", len(self.models), self.total_bytes / 2**20)
+        log.info(
+            "host weight cache: %d models, %.1f MiB in /dev/shm",
+            len(self.models),
+            self.total_bytes / 2**20,
+        )
 
     @classmethod
-    def attach(cls, cluster_id: str, checkpoints: Iterable[Checkpoint], dtype: str | None = None) -> "HostWeightCache":
+    def attach(
+        cls, cluster_id: str, checkpoints: Iterable[Checkpoint], dtype: str | None = None
+    ) -> "HostWeightCache":
         """Map the node's cache made by another process from the same checkpoints and dtype."""
         cache = cls.__new__(cls)
         cache._lay_out(checkpoints, dtype)
         cache.segment = ShmNamespace(cluster_id).attach_segment(SEGMENT_NAME)
         magic, version, count = struct.unpack_from(_HEADER_FORMAT, cache.segment.buffer, 0)
-        if (magic, version, count) != (_MAGIC, _VERSION, len(cache.models)) or cache.segment.size < cache.total_bytes:
+        if (magic, version, count) != (
+            _MAGIC,
+            _VERSION,
+            len(cache.models),
+        ) or cache.segment.size < cache.total_bytes:
             raise ConfigError(
                 f"host weight cache of cluster {cluster_id} holds {count} models in {cache.segment.size} bytes, "
                 f"not the {len(cache.models)} models in {cache.total_bytes} bytes asked for: attach with the same "
@@ -95,14 +111,18 @@ class HostWeightCache:
         offset = _DATA_START
         for ckpt in checkpoints:
             if ckpt.name in self.models:
-                raise ConfigError(f"model {ckpt.name} is registered twice: give each model a distinct name")
+                raise ConfigError(
+                    f"model {ckpt.name} is registered twice: give each model a distinct name"
+                )
             layout = WeightLayout.for_config(ckpt.config, resolve_dtype(dtype or ckpt.config.dtype))
             self.models[ckpt.name] = CachedModel(ckpt, layout, offset)
             offset += -(-layout.total_bytes // ALIGN) * ALIGN
         if not self.models:
             raise ConfigError("no models to cache: register at least one checkpoint")
         if len(self.models) > _DATA_START - _STATE_AT:
-            raise ConfigError(f"{len(self.models)} models exceed the {_DATA_START - _STATE_AT} a cache can index")
+            raise ConfigError(
+                f"{len(self.models)} models exceed the {_DATA_START - _STATE_AT} a cache can index"
+            )
         self.total_bytes = offset
         self._index = {name: i for i, name in enumerate(self.models)}
 
@@ -130,17 +150,22 @@ class HostWeightCache:
         try:
             return self.models[model]
         except KeyError:
-            raise ConfigError(f"model {model} is not in the host weight cache: known {sorted(self.models)}") from None
+            raise ConfigError(
+                f"model {model} is not in the host weight cache: known {sorted(self.models)}"
+            ) from None
 
-    def start_prefetch(self, order: list[str] | None = None, progress: ProgressFn | None = None) -> None:
+    def start_prefetch(
+        self, order: list[str] | None = None, progress: ProgressFn | None = None
+    ) -> None:
         """Load every model in the background, in `order` first (the rest after, as registered)."""
         self._require_owner("prefetch")
         order = list(order or [])
         for name in order:
             self._entry(name)
         order += [name for name in self.models if name not in order]
-        self._thread = threading.Thread(target=self._prefetch, args=(order, progress), name="weight-prefetch",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._prefetch, args=(order, progress), name="weight-prefetch", daemon=True
+        )
         self._thread.start()
 
     def _prefetch(self, order: list[str], progress: ProgressFn | None) -> None:
@@ -161,10 +186,14 @@ class HostWeightCache:
             start = time.perf_counter()
             self.segment.populate(entry.offset, total)
             populated = time.perf_counter()
-            sources = sorted(entry.checkpoint.tensors.values(), key=lambda s: (str(s.file), s.offset))
+            sources = sorted(
+                entry.checkpoint.tensors.values(), key=lambda s: (str(s.file), s.offset)
+            )
             for source in sources:
                 if self._stop.is_set():
-                    self._errors[model] = CheckpointError(f"model {model}: the cache was closed while loading")
+                    self._errors[model] = CheckpointError(
+                        f"model {model}: the cache was closed while loading"
+                    )
                     return
                 slot = entry.layout.slots.get(source.name)
                 if slot is None:
@@ -219,7 +248,9 @@ class HostWeightCache:
                 raise TimeoutError(f"model {model}: weights not loaded within {timeout} s")
             time.sleep(0.001)
         if self._state(model) == _FAILED:
-            raise CheckpointError(f"model {model}: the process that owns the weight cache failed to load it")
+            raise CheckpointError(
+                f"model {model}: the process that owns the weight cache failed to load it"
+            )
 
     def is_ready(self, model: str) -> bool:
         if not self.owner:
@@ -228,7 +259,9 @@ class HostWeightCache:
 
     def _require_owner(self, what: str) -> None:
         if not self.owner:
-            raise ConfigError(f"{what}: only the process that created the weight cache loads into it")
+            raise ConfigError(
+                f"{what}: only the process that created the weight cache loads into it"
+            )
 
     def join(self) -> None:
         if self._thread is not None:

@@ -48,7 +48,7 @@ class WeightLayout:
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         out = {}
         for name, slot in self.slots.items():
-            raw = region[slot.offset: slot.offset + slot.nbytes(itemsize)]
+            raw = region[slot.offset : slot.offset + slot.nbytes(itemsize)]
             out[name] = raw.view(self.dtype).view(slot.shape)
         return out
 

@@ -56,7 +56,9 @@ class DecodeWorker(WorkerLoop):
         super().__init__(spec)
         self.cost = MeasuredCost(self.executor.model_sizes())
         rounds = RoundConfig(spec.tpot_slo, spec.max_quota, spec.max_batch)
-        decode_policy = policy(spec.policy).decode_policy(self.cost, rounds, self.executor.kv_capacity_bytes())
+        decode_policy = policy(spec.policy).decode_policy(
+            self.cost, rounds, self.executor.kv_capacity_bytes()
+        )
         self.loop = DecodeLoop(self.executor, decode_policy, self.cost, time.perf_counter, self)
         self.submitted: dict[int, Submit] = {}
         self.waiting: deque[SwapIn] = deque()
@@ -86,19 +88,26 @@ class DecodeWorker(WorkerLoop):
             self.loop.run_next_turn()
         except ParentGone:
             raise
-        except Exception as err:  # a turn that breaks fails its model's requests here, never the worker
+        except (
+            Exception
+        ) as err:  # a turn that breaks fails its model's requests here, never the worker
             self.turn_broke(err)
         self.report_measurements()
 
     def turn_broke(self, err: Exception) -> None:
         turn, self.turn = self.turn, None
         model = turn.model if turn is not None else None
-        log.exception("decode worker %d: the turn of %s failed", self.spec.worker_id, model or "no model")
+        log.exception(
+            "decode worker %d: the turn of %s failed", self.spec.worker_id, model or "no model"
+        )
         for request_id, request_model in list(self.loop.live.items()):
             if model is None or request_model == model:
                 self.loop.remove(request_id)
                 self.timings.pop(request_id, None)
-                self.fail(request_id, f"worker {self.spec.worker_id}: decoding {request_model} failed: {err}")
+                self.fail(
+                    request_id,
+                    f"worker {self.spec.worker_id}: decoding {request_model} failed: {err}",
+                )
         if turn is not None:
             self.send(StepDone(turn.model, 0, 0.0))
 
@@ -120,13 +129,23 @@ class DecodeWorker(WorkerLoop):
                 if request_id in self.timings:
                     self.timings[request_id].switch += record.seconds
 
-    def stepped(self, model: str, batch: Sequence[int], context_tokens: int, seconds: float,
-                updates: list[SeqUpdate]) -> None:
+    def stepped(
+        self,
+        model: str,
+        batch: Sequence[int],
+        context_tokens: int,
+        seconds: float,
+        updates: list[SeqUpdate],
+    ) -> None:
         self.seconds_stepping += seconds
         if batch:
             q = self.quantum
-            q.steps, q.sequences, q.context, q.compute = (q.steps + 1, q.sequences + len(batch),
-                                                          q.context + context_tokens, q.compute + seconds)
+            q.steps, q.sequences, q.context, q.compute = (
+                q.steps + 1,
+                q.sequences + len(batch),
+                q.context + context_tokens,
+                q.compute + seconds,
+            )
         for request_id in batch:
             if request_id in self.timings:
                 self.timings[request_id].compute += seconds
@@ -134,13 +153,26 @@ class DecodeWorker(WorkerLoop):
         for update in updates:
             if update.done:
                 self._report_left(update.request_id, model)
-            self.report(update.request_id, update.new_tokens, update.finish_reason, update.error, update.logprobs)
+            self.report(
+                update.request_id,
+                update.new_tokens,
+                update.finish_reason,
+                update.error,
+                update.logprobs,
+            )
 
     def turn_done(self, turn: Turn, steps: int, seconds: float, switch_seconds: float) -> None:
         q = self.quantum
         if q.steps:  # `wall` adds what serving does around each step (token reports, bookkeeping) to the compute
-            self.trace("quantum", turn.model, q.compute, steps=q.steps, batch=q.sequences / q.steps,
-                       context=q.context / q.steps, wall=time.perf_counter() - q.decode_start)
+            self.trace(
+                "quantum",
+                turn.model,
+                q.compute,
+                steps=q.steps,
+                batch=q.sequences / q.steps,
+                context=q.context / q.steps,
+                wall=time.perf_counter() - q.decode_start,
+            )
         self.turn = None
         self.send(StepDone(turn.model, steps, seconds, switch_seconds))
 
@@ -155,8 +187,15 @@ class DecodeWorker(WorkerLoop):
                 self.waiting.popleft()
                 self.send(KvRelease(swap.request_id, swap.host_handles))
                 continue
-            request = KvImport(swap.request_id, swap.model, submit.prompt_ids, sampling_of(submit), swap.generated,
-                               swap.num_tokens, swap.sampler_state)
+            request = KvImport(
+                swap.request_id,
+                swap.model,
+                submit.prompt_ids,
+                sampling_of(submit),
+                swap.generated,
+                swap.num_tokens,
+                swap.sampler_state,
+            )
             try:
                 self.executor.import_kv(request, self.host_kv, list(swap.host_handles))
             except OutOfBlocksError:
@@ -165,7 +204,10 @@ class DecodeWorker(WorkerLoop):
                 self.waiting.popleft()
                 self.submitted.pop(swap.request_id, None)
                 self.send(KvRelease(swap.request_id, swap.host_handles))
-                self.fail(swap.request_id, f"request {swap.request_id}: its KV could not be taken in: {err}")
+                self.fail(
+                    swap.request_id,
+                    f"request {swap.request_id}: its KV could not be taken in: {err}",
+                )
                 continue
             self.waiting.popleft()
             self.submitted.pop(swap.request_id, None)
@@ -177,8 +219,15 @@ class DecodeWorker(WorkerLoop):
     def _report_left(self, request_id: int, model: str) -> None:
         timing = self.timings.pop(request_id, None)
         if timing is not None:
-            self.trace("decode", model, time.time() - timing.admitted, request_id=request_id,
-                       admitted=timing.admitted, compute=timing.compute, switch=timing.switch)
+            self.trace(
+                "decode",
+                model,
+                time.time() - timing.admitted,
+                request_id=request_id,
+                admitted=timing.admitted,
+                compute=timing.compute,
+                switch=timing.switch,
+            )
 
     def fail(self, request_id: int, reason: str) -> None:
         self.loop.remove(request_id)
@@ -187,6 +236,10 @@ class DecodeWorker(WorkerLoop):
 
     def close(self) -> None:
         alive = time.perf_counter() - self.started
-        log.info("decode worker %d: %.1f s alive, %.1f s in decode steps", self.spec.worker_id, alive,
-                 self.seconds_stepping)
+        log.info(
+            "decode worker %d: %.1f s alive, %.1f s in decode steps",
+            self.spec.worker_id,
+            alive,
+            self.seconds_stepping,
+        )
         super().close()

@@ -36,20 +36,42 @@ class DecodeHooks(Protocol):
     def poll(self) -> None: ...
     def turn_started(self, turn: Turn) -> None: ...
     def switched(self, turn: Turn, record: SwitchRecord | None) -> None: ...
-    def stepped(self, model: str, batch: Sequence[int], context_tokens: int, seconds: float,
-                updates: list[SeqUpdate]) -> None: ...
+    def stepped(
+        self,
+        model: str,
+        batch: Sequence[int],
+        context_tokens: int,
+        seconds: float,
+        updates: list[SeqUpdate],
+    ) -> None: ...
     def turn_done(self, turn: Turn, steps: int, seconds: float, switch_seconds: float) -> None: ...
 
 
 class DecodeLoop:
-    def __init__(self, executor: Executor, policy: DecodePolicy, cost: MeasuredCost, clock: Callable[[], float],
-                 hooks: DecodeHooks, record_turns: bool = False):
-        self.executor, self.policy, self.cost, self.clock, self.hooks = executor, policy, cost, clock, hooks
+    def __init__(
+        self,
+        executor: Executor,
+        policy: DecodePolicy,
+        cost: MeasuredCost,
+        clock: Callable[[], float],
+        hooks: DecodeHooks,
+        record_turns: bool = False,
+    ):
+        self.executor, self.policy, self.cost, self.clock, self.hooks = (
+            executor,
+            policy,
+            cost,
+            clock,
+            hooks,
+        )
         self.live: dict[int, str] = {}  # request id -> model, in the order they arrived (FCFS)
         self.turn_log: list[tuple[float, Turn]] | None = [] if record_turns else None
 
     def candidates(self) -> list[DecodeCandidate]:
-        return [DecodeCandidate(i, model, self.executor.context_len(i)) for i, model in self.live.items()]
+        return [
+            DecodeCandidate(i, model, self.executor.context_len(i))
+            for i, model in self.live.items()
+        ]
 
     def arrive(self, request_id: int, model: str) -> Arrival:
         """A request's KV is on the executor: the policy places it (a JOIN takes effect at the next step)."""

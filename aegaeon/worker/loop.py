@@ -38,14 +38,19 @@ class WorkerLoop:
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
         self.parent_pid = os.getppid()
-        self.inbox = Ring.attach(spec.cluster_id, inbox_name(spec.worker_id, spec.generation), reader=True)
+        self.inbox = Ring.attach(
+            spec.cluster_id, inbox_name(spec.worker_id, spec.generation), reader=True
+        )
         self.outbox = Ring.attach(spec.cluster_id, outbox_name(spec.worker_id, spec.generation))
         self.kv_segment = ShmNamespace(spec.cluster_id).attach_segment(KV_SEGMENT)
         self.host_kv = self.kv_segment.as_tensor(torch.uint8, (self.kv_segment.size,))
         self.executor = StepExecutor(spec.models, spec.engine, host_cache_of=spec.cluster_id)
         self.running = True
         self.last_memory_sample = 0.0
-        self.handlers: dict[type, Callable[[object], None]] = {Shutdown: self.on_shutdown, Cancel: self.on_cancel}
+        self.handlers: dict[type, Callable[[object], None]] = {
+            Shutdown: self.on_shutdown,
+            Cancel: self.on_cancel,
+        }
 
     def announce(self) -> None:
         self.send(WorkerReady(self.spec.worker_id, self.spec.role, dict(self.executor.unavailable)))
@@ -84,18 +89,26 @@ class WorkerLoop:
     def handle(self, message: object) -> None:
         handler = self.handlers.get(type(message))
         if handler is None:
-            log.warning("worker %d (%s) got an unexpected %s; ignored", self.spec.worker_id, self.role,
-                        type(message).__name__)
+            log.warning(
+                "worker %d (%s) got an unexpected %s; ignored",
+                self.spec.worker_id,
+                self.role,
+                type(message).__name__,
+            )
             return
         try:
             handler(message)
         except ParentGone:
             raise
         except Exception as err:  # one bad message fails its request, never the worker
-            log.exception("worker %d: handling %s failed", self.spec.worker_id, type(message).__name__)
+            log.exception(
+                "worker %d: handling %s failed", self.spec.worker_id, type(message).__name__
+            )
             request_id = getattr(message, "request_id", None)
             if request_id is not None:
-                self.fail(request_id, f"worker {self.spec.worker_id} could not handle the request: {err}")
+                self.fail(
+                    request_id, f"worker {self.spec.worker_id} could not handle the request: {err}"
+                )
 
     def serve(self) -> None:
         self.announce()
@@ -121,16 +134,50 @@ class WorkerLoop:
         self.executor.remove(request_id)
         self.send(Tokens(request_id, (), (), None, reason))
 
-    def report(self, request_id: int, tokens: tuple[int, ...], finish_reason: str | None = None,
-               error: str | None = None, logprobs: tuple = ()) -> None:
+    def report(
+        self,
+        request_id: int,
+        tokens: tuple[int, ...],
+        finish_reason: str | None = None,
+        error: str | None = None,
+        logprobs: tuple = (),
+    ) -> None:
         if tokens or finish_reason is not None or error is not None:
             now = time.time()
-            self.send(Tokens(request_id, tokens, tuple(now for _ in tokens), finish_reason, error,
-                             logprobs=logprobs))
+            self.send(
+                Tokens(
+                    request_id,
+                    tokens,
+                    tuple(now for _ in tokens),
+                    finish_reason,
+                    error,
+                    logprobs=logprobs,
+                )
+            )
 
-    def trace(self, kind: str, model: str, seconds: float = 0.0, nbytes: int = 0, request_id: int = -1,
-              label: str = "", **detail: float) -> None:
-        self.send(Trace(kind, self.spec.worker_id, model, time.time(), seconds, nbytes, request_id, label, detail))
+    def trace(
+        self,
+        kind: str,
+        model: str,
+        seconds: float = 0.0,
+        nbytes: int = 0,
+        request_id: int = -1,
+        label: str = "",
+        **detail: float,
+    ) -> None:
+        self.send(
+            Trace(
+                kind,
+                self.spec.worker_id,
+                model,
+                time.time(),
+                seconds,
+                nbytes,
+                request_id,
+                label,
+                detail,
+            )
+        )
 
     def trace_switch(self, model: str, record: SwitchRecord | None) -> None:
         if record is not None:
@@ -149,11 +196,17 @@ class WorkerLoop:
             return
         self.last_memory_sample = now
         usage = self.executor.usage()
-        self.trace("memory", self.executor.bound_model or "", total=usage.total_bytes,
-                   weight_region=usage.weight_region_bytes, weights=usage.weight_bytes,
-                   kv_used=usage.kv_used_bytes, kv_free=usage.kv_free_bytes,
-                   internal_fragmentation=usage.internal_fragmentation_bytes,
-                   external_fragmentation=usage.external_fragmentation_bytes)
+        self.trace(
+            "memory",
+            self.executor.bound_model or "",
+            total=usage.total_bytes,
+            weight_region=usage.weight_region_bytes,
+            weights=usage.weight_bytes,
+            kv_used=usage.kv_used_bytes,
+            kv_free=usage.kv_free_bytes,
+            internal_fragmentation=usage.internal_fragmentation_bytes,
+            external_fragmentation=usage.external_fragmentation_bytes,
+        )
 
     def close(self) -> None:
         self.executor.close()

@@ -24,10 +24,22 @@ log = logging.getLogger(__name__)
 
 
 def sampling_of(submit: Submit) -> SamplingParams:
-    return SamplingParams(submit.max_tokens, submit.temperature, submit.top_p, submit.seed, submit.ignore_eos,
-                          submit.top_k, submit.min_p, submit.presence_penalty, submit.frequency_penalty,
-                          submit.repetition_penalty, submit.min_tokens, tuple(submit.stop_token_ids),
-                          submit.output_before, submit.logprobs)
+    return SamplingParams(
+        submit.max_tokens,
+        submit.temperature,
+        submit.top_p,
+        submit.seed,
+        submit.ignore_eos,
+        submit.top_k,
+        submit.min_p,
+        submit.presence_penalty,
+        submit.frequency_penalty,
+        submit.repetition_penalty,
+        submit.min_tokens,
+        tuple(submit.stop_token_ids),
+        submit.output_before,
+        submit.logprobs,
+    )
 
 
 class PrefillWorker(WorkerLoop):
@@ -35,11 +47,16 @@ class PrefillWorker(WorkerLoop):
 
     def __init__(self, spec: WorkerSpec):
         super().__init__(spec)
-        self.partition = HostKvPartition(self.kv_segment.as_numpy("uint8", (self.kv_segment.size,)),
-                                         spec.kv_partition, spec.kv_slab_bytes)
+        self.partition = HostKvPartition(
+            self.kv_segment.as_numpy("uint8", (self.kv_segment.size,)),
+            spec.kv_partition,
+            spec.kv_slab_bytes,
+        )
         self.submitted: dict[int, Submit] = {}
         self.groups: deque[Schedule] = deque()
-        self.handlers.update({Submit: self.on_submit, Schedule: self.groups.append, KvRelease: self.on_release})
+        self.handlers.update(
+            {Submit: self.on_submit, Schedule: self.groups.append, KvRelease: self.on_release}
+        )
 
     def on_submit(self, message: Submit) -> None:
         self.submitted[message.request_id] = message
@@ -79,9 +96,16 @@ class PrefillWorker(WorkerLoop):
             except ParentGone:
                 raise
             except Exception as err:  # one request's prefill that breaks fails it, never the worker
-                log.exception("prefill worker %d: request %d failed", self.spec.worker_id, request_id)
-                self.fail(request_id, f"worker {self.spec.worker_id}: the prefill of model {group.model} failed: {err}")
-        self.send(StepDone(group.model, int(bool(pending)), time.perf_counter() - started, switch_seconds))
+                log.exception(
+                    "prefill worker %d: request %d failed", self.spec.worker_id, request_id
+                )
+                self.fail(
+                    request_id,
+                    f"worker {self.spec.worker_id}: the prefill of model {group.model} failed: {err}",
+                )
+        self.send(
+            StepDone(group.model, int(bool(pending)), time.perf_counter() - started, switch_seconds)
+        )
 
     def _admit(self, request_id: int) -> int | None:
         submit = self.submitted.pop(request_id, None)
@@ -94,7 +118,9 @@ class PrefillWorker(WorkerLoop):
             return None
         return request_id
 
-    def _prefill(self, model: str, request_id: int, group_start: float, switch_seconds: float) -> None:
+    def _prefill(
+        self, model: str, request_id: int, group_start: float, switch_seconds: float
+    ) -> None:
         began = time.perf_counter()
         updates = self.executor.step(model, [request_id])
         compute = time.perf_counter() - began
@@ -103,8 +129,17 @@ class PrefillWorker(WorkerLoop):
             return
         update = updates[0]
         # the trace goes first: the proxy has it before the request can finish
-        self.trace("prefill", model, compute, request_id=request_id, start=group_start, switch=switch_seconds)
-        self.report(request_id, update.new_tokens, update.finish_reason, update.error, update.logprobs)
+        self.trace(
+            "prefill",
+            model,
+            compute,
+            request_id=request_id,
+            start=group_start,
+            switch=switch_seconds,
+        )
+        self.report(
+            request_id, update.new_tokens, update.finish_reason, update.error, update.logprobs
+        )
         if not update.done:
             self.hand_off(request_id, model)
         self.report_measurements()
@@ -113,7 +148,9 @@ class PrefillWorker(WorkerLoop):
         """Copy the prompt's KV to this worker's host KV partition (waiting for room) and tell the proxy."""
         count, block_bytes = self.executor.kv_blocks(request_id)
         handles = self._allocate(count, block_bytes)
-        if handles is None or not self.executor.has(request_id):  # stopping, or cancelled while waiting
+        if handles is None or not self.executor.has(
+            request_id
+        ):  # stopping, or cancelled while waiting
             if handles:
                 self.partition.free(handles)
             self.executor.remove(request_id)
@@ -121,7 +158,9 @@ class PrefillWorker(WorkerLoop):
         self.executor.export_kv(request_id, self.host_kv, list(handles))
         num_cached, generated, sampler_state = self.executor.handoff_state(request_id)
         self.executor.remove(request_id)
-        self.send(SwapOut(request_id, model, handles, num_cached, generated, sampler_state, block_bytes))
+        self.send(
+            SwapOut(request_id, model, handles, num_cached, generated, sampler_state, block_bytes)
+        )
 
     def _allocate(self, count: int, block_bytes: int) -> tuple[int, ...] | None:
         waited = False

@@ -18,14 +18,16 @@ class WorkerSpec:
     role: str  # "prefill" or "decode"
     models: dict[str, str]
     engine: EngineConfig
-    kv_partition: tuple[int, int] = (0, 0)  # prefill: [start, end) of its share of the host KV segment
+    kv_partition: tuple[int, int] = (
+        0,
+        0,
+    )  # prefill: [start, end) of its share of the host KV segment
     kv_slab_bytes: int = 2 * 1024 * 1024
     tpot_slo: float = 0.1
     threads: int = 1
     policy: str = "aegaeon"  # a live policy of aegaeon.sched.policies
     max_batch: int = DEFAULT_MAX_BATCH  # decode batch cap (the simulator's too)
     max_quota: float = DEFAULT_MAX_QUOTA
-
 
     generation: int = 0  # respawns of this worker id so far: each incarnation has rings of its own
 

@@ -40,8 +40,12 @@ def bandwidth(device: str, nbytes: int) -> dict:
     d2h = best(lambda: host.copy_(dev, non_blocking=pinned))
     d2d = best(lambda: other.copy_(dev))
     # a device->device copy reads and writes every byte: memory bandwidth is twice its rate
-    return {"bytes": nbytes, "h2d_gb_s": nbytes / h2d / 1e9, "d2h_gb_s": nbytes / d2h / 1e9,
-            "memory_gb_s": 2 * nbytes / d2d / 1e9}
+    return {
+        "bytes": nbytes,
+        "h2d_gb_s": nbytes / h2d / 1e9,
+        "d2h_gb_s": nbytes / d2h / 1e9,
+        "memory_gb_s": 2 * nbytes / d2d / 1e9,
+    }
 
 
 def switch(device: str, model: Path, h2d_gb_s: float) -> dict:
@@ -49,9 +53,15 @@ def switch(device: str, model: Path, h2d_gb_s: float) -> dict:
 
     r = bench_switch(model, device, switches=6)
     bound = r.bytes_per_switch / (h2d_gb_s * 1e9)
-    return {"bytes": r.bytes_per_switch, "switch_s": r.median_switch_s, "bytes_over_h2d_s": bound,
-            "ratio_to_h2d_bound": r.median_switch_s / bound, "target": "<= 1.2x",
-            "decode_step_s": r.decode_step_s, "switch_per_step": r.switch_per_step}
+    return {
+        "bytes": r.bytes_per_switch,
+        "switch_s": r.median_switch_s,
+        "bytes_over_h2d_s": bound,
+        "ratio_to_h2d_bound": r.median_switch_s / bound,
+        "target": "<= 1.2x",
+        "decode_step_s": r.decode_step_s,
+        "switch_per_step": r.switch_per_step,
+    }
 
 
 def swap(device: str, model: Path, h2d_gb_s: float) -> dict:
@@ -59,9 +69,14 @@ def swap(device: str, model: Path, h2d_gb_s: float) -> dict:
 
     r = bench_swap(model, device, blocks=512, steps=16)
     bound = r.nbytes / (h2d_gb_s * 1e9)
-    return {"bytes": r.nbytes, "swap_out_s": r.swap_out_s, "swap_in_s": r.swap_in_s,
-            "ratio_to_h2d_bound": max(r.swap_out_s, r.swap_in_s) / bound, "decode_slowdown": r.decode_slowdown,
-            "target": "<= 1.2x, slowdown < 10%"}
+    return {
+        "bytes": r.nbytes,
+        "swap_out_s": r.swap_out_s,
+        "swap_in_s": r.swap_in_s,
+        "ratio_to_h2d_bound": max(r.swap_out_s, r.swap_in_s) / bound,
+        "decode_slowdown": r.decode_slowdown,
+        "target": "<= 1.2x, slowdown < 10%",
+    }
 
 
 def decode(device: str, model: Path, memory_gb_s: float, batches: tuple[int, ...]) -> dict:
@@ -70,35 +85,56 @@ def decode(device: str, model: Path, memory_gb_s: float, batches: tuple[int, ...
     from aegaeon.engine.executor import StepExecutor
 
     out = {}
-    with StepExecutor({"m": model}, EngineConfig(device=device, kv_bytes=2 * 2**30 if device != "cpu" else 64 * 2**20)) as engine:
+    with StepExecutor(
+        {"m": model},
+        EngineConfig(device=device, kv_bytes=2 * 2**30 if device != "cpu" else 64 * 2**20),
+    ) as engine:
         engine.host_cache.wait("m")
         engine.runner.switch_to("m")
         weight_bytes = engine.runner.entries["m"].weights.total_bytes
         for batch in batches:
             step = decode_step_time(engine, "m", device, batch=batch, steps=8)
-            roofline = weight_bytes / (memory_gb_s * 1e9)  # every weight read once per step; short KV ignored
-            out[f"batch{batch}"] = {"step_s": step, "roofline_s": roofline, "ratio": step / roofline}
+            roofline = weight_bytes / (
+                memory_gb_s * 1e9
+            )  # every weight read once per step; short KV ignored
+            out[f"batch{batch}"] = {
+                "step_s": step,
+                "roofline_s": roofline,
+                "ratio": step / roofline,
+            }
     out["target"] = "<= 1.5x the roofline"
     return out
 
 
 def live_node(device: str, models: dict[str, str]) -> dict:
     """Two worker processes on the one device (one prefill, one decode, each its own arena)."""
+    from tokenizers import Tokenizer
+
     from aegaeon.client import Client
     from aegaeon.config.serving import EngineConfig, NodeConfig
     from aegaeon.serve.node import Node
-    from tokenizers import Tokenizer
 
-    config = NodeConfig(models, num_instances=2, prefill_instances=1, cluster_id="bringup",
-                        devices=(device, device) if device != "cpu" else (), device=device,
-                        engine=EngineConfig(device=device, kv_bytes=64 * 2**20), host_kv_bytes=64 * 2**20)
+    config = NodeConfig(
+        models,
+        num_instances=2,
+        prefill_instances=1,
+        cluster_id="bringup",
+        devices=(device, device) if device != "cpu" else (),
+        device=device,
+        engine=EngineConfig(device=device, kv_bytes=64 * 2**20),
+        host_kv_bytes=64 * 2**20,
+    )
     started = time.perf_counter()
     with Node(config) as node:
         up = time.perf_counter() - started
         client = Client(node.proxy, timeout=120)
         requests = []
         for name, path in models.items():
-            ids = Tokenizer.from_file(f"{path}/tokenizer.json").encode("one gpu serves many models").ids
+            ids = (
+                Tokenizer.from_file(f"{path}/tokenizer.json")
+                .encode("one gpu serves many models")
+                .ids
+            )
             requests += [(name, ids)] * 3
         began = time.perf_counter()
         results = client.complete_many(requests, max_tokens=16)
@@ -106,8 +142,12 @@ def live_node(device: str, models: dict[str, str]) -> dict:
     errors = [r.error for r in results if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(results)} requests failed: {errors[:2]}")
-    return {"requests": len(results), "startup_s": up, "serve_s": took,
-            "tokens": sum(len(r.token_ids) for r in results)}
+    return {
+        "requests": len(results),
+        "startup_s": up,
+        "serve_s": took,
+        "tokens": sum(len(r.token_ids) for r in results),
+    }
 
 
 def device_tests(out: Path) -> dict:
@@ -126,7 +166,9 @@ def make_models(device: str, root: Path) -> tuple[Path, dict[str, str]]:
 
     from aegaeon.models.maker import PRESETS, config_for, make_model
 
-    tiny = config_for("llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512)
+    tiny = config_for(
+        "llama", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=512
+    )
     measured_config = tiny if device == "cpu" else replace(PRESETS["qwen2.5-7b"], dtype="bfloat16")
     measured = make_model(root / "measured", measured_config, seed=0)
     node_models = {f"n{i}": str(make_model(root / f"n{i}", tiny, seed=i + 1)) for i in range(2)}
@@ -143,11 +185,17 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="[bringup %(asctime)s] %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "summary.txt")])
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[bringup %(asctime)s] %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "summary.txt")],
+    )
     device = "cuda:0" if args.device == "cuda" else args.device
-    results: dict = {"device": torch.cuda.get_device_name(0) if device != "cpu" else "cpu",
-                     "torch": torch.__version__, "stages": {}}
+    results: dict = {
+        "device": torch.cuda.get_device_name(0) if device != "cpu" else "cpu",
+        "torch": torch.__version__,
+        "stages": {},
+    }
     failed = []
 
     def stage(name: str, fn, *fn_args):
@@ -155,7 +203,12 @@ def main() -> int:
         try:
             value = fn(*fn_args)
             results["stages"][name] = {"ok": True, "seconds": time.perf_counter() - began, **value}
-            log.info("stage %s: ok in %.1f s: %s", name, time.perf_counter() - began, json.dumps(value, default=str))
+            log.info(
+                "stage %s: ok in %.1f s: %s",
+                name,
+                time.perf_counter() - began,
+                json.dumps(value, default=str),
+            )
             return value
         except Exception as err:  # a failing stage is reported by name; the others still run
             failed.append(name)
@@ -166,14 +219,18 @@ def main() -> int:
             (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
     with tempfile.TemporaryDirectory(prefix="bringup-") as tmp:
-        made = stage("models", lambda: dict(zip(("measured", "node"), make_models(args.device, Path(tmp)))))
+        made = stage(
+            "models", lambda: dict(zip(("measured", "node"), make_models(args.device, Path(tmp))))
+        )
         stage("tests", device_tests, args.out)
         bw = stage("bandwidth", bandwidth, device, 1 << 30 if device != "cpu" else 1 << 24) or {}
         if made:
             h2d = bw.get("h2d_gb_s", 1.0)
             stage("switch", switch, device, made["measured"], h2d)
             stage("swap", swap, device, made["measured"], h2d)
-            stage("decode", decode, device, made["measured"], bw.get("memory_gb_s", 1.0), (1, 8, 32))
+            stage(
+                "decode", decode, device, made["measured"], bw.get("memory_gb_s", 1.0), (1, 8, 32)
+            )
             stage("node", live_node, device, made["node"])
     log.info("done: %d stages, failed: %s", len(results["stages"]), ", ".join(failed) or "none")
     return 1 if failed else 0

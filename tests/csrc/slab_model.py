@@ -99,7 +99,9 @@ class SlabModel:
         assigned = [s for s in self.slabs if s.state in ("active", "draining")]
         per_size: dict[int, dict[str, int]] = {}
         for s in assigned:
-            entry = per_size.setdefault(s.block_bytes, {"slabs": 0, "blocks_used": 0, "blocks_capacity": 0})
+            entry = per_size.setdefault(
+                s.block_bytes, {"slabs": 0, "blocks_used": 0, "blocks_capacity": 0}
+            )
             entry["slabs"] += 1
             entry["blocks_used"] += len(s.live)
             entry["blocks_capacity"] += s.capacity
@@ -110,7 +112,11 @@ class SlabModel:
             "reserved_slabs": sum(s.state == "reserved" for s in self.slabs),
             "draining_slabs": sum(s.state == "draining" for s in self.slabs),
             "used_bytes": sum(len(s.live) * s.block_bytes for s in assigned),
-            "internal_fragmentation_bytes": sum(self.slab_bytes - s.capacity * s.block_bytes for s in assigned),
-            "external_fragmentation_bytes": sum((s.capacity - len(s.live)) * s.block_bytes for s in assigned),
+            "internal_fragmentation_bytes": sum(
+                self.slab_bytes - s.capacity * s.block_bytes for s in assigned
+            ),
+            "external_fragmentation_bytes": sum(
+                (s.capacity - len(s.live)) * s.block_bytes for s in assigned
+            ),
             "per_block_size": dict(sorted(per_size.items())),
         }

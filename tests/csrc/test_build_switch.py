@@ -44,8 +44,11 @@ def test_every_listed_source_exists():
 @pytest.mark.skipif(find_nvcc() is None, reason="nvcc not installed")
 def test_cuda_sources_compile_with_nvcc(tmp_path):
     for source in CUDA_SOURCES:
-        subprocess.run([find_nvcc(), "-std=c++17", "-c", str(CSRC / source), "-o", str(tmp_path / "probe.o")],
-                       check=True, timeout=300)
+        subprocess.run(
+            [find_nvcc(), "-std=c++17", "-c", str(CSRC / source), "-o", str(tmp_path / "probe.o")],
+            check=True,
+            timeout=300,
+        )
         assert (tmp_path / "probe.o").stat().st_size > 0
 
 

@@ -13,8 +13,18 @@ CSRC = Path(__file__).resolve().parents[2] / "csrc"
 def test_cpp_slab_allocator_tests_pass(tmp_path):
     binary = tmp_path / "test_slab_allocator"
     subprocess.run(
-        ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror",
-         str(CSRC / "tests" / "test_slab_allocator.cpp"), str(CSRC / "slab_allocator.cpp"), "-o", str(binary)],
+        [
+            "g++",
+            "-std=c++17",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            str(CSRC / "tests" / "test_slab_allocator.cpp"),
+            str(CSRC / "slab_allocator.cpp"),
+            "-o",
+            str(binary),
+        ],
         check=True,
     )
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)

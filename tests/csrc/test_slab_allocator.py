@@ -131,9 +131,7 @@ def test_random_operations_match_the_python_model(seed):
         else:
             count = rng.randrange(0, 4)
             assert alloc.set_reserved_slabs(count) == model.set_reserved_slabs(count)
-            assert sorted(alloc.draining_handles()) == sorted(
-                h for h in live if h // SLAB < count
-            )
+            assert sorted(alloc.draining_handles()) == sorted(h for h in live if h // SLAB < count)
         assert alloc.stats() == model.stats(), f"step {step}"
         if step % 100 == 0:
             alloc.check_integrity()
@@ -148,5 +146,7 @@ def test_the_extension_names_the_torch_it_was_built_against_and_a_mismatch_is_re
 
     assert _C.built_with_torch.split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
     check_torch_release("2.13.0", "2.13.1+cpu")  # a patch release or a local tag keeps the ABI
-    with pytest.raises(ConfigError, match="built against torch 2.12.0, but torch 2.13.0 is installed"):
+    with pytest.raises(
+        ConfigError, match="built against torch 2.12.0, but torch 2.13.0 is installed"
+    ):
         check_torch_release("2.12.0", "2.13.0")

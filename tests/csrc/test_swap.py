@@ -19,7 +19,7 @@ CSRC = Path(__file__).resolve().parents[2] / "csrc"
 def _reference(src, src_off, dst, dst_off, block):
     out = dst.clone()
     for s, d in zip(src_off, dst_off):
-        out[d:d + block] = src[s:s + block]
+        out[d : d + block] = src[s : s + block]
     return out
 
 
@@ -42,13 +42,17 @@ def test_unaligned_offsets_copy_exactly():
     src = torch.arange(1000, dtype=torch.int64).to(torch.uint8)
     dst = torch.zeros(1000, dtype=torch.uint8)
     _C.copy_blocks(src, torch.tensor([3, 501]), dst, torch.tensor([10, 777]), 13)
-    assert torch.equal(dst, _reference(src, [3, 501], torch.zeros(1000, dtype=torch.uint8), [10, 777], 13))
+    assert torch.equal(
+        dst, _reference(src, [3, 501], torch.zeros(1000, dtype=torch.uint8), [10, 777], 13)
+    )
 
 
 def test_bad_arguments_name_the_value_and_leave_the_destination_untouched():
     src = torch.zeros(100, dtype=torch.uint8)
     dst = torch.ones(100, dtype=torch.uint8)
-    with pytest.raises(IndexError, match="destination offset 90 .* exceeds the buffer of 100 bytes"):
+    with pytest.raises(
+        IndexError, match="destination offset 90 .* exceeds the buffer of 100 bytes"
+    ):
         _C.copy_blocks(src, torch.tensor([0, 10]), dst, torch.tensor([0, 90]), 20)
     with pytest.raises(IndexError, match="source offset -1"):
         _C.copy_blocks(src, torch.tensor([-1]), dst, torch.tensor([0]), 4)
@@ -69,7 +73,12 @@ def test_cpu_swapper_copies_asynchronously_and_wait_orders_the_caller():
     ticket = swapper.copy(src, offsets, dst, list(reversed(offsets)), 4096)
     ticket.wait()
     assert ticket.done() and ticket.nbytes == 256 * 4096
-    assert torch.equal(dst, _reference(src, offsets, torch.zeros(1 << 20, dtype=torch.uint8), list(reversed(offsets)), 4096))
+    assert torch.equal(
+        dst,
+        _reference(
+            src, offsets, torch.zeros(1 << 20, dtype=torch.uint8), list(reversed(offsets)), 4096
+        ),
+    )
     swapper.close()
 
 
@@ -79,7 +88,9 @@ def test_page_locking_without_cuda_says_what_is_missing():
         _C.register_host_memory(torch.zeros(10, dtype=torch.uint8).data_ptr(), 10)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not _C.built_with_cuda(), reason="needs a GPU and a CUDA build")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not _C.built_with_cuda(), reason="needs a GPU and a CUDA build"
+)
 def test_gpu_gather_and_scatter_equal_the_cpu_path_byte_for_byte():
     rng = random.Random(3)
     block = 16384 + 48
@@ -103,7 +114,9 @@ def test_gpu_gather_and_scatter_equal_the_cpu_path_byte_for_byte():
     assert torch.equal(back.cpu(), ref)
 
 
-@pytest.mark.skipif(find_nvcc() is None or shutil.which("g++") is None, reason="needs nvcc's CUDA headers and g++")
+@pytest.mark.skipif(
+    find_nvcc() is None or shutil.which("g++") is None, reason="needs nvcc's CUDA headers and g++"
+)
 def test_the_cuda_branch_of_swap_cpp_compiles(tmp_path):
     from torch.utils.cpp_extension import include_paths
 
@@ -115,7 +128,20 @@ def test_the_cuda_branch_of_swap_cpp_compiles(tmp_path):
     generated = tmp_path / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
     generated.parent.mkdir(parents=True)
     generated.write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
-    includes = [f"-I{p}" for p in include_paths()] + [f"-I{tmp_path}", f"-I{cuda_include}",
-                                                       f"-I{sysconfig.get_paths()['include']}"]
-    subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-DAEGAEON_WITH_CUDA=1", *includes, str(CSRC / "swap.cpp")],
-                   check=True, timeout=600)
+    includes = [f"-I{p}" for p in include_paths()] + [
+        f"-I{tmp_path}",
+        f"-I{cuda_include}",
+        f"-I{sysconfig.get_paths()['include']}",
+    ]
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-fsyntax-only",
+            "-DAEGAEON_WITH_CUDA=1",
+            *includes,
+            str(CSRC / "swap.cpp"),
+        ],
+        check=True,
+        timeout=600,
+    )

@@ -60,7 +60,10 @@ def test_configuration_refuses_a_bad_rate_and_a_real_device():
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     root = tmp_path_factory.mktemp("linkpool")
-    return {"a": make_model(root / "a", SMALL_SHAPE, seed=1), "c": make_model(root / "c", LARGE_SHAPE, seed=3)}
+    return {
+        "a": make_model(root / "a", SMALL_SHAPE, seed=1),
+        "c": make_model(root / "c", LARGE_SHAPE, seed=3),
+    }
 
 
 def test_an_emulated_link_slows_switches_to_its_rate_without_changing_outputs(pool):

@@ -49,10 +49,14 @@ def test_seeded_sampling_does_not_depend_on_interleaving(pool):
 
 def test_switching_reuses_components_and_binds_views_into_the_arena(pool):
     with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB, steps_per_turn=1)) as engine:
-        models_before = {name: entry.model for name, entry in engine.executor.runner.entries.items()}
+        models_before = {
+            name: entry.model for name, entry in engine.executor.runner.entries.items()
+        }
         buffer_ptr = engine.executor.arena.buffer.data_ptr()
         engine.generate([(m, PROMPTS[1]) for m in pool], SamplingParams(max_tokens=6))
-        assert {name: entry.model for name, entry in engine.executor.runner.entries.items()} == models_before
+        assert {
+            name: entry.model for name, entry in engine.executor.runner.entries.items()
+        } == models_before
         assert engine.executor.arena.buffer.data_ptr() == buffer_ptr
         bound = engine.executor.runner.entries[engine.executor.runner.active].model
         start, end = buffer_ptr, buffer_ptr + engine.executor.arena.total_bytes
@@ -66,7 +70,9 @@ def test_short_kv_memory_swaps_requests_out_and_back_without_changing_outputs(po
     with Engine(pool, EngineConfig(slab_bytes=SMALL_SLAB)) as sizing:
         largest = max(e.weights.total_bytes for e in sizing.executor.runner.entries.values())
     # room for a few slabs of KV beyond the largest model: requests must take turns in it
-    config = EngineConfig(slab_bytes=SMALL_SLAB, steps_per_turn=3, arena_bytes=largest + 4 * SMALL_SLAB)
+    config = EngineConfig(
+        slab_bytes=SMALL_SLAB, steps_per_turn=3, arena_bytes=largest + 4 * SMALL_SLAB
+    )
     with Engine(pool, config) as engine:
         results = engine.generate(requests, sampling)
         assert engine.executor.kv.swapped_bytes > 0
@@ -99,7 +105,9 @@ def test_a_model_larger_than_the_arena_is_unavailable_with_the_sizes_named(pool)
 def test_prompt_longer_than_the_context_and_unknown_models_are_refused(tmp_path):
     path = make_model(tmp_path / "short", config_for("llama", max_position=8))
     with Engine({"short": path}, EngineConfig(slab_bytes=SMALL_SLAB)) as engine:
-        with pytest.raises(RequestError, match=r"model short: the prompt has \d+ tokens, the context holds 8"):
+        with pytest.raises(
+            RequestError, match=r"model short: the prompt has \d+ tokens, the context holds 8"
+        ):
             engine.submit("short", "the model serves many requests from one pool of devices")
         with pytest.raises(RequestError, match="model nope is not served here"):
             engine.submit("nope", "hi")
@@ -112,7 +120,11 @@ def test_prompt_longer_than_the_context_and_unknown_models_are_refused(tmp_path)
 def test_a_request_larger_than_the_whole_kv_pool_fails_with_a_clear_error(pool):
     with Engine({"a": pool["a"]}, EngineConfig(slab_bytes=SMALL_SLAB)) as first:
         weights = first.executor.runner.entries["a"].weights.total_bytes
-    config = EngineConfig(slab_bytes=SMALL_SLAB, block_size=16, arena_bytes=-(-weights // SMALL_SLAB) * SMALL_SLAB + SMALL_SLAB)
+    config = EngineConfig(
+        slab_bytes=SMALL_SLAB,
+        block_size=16,
+        arena_bytes=-(-weights // SMALL_SLAB) * SMALL_SLAB + SMALL_SLAB,
+    )
     with Engine({"a": pool["a"]}, config) as engine:
         result = engine.generate([("a", "hi " * 30)], SamplingParams(max_tokens=2000))[0]
     assert result.error and "the KV cache cannot hold" in result.error
@@ -127,17 +139,43 @@ def test_min_tokens_holds_off_eos_and_stop_token_ids_end_the_output(pool):
     stop_at = 4
     token = free.token_ids[stop_at]
     first = free.token_ids.index(token)  # the first time the model makes that token
-    stopped = _alone(pool, "a", PROMPTS[0], SamplingParams(max_tokens=12, ignore_eos=True, stop_token_ids=(token,)))
-    assert stopped.token_ids == free.token_ids[:first + 1] and stopped.finish_reason == "stop"
-    held = _alone(pool, "a", PROMPTS[0], replace(SamplingParams(max_tokens=12, ignore_eos=True,
-                                                                stop_token_ids=(token,)), min_tokens=first + 2))
-    assert len(held.token_ids) >= first + 2 and token not in held.token_ids[:first + 2]
+    stopped = _alone(
+        pool,
+        "a",
+        PROMPTS[0],
+        SamplingParams(max_tokens=12, ignore_eos=True, stop_token_ids=(token,)),
+    )
+    assert stopped.token_ids == free.token_ids[: first + 1] and stopped.finish_reason == "stop"
+    held = _alone(
+        pool,
+        "a",
+        PROMPTS[0],
+        replace(
+            SamplingParams(max_tokens=12, ignore_eos=True, stop_token_ids=(token,)),
+            min_tokens=first + 2,
+        ),
+    )
+    assert len(held.token_ids) >= first + 2 and token not in held.token_ids[: first + 2]
 
 
 def test_repetition_penalty_changes_greedy_output_and_one_is_off(pool):
     base = _alone(pool, "a", PROMPTS[1], SamplingParams(max_tokens=12, ignore_eos=True))
-    off = _alone(pool, "a", PROMPTS[1], SamplingParams(max_tokens=12, ignore_eos=True, repetition_penalty=1.0))
-    strong = _alone(pool, "a", PROMPTS[1], SamplingParams(max_tokens=12, ignore_eos=True, repetition_penalty=1e6))
+    off = _alone(
+        pool,
+        "a",
+        PROMPTS[1],
+        SamplingParams(max_tokens=12, ignore_eos=True, repetition_penalty=1.0),
+    )
+    strong = _alone(
+        pool,
+        "a",
+        PROMPTS[1],
+        SamplingParams(max_tokens=12, ignore_eos=True, repetition_penalty=1e6),
+    )
     assert off.token_ids == base.token_ids
-    assert len(set(base.token_ids)) < len(base.token_ids)  # unpenalised, this prompt's output repeats itself
-    assert len(set(strong.token_ids)) == len(strong.token_ids)  # every token seen is as good as banned
+    assert len(set(base.token_ids)) < len(
+        base.token_ids
+    )  # unpenalised, this prompt's output repeats itself
+    assert len(set(strong.token_ids)) == len(
+        strong.token_ids
+    )  # every token seen is as good as banned

@@ -17,7 +17,8 @@ from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
 DEVICE = os.environ.get("AEGAEON_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(
     DEVICE.startswith("cuda") and not (torch.cuda.is_available() and _C.built_with_cuda()),
-    reason="needs a GPU and a CUDA build (AEGAEON_TEST_DEVICE=cpu runs these on CPU)")
+    reason="needs a GPU and a CUDA build (AEGAEON_TEST_DEVICE=cpu runs these on CPU)",
+)
 SLAB = 64 * 1024
 PROMPTS = ["the model serves many requests", "one gpu many models"]
 
@@ -25,7 +26,10 @@ PROMPTS = ["the model serves many requests", "one gpu many models"]
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpupool")
-    return {"a": make_model(root / "a", SMALL_SHAPE, seed=1), "c": make_model(root / "c", LARGE_SHAPE, seed=3)}
+    return {
+        "a": make_model(root / "a", SMALL_SHAPE, seed=1),
+        "c": make_model(root / "c", LARGE_SHAPE, seed=3),
+    }
 
 
 def test_the_arena_lives_on_the_device_and_its_blocks_are_exact():
@@ -47,7 +51,9 @@ def test_a_switch_puts_the_host_cache_bytes_into_the_device_arena(pool):
             runner.switch_to(name)
             size = runner.entries[name].weights.total_bytes
             on_device = engine.executor.arena.buffer[:size].cpu()
-            assert torch.equal(on_device, engine.executor.host_cache.region(name)[:size].cpu()), name
+            assert torch.equal(on_device, engine.executor.host_cache.region(name)[:size].cpu()), (
+                name
+            )
 
 
 def test_greedy_tokens_on_the_device_equal_the_cpu_ones(pool):
@@ -55,7 +61,9 @@ def test_greedy_tokens_on_the_device_equal_the_cpu_ones(pool):
     sampling = SamplingParams(max_tokens=12)
     with LocalEngine(pool, EngineConfig(slab_bytes=SLAB, steps_per_turn=2)) as cpu:
         expected = [r.token_ids for r in cpu.generate(requests, sampling)]
-    with LocalEngine(pool, EngineConfig(device=DEVICE, slab_bytes=SLAB, steps_per_turn=2)) as device:
+    with LocalEngine(
+        pool, EngineConfig(device=DEVICE, slab_bytes=SLAB, steps_per_turn=2)
+    ) as device:
         got = [r.token_ids for r in device.generate(requests, sampling)]
     # fp32 test models: the same argmax on both unless two logits tie within rounding; allow none here
     assert got == expected

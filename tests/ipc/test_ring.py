@@ -57,7 +57,9 @@ def test_a_full_ring_blocks_the_writer_instead_of_dropping():
 def test_an_oversized_message_is_refused_with_the_sizes_and_the_ring_is_unchanged():
     with ShmNamespace("ring3") as ns:
         ring = Ring.create(ns, "big", slot_count=2, slot_bytes=16)
-        with pytest.raises(MessageTooLargeError, match="message of 13 bytes exceeds the slot payload of 12 bytes"):
+        with pytest.raises(
+            MessageTooLargeError, match="message of 13 bytes exceeds the slot payload of 12 bytes"
+        ):
             ring.put(b"x" * 13)
         ring.put(b"y" * 12)
         assert ring.get() == b"y" * 12 and ring.pending() == 0
@@ -73,7 +75,9 @@ def test_concurrent_writer_processes_lose_nothing_and_keep_their_own_order():
         for p in writers:
             p.join(timeout=30)
             assert p.exitcode == 0
-        by_writer = {w: [int(m.split(":")[1]) for m in got if m.startswith(f"{w}:")] for w in range(3)}
+        by_writer = {
+            w: [int(m.split(":")[1]) for m in got if m.startswith(f"{w}:")] for w in range(3)
+        }
         assert all(seq == list(range(300)) for seq in by_writer.values())
 
 

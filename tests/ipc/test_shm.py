@@ -92,7 +92,11 @@ def test_stale_objects_of_a_killed_owner_are_found_and_removed(cluster_id):
     child.join(timeout=60)
     assert not inspect_cluster(cluster_id).owner_alive
     removed = remove_stale(cluster_id)
-    assert set(removed) == {f"aegaeon-{cluster_id}-owner", f"aegaeon-{cluster_id}-kv", f"sem.aegaeon-{cluster_id}-s"}
+    assert set(removed) == {
+        f"aegaeon-{cluster_id}-owner",
+        f"aegaeon-{cluster_id}-kv",
+        f"sem.aegaeon-{cluster_id}-s",
+    }
     with ShmNamespace(cluster_id) as ns:  # a new run starts cleanly
         ns.create_segment("kv", 4096)
 
@@ -134,10 +138,17 @@ def test_cleanup_refuses_while_another_process_maps_the_clusters_memory():
     segment = SharedSegment.create("/aegaeon-orphantest-weights", 4096)
     try:
         # a stand-in for an orphaned worker: it maps the segment and stays
-        holder = subprocess.Popen([sys.executable, "-c",
-                                   "import sys, time; from aegaeon.ipc.shm import SharedSegment; "
-                                   "s = SharedSegment.attach('/aegaeon-orphantest-weights'); print('up', flush=True); "
-                                   "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; from aegaeon.ipc.shm import SharedSegment; "
+                "s = SharedSegment.attach('/aegaeon-orphantest-weights'); print('up', flush=True); "
+                "time.sleep(60)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert holder.stdout.readline().strip() == "up"
         assert processes_mapping("orphantest") == [holder.pid]
         with pytest.raises(ClusterRunningError, match=str(holder.pid)):

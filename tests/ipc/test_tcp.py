@@ -8,10 +8,10 @@ import time
 import pytest
 import zmq
 
-from aegaeon.ipc.messages import Hello, Routed, encode
-from aegaeon.ipc.tcp import CHUNK_BYTES, HeadLink, JoinLink, link_keys
 from aegaeon.config.link import LinkConfig, parse_address
 from aegaeon.errors import LinkError
+from aegaeon.ipc.messages import Hello, Routed, encode
+from aegaeon.ipc.tcp import CHUNK_BYTES, HeadLink, JoinLink, link_keys
 
 TOKEN = "link-test-token"
 
@@ -44,8 +44,14 @@ def wait_for(condition, timeout=10.0):
 @pytest.fixture
 def head():
     recorder = Recorder()
-    link = HeadLink("127.0.0.1", 0, LinkConfig(TOKEN, max_frame_bytes=2**20, heartbeat_timeout=1.5),
-                    recorder.on_join, recorder.on_message, recorder.on_lost)
+    link = HeadLink(
+        "127.0.0.1",
+        0,
+        LinkConfig(TOKEN, max_frame_bytes=2**20, heartbeat_timeout=1.5),
+        recorder.on_join,
+        recorder.on_message,
+        recorder.on_lost,
+    )
     link.start()
     yield link, recorder
     link.close()
@@ -53,9 +59,18 @@ def head():
 
 def join(head_link, token=TOKEN, models=("m",), timeout=10, **config):
     recorder = Recorder()
-    link = JoinLink("127.0.0.1", head_link.port, LinkConfig(token, heartbeat_timeout=1.5, **config),
-                    recorder.on_message, recorder.on_lost)
-    return link, recorder, lambda: link.join(Hello("n", ("decode", "prefill"), models), timeout=timeout)
+    link = JoinLink(
+        "127.0.0.1",
+        head_link.port,
+        LinkConfig(token, heartbeat_timeout=1.5, **config),
+        recorder.on_message,
+        recorder.on_lost,
+    )
+    return (
+        link,
+        recorder,
+        lambda: link.join(Hello("n", ("decode", "prefill"), models), timeout=timeout),
+    )
 
 
 def test_a_joined_node_exchanges_messages_in_order_both_ways(head):
@@ -94,7 +109,10 @@ def test_wrong_token_different_models_and_strangers_are_refused(head):
     wait_for(lambda: head_link.refused >= 2)  # (ZeroMQ retries, and each try is refused)
     before = head_link.refused
     context = zmq.Context()
-    for curve in (False, True):  # a plain ZeroMQ peer, and one with the right head key but its own key pair
+    for curve in (
+        False,
+        True,
+    ):  # a plain ZeroMQ peer, and one with the right head key but its own key pair
         stranger = context.socket(zmq.DEALER)
         if curve:
             stranger.curve_serverkey = link_keys(TOKEN).head_public
@@ -112,8 +130,13 @@ def test_wrong_token_different_models_and_strangers_are_refused(head):
 def test_the_token_never_crosses_the_wire_and_a_recorded_join_cannot_be_replayed(head):
     head_link, head_seen = head
     relay, recorded = _recording_relay(head_link.port)
-    link = JoinLink("127.0.0.1", relay.getsockname()[1], LinkConfig(TOKEN, heartbeat_timeout=1.5),
-                    Recorder().on_message, Recorder().on_lost)
+    link = JoinLink(
+        "127.0.0.1",
+        relay.getsockname()[1],
+        LinkConfig(TOKEN, heartbeat_timeout=1.5),
+        Recorder().on_message,
+        Recorder().on_lost,
+    )
     try:
         assert link.join(Hello("n", ("decode",), ("m",)), timeout=10) == (10, 11)
         link.send(Routed(10, b"payload"))
@@ -162,7 +185,9 @@ def test_garbage_and_an_oversized_frame_before_authentication_are_cut_off_unread
     before = _rss()
     with socket.create_connection(("127.0.0.1", head_link.port)) as big:
         # a ZMTP 3.0 greeting for CURVE, then a command frame that says it is 1 GiB long
-        big.sendall(b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\0") + bytes(32))
+        big.sendall(
+            b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\0") + bytes(32)
+        )
         big.sendall(b"\x06" + (2**30).to_bytes(8, "big"))
         big.settimeout(5)
         sent = 0
@@ -201,10 +226,15 @@ def test_frames_are_bounded_on_both_sides(head):
         with pytest.raises(LinkError, match="exceeds the link's frame limit"):
             link.send(Routed(10, b"\0" * (2**20 + 1)))
         context = zmq.Context()
-        raw = context.socket(zmq.DEALER)  # a peer that ignores the limit is cut off by ZeroMQ, not read
+        raw = context.socket(
+            zmq.DEALER
+        )  # a peer that ignores the limit is cut off by ZeroMQ, not read
         keys = link_keys(TOKEN)
-        raw.curve_serverkey, raw.curve_publickey, raw.curve_secretkey = (keys.head_public, keys.node_public,
-                                                                        keys.node_secret)
+        raw.curve_serverkey, raw.curve_publickey, raw.curve_secretkey = (
+            keys.head_public,
+            keys.node_public,
+            keys.node_secret,
+        )
         raw.connect(f"tcp://127.0.0.1:{head_link.port}")
         raw.send(b"\0" * (2**20 + 4096))
         time.sleep(0.3)
@@ -213,7 +243,9 @@ def test_frames_are_bounded_on_both_sides(head):
         link.send(Routed(10, b"small"))
         wait_for(lambda: head_seen.messages)
         assert [m.frame for m in head_seen.messages] == [b"small"]
-        big = os.urandom(100 * CHUNK_BYTES + 5)  # crosses in chunks, whole and in order with the rest
+        big = os.urandom(
+            100 * CHUNK_BYTES + 5
+        )  # crosses in chunks, whole and in order with the rest
         link.send(Routed(10, big))
         link.send(Routed(10, b"after"))
         wait_for(lambda: len(head_seen.messages) == 3)

@@ -22,7 +22,7 @@ def test_blocks_are_typed_views_into_the_arena_buffer():
     h = arena.allocate_block(BLOCK_A)
     view = arena.block_view(h, torch.float16, (2, BLOCK_A // 4))
     view.fill_(1.5)
-    raw = arena.buffer[h:h + BLOCK_A].view(torch.float16)
+    raw = arena.buffer[h : h + BLOCK_A].view(torch.float16)
     assert torch.equal(raw, torch.full_like(raw, 1.5))
     assert view.data_ptr() == arena.buffer.data_ptr() + h
     with pytest.raises(InvalidHandleError, match="not the"):
@@ -123,7 +123,9 @@ def test_bad_sizes_name_the_value_and_the_limit():
     with pytest.raises(ArenaTooSmallError, match="multiple of 256"):
         Arena(4 * SLAB, 1000)
     arena = Arena(4 * SLAB, SLAB)
-    with pytest.raises(ArenaTooSmallError, match=f"{5 * SLAB} bytes do not fit the arena of {4 * SLAB}"):
+    with pytest.raises(
+        ArenaTooSmallError, match=f"{5 * SLAB} bytes do not fit the arena of {4 * SLAB}"
+    ):
         arena.place_weights(5 * SLAB)
     with pytest.raises(IndexError, match="outside the weight region"):
         arena.weight_view(0, torch.float32, (4,))

@@ -13,7 +13,11 @@ transformers = pytest.importorskip("transformers")
 
 from tests.models.reference import VARIANTS, BareModel, make_variant  # noqa: E402
 
-PROMPTS = [[5, 17, 33, 2, 9], [101, 7, 7, 42, 250, 3, 11, 90, 64, 1, 2], [12] * 3 + list(range(40, 54))]
+PROMPTS = [
+    [5, 17, 33, 2, 9],
+    [101, 7, 7, 42, 250, 3, 11, 90, 64, 1, 2],
+    [12] * 3 + list(range(40, 54)),
+]
 DECODE_STEPS = 16
 
 
@@ -24,7 +28,9 @@ def hf_logits(hf, tokens: list[int]) -> torch.Tensor:
 
 def _pair(path, dtype):
     """The transformers reference and our model, both on the checkpoint at `path`, in `dtype`."""
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval(), BareModel(path, dtype)
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval(), BareModel(
+        path, dtype
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +40,9 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_batched_ragged_prefill_and_16_decode_steps_match_transformers_in_float32(checkpoints, variant):
+def test_batched_ragged_prefill_and_16_decode_steps_match_transformers_in_float32(
+    checkpoints, variant
+):
     hf, ours = _pair(checkpoints[variant], torch.float32)
     logits = ours.step(PROMPTS, all_logits=True)
     for i, prompt in enumerate(PROMPTS):
@@ -53,7 +61,9 @@ def test_batched_ragged_prefill_and_16_decode_steps_match_transformers_in_float3
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_bfloat16_prefill_and_decode_match_transformers_within_stated_tolerance(checkpoints, variant):
+def test_bfloat16_prefill_and_decode_match_transformers_within_stated_tolerance(
+    checkpoints, variant
+):
     hf, ours = _pair(checkpoints[variant], torch.bfloat16)
     logits = ours.step(PROMPTS, all_logits=True)
     sequences = [list(p) for p in PROMPTS]
@@ -61,8 +71,13 @@ def test_bfloat16_prefill_and_decode_match_transformers_within_stated_tolerance(
         for i, seq in enumerate(sequences):
             ref = hf_logits(hf, seq)[-1].float()
             got = (logits[i, len(seq) - 1] if step == 0 else logits[i]).float()
-            assert (got - ref).abs().max().item() < 0.05 * ref.abs().max().item(), f"{variant} step {step} seq {i}"
-        tokens = [int((logits[i, len(s) - 1] if step == 0 else logits[i]).argmax()) for i, s in enumerate(sequences)]
+            assert (got - ref).abs().max().item() < 0.05 * ref.abs().max().item(), (
+                f"{variant} step {step} seq {i}"
+            )
+        tokens = [
+            int((logits[i, len(s) - 1] if step == 0 else logits[i]).argmax())
+            for i, s in enumerate(sequences)
+        ]
         for seq, token in zip(sequences, tokens):
             seq.append(token)
         logits = ours.step([[t] for t in tokens])

@@ -52,10 +52,15 @@ def test_presets_carry_the_published_sizes():
     assert PRESETS["yi-1.5-9b"].num_parameters() == pytest.approx(8.8e9, rel=0.01)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(arch="gpt2"), "--arch"), (dict(arch="llama", hidden=65), "--hidden"),
-    (dict(arch="llama", heads=4, kv_heads=3), "num_key_value_heads"), (dict(arch="llama", vocab=100), "--vocab"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(arch="gpt2"), "--arch"),
+        (dict(arch="llama", hidden=65), "--hidden"),
+        (dict(arch="llama", heads=4, kv_heads=3), "num_key_value_heads"),
+        (dict(arch="llama", vocab=100), "--vocab"),
+    ],
+)
 def test_bad_shapes_are_refused_with_the_flag_named(tmp_path, kwargs, word):
     with pytest.raises(ConfigError if word != "num_key_value_heads" else Exception, match=word):
         make_model(tmp_path / "x", config_for(**kwargs))

@@ -17,7 +17,9 @@ def test_ragged_decode_attention_matches_padded_attention(heads, kv_heads, dtype
     padded_k = torch.randn(batch, longest, kv_heads, dim).to(dtype)
     padded_v = torch.randn(batch, longest, kv_heads, dim).to(dtype)
     mask = torch.arange(longest).view(1, 1, -1) < torch.tensor(lengths).view(-1, 1, 1)
-    expected = paged_attention(q.float().unsqueeze(1), padded_k.float(), padded_v.float(), mask)[:, 0]
+    expected = paged_attention(q.float().unsqueeze(1), padded_k.float(), padded_v.float(), mask)[
+        :, 0
+    ]
 
     keys = torch.cat([padded_k[b, :n] for b, n in enumerate(lengths)])
     values = torch.cat([padded_v[b, :n] for b, n in enumerate(lengths)])
@@ -40,8 +42,10 @@ def test_a_decode_step_lists_each_sequences_key_units_in_order():
             first = chunk.block_units[pos // block_size] + (pos % block_size) * units_per_row
             expected.append([first, first + 1])
     assert step.ragged_units.tolist() == expected
-    written = [chunk.block_units[chunk.start // block_size] + (chunk.start % block_size) * units_per_row
-               for chunk in chunks]
+    written = [
+        chunk.block_units[chunk.start // block_size] + (chunk.start % block_size) * units_per_row
+        for chunk in chunks
+    ]
     assert step.write_units[:, 0].tolist() == written
 
 
@@ -55,9 +59,16 @@ def test_a_model_decodes_the_same_logits_from_either_layout(tmp_path, variant):
     from tests.models.reference import BareModel, make_variant
 
     bare = BareModel(make_variant(tmp_path, variant))
-    prompts = [[3, 1, 4, 1, 5], list(range(7, 20)), [2, 7]]  # ends inside a block: the decode token fits
+    prompts = [
+        [3, 1, 4, 1, 5],
+        list(range(7, 20)),
+        [2, 7],
+    ]  # ends inside a block: the decode token fits
     bare.step(prompts)
-    chunks = [SeqChunk([9], len(p), [bare.kv.block_unit(h) for h in bare.blocks[i]]) for i, p in enumerate(prompts)]
+    chunks = [
+        SeqChunk([9], len(p), [bare.kv.block_unit(h) for h in bare.blocks[i]])
+        for i, p in enumerate(prompts)
+    ]
     logits = {}
     for ragged in (False, True):
         step = build_step(chunks, bare.kv.block_size, bare.kv.units_per_row, ragged_decode=ragged)

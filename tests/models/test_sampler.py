@@ -46,7 +46,9 @@ def test_top_k_and_min_p_keep_what_they_say():
     assert _drawn(logits, top_k=3, top_p=0.7) == {0, 1}
 
 
-@pytest.mark.parametrize("bad", [dict(top_k=-2), dict(min_p=-0.1), dict(min_p=1.5), dict(min_p=float("nan"))])
+@pytest.mark.parametrize(
+    "bad", [dict(top_k=-2), dict(min_p=-0.1), dict(min_p=1.5), dict(min_p=float("nan"))]
+)
 def test_out_of_range_top_k_and_min_p_are_request_errors(bad):
     with pytest.raises(RequestError):
         SamplingParams(**bad).validate()
@@ -57,7 +59,7 @@ def _reference_penalties(logits, context, num_output, repetition=1.0, presence=0
     out = [float(x) for x in logits]
     for token in set(context):
         out[token] = out[token] / repetition if out[token] > 0 else out[token] * repetition
-    output = context[len(context) - num_output:] if num_output else []
+    output = context[len(context) - num_output :] if num_output else []
     for token in set(output):
         out[token] -= frequency * output.count(token) + presence
     return torch.tensor(out)
@@ -69,30 +71,60 @@ def test_penalties_match_a_token_by_token_reference():
     rng = torch.Generator().manual_seed(5)
     for trial in range(50):
         logits = torch.randn(40, generator=rng) * 3
-        context = torch.randint(0, 40, (int(torch.randint(1, 30, (1,), generator=rng)),), generator=rng).tolist()
+        context = torch.randint(
+            0, 40, (int(torch.randint(1, 30, (1,), generator=rng)),), generator=rng
+        ).tolist()
         num_output = trial % (len(context) + 1)
-        penalties = dict(repetition=[1.0, 1.3, 0.7][trial % 3], presence=[0.0, 0.5, -1.0][trial % 3],
-                         frequency=[0.0, 0.25, 1.5][(trial // 3) % 3])
-        params = SamplingParams(repetition_penalty=penalties["repetition"], presence_penalty=penalties["presence"],
-                                frequency_penalty=penalties["frequency"])
+        penalties = dict(
+            repetition=[1.0, 1.3, 0.7][trial % 3],
+            presence=[0.0, 0.5, -1.0][trial % 3],
+            frequency=[0.0, 0.25, 1.5][(trial // 3) % 3],
+        )
+        params = SamplingParams(
+            repetition_penalty=penalties["repetition"],
+            presence_penalty=penalties["presence"],
+            frequency_penalty=penalties["frequency"],
+        )
         got = adjust_logits(logits, params, context, num_output)
-        assert torch.allclose(got, _reference_penalties(logits, context, num_output, **penalties), atol=1e-5)
+        assert torch.allclose(
+            got, _reference_penalties(logits, context, num_output, **penalties), atol=1e-5
+        )
 
 
 def test_banned_tokens_are_never_drawn_and_penalties_steer_greedy():
     logits = torch.tensor([0.0, 5.0, 4.0, 1.0])
     assert sample_one(logits, SamplingParams(), None, banned=(1,)) == 2
     assert _drawn(logits, top_k=0) >= {1, 2} and 1 not in {
-        sample_one(logits, SamplingParams(temperature=1.0, seed=s), new_generator(SamplingParams(temperature=1.0, seed=s)),
-                   banned=(1,)) for s in range(50)}
+        sample_one(
+            logits,
+            SamplingParams(temperature=1.0, seed=s),
+            new_generator(SamplingParams(temperature=1.0, seed=s)),
+            banned=(1,),
+        )
+        for s in range(50)
+    }
     # token 1 already in the output twice: a frequency penalty of 1 makes token 2 the greedy choice
-    assert sample_one(logits, SamplingParams(frequency_penalty=1.0), None, [3, 1, 1], num_output=2) == 2
-    assert sample_one(logits, SamplingParams(frequency_penalty=1.0), None, [1, 1, 3], num_output=1) == 1  # prompt
+    assert (
+        sample_one(logits, SamplingParams(frequency_penalty=1.0), None, [3, 1, 1], num_output=2)
+        == 2
+    )
+    assert (
+        sample_one(logits, SamplingParams(frequency_penalty=1.0), None, [1, 1, 3], num_output=1)
+        == 1
+    )  # prompt
 
 
-@pytest.mark.parametrize("bad", [dict(presence_penalty=2.5), dict(frequency_penalty=float("inf")),
-                                 dict(repetition_penalty=0.0), dict(min_tokens=-1), dict(min_tokens=17),
-                                 dict(stop_token_ids=(-1,))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(presence_penalty=2.5),
+        dict(frequency_penalty=float("inf")),
+        dict(repetition_penalty=0.0),
+        dict(min_tokens=-1),
+        dict(min_tokens=17),
+        dict(stop_token_ids=(-1,)),
+    ],
+)
 def test_out_of_range_penalties_are_request_errors(bad):
     with pytest.raises(RequestError):
         SamplingParams(**bad).validate()

@@ -3,8 +3,15 @@
 import pytest
 
 from aegaeon.errors import ConfigError
-from aegaeon.sched.decode import (DecodeBatch, DecodeCandidate, choose_decode_instance, compute_quotas,
-                                  form_batches, plan_round, rotate_to_loaded)
+from aegaeon.sched.decode import (
+    DecodeBatch,
+    DecodeCandidate,
+    choose_decode_instance,
+    compute_quotas,
+    form_batches,
+    plan_round,
+    rotate_to_loaded,
+)
 from tests.sched.fixed_cost import FixedCost
 
 
@@ -17,7 +24,9 @@ def test_quotas_when_alpha_is_floored_at_one_half():
 
 def test_quotas_when_switch_cost_sets_alpha_and_the_slowest_batch_gets_the_cap():
     # n = [2, 4], load = 0.75, alpha = 4 / (2 * 4) + 0.75 = 1.25
-    quotas, alpha, load = compute_quotas([0.05, 0.025], switch_cost=4.0, tpot_slo=0.1, max_quota=4.0)
+    quotas, alpha, load = compute_quotas(
+        [0.05, 0.025], switch_cost=4.0, tpot_slo=0.1, max_quota=4.0
+    )
     assert alpha == pytest.approx(1.25)
     assert quotas == pytest.approx((4.0, 2.0))
 
@@ -42,10 +51,20 @@ def test_bad_quota_inputs_are_rejected():
 
 
 def test_batches_are_formed_fcfs_per_model_within_memory_and_size():
-    cands = [DecodeCandidate(1, "a", 10), DecodeCandidate(2, "b", 10), DecodeCandidate(3, "a", 10),
-             DecodeCandidate(4, "a", 10), DecodeCandidate(5, "b", 50), DecodeCandidate(6, "c", 5)]
+    cands = [
+        DecodeCandidate(1, "a", 10),
+        DecodeCandidate(2, "b", 10),
+        DecodeCandidate(3, "a", 10),
+        DecodeCandidate(4, "a", 10),
+        DecodeCandidate(5, "b", 50),
+        DecodeCandidate(6, "c", 5),
+    ]
     batches, waiting = form_batches(cands, FixedCost(), kv_capacity_bytes=45, max_batch=2)
-    assert batches == [DecodeBatch("a", (1, 3), 20), DecodeBatch("b", (2,), 10), DecodeBatch("c", (6,), 5)]
+    assert batches == [
+        DecodeBatch("a", (1, 3), 20),
+        DecodeBatch("b", (2,), 10),
+        DecodeBatch("c", (6,), 5),
+    ]
     assert waiting == [4, 5]  # 4: batch of a is full; 5: its KV does not fit
 
 

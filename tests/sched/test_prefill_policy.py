@@ -61,4 +61,7 @@ def test_instances_can_join_later():
     with pytest.raises(ConfigError, match="no prefill instance"):
         sched.submit(RequestSpec(0, "a", 0.0, 10, 10), [], [], 0.0, FixedCost())
     assert sched.add_instance() == 0
-    assert sched.submit(RequestSpec(0, "a", 0.0, 10, 10), [0.0], [None], 0.0, FixedCost()).instance == 0
+    assert (
+        sched.submit(RequestSpec(0, "a", 0.0, 10, 10), [0.0], [None], 0.0, FixedCost()).instance
+        == 0
+    )

@@ -6,20 +6,32 @@ import pytest
 
 from aegaeon.config import PAPER_MODELS
 from aegaeon.errors import ConfigError
-from aegaeon.profiles import (H100_LINK, TablePoint, build_profile, cost_model_for_workload, fit_model_cost,
-                              load_profile, profiles_dir, write_profile)
+from aegaeon.profiles import (
+    H100_LINK,
+    TablePoint,
+    build_profile,
+    cost_model_for_workload,
+    fit_model_cost,
+    load_profile,
+    profiles_dir,
+    write_profile,
+)
 from aegaeon.sched.cost import ModelCost
 
 SPEC = PAPER_MODELS["qwen2_5_7b"]
 
 
 def synthetic_points(prefill, decode, broken_decode=None):
-    truth = ModelCost("t", SPEC.hidden_size, SPEC.intermediate_size, 16, 1, 1, 4096, prefill, decode)
+    truth = ModelCost(
+        "t", SPEC.hidden_size, SPEC.intermediate_size, 16, 1, 1, 4096, prefill, decode
+    )
     points = []
     for i in (16, 64, 256, 1024):
         for b in (1, 2, 4, 8, 16, 64):
             if i * b <= 4096:
-                points.append(TablePoint(i, b, truth.prefill_time([i] * b), truth.decode_time(b, b * i)))
+                points.append(
+                    TablePoint(i, b, truth.prefill_time([i] * b), truth.decode_time(b, b * i))
+                )
     if broken_decode:
         points.append(TablePoint(2048, 2, truth.prefill_time([2048] * 2), broken_decode))
     return points
@@ -35,13 +47,17 @@ def test_fit_recovers_known_coefficients():
 
 def test_a_broken_decode_point_is_excluded_and_reported():
     decode = (4e-11, 5e-11, 4e-13)
-    cost, excluded = fit_model_cost(SPEC, synthetic_points((1e-13, 0.0, 0.008), decode, broken_decode=0.0004))
+    cost, excluded = fit_model_cost(
+        SPEC, synthetic_points((1e-13, 0.0, 0.008), decode, broken_decode=0.0004)
+    )
     assert list(excluded) == ["i2048b2"] and "decode" in excluded["i2048b2"]
     assert cost.decode_coefficients == pytest.approx(decode, rel=1e-6)
 
 
 def test_profile_round_trips_through_its_json_schema(tmp_path):
-    profile = build_profile("TEST", SPEC, synthetic_points((1e-13, 0.0, 0.008), (4e-11, 5e-11, 4e-13)), H100_LINK)
+    profile = build_profile(
+        "TEST", SPEC, synthetic_points((1e-13, 0.0, 0.008), (4e-11, 5e-11, 4e-13)), H100_LINK
+    )
     path = write_profile(profile, tmp_path)
     cost, link = load_profile(path)
     assert path == tmp_path / "TEST" / "qwen2_5_7b.json"
@@ -75,7 +91,8 @@ def test_workload_names_map_to_the_paper_mix():
     assert cost.model("synth_model_07").name == "yi1_5_9b_chat"
     assert cost.model("synth_model_19").name == "llama2_13b_chat"
     assert cost.switch_time("synth_model_00", "synth_model_19") == pytest.approx(
-        PAPER_MODELS["llama2_13b_chat"].weight_bytes / (55e9 * 0.15))
+        PAPER_MODELS["llama2_13b_chat"].weight_bytes / (55e9 * 0.15)
+    )
     with pytest.raises(ConfigError, match="no index"):
         cost_model_for_workload(["mystery"])
     with pytest.raises(ConfigError, match="no profiles"):

@@ -8,8 +8,14 @@ from aegaeon.sched.decode import DecodeCandidate as C
 from aegaeon.sched.policies import live_policies, parse_policies, policy
 from aegaeon.sched.prefill import PrefillDispatcher
 from aegaeon.sched.request import RequestSpec
-from aegaeon.sched.rounds import (Arrival, RequestLevel, RoundConfig, StepRoundRobin, WeightedRoundRobin,
-                                  quota_allows_step)
+from aegaeon.sched.rounds import (
+    Arrival,
+    RequestLevel,
+    RoundConfig,
+    StepRoundRobin,
+    WeightedRoundRobin,
+    quota_allows_step,
+)
 from tests.sched.fixed_cost import FixedCost
 
 
@@ -39,7 +45,9 @@ def test_arrivals_join_the_running_batch_wait_for_a_coming_turn_or_get_a_turn_at
     assert policy.arrive(live[-1], live) is Arrival.JOIN  # the running model, room in its batch
     assert policy.turn_batch(live) == (1, 3)
     live.append(C(4, "a", 10))
-    assert policy.arrive(live[-1], live) is Arrival.NEW_TURN  # the batch is full: a turn at the round's end
+    assert (
+        policy.arrive(live[-1], live) is Arrival.NEW_TURN
+    )  # the batch is full: a turn at the round's end
     live.append(C(5, "b", 10))
     assert policy.arrive(live[-1], live) is Arrival.WAIT  # b's turn is coming
     live.append(C(6, "c", 10))
@@ -54,7 +62,9 @@ def test_a_turn_whose_requests_all_finished_is_skipped_and_an_empty_instance_goe
     live = [C(1, "a", 10), C(2, "b", 10)]
     policy.arrive(live[0], live)
     assert policy.next_turn(live).model == "a"
-    assert policy.next_turn([C(1, "a", 11)]).model == "a"  # b finished meanwhile: its turn is skipped
+    assert (
+        policy.next_turn([C(1, "a", 11)]).model == "a"
+    )  # b finished meanwhile: its turn is skipped
     assert policy.next_turn([]) is None
     assert policy.arrive(C(7, "c", 1), [C(7, "c", 1)]) is Arrival.START
 
@@ -95,8 +105,11 @@ def test_step_round_robin_cycles_models_in_order_of_first_appearance():
     policy = StepRoundRobin(steps_per_turn=3, max_batch=2)
     live = [C(1, "b", 0), C(2, "a", 0), C(3, "b", 0), C(4, "b", 0)]
     turns = [policy.next_turn(live) for _ in range(3)]
-    assert [(t.model, t.request_ids, t.max_steps) for t in turns] == [("b", (1, 3), 3), ("a", (2,), 3),
-                                                                     ("b", (1, 3), 3)]
+    assert [(t.model, t.request_ids, t.max_steps) for t in turns] == [
+        ("b", (1, 3), 3),
+        ("a", (2,), 3),
+        ("b", (1, 3), 3),
+    ]
 
 
 def test_a_turn_steps_while_its_time_is_below_the_quota():
@@ -109,11 +122,17 @@ def test_prefill_dispatcher_predicts_busy_until_and_serves_groups_fcfs():
     dispatcher = PrefillDispatcher(2, cost, max_group_size=2)
     first = dispatcher.submit(RequestSpec(0, "a", 0.0, 100, 5), now=0.0)
     assert (first.instance, first.request_ids, first.busy_until) == (0, (0,), pytest.approx(1.1))
-    assert dispatcher.submit(RequestSpec(1, "a", 0.1, 100, 5), now=0.1) is not None  # instance 1 was idle
+    assert (
+        dispatcher.submit(RequestSpec(1, "a", 0.1, 100, 5), now=0.1) is not None
+    )  # instance 1 was idle
     assert dispatcher.submit(RequestSpec(2, "b", 0.2, 100, 5), now=0.2) is None  # queued behind a
     assert dispatcher.submit(RequestSpec(3, "b", 0.3, 100, 5), now=0.3) is None  # joins that group
     nxt = dispatcher.group_done(0, now=1.1)
-    assert (nxt.model, nxt.request_ids, nxt.busy_until) == ("b", (2, 3), pytest.approx(1.1 + 1 + 0.2))
+    assert (nxt.model, nxt.request_ids, nxt.busy_until) == (
+        "b",
+        (2, 3),
+        pytest.approx(1.1 + 1 + 0.2),
+    )
     assert dispatcher.group_done(0, now=2.3) is None
 
 
@@ -123,7 +142,9 @@ def test_a_lost_prefill_instance_hands_back_its_queue_and_is_never_chosen():
     dispatcher.submit(RequestSpec(1, "b", 0.0, 100, 5), 0.0)
     dispatcher.submit(RequestSpec(2, "c", 0.0, 100, 5), 0.0)
     queued = dispatcher.instance_lost(0)
-    assert [r.request_id for r in queued] == [2]  # c queued behind the running group of a (tie: lower index)
+    assert [r.request_id for r in queued] == [
+        2
+    ]  # c queued behind the running group of a (tie: lower index)
     for i in range(3, 6):
         dispatcher.submit(RequestSpec(i, "d", 0.0, 100, 5), 0.0)
     assert not dispatcher.grouped.queues[0]

@@ -15,7 +15,9 @@ def test_sllm_plus_sees_a_gpu_decoding_a_long_run_as_busy():
     sched.next_run(0)
     # GPU 0 decodes its run for 50 more steps: it is busy until t = 10, although each slice starts now
     sched.progress(0, 0.5, 10.0)
-    assert sched.submit(_req(1, "b", 0.5), 0.5) == 1  # to the idle GPU, not the "idle-looking" busy one
+    assert (
+        sched.submit(_req(1, "b", 0.5), 0.5) == 1
+    )  # to the idle GPU, not the "idle-looking" busy one
 
 
 def test_sllm_plus_queues_on_the_gpu_with_the_least_predicted_work():

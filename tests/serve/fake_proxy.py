@@ -24,14 +24,38 @@ class FakeProxy:
         self.telemetry = Telemetry()
         self.table = _NoTable()
 
-    def submit(self, model, prompt_ids, max_tokens=16, temperature=0.0, top_p=1.0, seed=None, ignore_eos=False,
-               top_k=0, min_p=0.0, **penalties):
+    def submit(
+        self,
+        model,
+        prompt_ids,
+        max_tokens=16,
+        temperature=0.0,
+        top_p=1.0,
+        seed=None,
+        ignore_eos=False,
+        top_k=0,
+        min_p=0.0,
+        **penalties,
+    ):
         if self.refuse is not None:
             raise self.refuse
         penalties = {k: tuple(v) if k == "stop_token_ids" else v for k, v in penalties.items()}
-        SamplingParams(max_tokens, temperature, top_p, seed, ignore_eos, top_k, min_p, **penalties).validate()
-        submit = Submit(len(self.submitted) + 1, model, tuple(prompt_ids), max_tokens, temperature, top_p, seed,
-                        ignore_eos, top_k, min_p, **penalties)
+        SamplingParams(
+            max_tokens, temperature, top_p, seed, ignore_eos, top_k, min_p, **penalties
+        ).validate()
+        submit = Submit(
+            len(self.submitted) + 1,
+            model,
+            tuple(prompt_ids),
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            ignore_eos,
+            top_k,
+            min_p,
+            **penalties,
+        )
         self.submitted.append(submit)
         return LiveRequest(submit, time.time())
 

@@ -7,9 +7,13 @@ from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
 
 
 def test_random_worker_kills_under_load_lose_nothing(tmp_path):
-    models = {f"c{i}": str(make_model(tmp_path / f"c{i}", SMALL_SHAPE if i % 2 else LARGE_SHAPE, seed=i))
-              for i in range(4)}
-    r = bench_chaos(models, requests=32, kills=3, max_tokens=24, seed=1, cluster_id="chaostest", timeout=120)
+    models = {
+        f"c{i}": str(make_model(tmp_path / f"c{i}", SMALL_SHAPE if i % 2 else LARGE_SHAPE, seed=i))
+        for i in range(4)
+    }
+    r = bench_chaos(
+        models, requests=32, kills=3, max_tokens=24, seed=1, cluster_id="chaostest", timeout=120
+    )
     assert r.kills == 3
     assert r.lost == 0 and r.failed == 0 and r.wrong == 0, r.render()
     assert r.hostile > 0 and r.hostile_served == r.hostile, r.render()

@@ -2,27 +2,33 @@
 
 import pytest
 
-from aegaeon.errors import RequestError
-
 from aegaeon.client import Client
-from aegaeon.config.serving import EngineConfig
+from aegaeon.config.serving import EngineConfig, NodeConfig
 from aegaeon.engine.local import LocalEngine as Engine
+from aegaeon.errors import RequestError
 from aegaeon.ipc.shm import SHM_DIR
 from aegaeon.models.maker import make_model
 from aegaeon.models.sampler import SamplingParams
 from aegaeon.serve.node import Node
-from aegaeon.config.serving import NodeConfig
 from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
 
-PROMPTS = ["the model serves many requests", "hot and cold models share one pool", "one gpu many models"]
+PROMPTS = [
+    "the model serves many requests",
+    "hot and cold models share one pool",
+    "one gpu many models",
+]
 SLAB = 64 * 1024
 
 
 @pytest.fixture(scope="module")
 def twelve_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("market")
-    return {f"m{i:02d}": str(make_model(root / f"m{i:02d}", SMALL_SHAPE if i % 2 else LARGE_SHAPE, seed=i))
-            for i in range(12)}
+    return {
+        f"m{i:02d}": str(
+            make_model(root / f"m{i:02d}", SMALL_SHAPE if i % 2 else LARGE_SHAPE, seed=i)
+        )
+        for i in range(12)
+    }
 
 
 def test_token_level_scaling_serves_every_request_with_single_model_greedy_outputs(twelve_models):
@@ -30,10 +36,17 @@ def test_token_level_scaling_serves_every_request_with_single_model_greedy_outpu
     with Engine(twelve_models, EngineConfig(slab_bytes=SLAB, steps_per_turn=100)) as reference:
         outputs = reference.generate(pairs, SamplingParams(max_tokens=12))
     expected = {(o.model, o.prompt_ids): o.token_ids for o in outputs}
-    config = NodeConfig(twelve_models, num_instances=4, prefill_instances=1, cluster_id="nodetest1",
-                        engine=EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20), host_kv_bytes=4 * 2**20,
-                        kv_slab_bytes=SLAB, threads_per_worker=1,
-                        max_quota=0.002)  # turns of about one step: every instance holding 2+ models switches
+    config = NodeConfig(
+        twelve_models,
+        num_instances=4,
+        prefill_instances=1,
+        cluster_id="nodetest1",
+        engine=EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20),
+        host_kv_bytes=4 * 2**20,
+        kv_slab_bytes=SLAB,
+        threads_per_worker=1,
+        max_quota=0.002,
+    )  # turns of about one step: every instance holding 2+ models switches
     with Node(config) as node:
         client = Client(node.proxy)
         requests = [(model, list(ids)) for model, ids in expected]
@@ -51,9 +64,15 @@ def test_token_level_scaling_serves_every_request_with_single_model_greedy_outpu
 
 
 def _node(models, cluster, **overrides):
-    base = dict(num_instances=4, prefill_instances=1, cluster_id=cluster,
-                engine=EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20), host_kv_bytes=4 * 2**20,
-                kv_slab_bytes=SLAB, threads_per_worker=1)
+    base = dict(
+        num_instances=4,
+        prefill_instances=1,
+        cluster_id=cluster,
+        engine=EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20),
+        host_kv_bytes=4 * 2**20,
+        kv_slab_bytes=SLAB,
+        threads_per_worker=1,
+    )
     return Node(NodeConfig(models, **{**base, **overrides}))
 
 
@@ -66,7 +85,9 @@ def _prompt_ids(models, model, prompt):
 def test_a_full_host_kv_cache_applies_back_pressure_and_loses_nothing(twelve_models):
     models = dict(list(twelve_models.items())[:4])
     with Engine(models, EngineConfig(slab_bytes=SLAB, steps_per_turn=100)) as reference:
-        expected = reference.generate([(m, p) for m in models for p in PROMPTS], SamplingParams(max_tokens=20))
+        expected = reference.generate(
+            [(m, p) for m in models for p in PROMPTS], SamplingParams(max_tokens=20)
+        )
     # one 64 KiB slab of host KV for the prefill worker: a few prompts' blocks at a time
     with _node(models, "nodetest2", host_kv_bytes=SLAB) as node:
         client = Client(node.proxy)
@@ -78,7 +99,9 @@ def test_a_full_host_kv_cache_applies_back_pressure_and_loses_nothing(twelve_mod
 def test_a_node_on_an_emulated_link_switches_and_swaps_with_the_same_greedy_tokens(twelve_models):
     models = dict(list(twelve_models.items())[:3])
     with Engine(models, EngineConfig(slab_bytes=SLAB, steps_per_turn=100)) as reference:
-        expected = reference.generate([(m, p) for m in models for p in PROMPTS], SamplingParams(max_tokens=10))
+        expected = reference.generate(
+            [(m, p) for m in models for p in PROMPTS], SamplingParams(max_tokens=10)
+        )
     paced = EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20, link_gbps=0.5)
     with _node(models, "nodelink", engine=paced, max_quota=0.002) as node:
         client = Client(node.proxy)
@@ -107,7 +130,9 @@ def _kill_while_held(node, states, role, timeout=60.0):
 
 
 @pytest.mark.parametrize("role", ["decode", "prefill"])
-def test_a_killed_worker_is_replaced_and_its_requests_rerun_with_the_same_greedy_tokens(twelve_models, role):
+def test_a_killed_worker_is_replaced_and_its_requests_rerun_with_the_same_greedy_tokens(
+    twelve_models, role
+):
     import time
 
     models = dict(list(twelve_models.items())[:6])
@@ -123,12 +148,17 @@ def test_a_killed_worker_is_replaced_and_its_requests_rerun_with_the_same_greedy
         assert [r.token_ids for r in results] == expected  # no token lost, none repeated
         assert node.proxy.table.rerun >= 1
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (node.proxy.health()[0] and node.proxy.restarts >= 1
-                                                   and node.proxy.links[victim].ready.is_set()):
+        while time.monotonic() < deadline and not (
+            node.proxy.health()[0]
+            and node.proxy.restarts >= 1
+            and node.proxy.links[victim].ready.is_set()
+        ):
             time.sleep(0.1)
         assert node.proxy.restarts >= 1 and node.processes[victim].is_alive()
         assert node.proxy.health()[0]
-        after = client.complete(client.submit("m00", _prompt_ids(models, "m00", PROMPTS[1]), max_tokens=8))
+        after = client.complete(
+            client.submit("m00", _prompt_ids(models, "m00", PROMPTS[1]), max_tokens=8)
+        )
         assert after.error is None and len(after.token_ids) == 8
     assert not list(SHM_DIR.glob(f"*aegaeon-nodetest3{role[0]}-*"))
 
@@ -140,8 +170,17 @@ def test_seeded_sampling_continues_exactly_across_the_kv_handoff(twelve_models):
         expected = reference.generate([(m, PROMPTS[0]) for m in models], sampling)
     with _node(models, "nodetest4") as node:
         client = Client(node.proxy)
-        states = [client.submit(m, _prompt_ids(models, m, PROMPTS[0]), max_tokens=10, temperature=0.9, top_p=0.95,
-                                seed=11) for m in models]
+        states = [
+            client.submit(
+                m,
+                _prompt_ids(models, m, PROMPTS[0]),
+                max_tokens=10,
+                temperature=0.9,
+                top_p=0.95,
+                seed=11,
+            )
+            for m in models
+        ]
         results = [client.complete(s) for s in states]
     assert [r.token_ids for r in results] == [e.token_ids for e in expected]
 
@@ -162,7 +201,8 @@ def test_workers_exit_when_the_node_process_is_killed(twelve_models, tmp_path):
         " threads_per_worker=1))\n"
         "    node.start()\n"
         "    print(' '.join(str(p.pid) for p in node.processes), flush=True)\n"
-        "    time.sleep(600)\n")
+        "    time.sleep(600)\n"
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     workers = [int(pid) for pid in proc.stdout.readline().split()]
     proc.kill()
@@ -173,7 +213,9 @@ def test_workers_exit_when_the_node_process_is_killed(twelve_models, tmp_path):
     assert not any(_alive(pid) for pid in workers)
     from aegaeon.ipc.shm import remove_stale
 
-    assert remove_stale("nodetest5")  # the crashed run's objects are found (and removed) by the next start
+    assert remove_stale(
+        "nodetest5"
+    )  # the crashed run's objects are found (and removed) by the next start
     assert not list(SHM_DIR.glob("*aegaeon-nodetest5-*"))
 
 
@@ -201,10 +243,14 @@ def test_bad_requests_fail_with_the_reason_and_the_node_keeps_serving(twelve_mod
         bad_ids = client.complete(client.submit("m00", [10**6], max_tokens=4))
         hot = client.complete(client.submit("m00", [1, 2, 3], max_tokens=4, temperature=-1.0))
         # top_p under float32's least value once left no token to sample and killed the worker (fuzzing found it)
-        narrow = client.complete(client.submit("m00", [1, 2, 3], max_tokens=4, temperature=1.0, top_p=1e-300))
+        narrow = client.complete(
+            client.submit("m00", [1, 2, 3], max_tokens=4, temperature=1.0, top_p=1e-300)
+        )
         fine = client.complete(client.submit("m00", [1, 2, 3], max_tokens=4))
         restarts = node.proxy.restarts
-        with pytest.raises(RequestError, match="20000 tokens makes a .* over the 16380-byte ring slot"):
+        with pytest.raises(
+            RequestError, match="20000 tokens makes a .* over the 16380-byte ring slot"
+        ):
             client.submit("m00", [1] * 20000, max_tokens=4)
     assert "model nope is not served here" in unknown.error and unknown.finish_reason == "error"
     assert "the context holds 2048" in too_long.error
@@ -231,23 +277,35 @@ def test_devices_are_checked_before_anything_starts(twelve_models):
 
         with pytest.raises(ConfigError, match="no CUDA GPU; use --device cpu"):
             check_devices(("cuda:0",))
-        result = CliRunner().invoke(launch_main, ["start", "--devices", "0,1", "--cluster-id", "devtest"])
+        result = CliRunner().invoke(
+            launch_main, ["start", "--devices", "0,1", "--cluster-id", "devtest"]
+        )
         assert result.exit_code != 0 and "no CUDA GPU" in result.output
         assert not list(SHM_DIR.glob("*aegaeon-devtest-*"))
 
 
-def test_a_request_of_the_model_decoding_now_joins_its_batch_instead_of_waiting_for_the_turn(twelve_models):
+def test_a_request_of_the_model_decoding_now_joins_its_batch_instead_of_waiting_for_the_turn(
+    twelve_models,
+):
     model = "m01"
     models = {model: twelve_models[model]}
     with _node(models, "nodetest9", num_instances=2) as node:
         client = Client(node.proxy)
-        long = client.submit(model, _prompt_ids(models, model, PROMPTS[0]), max_tokens=600, ignore_eos=True)
+        long = client.submit(
+            model, _prompt_ids(models, model, PROMPTS[0]), max_tokens=600, ignore_eos=True
+        )
         stream = client.stream(long)
-        next(stream), next(stream)  # the second token comes from the decode worker: its turn is running
-        short = client.complete(client.submit(model, _prompt_ids(models, model, PROMPTS[1]), max_tokens=4,
-                                              ignore_eos=True))
+        (
+            next(stream),
+            next(stream),
+        )  # the second token comes from the decode worker: its turn is running
+        short = client.complete(
+            client.submit(
+                model, _prompt_ids(models, model, PROMPTS[1]), max_tokens=4, ignore_eos=True
+            )
+        )
         rest = [t for _, t in stream]
     assert short.error is None and len(short.token_ids) == 4 and len(rest) == 598
     # one decode instance, one model: the turn is the long request's until it ends (quota 4 s), so without
     # joining, the short one could only start after the long one finished
-    assert short.token_times[-1] < rest[-1], (short.token_times[-1] - rest[-1])
+    assert short.token_times[-1] < rest[-1], short.token_times[-1] - rest[-1]

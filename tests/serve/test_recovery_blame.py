@@ -32,19 +32,25 @@ def test_only_charged_losses_count_against_the_rerun_bound():
     recovery = Recovery(RecoveryConfig(max_reruns=2), table, router, relay=None, clock=lambda: 0.0)
     bystander = table.admit({"model": "a", "prompt_ids": (1, 2), "max_tokens": 4}, 0.0)
     culprit = table.admit({"model": "b", "prompt_ids": (1, 2), "max_tokens": 4}, 0.0)
-    for _ in range(5):  # five workers die, each computing the culprit's turn while it also held the bystander
+    for _ in range(
+        5
+    ):  # five workers die, each computing the culprit's turn while it also held the bystander
         recovery.rerun(bystander, "worker lost", charged=False)
         if not culprit.done:
             recovery.rerun(culprit, "worker lost", charged=True)
     assert not bystander.done and bystander.reruns == 5
-    assert culprit.done and culprit.suspected == 2 and router.dispatched.count(culprit.request_id) == 2
+    assert (
+        culprit.done and culprit.suspected == 2 and router.dispatched.count(culprit.request_id) == 2
+    )
 
 
 def test_a_rerun_counts_the_tokens_already_streamed_as_output_for_penalties_and_min_tokens():
     from aegaeon.ipc.messages import Tokens
     from aegaeon.worker.prefill import sampling_of
 
-    request = LiveRequest(Submit(7, "a", (1, 2, 3), 8, presence_penalty=0.5, min_tokens=4), arrival=0.0)
+    request = LiveRequest(
+        Submit(7, "a", (1, 2, 3), 8, presence_penalty=0.5, min_tokens=4), arrival=0.0
+    )
     request.listener = lambda message: None
     request.deliver(Tokens(7, (9, 9), (0.0, 0.0)))
     run = request.next_run()

@@ -3,17 +3,16 @@
 import pytest
 
 from aegaeon.client import Client
-from aegaeon.config.serving import EngineConfig
+from aegaeon.config.link import LinkConfig
+from aegaeon.config.serving import EngineConfig, NodeConfig
 from aegaeon.engine.local import LocalEngine as Engine
+from aegaeon.errors import LinkError
 from aegaeon.ipc.messages import Hello
 from aegaeon.ipc.shm import SHM_DIR
 from aegaeon.ipc.tcp import JoinLink
-from aegaeon.config.link import LinkConfig
-from aegaeon.errors import LinkError
 from aegaeon.models.maker import make_model
 from aegaeon.models.sampler import SamplingParams
 from aegaeon.serve.node import Node
-from aegaeon.config.serving import NodeConfig
 from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
 
 TOKEN = "loopback-test-token"
@@ -24,21 +23,37 @@ SLAB = 64 * 1024
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("pool")
-    return {f"m{i}": str(make_model(root / f"m{i}", SMALL_SHAPE if i % 2 else LARGE_SHAPE, seed=i)) for i in range(3)}
+    return {
+        f"m{i}": str(make_model(root / f"m{i}", SMALL_SHAPE if i % 2 else LARGE_SHAPE, seed=i))
+        for i in range(3)
+    }
 
 
 @pytest.fixture(scope="module")
 def expected(models):
     with Engine(models, EngineConfig(slab_bytes=SLAB, steps_per_turn=100)) as reference:
-        results = reference.generate([(m, p) for m in models for p in PROMPTS], SamplingParams(max_tokens=8))
+        results = reference.generate(
+            [(m, p) for m in models for p in PROMPTS], SamplingParams(max_tokens=8)
+        )
         return {(r.model, r.prompt_ids): r.token_ids for r in results}
 
 
 def node_config(models, cluster, role, address, instances, prefill, token=TOKEN, **extra):
-    return NodeConfig(models, instances, prefill, cluster_id=cluster,
-                      engine=EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20), host_kv_bytes=4 * 2**20,
-                      kv_slab_bytes=SLAB, threads_per_worker=1, link_role=role, link_address=address,
-                      link=LinkConfig(token, **extra), node_name=cluster, start_timeout=60)
+    return NodeConfig(
+        models,
+        instances,
+        prefill,
+        cluster_id=cluster,
+        engine=EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20),
+        host_kv_bytes=4 * 2**20,
+        kv_slab_bytes=SLAB,
+        threads_per_worker=1,
+        link_role=role,
+        link_address=address,
+        link=LinkConfig(token, **extra),
+        node_name=cluster,
+        start_timeout=60,
+    )
 
 
 def serve_across(models, expected, head_prefill: int, join_prefill: int):
@@ -57,8 +72,12 @@ def serve_across(models, expected, head_prefill: int, join_prefill: int):
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
     for (model, ids), result in zip(requests, results):
         assert result.token_ids == expected[(model, tuple(ids))], model
-    assert not list(SHM_DIR.glob("*aegaeon-tcphead-*")) and not list(SHM_DIR.glob("*aegaeon-tcpjoin-*"))
-    assert {link.worker_id for link in remote} <= traced  # a joined worker's traces carry its cluster-wide id
+    assert not list(SHM_DIR.glob("*aegaeon-tcphead-*")) and not list(
+        SHM_DIR.glob("*aegaeon-tcpjoin-*")
+    )
+    assert {
+        link.worker_id for link in remote
+    } <= traced  # a joined worker's traces carry its cluster-wide id
     return remote
 
 
@@ -78,15 +97,21 @@ def test_a_wrong_token_is_refused_and_the_head_keeps_serving(models, expected):
     try:
         address = f"127.0.0.1:{head.link.port}"
         with pytest.raises(LinkError, match="refused this node: wrong cluster token"):
-            Node(node_config(models, "tcpjoin2", "join", address, 1, 0, token="not-the-token")).start()
+            Node(
+                node_config(models, "tcpjoin2", "join", address, 1, 0, token="not-the-token")
+            ).start()
         assert not list(SHM_DIR.glob("*aegaeon-tcpjoin2-*"))  # the refused node cleaned up
-        link = JoinLink("127.0.0.1", head.link.port, LinkConfig(TOKEN), lambda m: None, lambda: None)
+        link = JoinLink(
+            "127.0.0.1", head.link.port, LinkConfig(TOKEN), lambda m: None, lambda: None
+        )
         try:
             with pytest.raises(LinkError, match="models .* differ"):
                 link.join(Hello("odd", ("decode",), ("other-model",)), timeout=10)
         finally:
             link.close()
-        assert head.link.refused >= 2 and not head.link.peers  # (ZeroMQ may retry a failed handshake)
+        assert (
+            head.link.refused >= 2 and not head.link.peers
+        )  # (ZeroMQ may retry a failed handshake)
         (model, ids), want = next(iter(expected.items()))
         result = Client(head.proxy, timeout=60).complete_many([(model, list(ids))], max_tokens=8)[0]
         assert result.error is None and result.token_ids == want
@@ -98,8 +123,9 @@ def _launch(*args):
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "aegaeon.launch", "start", *args], stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "aegaeon.launch", "start", *args], stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_two_launches_on_loopback_serve_http_and_survive_losing_the_joined_node(models, tmp_path):
@@ -112,27 +138,71 @@ def test_two_launches_on_loopback_serve_http_and_survive_losing_the_joined_node(
 
     model = models["m1"]
     http_port, link_port = _free_port(), _free_port()
-    head = _launch("--models", f"solo={model}", "--num-instances", "1", "--prefill-instances", "1",
-                   "--cluster-id", "lhead", "--port", str(http_port), "--head", "--link-listen",
-                   f"127.0.0.1:{link_port}", "--token", TOKEN, "--heartbeat-timeout", "2")
+    head = _launch(
+        "--models",
+        f"solo={model}",
+        "--num-instances",
+        "1",
+        "--prefill-instances",
+        "1",
+        "--cluster-id",
+        "lhead",
+        "--port",
+        str(http_port),
+        "--head",
+        "--link-listen",
+        f"127.0.0.1:{link_port}",
+        "--token",
+        TOKEN,
+        "--heartbeat-timeout",
+        "2",
+    )
     joined = wrong = None
     try:
         url = f"http://127.0.0.1:{http_port}"
         _wait_healthy(url, head, statuses=(503,))  # up, and honest: no decode worker yet
         assert "no decode worker" in httpx.get(f"{url}/health").json()["reason"]
-        wrong = _launch("--models", f"solo={model}", "--num-instances", "1", "--prefill-instances", "0",
-                        "--cluster-id", "lwrong", "--join", f"127.0.0.1:{link_port}", "--token", "a-wrong-token")
+        wrong = _launch(
+            "--models",
+            f"solo={model}",
+            "--num-instances",
+            "1",
+            "--prefill-instances",
+            "0",
+            "--cluster-id",
+            "lwrong",
+            "--join",
+            f"127.0.0.1:{link_port}",
+            "--token",
+            "a-wrong-token",
+        )
         assert wrong.wait(timeout=90) != 0
         assert "refused this node: wrong cluster token" in wrong.stderr.read()
-        joined = _launch("--models", f"solo={model}", "--num-instances", "1", "--prefill-instances", "0",
-                         "--cluster-id", "ljoin", "--join", f"127.0.0.1:{link_port}", "--token", TOKEN,
-                         "--heartbeat-timeout", "2")
+        joined = _launch(
+            "--models",
+            f"solo={model}",
+            "--num-instances",
+            "1",
+            "--prefill-instances",
+            "0",
+            "--cluster-id",
+            "ljoin",
+            "--join",
+            f"127.0.0.1:{link_port}",
+            "--token",
+            TOKEN,
+            "--heartbeat-timeout",
+            "2",
+        )
         deadline = time.monotonic() + 90
         while httpx.get(f"{url}/health").json()["workers"]["decode"] < 1:
             assert time.monotonic() < deadline and joined.poll() is None, "the node did not join"
             time.sleep(0.2)
-        reply = httpx.post(f"{url}/v1/completions", json={"model": "solo", "prompt": "hi", "max_tokens": 4},
-                           timeout=60)
+        reply = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "solo", "prompt": "hi", "max_tokens": 4},
+            timeout=60,
+        )
         assert reply.status_code == 200, reply.text
         assert reply.json()["usage"]["completion_tokens"] == 4
         joined.kill()  # the joined node vanishes without a word: the head notices by heartbeat
@@ -141,8 +211,11 @@ def test_two_launches_on_loopback_serve_http_and_survive_losing_the_joined_node(
         while httpx.get(f"{url}/health").json()["workers"]["decode"] > 0:
             assert time.monotonic() < deadline, "the head did not notice the lost node"
             time.sleep(0.2)
-        reply = httpx.post(f"{url}/v1/completions", json={"model": "solo", "prompt": "hi", "max_tokens": 4},
-                           timeout=60)
+        reply = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "solo", "prompt": "hi", "max_tokens": 4},
+            timeout=60,
+        )
         assert reply.status_code == 503 and "no decode worker" in reply.json()["error"]["message"]
         head.send_signal(signal.SIGTERM)
         assert head.wait(timeout=60) == 0
@@ -185,43 +258,107 @@ def test_two_nodes_in_separate_network_namespaces(models):
     pid = os.getpid()
     head_ns, join_ns = f"aeghead{pid}", f"aegjoin{pid}"
     head_ip, join_ip = "10.231.0.1", "10.231.0.2"
-    setup = [["ip", "netns", "add", head_ns], ["ip", "netns", "add", join_ns],
-             ["ip", "link", "add", f"aegh{pid % 10000}", "netns", head_ns, "type", "veth", "peer", "name",
-              f"aegj{pid % 10000}", "netns", join_ns],
-             ["ip", "-n", head_ns, "addr", "add", f"{head_ip}/24", "dev", f"aegh{pid % 10000}"],
-             ["ip", "-n", join_ns, "addr", "add", f"{join_ip}/24", "dev", f"aegj{pid % 10000}"],
-             ["ip", "-n", head_ns, "link", "set", f"aegh{pid % 10000}", "up"],
-             ["ip", "-n", join_ns, "link", "set", f"aegj{pid % 10000}", "up"],
-             ["ip", "-n", head_ns, "link", "set", "lo", "up"], ["ip", "-n", join_ns, "link", "set", "lo", "up"]]
+    setup = [
+        ["ip", "netns", "add", head_ns],
+        ["ip", "netns", "add", join_ns],
+        [
+            "ip",
+            "link",
+            "add",
+            f"aegh{pid % 10000}",
+            "netns",
+            head_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"aegj{pid % 10000}",
+            "netns",
+            join_ns,
+        ],
+        ["ip", "-n", head_ns, "addr", "add", f"{head_ip}/24", "dev", f"aegh{pid % 10000}"],
+        ["ip", "-n", join_ns, "addr", "add", f"{join_ip}/24", "dev", f"aegj{pid % 10000}"],
+        ["ip", "-n", head_ns, "link", "set", f"aegh{pid % 10000}", "up"],
+        ["ip", "-n", join_ns, "link", "set", f"aegj{pid % 10000}", "up"],
+        ["ip", "-n", head_ns, "link", "set", "lo", "up"],
+        ["ip", "-n", join_ns, "link", "set", "lo", "up"],
+    ]
     procs = []
     try:
         for cmd in setup:
             subprocess.run(cmd, check=True, capture_output=True)
-        launch = [sys.executable, "-m", "aegaeon.launch", "start", "--models", f"solo={models['m1']}",
-                  "--num-instances", "1", "--token", TOKEN]
-        head = subprocess.Popen(["ip", "netns", "exec", head_ns, *launch, "--prefill-instances", "1",
-                                 "--cluster-id", "nshead", "--host", head_ip, "--port", "8000", "--head",
-                                 "--link-listen", f"{head_ip}:7070"], stderr=subprocess.DEVNULL)
+        launch = [
+            sys.executable,
+            "-m",
+            "aegaeon.launch",
+            "start",
+            "--models",
+            f"solo={models['m1']}",
+            "--num-instances",
+            "1",
+            "--token",
+            TOKEN,
+        ]
+        head = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                head_ns,
+                *launch,
+                "--prefill-instances",
+                "1",
+                "--cluster-id",
+                "nshead",
+                "--host",
+                head_ip,
+                "--port",
+                "8000",
+                "--head",
+                "--link-listen",
+                f"{head_ip}:7070",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(head)
-        joined = subprocess.Popen(["ip", "netns", "exec", join_ns, *launch, "--prefill-instances", "0",
-                                   "--cluster-id", "nsjoin", "--join", f"{head_ip}:7070"],
-                                  stderr=subprocess.DEVNULL)
+        joined = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                join_ns,
+                *launch,
+                "--prefill-instances",
+                "0",
+                "--cluster-id",
+                "nsjoin",
+                "--join",
+                f"{head_ip}:7070",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(joined)
-        ask = ("import json, sys, time, urllib.request\n"
-               "deadline = time.time() + 120\n"
-               "while True:\n"
-               "    try:\n"
-               f"        health = json.load(urllib.request.urlopen('http://{head_ip}:8000/health', timeout=2))\n"
-               "        if health['workers']['decode'] and health['remote_workers']: break\n"
-               "    except OSError: pass\n"
-               "    if time.time() > deadline: sys.exit('the nodes did not come up')\n"
-               "    time.sleep(0.3)\n"
-               f"request = urllib.request.Request('http://{head_ip}:8000/v1/completions', method='POST',\n"
-               "    data=json.dumps({'model': 'solo', 'prompt': 'hi', 'max_tokens': 4}).encode(),\n"
-               "    headers={'Content-Type': 'application/json'})\n"
-               "print(json.load(urllib.request.urlopen(request, timeout=60))['usage']['completion_tokens'])\n")
-        answer = subprocess.run(["ip", "netns", "exec", head_ns, sys.executable, "-c", ask], capture_output=True,
-                                text=True, timeout=180)
+        ask = (
+            "import json, sys, time, urllib.request\n"
+            "deadline = time.time() + 120\n"
+            "while True:\n"
+            "    try:\n"
+            f"        health = json.load(urllib.request.urlopen('http://{head_ip}:8000/health', timeout=2))\n"
+            "        if health['workers']['decode'] and health['remote_workers']: break\n"
+            "    except OSError: pass\n"
+            "    if time.time() > deadline: sys.exit('the nodes did not come up')\n"
+            "    time.sleep(0.3)\n"
+            f"request = urllib.request.Request('http://{head_ip}:8000/v1/completions', method='POST',\n"
+            "    data=json.dumps({'model': 'solo', 'prompt': 'hi', 'max_tokens': 4}).encode(),\n"
+            "    headers={'Content-Type': 'application/json'})\n"
+            "print(json.load(urllib.request.urlopen(request, timeout=60))['usage']['completion_tokens'])\n"
+        )
+        answer = subprocess.run(
+            ["ip", "netns", "exec", head_ns, sys.executable, "-c", ask],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert answer.returncode == 0 and answer.stdout.strip() == "4", answer.stderr
         for proc in (joined, head):
             proc.send_signal(signal.SIGTERM)
@@ -234,4 +371,6 @@ def test_two_nodes_in_separate_network_namespaces(models):
         subprocess.run(["ip", "netns", "del", head_ns], capture_output=True)
         subprocess.run(["ip", "netns", "del", join_ns], capture_output=True)
     time.sleep(0.5)
-    assert not list(SHM_DIR.glob("*aegaeon-nshead-*")) and not list(SHM_DIR.glob("*aegaeon-nsjoin-*"))
+    assert not list(SHM_DIR.glob("*aegaeon-nshead-*")) and not list(
+        SHM_DIR.glob("*aegaeon-nsjoin-*")
+    )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from aegaeon.config.sim import SimConfig
 from aegaeon.engine.executor import SeqUpdate
 from aegaeon.engine.runner import SwitchRecord
 from aegaeon.ipc.messages import StepDone
@@ -24,7 +25,6 @@ from aegaeon.serve.requests import RequestTable
 from aegaeon.serve.router import Router
 from aegaeon.sim.aegaeon_system import AegaeonSystem
 from aegaeon.sim.core import EventLoop
-from aegaeon.config.sim import SimConfig
 from aegaeon.sim.decode_instance import SimDecodeInstance
 from aegaeon.worker.decode_loop import DecodeLoop
 
@@ -133,18 +133,30 @@ class Arrivals:
 
 def decode_workload(seed, count=60, span=20.0):
     rng = random.Random(seed)
-    specs = [RequestSpec(i, rng.choice("abc"), rng.uniform(0, span), rng.randrange(8, 200), rng.randrange(2, 400))
-             for i in range(count)]
+    specs = [
+        RequestSpec(
+            i, rng.choice("abc"), rng.uniform(0, span), rng.randrange(8, 200), rng.randrange(2, 400)
+        )
+        for i in range(count)
+    ]
     return sorted(specs, key=lambda s: s.arrival)
 
 
 def live_turns(specs, rounds, capacity):
     clock, cost = FakeClock(), RecordedCost()
     executor = RecordedExecutor(clock, cost)
-    measured = MeasuredCost(prior=cost)  # learns from the recorded steps; the same times the simulator has
+    measured = MeasuredCost(
+        prior=cost
+    )  # learns from the recorded steps; the same times the simulator has
     hooks = Arrivals(specs, clock, executor)
-    loop = DecodeLoop(executor, WeightedRoundRobin(measured, rounds, capacity), measured, clock, hooks,
-                      record_turns=True)
+    loop = DecodeLoop(
+        executor,
+        WeightedRoundRobin(measured, rounds, capacity),
+        measured,
+        clock,
+        hooks,
+        record_turns=True,
+    )
     hooks.loop = loop
     while hooks.pending or loop.live:
         if not loop.live:
@@ -156,7 +168,9 @@ def live_turns(specs, rounds, capacity):
 
 def sim_turns(specs, rounds, capacity):
     loop, cost = EventLoop(), RecordedCost()
-    instance = SimDecodeInstance(loop, cost, WeightedRoundRobin(cost, rounds, capacity), record_turns=True)
+    instance = SimDecodeInstance(
+        loop, cost, WeightedRoundRobin(cost, rounds, capacity), record_turns=True
+    )
     for spec in specs:
         state = RequestState(spec, token_times=[spec.arrival])
         loop.at(spec.arrival, lambda s=state: instance.arrive(s))
@@ -175,7 +189,9 @@ def assert_same_turns(live, sim):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_decode_turns_of_the_live_worker_loop_and_the_simulator_are_identical(seed):
     specs = decode_workload(seed)
-    rounds = RoundConfig(tpot_slo=0.1, max_quota=4.0, max_batch=8)  # a small cap: batches fill and refill
+    rounds = RoundConfig(
+        tpot_slo=0.1, max_quota=4.0, max_batch=8
+    )  # a small cap: batches fill and refill
     assert_same_turns(live_turns(specs, rounds, 10**9), sim_turns(specs, rounds, 10**9))
 
 
@@ -198,16 +214,26 @@ def live_groups(specs, instances):
     while events:
         clock.now, kind, _, item = heapq.heappop(events)
         if kind == 0:
-            request = table.admit(dict(model=item.model, prompt_ids=(1,) * item.input_len, max_tokens=item.output_len),
-                                  item.arrival)
+            request = table.admit(
+                dict(
+                    model=item.model, prompt_ids=(1,) * item.input_len, max_tokens=item.output_len
+                ),
+                item.arrival,
+            )
             router.dispatch(request)
         else:
-            router.group_done(links[item.instance], StepDone(item.model, 1, item.busy_until - item.started,
-                                                             item.switch))
-        for start_time, start in router.group_log[seen:]:  # groups started now: their completion is recorded
+            router.group_done(
+                links[item.instance],
+                StepDone(item.model, 1, item.busy_until - item.started, item.switch),
+            )
+        for start_time, start in router.group_log[
+            seen:
+        ]:  # groups started now: their completion is recorded
             loaded = _loaded_before(router.group_log[:seen], start.instance)
             switch = cost.switch_time(loaded, start.model)
-            heapq.heappush(events, (start.busy_until, 1, -start.instance, _Done(start, start_time, switch)))
+            heapq.heappush(
+                events, (start.busy_until, 1, -start.instance, _Done(start, start_time, switch))
+            )
         seen = len(router.group_log)
     return router.group_log
 
@@ -250,9 +276,16 @@ def sim_groups(specs, instances):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_prefill_groups_of_the_proxy_router_and_the_simulator_are_identical(seed):
     rng = random.Random(seed)
-    specs = sorted((RequestSpec(i, rng.choice("abc"), rng.uniform(0, 8), rng.randrange(100, 2000), 1)
-                    for i in range(80)), key=lambda s: s.arrival)
-    specs = [RequestSpec(i, s.model, s.arrival, s.input_len, s.output_len) for i, s in enumerate(specs)]
+    specs = sorted(
+        (
+            RequestSpec(i, rng.choice("abc"), rng.uniform(0, 8), rng.randrange(100, 2000), 1)
+            for i in range(80)
+        ),
+        key=lambda s: s.arrival,
+    )
+    specs = [
+        RequestSpec(i, s.model, s.arrival, s.input_len, s.output_len) for i, s in enumerate(specs)
+    ]
     live, sim = live_groups(specs, 3), sim_groups(specs, 3)
     assert len(live) == len(sim) and any(len(g.requests) > 1 for _, g in live)
     for (t_live, a), (t_sim, b) in zip(live, sim):

@@ -2,30 +2,50 @@
 
 import pytest
 
-from aegaeon.bench.sim_vs_live import DecodeCalibration, MarketProfile, decode_scale, fit_calibration
+from aegaeon.bench.sim_vs_live import (
+    DecodeCalibration,
+    MarketProfile,
+    decode_scale,
+    fit_calibration,
+)
 from aegaeon.profiles import H100_LINK
 from aegaeon.sched.cost import ModelCost
 
 
 def _cost(name, hidden):
     """Steps of a few ms, as on this machine: 2 ms and up fixed, 0.1-0.2 ms per sequence, more with context."""
-    return ModelCost(name, hidden, 2 * hidden, 16, 10**6, 512, 4096, (1e-12, 0.0, 1e-3), (6e-8, 2e-9, 3e-9))
+    return ModelCost(
+        name, hidden, 2 * hidden, 16, 10**6, 512, 4096, (1e-12, 0.0, 1e-3), (6e-8, 2e-9, 3e-9)
+    )
 
 
-MARKET = MarketProfile({"synth_model_00": _cost("small", 64), "synth_model_01": _cost("large", 96)}, H100_LINK,
-                       (), "test")
+MARKET = MarketProfile(
+    {"synth_model_00": _cost("small", 64), "synth_model_01": _cost("large", 96)},
+    H100_LINK,
+    (),
+    "test",
+)
 
 
 def _live(serving):
     """A live result whose quanta took serving(profiled step, batch) per step."""
     quanta = []
-    for i, (batch, context, steps) in enumerate([(1, 40, 30), (2, 300, 12), (4, 900, 20), (7, 2000, 5),
-                                                 (3, 150, 40), (5, 1200, 9)]):
+    for i, (batch, context, steps) in enumerate(
+        [(1, 40, 30), (2, 300, 12), (4, 900, 20), (7, 2000, 5), (3, 150, 40), (5, 1200, 9)]
+    ):
         model = f"synth_model_0{i % 2}"
         profiled = MARKET.costs[model].decode_time(batch, context)
         step = serving(profiled, batch)
-        quanta.append({"model": model, "steps": steps, "batch": batch, "context": context,
-                       "seconds": 0.9 * step * steps, "wall": step * steps})
+        quanta.append(
+            {
+                "model": model,
+                "steps": steps,
+                "batch": batch,
+                "context": context,
+                "seconds": 0.9 * step * steps,
+                "wall": step * steps,
+            }
+        )
     return {"trace": {"quanta": quanta}}
 
 
@@ -45,12 +65,16 @@ def test_the_fit_recovers_scale_and_overheads_and_rewrites_the_profile_with_them
 def test_a_negative_overhead_is_dropped_rather_than_fitted():
     live = _live(lambda profiled, batch: 1.2 * profiled - 1e-5 * batch)
     calibration = fit_calibration([live], MARKET)
-    assert calibration.per_sequence == 0.0 and calibration.per_step >= 0.0 and calibration.scale > 1.0
+    assert (
+        calibration.per_sequence == 0.0 and calibration.per_step >= 0.0 and calibration.scale > 1.0
+    )
 
 
 def test_no_quanta_leave_the_profile_as_it_is_and_the_ratio_uses_wall_time():
     assert fit_calibration([{"trace": {"quanta": []}}], MARKET) == DecodeCalibration()
-    live = _live(lambda profiled, batch: 1.5 * profiled)  # the steps alone took 0.9 of the wall time
+    live = _live(
+        lambda profiled, batch: 1.5 * profiled
+    )  # the steps alone took 0.9 of the wall time
     assert decode_scale(live, MARKET) == pytest.approx(1.5)
 
 
@@ -84,8 +108,17 @@ def test_each_run_is_predicted_from_a_calibration_on_the_other_runs_only(monkeyp
         def __exit__(self, *exc):
             return False
 
-    rows = svl.compare_points(E2ERun(num_models=2), [(2, 1.0), (2, 2.0)], [0, 1], tmp_path, tmp_path, MARKET, [],
-                              lambda label: Quiet(), lambda seed, comparison: None)
+    rows = svl.compare_points(
+        E2ERun(num_models=2),
+        [(2, 1.0), (2, 2.0)],
+        [0, 1],
+        tmp_path,
+        tmp_path,
+        MARKET,
+        [],
+        lambda label: Quiet(),
+        lambda seed, comparison: None,
+    )
     assert [(r.num_models, r.rate) for r in rows] == [(2, 1.0), (2, 2.0)]
     assert all(len(r.comparisons) == 2 for r in rows)
     for key, calibration in predicted.items():
@@ -106,15 +139,21 @@ def test_behind_an_emulated_link_the_simulator_copies_at_exactly_its_rate(monkey
         return [], {}
 
     monkeypatch.setattr(svl, "simulate", fake_simulate)
-    monkeypatch.setattr(svl, "result_record", lambda *args, source: args[6])  # the run's extra fields
+    monkeypatch.setattr(
+        svl, "result_record", lambda *args, source: args[6]
+    )  # the run's extra fields
     requests = [RequestSpec(0, "synth_model_00", 0.0, 8, 4)]
-    record = svl.simulate_like_live(E2ERun(num_models=2, instances=2, link_gbps=0.02), requests, MARKET)
+    record = svl.simulate_like_live(
+        E2ERun(num_models=2, instances=2, link_gbps=0.02), requests, MARKET
+    )
     cost = seen["cost"]
     assert record["link_gbps"] == 0.02
     # a weight copy of 10**6 bytes and a swap of 4 MB at 0.02 GB/s, whatever share the measured link had
     assert cost.switch_time(None, "synth_model_00") == pytest.approx(10**6 / 0.02e9, rel=1e-12)
     fast = cost.with_switch_efficiency(cost.link.fast_switch_efficiency)
-    assert fast.switch_time("synth_model_01", "synth_model_00") == pytest.approx(10**6 / 0.02e9, rel=1e-12)
+    assert fast.switch_time("synth_model_01", "synth_model_00") == pytest.approx(
+        10**6 / 0.02e9, rel=1e-12
+    )
     assert cost.swap_time(4 * 10**6) == pytest.approx(4 * 10**6 / 0.02e9, rel=1e-12)
     svl.simulate_like_live(E2ERun(num_models=2, instances=2), requests, MARKET)
     assert seen["cost"].link == MARKET.link  # without the option, the measured link

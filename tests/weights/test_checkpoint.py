@@ -20,8 +20,10 @@ def test_a_valid_checkpoint_lists_every_tensor_with_its_file_offset(ckpt):
     tensors = load_file(str(ckpt / "model.safetensors"))
     data = (ckpt / "model.safetensors").read_bytes()
     for name, source in opened.tensors.items():
-        raw = data[source.offset: source.offset + source.nbytes]
-        assert torch.equal(torch.frombuffer(bytearray(raw), dtype=torch.float32).view(source.shape), tensors[name])
+        raw = data[source.offset : source.offset + source.nbytes]
+        assert torch.equal(
+            torch.frombuffer(bytearray(raw), dtype=torch.float32).view(source.shape), tensors[name]
+        )
 
 
 def test_missing_config_names_the_model(ckpt):
@@ -48,7 +50,9 @@ def test_wrong_tensor_shape_is_named(ckpt):
     tensors = load_file(str(ckpt / "model.safetensors"))
     tensors["model.layers.1.mlp.up_proj.weight"] = torch.zeros(3, 3)
     save_file(tensors, str(ckpt / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"model.layers.1.mlp.up_proj.weight has shape \(3, 3\)"):
+    with pytest.raises(
+        CheckpointError, match=r"model.layers.1.mlp.up_proj.weight has shape \(3, 3\)"
+    ):
         open_checkpoint(ckpt)
 
 

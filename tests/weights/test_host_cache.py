@@ -15,7 +15,12 @@ from aegaeon.weights.host_cache import HostWeightCache
 @pytest.fixture
 def two_models(tmp_path):
     a = make_model(tmp_path / "a", config_for("llama"), seed=1)
-    b = make_model(tmp_path / "b", config_for("qwen2", hidden=96, heads=6, kv_heads=3), seed=2, shard_bytes=60_000)
+    b = make_model(
+        tmp_path / "b",
+        config_for("qwen2", hidden=96, heads=6, kv_heads=3),
+        seed=2,
+        shard_bytes=60_000,
+    )
     return [open_checkpoint(a), open_checkpoint(b)]
 
 
@@ -84,8 +89,10 @@ def test_a_stale_cache_segment_of_a_crashed_run_is_removed_at_start(two_models):
     import subprocess
     import sys
 
-    code = ("import os; from aegaeon.ipc.shm import ShmNamespace; ns = ShmNamespace('hcache6').claim(); "
-            "ns.create_segment('weights', 4096); os._exit(0)")
+    code = (
+        "import os; from aegaeon.ipc.shm import ShmNamespace; ns = ShmNamespace('hcache6').claim(); "
+        "ns.create_segment('weights', 4096); os._exit(0)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (SHM_DIR / "aegaeon-hcache6-weights").exists()
     with ShmNamespace("hcache6") as ns:
@@ -140,7 +147,9 @@ def test_another_process_attaches_the_node_cache_and_reads_the_weights_once_read
     with ShmNamespace("hcache9") as ns:
         cache = HostWeightCache(ns, two_models)
         out = ctx.Queue()
-        child = ctx.Process(target=_attached_reader, args=("hcache9", [c.path for c in two_models], out))
+        child = ctx.Process(
+            target=_attached_reader, args=("hcache9", [c.path for c in two_models], out)
+        )
         child.start()
         cache.start_prefetch(order=["b"])
         result = out.get(timeout=120)

@@ -7,8 +7,15 @@ import pytest
 
 from aegaeon.config import PAPER_MIX, PAPER_MODELS
 from aegaeon.errors import ConfigError
-from aegaeon.workload import (MIN_OUTPUT_TOKENS, WorkloadSpec, format_time, generate, load_workload, parse_time,
-                              write_workload)
+from aegaeon.workload import (
+    MIN_OUTPUT_TOKENS,
+    WorkloadSpec,
+    format_time,
+    generate,
+    load_workload,
+    parse_time,
+    write_workload,
+)
 
 PAPER_FILE = Path(__file__).resolve().parents[1] / "data" / "synth-16-0.1-1.0-1.0.csv"
 
@@ -16,8 +23,12 @@ PAPER_FILE = Path(__file__).resolve().parents[1] / "data" / "synth-16-0.1-1.0-1.
 def test_the_papers_workload_file_loads_unchanged(tmp_path):
     requests = load_workload(PAPER_FILE)
     assert len(requests) == 156
-    assert (requests[0].arrival, requests[0].model, requests[0].input_len, requests[0].output_len) == (
-        0.418, "synth_model_08", 168, 416)
+    assert (
+        requests[0].arrival,
+        requests[0].model,
+        requests[0].input_len,
+        requests[0].output_len,
+    ) == (0.418, "synth_model_08", 168, 416)
     write_workload(tmp_path / "copy.csv", requests)
     assert (tmp_path / "copy.csv").read_text() == PAPER_FILE.read_text()
 
@@ -25,8 +36,12 @@ def test_the_papers_workload_file_loads_unchanged(tmp_path):
 def test_file_name_follows_the_papers_pattern():
     assert WorkloadSpec(8, 0.1, 60).filename == "synth-8-0.1-1.0-1.0.csv"
     assert WorkloadSpec(40, 0.55, 60, 2.0, 0.5).filename == "synth-40-0.55-2.0-0.5.csv"
-    with pytest.raises(ConfigError, match="--inlen-scale 0.25: workload file names keep one decimal"):
-        WorkloadSpec(8, 0.1, 60, 0.25).filename  # would share synth-8-0.1-0.2-1.0.csv with scale 0.2
+    with pytest.raises(
+        ConfigError, match="--inlen-scale 0.25: workload file names keep one decimal"
+    ):
+        WorkloadSpec(
+            8, 0.1, 60, 0.25
+        ).filename  # would share synth-8-0.1-0.2-1.0.csv with scale 0.2
 
 
 def test_generation_is_deterministic_per_seed_and_models_have_their_own_streams():
@@ -34,7 +49,10 @@ def test_generation_is_deterministic_per_seed_and_models_have_their_own_streams(
     assert a == generate(WorkloadSpec(8, 0.2, 200, seed=3))
     assert a != generate(WorkloadSpec(8, 0.2, 200, seed=4))
     more = generate(WorkloadSpec(9, 0.2, 200, seed=3))
-    strip = lambda reqs: [(r.model, r.arrival, r.input_len) for r in reqs if r.model != "synth_model_08"]
+
+    def strip(reqs):
+        return [(r.model, r.arrival, r.input_len) for r in reqs if r.model != "synth_model_08"]
+
     assert strip(more) == strip(a)
 
 
@@ -62,7 +80,9 @@ def test_lengths_follow_sharegpt_scaled_and_capped():
 def test_model_mix_maps_index_to_the_papers_models():
     reqs = generate(WorkloadSpec(10, 1.0, 200, seed=5))
     yi_or_llama = {r.model for r in reqs if r.input_len + r.output_len > 4096}
-    assert yi_or_llama <= {f"synth_model_0{i}" for i in range(6)}  # only Qwen has a context above 4096
+    assert yi_or_llama <= {
+        f"synth_model_0{i}" for i in range(6)
+    }  # only Qwen has a context above 4096
 
 
 def test_time_format_round_trips():
@@ -72,14 +92,26 @@ def test_time_format_round_trips():
         parse_time("5.0")
 
 
-@pytest.mark.parametrize("body,message", [
-    ("Request Time,Model Name,Input Length\n00:00:01.000,m,1\n", "header"),
-    ("Request Time,Model Name,Input Length,Output Length\n00:00:01.000,m,-3,4\n", ":2: lengths"),
-    ("Request Time,Model Name,Input Length,Output Length\n00:00:02.000,m,3,4\n00:00:01.000,m,3,4\n", ":3: time"),
-    ("Request Time,Model Name,Input Length,Output Length\n00:00:01.000,m,x,4\n", ":2:"),
-    ("Request Time,Model Name,Input Length,Output Length\n", "no requests"),
-    ("Request Time,Model Name,Input Length,Output Length\n00:00:01.000,m,3\n", "expected 4 columns"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("Request Time,Model Name,Input Length\n00:00:01.000,m,1\n", "header"),
+        (
+            "Request Time,Model Name,Input Length,Output Length\n00:00:01.000,m,-3,4\n",
+            ":2: lengths",
+        ),
+        (
+            "Request Time,Model Name,Input Length,Output Length\n00:00:02.000,m,3,4\n00:00:01.000,m,3,4\n",
+            ":3: time",
+        ),
+        ("Request Time,Model Name,Input Length,Output Length\n00:00:01.000,m,x,4\n", ":2:"),
+        ("Request Time,Model Name,Input Length,Output Length\n", "no requests"),
+        (
+            "Request Time,Model Name,Input Length,Output Length\n00:00:01.000,m,3\n",
+            "expected 4 columns",
+        ),
+    ],
+)
 def test_malformed_files_name_the_file_and_line(tmp_path, body, message):
     path = tmp_path / "bad.csv"
     path.write_text(body)

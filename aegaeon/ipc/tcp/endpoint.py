@@ -21,7 +21,9 @@ from aegaeon.ipc.messages import MessageError, decode, encode
 log = logging.getLogger(__name__)
 
 HIGH_WATER_MARK = 10_000  # frames queued per peer before ZeroMQ pushes back
-CHUNK_BYTES = 8192  # payload of one ZeroMQ frame: what a peer can make the head buffer before it is cut off
+CHUNK_BYTES = (
+    8192  # payload of one ZeroMQ frame: what a peer can make the head buffer before it is cut off
+)
 # A frame on the wire: a chunk, its more-flag and CURVE's box (about 40 bytes); the handshake's commands
 # (HELLO 200 bytes, INITIATE a few hundred) fit too.
 WIRE_FRAME_BYTES = CHUNK_BYTES + 256
@@ -42,8 +44,11 @@ class LinkKeys:
 def link_keys(token: str) -> LinkKeys:
     """Both key pairs, derived from the cluster token: whoever knows the token can join, and nobody learns it
     from the wire. Curve25519 takes any 32 bytes as a secret key (it clamps them)."""
+
     def pair(role: str) -> tuple[bytes, bytes]:
-        secret = zmq.utils.z85.encode(hashlib.sha256(f"aegaeon-link/{role}/".encode() + token.encode()).digest())
+        secret = zmq.utils.z85.encode(
+            hashlib.sha256(f"aegaeon-link/{role}/".encode() + token.encode()).digest()
+        )
         return zmq.curve_public(secret), secret
 
     head_public, head_secret = pair("head")
@@ -52,7 +57,7 @@ def link_keys(token: str) -> LinkKeys:
 
 
 def _chunks(frame: bytes) -> list[bytes]:
-    pieces = [frame[i:i + CHUNK_BYTES] for i in range(0, len(frame), CHUNK_BYTES)] or [b""]
+    pieces = [frame[i : i + CHUNK_BYTES] for i in range(0, len(frame), CHUNK_BYTES)] or [b""]
     return [_MORE + piece for piece in pieces[:-1]] + [_LAST + pieces[-1]]
 
 
@@ -71,8 +76,12 @@ class LinkEndpoint:
         self.socket.setsockopt(zmq.LINGER, 0)
         # one entry per message: its peer and its chunks, so that concurrent senders never interleave chunks
         self._outgoing: queue.Queue[tuple[bytes | None, list[bytes]]] = queue.Queue()
-        self._held: tuple[bytes | None, list[bytes]] | None = None  # a message partly sent (high-water mark)
-        self._partial: dict[bytes | None, bytearray | None] = {}  # per peer: chunks so far (None: discarding)
+        self._held: tuple[bytes | None, list[bytes]] | None = (
+            None  # a message partly sent (high-water mark)
+        )
+        self._partial: dict[
+            bytes | None, bytearray | None
+        ] = {}  # per peer: chunks so far (None: discarding)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -88,8 +97,10 @@ class LinkEndpoint:
         """Queue `message` for `peer` (ROUTER) or the head (DEALER); safe from any thread."""
         frame = encode(message)
         if len(frame) > self.config.max_frame_bytes:
-            raise LinkError(f"a {type(message).__name__} of {len(frame)} bytes exceeds the link's frame limit of "
-                            f"{self.config.max_frame_bytes} bytes (--max-frame-mib)")
+            raise LinkError(
+                f"a {type(message).__name__} of {len(frame)} bytes exceeds the link's frame limit of "
+                f"{self.config.max_frame_bytes} bytes (--max-frame-mib)"
+            )
         self._outgoing.put((peer, _chunks(frame)))
         self._wake()
 
@@ -172,8 +183,10 @@ class LinkEndpoint:
         buffer = self._partial[peer]
         if buffer is not None:
             if len(buffer) + len(payload) > self.config.max_frame_bytes:
-                log.warning("link: dropped a message of more than %d bytes (--max-frame-mib)",
-                            self.config.max_frame_bytes)
+                log.warning(
+                    "link: dropped a message of more than %d bytes (--max-frame-mib)",
+                    self.config.max_frame_bytes,
+                )
                 buffer = self._partial[peer] = None
             else:
                 buffer += payload
@@ -199,15 +212,19 @@ class LinkEndpoint:
                     chunks.pop(0)
             except zmq.Again:
                 return  # the peer is behind: keep the rest and retry (back-pressure, not loss)
-            except zmq.ZMQError as err:  # EHOSTUNREACH: the peer is gone; its loss is reported by heartbeat
+            except (
+                zmq.ZMQError
+            ) as err:  # EHOSTUNREACH: the peer is gone; its loss is reported by heartbeat
                 log.info("link: message to a departed peer dropped (%s)", err)
             self._held = None
 
     def _monitor_handshakes(self) -> None:
         """Have the socket's thread call `on_handshake_failed` for each failed CURVE handshake."""
-        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        self._monitor = self.socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        )
 
     def _read_monitor(self) -> None:
         while True:
@@ -225,5 +242,3 @@ class LinkEndpoint:
 
     def beat(self, now: float) -> None:
         raise NotImplementedError
-
-

@@ -13,8 +13,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from aegaeon.config.link import LinkConfig
 from aegaeon.errors import LinkError
-from aegaeon.ipc.tcp.endpoint import LinkEndpoint
 from aegaeon.ipc.messages import Heartbeat, Hello, Refused, Welcome
+from aegaeon.ipc.tcp.endpoint import LinkEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,21 @@ class HeadLink(LinkEndpoint):
     called once when an accepted node stops answering.
     """
 
-    def __init__(self, host: str, port: int, config: LinkConfig,
-                 on_join: Callable[[Peer, Hello], tuple[int, ...]],
-                 on_peer_message: Callable[[Peer, object], None], on_lost: Callable[[Peer], None]):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        config: LinkConfig,
+        on_join: Callable[[Peer, Hello], tuple[int, ...]],
+        on_peer_message: Callable[[Peer, object], None],
+        on_lost: Callable[[Peer], None],
+    ):
         super().__init__(zmq.ROUTER, config, "link-head")
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.refused = 0
-        self._authenticator = ThreadAuthenticator(self.context, log=logging.getLogger(f"{__name__}.zap"))
+        self._authenticator = ThreadAuthenticator(
+            self.context, log=logging.getLogger(f"{__name__}.zap")
+        )
         self._authenticator.start()
         self._authenticator.configure_curve_callback("*", _NodeKeyCheck(self))
         self.socket.curve_server = True
@@ -66,8 +74,10 @@ class HeadLink(LinkEndpoint):
 
     def on_handshake_failed(self) -> None:
         self.refused += 1
-        log.warning("link: a peer failed the encrypted handshake (another cluster's --token, or not "
-                    "an aegaeon node); nothing it sent was read")
+        log.warning(
+            "link: a peer failed the encrypted handshake (another cluster's --token, or not "
+            "an aegaeon node); nothing it sent was read"
+        )
 
     def on_message(self, identity: bytes | None, message: object) -> None:
         peer = self.peers.get(identity)
@@ -97,8 +107,11 @@ class HeadLink(LinkEndpoint):
         for identity, peer in list(self.peers.items()):
             if now - peer.last_seen > self.config.heartbeat_timeout:
                 del self.peers[identity]
-                log.error("node %r sent nothing for %.1f s: its workers are lost", peer.node_name,
-                          now - peer.last_seen)
+                log.error(
+                    "node %r sent nothing for %.1f s: its workers are lost",
+                    peer.node_name,
+                    now - peer.last_seen,
+                )
                 self.on_lost(peer)
             else:
                 self.send(Heartbeat(time.time()), identity)
@@ -120,5 +133,3 @@ class _NodeKeyCheck:
             return True
         log.warning("link: a peer with another cluster's key was refused (wrong --token?)")
         return False
-
-

@@ -11,8 +11,8 @@ import zmq
 
 from aegaeon.config.link import LinkConfig
 from aegaeon.errors import LinkError
-from aegaeon.ipc.tcp.endpoint import LinkEndpoint
 from aegaeon.ipc.messages import Heartbeat, Hello, Refused, Welcome
+from aegaeon.ipc.tcp.endpoint import LinkEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,14 @@ _HANDSHAKE_FAILED = object()  # what the join thread hands `join` when CURVE's h
 class JoinLink(LinkEndpoint):
     """A joining node's end: says Hello, waits to be welcomed, then carries its workers' messages."""
 
-    def __init__(self, host: str, port: int, config: LinkConfig, on_head_message: Callable[[object], None],
-                 on_lost: Callable[[], None]):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        config: LinkConfig,
+        on_head_message: Callable[[object], None],
+        on_lost: Callable[[], None],
+    ):
         super().__init__(zmq.DEALER, config, "link-join")
         self.address = f"{host}:{port}"
         self.socket.curve_serverkey = self.keys.head_public
@@ -43,13 +49,17 @@ class JoinLink(LinkEndpoint):
         try:
             answer = self.answer.get(timeout=timeout)
         except queue.Empty:
-            raise LinkError(f"no answer from the head node at {self.address} within {timeout:g} s: is "
-                            f"`aegaeon-launch start --head` running there, and is the port reachable?") from None
+            raise LinkError(
+                f"no answer from the head node at {self.address} within {timeout:g} s: is "
+                f"`aegaeon-launch start --head` running there, and is the port reachable?"
+            ) from None
         if isinstance(answer, Refused):
             raise LinkError(f"the head node at {self.address} refused this node: {answer.reason}")
         if answer is _HANDSHAKE_FAILED:
-            raise LinkError(f"the head node at {self.address} refused this node: wrong cluster token (the "
-                            f"encrypted handshake failed; pass the head's --token)")
+            raise LinkError(
+                f"the head node at {self.address} refused this node: wrong cluster token (the "
+                f"encrypted handshake failed; pass the head's --token)"
+            )
         self.accepted = True
         self.last_seen = time.monotonic()
         return answer.worker_ids
@@ -72,7 +82,9 @@ class JoinLink(LinkEndpoint):
             return
         if now - self.last_seen > self.config.heartbeat_timeout:
             self.accepted = False
-            log.error("the head node at %s sent nothing for %.1f s", self.address, now - self.last_seen)
+            log.error(
+                "the head node at %s sent nothing for %.1f s", self.address, now - self.last_seen
+            )
             self.on_lost()
             return
         self.send(Heartbeat(time.time()))
