@@ -9,6 +9,7 @@ import click
 
 from aegaeon.cli.root import _fail, _parse_models, _progress_bar, main
 from aegaeon.cli_node import node_options, node_settings
+from aegaeon.models.registry import FAMILIES
 
 
 @main.command()
@@ -30,7 +31,7 @@ def serve(**given) -> None:
 
 @main.command("make-model")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--arch", type=click.Choice(["llama", "qwen2"]), default="llama", show_default=True)
+@click.option("--arch", type=click.Choice(sorted(FAMILIES)), default="llama", show_default=True)
 @click.option(
     "--like",
     type=click.Choice(["qwen2.5-7b", "yi-1.5-9b", "llama-2-13b"]),

@@ -1,6 +1,6 @@
 """The model runner: one arena, one model bound at a time, switched in place.
 
-Every registered model keeps its `LlamaModel` object, weight layout and KV
+Every registered model keeps its model object (aegaeon.models.registry), weight layout and KV
 layout for the life of the runner (component reuse). Switching to a model
 sizes the arena's weight region, moves or swaps out KV blocks in the way,
 copies the model's packed weights from the host cache in one contiguous copy
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -21,7 +22,7 @@ from aegaeon.errors import IntegrityError
 from aegaeon.kv.batch import SeqChunk, build_step
 from aegaeon.kv.layout import KVLayout
 from aegaeon.kv.manager import KVCacheManager
-from aegaeon.models.llama import LlamaModel
+from aegaeon.models.registry import build_model
 from aegaeon.sequence import Sequence
 from aegaeon.weights.checkpoint import Checkpoint
 from aegaeon.weights.host_cache import HostWeightCache
@@ -36,7 +37,7 @@ class ModelEntry:
     checkpoint: Checkpoint
     weights: WeightLayout
     kv: KVLayout
-    model: LlamaModel
+    model: Any  # the family's implementation (aegaeon.models.registry.build_model)
     kv_units: torch.Tensor  # the arena as units of this model's KV rows
 
     @property
@@ -89,7 +90,7 @@ class ModelRunner:
             checkpoint,
             cached.layout,
             kv,
-            LlamaModel(cfg),
+            build_model(cfg),
             kv.units_view(self.arena.buffer),
         )
         self.entries[checkpoint.name] = entry

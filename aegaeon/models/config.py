@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aegaeon.errors import CheckpointError
+from aegaeon.models.registry import FAMILIES, family_for, supported_architectures
 
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -81,12 +81,12 @@ class ArchConfig:
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config.json") -> "ArchConfig":
         archs = raw.get("architectures") or []
-        known = [SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES]
-        if not known:
+        family = family_for(archs if isinstance(archs, list) else [])
+        if family is None:
             raise CheckpointError(
-                f"{where}: architectures={archs} is not supported: use one of {sorted(SUPPORTED_ARCHITECTURES)}"
+                f"{where}: architectures={archs} is not supported: use one of {supported_architectures()}"
             )
-        arch = known[0]
+        arch = family.arch
         try:
             hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
             cfg = cls(
@@ -102,7 +102,7 @@ class ArchConfig:
                 rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
                 rope_theta=_rope_theta(raw),
                 rope_linear_factor=_rope_linear_factor(raw, where),
-                qkv_bias=arch == "qwen2" or bool(raw.get("attention_bias", False)),
+                qkv_bias=family.qkv_bias or bool(raw.get("attention_bias", False)),
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
                 dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
                 eos_token_id=_first_int(raw.get("eos_token_id")),
@@ -143,9 +143,9 @@ class ArchConfig:
 
     def to_hf_dict(self) -> dict:
         """The config.json a Hugging Face checkpoint of this shape carries."""
-        arch_name = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}[self.arch]
+        family = FAMILIES[self.arch]
         raw = {
-            "architectures": [arch_name],
+            "architectures": [family.hf_architecture],
             "model_type": self.arch,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -163,7 +163,7 @@ class ArchConfig:
             "bos_token_id": None,
             "eos_token_id": self.eos_token_id,
         }
-        if self.arch == "llama":
+        if not family.qkv_bias:  # a family with fixed biases does not name them
             raw["attention_bias"] = self.qkv_bias
             raw["mlp_bias"] = False
         return raw

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from aegaeon.errors import ConfigError
 from aegaeon.models.config import ArchConfig
+from aegaeon.models.registry import FAMILIES
 from aegaeon.weights.host_cache import resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ def config_for(
     dtype: str = "float32",
     tie_embeddings: bool = False,
 ) -> ArchConfig:
-    if arch not in ("llama", "qwen2"):
-        raise ConfigError(f"--arch {arch!r} is not supported: use llama or qwen2")
+    if arch not in FAMILIES:
+        raise ConfigError(f"--arch {arch!r} is not supported: use one of {sorted(FAMILIES)}")
     if heads <= 0 or hidden % heads:
         raise ConfigError(f"--hidden {hidden} must be a positive multiple of --heads {heads}")
     config = ArchConfig(
@@ -91,7 +92,7 @@ def config_for(
         kv_heads,
         hidden // heads,
         max_position,
-        qkv_bias=arch == "qwen2",
+        qkv_bias=FAMILIES[arch].qkv_bias,
         tie_word_embeddings=tie_embeddings,
         dtype=dtype,
     )
