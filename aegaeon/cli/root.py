@@ -4,7 +4,6 @@ aegaeon.cli.*, work is done in the library."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,13 +11,14 @@ from pathlib import Path
 import click
 
 from aegaeon import __version__
+from aegaeon.config.env import env_str
 
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        filename=os.environ.get("AEGAEON_LOG_FILE"),
+        filename=env_str("AEGAEON_LOG_FILE"),
     )
 
 

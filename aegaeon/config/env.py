@@ -9,6 +9,10 @@
 | AEGAEON_TOKEN | the cluster token of `--head` / `--join` |
 | AEGAEON_API_KEY | the API key of `aegaeon serve` |
 | HF_HUB_CACHE, HF_HOME | where hub-style model ids are looked up (never downloaded) |
+
+Build time only (read by setup.py and aegaeon/_build.py, before the package exists): AEGAEON_BUILD_CUDA
+(1/0: force or skip the CUDA sources), AEGAEON_DEBUG=1 (keep debug info in the extension), CUDA_HOME or
+CUDA_PATH (where nvcc is).
 """
 
 from __future__ import annotations
