@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aegaeon.errors import ConfigError
-from aegaeon.plot_backend import pyplot
+from aegaeon.plot_backend import outside_legend, pyplot, save_figure
 from aegaeon.sched.slo import DEFAULT_TPOT_SLO, DEFAULT_TTFT_SLO
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,11 @@ def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path) -> list[Path]:
         raise ConfigError(
             f"no results in {json_dir} match figure {spec_name!r} ({spec.title}): run `aegaeon sim` first"
         )
-    return _draw(series, spec.x_key, spec.title, Path(out_dir) / f"e2e-{spec_name}")
+    devices = sorted(
+        {r.get("device", "device not recorded") for r in load_results(json_dir) if spec.matches(r)}
+    )
+    title = f"Simulated on {', '.join(devices)} profiles: {spec.title}"
+    return _draw(series, spec.x_key, title, Path(out_dir) / f"e2e-{spec_name}")
 
 
 def plot_live_e2e(json_dir: Path, out_dir: Path) -> list[Path]:
@@ -167,11 +171,5 @@ def _draw(
     ax.set_ylabel("SLO attainment (%)")
     ax.set_ylim(0, 102)
     ax.set_title(title, fontsize=8 if "\n" in title else 9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("pdf", "png")]
-    for path in paths:
-        fig.savefig(path)
-    plt.close(fig)
-    return paths
+    outside_legend(ax, fontsize=8)
+    return save_figure(fig, stem)

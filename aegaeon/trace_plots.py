@@ -22,7 +22,7 @@ import numpy as np
 
 from aegaeon.bench.e2e import BREAKDOWN_PARTS
 from aegaeon.errors import ConfigError
-from aegaeon.plot_backend import pyplot
+from aegaeon.plot_backend import outside_legend, pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,18 @@ def load_traced_runs(paths: Iterable[Path], policy: str | None = None) -> list[T
     return runs
 
 
+def _where(runs: list[TracedRun]) -> str:
+    """What the figure shows was measured live: on which device, behind which link."""
+    devices = sorted({str(run.result.get("device", "cpu")) for run in runs})
+    links = sorted(
+        {
+            f"link {g:g} GB/s" if g else "native link"
+            for g in (run.result.get("link_gbps") for run in runs)
+        }
+    )
+    return f"Live, {', '.join(devices)}, {', '.join(links)}"
+
+
 def _cdf(ax, values: list[float], label: str) -> None:
     xs = np.sort(np.asarray(values) * 1000.0)
     ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=label, drawstyle="steps-post")
@@ -82,7 +94,7 @@ def _label_cdf(ax, xlabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel("CDF")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    outside_legend(ax)
 
 
 def _percentiles(values: list[float]) -> str:
@@ -93,15 +105,8 @@ def _percentiles(values: list[float]) -> str:
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
-    plt = pyplot()
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    paths = [out_dir / f"{name}.{ext}" for ext in ("pdf", "png")]
-    for path in paths:
-        fig.savefig(path)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, Path(out_dir) / name)
 
 
 def _pyplot():
@@ -153,7 +158,7 @@ def plot_breakdown(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], st
     ):
         ax.set_yticks(range(len(runs)), [r.label for r in runs], fontsize=7)
         ax.set_xlabel("mean time (ms)")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(f"{_where(runs)}\n{title}", fontsize=9)
         ax.legend(
             fontsize=7,
             ncol=4 if ax is ax_req else 2,
@@ -173,7 +178,9 @@ def plot_autoscale_cdf(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path]
         if seconds:
             _cdf(ax, seconds, run.label)
         lines.append(f"{run.label}: model switch latency {_percentiles(seconds)}")
-    _label_cdf(ax, "scale-up (model switch) latency (ms)", "Fig. 15: scale-up latency")
+    _label_cdf(
+        ax, "scale-up (model switch) latency (ms)", f"{_where(runs)}\nFig. 15: scale-up latency"
+    )
     return _save(fig, out_dir, "fig15-autoscale-cdf"), "\n".join(lines)
 
 
@@ -194,7 +201,7 @@ def plot_kvcache_cdf(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], 
             )
         if len(set(run.trace.get("nodes", {}).values())) > 1:
             lines.append(f"{run.label}: {cross_node_handoffs(run.trace)}")
-    _label_cdf(ax, "KV-cache swap latency (ms)", "Fig. 16: KV-cache swap latency")
+    _label_cdf(ax, "KV-cache swap latency (ms)", f"{_where(runs)}\nFig. 16: KV-cache swap latency")
     return _save(fig, out_dir, "fig16-kvcache-cdf"), "\n".join(lines)
 
 
@@ -245,8 +252,8 @@ def plot_frag(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], str]:
     ax_used.set_ylabel("KV region in use (%)")
     for ax in (ax_frag, ax_used):
         ax.set_xlabel("time since start (s)")
-        ax.legend(fontsize=6)
-    ax_frag.set_title("Fragmentation (slab arena)", fontsize=9)
+    outside_legend(ax_used, fontsize=6)
+    ax_frag.set_title(f"{_where(runs)}\nFragmentation (slab arena)", fontsize=9)
     ax_used.set_title("KV use", fontsize=9)
     return _save(fig, out_dir, "frag"), "\n".join(lines)
 

@@ -179,6 +179,7 @@ def sim(
                 Path(out_dir),
                 progress,
                 aegaeon_switch_efficiency,
+                device,
             )
     except AegaeonError as exc:
         raise _fail(exc) from exc

@@ -225,8 +225,10 @@ def run_sweep(
     out_dir: Path,
     progress: Callable[[str, dict], None] | None = None,
     aegaeon_switch_efficiency: float | None = None,
+    device: str | None = None,
 ) -> list[Path]:
-    """Simulates every (policy, label) point and writes one JSON each."""
+    """Simulates every (policy, label) point and writes one JSON each; `device` (the profiles' device)
+    is recorded in each, for the figures' titles."""
     written, cache = [], {}
     for policy, label in points:
         if label not in cache:
@@ -237,6 +239,8 @@ def run_sweep(
             policy, requests, cost, slo, config, duration, aegaeon_switch_efficiency
         )
         result = result_record(policy, label, states, slo, duration, config.num_gpus, extra)
+        if device is not None:
+            result["device"] = device
         written.append(write_result(out_dir, result))
         if progress:
             progress(policy, result)
