@@ -25,6 +25,7 @@ MAX_TOKENS_LIMIT = 1_000_000
 MAX_STOP = 4  # as OpenAI's API
 MAX_STOP_TOKEN_IDS = 64
 MAX_N = 16
+MAX_PROMPTS = 16  # prompts in one completions request
 MAX_LOGPROBS = 20  # as OpenAI's top_logprobs (aegaeon.models.sampler checks it again)
 
 
@@ -94,8 +95,12 @@ class _Generation(_Strict):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+TokenIds = list[Annotated[StrictInt, Field(ge=0)]]
+
+
 class CompletionBody(_Generation):
-    prompt: StrictStr | list[StrictStr]
+    # a text, a batch of texts, token ids, or a batch of token-id lists (as OpenAI and vLLM take them)
+    prompt: StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
     logprobs: StrictInt | None = Field(
         None, ge=0, le=MAX_LOGPROBS
     )  # each token's and the k most likely
@@ -106,10 +111,24 @@ class CompletionBody(_Generation):
 
     @field_validator("prompt")
     @classmethod
-    def _unicode(cls, value):
-        for text in [value] if isinstance(value, str) else value:
-            check_unicode(text)
+    def _prompts(cls, value):
+        prompts = cls._as_batch(value)
+        if not 1 <= len(prompts) <= MAX_PROMPTS:
+            raise ValueError(f"give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}")
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                check_unicode(prompt)
         return value
+
+    @staticmethod
+    def _as_batch(value) -> list:
+        if isinstance(value, str) or (value and all(isinstance(t, int) for t in value)):
+            return [value]
+        return list(value)
+
+    def prompt_batch(self) -> list[str | list[int]]:
+        """The prompts of this request, each a text or a list of token ids."""
+        return self._as_batch(self.prompt)
 
 
 class TextPart(_Strict):

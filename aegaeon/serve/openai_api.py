@@ -38,6 +38,8 @@ from aegaeon.serve.served_model import ServedModel, TemplateRejected
 
 log = logging.getLogger(__name__)
 
+MAX_CHOICES = 64  # prompts x n of one request: each is a request on the node
+
 
 def create_app(
     proxy: Proxy,
@@ -214,11 +216,6 @@ def create_app(
     async def completions(body: CompletionBody, request: Request):
         arrival = time.time()  # wall clock, as the workers stamp tokens
         model = _model(body.model)
-        if isinstance(body.prompt, list) and len(body.prompt) != 1:
-            raise ApiError(
-                400, "give one prompt per request (a list of exactly one string)", "prompt"
-            )
-        prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         if body.echo and body.logprobs is not None:
             raise ApiError(
                 400,
@@ -226,17 +223,49 @@ def create_app(
                 "compute yet: drop one of them",
                 "echo",
             )
-        prompt_ids = await off_loop(model.encode, prompt)
-        states = _start(model, prompt_ids, body, body.max_tokens or 16, body.logprobs)
+        prompts = body.prompt_batch()
+        if len(prompts) * (body.n or 1) > MAX_CHOICES:
+            raise ApiError(
+                400,
+                f"{len(prompts)} prompts x n={body.n} makes more than {MAX_CHOICES} choices",
+                "n",
+            )
+        ids_and_texts = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                ids_and_texts.append((await off_loop(model.encode, prompt), prompt))
+                continue
+            outside = [t for t in prompt if t >= model.vocab_size]
+            if outside:
+                raise ApiError(
+                    400,
+                    f"prompt token ids {outside[:8]} are not tokens of {model.name} (vocabulary "
+                    f"of {model.vocab_size})",
+                    "prompt",
+                )
+            ids_and_texts.append(
+                (prompt, await off_loop(model.decode, prompt) if body.echo else "")
+            )
+        states: list = []
+        try:
+            for ids, _ in ids_and_texts:
+                states += _start(model, ids, body, body.max_tokens or 16, body.logprobs)
+        except ApiError:
+            for state in states:
+                proxy.cancel(state.submit.request_id)
+            raise
+        n = body.n or 1
+        echoes = tuple(text for _, text in ids_and_texts for _ in range(n)) if body.echo else ()
         generation = Generation(
-            states,
+            tuple(states),
             model,
             False,
             tuple(body.stop_strings()),
             arrival,
             body.logprobs,
-            prompt if body.echo else "",
+            echoes,
             _wants_usage(body),
+            prompts=len(prompts),
         )
         return await _respond(generation, bool(body.stream), request)
 

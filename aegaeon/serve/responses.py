@@ -68,8 +68,11 @@ class Generation:
     stop_strings: tuple[str, ...]
     arrival: float  # wall clock, as the workers stamp tokens
     logprobs: int | None  # None: not asked; k: each token's log-probability and the k most likely
-    echo: str = ""  # completions' echo: the prompt's text, put before each choice's text
+    echoes: tuple[
+        str, ...
+    ] = ()  # completions' echo: per choice, its prompt's text, put before its own
     usage_chunk: bool = False  # stream_options.include_usage
+    prompts: int = 1  # distinct prompts (a completions batch): choice i answers prompt i // (choices / prompts)
 
     @property
     def response_id(self) -> str:
@@ -77,7 +80,12 @@ class Generation:
 
     @property
     def prompt_tokens(self) -> int:
-        return len(self.states[0].submit.prompt_ids)
+        """Each prompt's tokens once, however many choices it has (as OpenAI counts usage)."""
+        per_prompt = len(self.states) // self.prompts
+        return sum(len(self.states[i * per_prompt].submit.prompt_ids) for i in range(self.prompts))
+
+    def echo(self, index: int) -> str:
+        return self.echoes[index] if self.echoes else ""
 
 
 class _Choice:
@@ -220,7 +228,7 @@ class Responder:
                 choice.tokens,
                 choice.logprobs,
                 generation.chat,
-                len(generation.echo),
+                len(generation.echo(choice.index)),
             )
         if generation.chat:
             return {
@@ -231,7 +239,7 @@ class Responder:
             }
         return {
             "index": choice.index,
-            "text": generation.echo + text,
+            "text": generation.echo(choice.index) + text,
             "logprobs": logprobs,
             "finish_reason": choice.reason,
         }
@@ -255,8 +263,8 @@ class Responder:
             for choice in choices:  # OpenAI's first chat chunk carries the role; echo's, the prompt
                 if generation.chat:
                     yield chunk(choice, {"role": "assistant", "content": ""}, None, None)
-                elif generation.echo:
-                    yield chunk(choice, generation.echo, None, None)
+                elif generation.echo(choice.index):
+                    yield chunk(choice, generation.echo(choice.index), None, None)
             left = len(choices)
             while left:
                 choice, batch, err = await queue.get()
@@ -272,7 +280,7 @@ class Responder:
                 delta, choice.shown = text[len(choice.shown) :], text
                 lp = None
                 if generation.logprobs is not None:
-                    offset = len(generation.echo) + len(choice.shown) - len(delta)
+                    offset = len(generation.echo(choice.index)) + len(choice.shown) - len(delta)
                     lp = logprob_block(
                         generation.model, token_ids, choice.logprobs[seen:], generation.chat, offset
                     )
