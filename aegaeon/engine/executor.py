@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,14 @@ from aegaeon.engine.runner import ModelEntry, ModelRunner, SwitchRecord
 from aegaeon.errors import AegaeonError, ArenaTooSmallError, OutOfBlocksError, RequestError
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.kv.manager import KVCacheManager, SwapRecord
-from aegaeon.models.sampler import SamplingParams, new_generator, sample_one, token_logprobs
+from aegaeon.models.sampler import (
+    SamplingParams,
+    check_prompt_logprobs_size,
+    new_generator,
+    prompt_token_logprobs,
+    sample_one,
+    token_logprobs,
+)
 from aegaeon.sched.cost import ModelSizes
 from aegaeon.sequence import SeqStatus, Sequence
 from aegaeon.weights.checkpoint import Checkpoint, open_checkpoint
@@ -49,6 +56,7 @@ class SeqUpdate:
     finish_reason: str | None = None
     error: str | None = None
     logprobs: tuple = ()  # per new token, when the request asked (aegaeon.ipc.messages.Tokens.logprobs)
+    prompt_logprobs: tuple = ()  # per prompt token, on the prefill's update when asked (the first is None)
 
     @property
     def done(self) -> bool:
@@ -305,19 +313,45 @@ class StepExecutor:
                 update = self._preempt_or_fail(seq, entry)
                 if update is not None:
                     updates.append(update)
-        if not batch:
-            return updates
+        # a prompt's own logprobs need every position's logits: such a prefill runs alone, so the
+        # [tokens, vocab] logits are its prompt's and no other's
+        whole = [s for s in batch if s.sampling.prompt_logprobs is not None and s.num_cached == 0]
+        rest = [s for s in batch if s not in whole]
+        for seqs, every_position in ([(rest, False)] if rest else []) + [
+            ([s], True) for s in whole
+        ]:
+            updates += self._forward_and_sample(model, entry, seqs, every_position)
+        return updates
+
+    def _forward_and_sample(
+        self, model: str, entry: ModelEntry, batch: list[Sequence], every_position: bool
+    ) -> list[SeqUpdate]:
         try:
-            logits = self.runner.forward(model, batch)
+            if every_position:
+                check_prompt_logprobs_size(
+                    len(batch[0].token_ids), entry.checkpoint.config.vocab_size
+                )
+            logits = self.runner.forward(model, batch, all_logits=every_position)
+        except RequestError as err:
+            return [self._fail(batch[0], f"request {batch[0].seq_id}: {err}")]
         except Exception as err:  # a forward that breaks fails its batch, never the process
             log.exception("forward of %s failed for requests %s", model, [s.seq_id for s in batch])
-            return updates + [
+            return [
                 self._fail(seq, f"model {model}: the forward step failed: {err}") for seq in batch
             ]
+        updates = []
         for row, seq in enumerate(batch):
             seq.num_cached = len(seq.token_ids)
             seq.status = SeqStatus.RUNNING
-            updates.append(self._sample(seq, logits[row], entry))
+            if not every_position:
+                updates.append(self._sample(seq, logits[row], entry))
+                continue
+            prompt = seq.token_ids
+            update = self._sample(seq, logits[row, len(prompt) - 1], entry)
+            entries = prompt_token_logprobs(
+                logits[row, : len(prompt) - 1], prompt, seq.sampling.prompt_logprobs
+            )
+            updates.append(replace(update, prompt_logprobs=entries))
         return updates
 
     def _sample(self, seq: Sequence, logits: torch.Tensor, entry: ModelEntry) -> SeqUpdate:

@@ -150,8 +150,9 @@ class ModelRunner:
         )
         return record
 
-    def forward(self, name: str, seqs: list[Sequence]) -> torch.Tensor:
-        """Run one step for `seqs` (their pending tokens) and return last-token logits [B, V]."""
+    def forward(self, name: str, seqs: list[Sequence], all_logits: bool = False) -> torch.Tensor:
+        """Run one step for `seqs` (their pending tokens) and return last-token logits [B, V], or with
+        `all_logits` every pending token's [B, Q, V]."""
         if self.active != name:
             raise IntegrityError(f"forward for {name} while {self.active} is bound: switch first")
         entry = self.entries[name]
@@ -168,4 +169,4 @@ class ModelRunner:
             self.arena.device,
             self.ragged_decode,
         )
-        return entry.model.forward(step, entry.kv_units, entry.kv)
+        return entry.model.forward(step, entry.kv_units, entry.kv, all_logits=all_logits)

@@ -42,6 +42,7 @@ class Submit:
         0  # a re-run: the prompt's last tokens that are the request's earlier output
     )
     logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo with logprobs)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Tokens:
     # when the request asked for logprobs, one per token: (its log-probability, ((token, log-probability), ...)
     # of the most likely tokens)
     logprobs: tuple = ()
+    prompt_logprobs: tuple = ()  # on a request's first message, when asked: per prompt token (first None)
 
 
 @dataclass(frozen=True)

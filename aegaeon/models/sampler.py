@@ -36,8 +36,10 @@ class SamplingParams:
     # Tokens at the end of the prompt that are this request's own output from an earlier run (a re-run after
     # its worker was lost): the penalties and min_tokens count them as output.
     output_before: int = 0
-    logprobs: int | None = (
-        None  # None: off; k >= 0: the drawn token's log-probability and the k most likely
+    # None: off; k >= 0: the drawn token's log-probability and the k most likely
+    logprobs: int | None = None
+    prompt_logprobs: int | None = (
+        None  # the same for every prompt token (completions' echo with logprobs)
     )
 
     @property
@@ -65,8 +67,10 @@ class SamplingParams:
             raise RequestError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1: off)")
         if self.min_tokens < 0 or self.min_tokens > self.output_before + self.max_tokens:
             raise RequestError(f"min_tokens={self.min_tokens} must be in [0, max_tokens]")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise RequestError(f"logprobs={self.logprobs} must be in [0, {MAX_LOGPROBS}]")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise RequestError(f"{name}={value} must be in [0, {MAX_LOGPROBS}]")
         if self.output_before < 0 or any(
             not isinstance(t, int) or t < 0 for t in self.stop_token_ids
         ):
@@ -161,3 +165,29 @@ def token_logprobs(
     top = torch.topk(logprobs, min(k, logprobs.shape[-1])) if k else None
     alternatives = () if top is None else tuple(zip(top.indices.tolist(), top.values.tolist()))
     return float(logprobs[token]), alternatives
+
+
+MAX_PROMPT_LOGIT_ELEMENTS = 64 * 2**20  # 256 MiB of float32 logits for one prompt's logprobs
+
+
+def check_prompt_logprobs_size(prompt_len: int, vocab: int) -> None:
+    if prompt_len * vocab > MAX_PROMPT_LOGIT_ELEMENTS:
+        raise RequestError(
+            f"the logprobs of a {prompt_len}-token prompt need {prompt_len * vocab * 4 / 2**20:.0f} MiB "
+            f"of logits, over {MAX_PROMPT_LOGIT_ELEMENTS * 4 // 2**20} MiB: use a shorter prompt or no echo"
+        )
+
+
+def prompt_token_logprobs(logits: torch.Tensor, prompt_ids: list[int], k: int) -> tuple:
+    """Per prompt token, its log-probability given the tokens before it and the k most likely there;
+    None for the first token, which nothing predicts. `logits` [len(prompt_ids) - 1, vocab] are the
+    predictions after each prompt token but the last."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    following = torch.tensor(prompt_ids[1:], dtype=torch.long).unsqueeze(1)
+    chosen = logprobs.gather(1, following).squeeze(1).tolist()
+    if k:
+        top = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
+        alternatives = [tuple(zip(i, v)) for i, v in zip(top.indices.tolist(), top.values.tolist())]
+    else:
+        alternatives = [()] * len(chosen)
+    return (None,) + tuple(zip(chosen, alternatives))

@@ -156,7 +156,12 @@ def create_app(
         return served[name]
 
     def _start(
-        model: ServedModel, prompt_ids: list[int], body, max_tokens: int, logprobs: int | None
+        model: ServedModel,
+        prompt_ids: list[int],
+        body,
+        max_tokens: int,
+        logprobs: int | None,
+        prompt_logprobs: int | None = None,
     ) -> tuple[LiveRequest, ...]:
         """Submit the request's `n` choices (each its own request on the node, seeded seed, seed+1, ...);
         all or none: a refusal cancels the choices already submitted."""
@@ -177,6 +182,8 @@ def create_app(
         extras = _penalties(body, model, max_tokens)
         if logprobs is not None:
             extras["logprobs"] = logprobs
+        if prompt_logprobs is not None:
+            extras["prompt_logprobs"] = prompt_logprobs
         states: list[LiveRequest] = []
         try:
             for index in range(body.n or 1):
@@ -216,13 +223,6 @@ def create_app(
     async def completions(body: CompletionBody, request: Request):
         arrival = time.time()  # wall clock, as the workers stamp tokens
         model = _model(body.model)
-        if body.echo and body.logprobs is not None:
-            raise ApiError(
-                400,
-                "echo with logprobs needs the prompt's logprobs, which this server does not "
-                "compute yet: drop one of them",
-                "echo",
-            )
         prompts = body.prompt_batch()
         if len(prompts) * (body.n or 1) > MAX_CHOICES:
             raise ApiError(
@@ -249,7 +249,14 @@ def create_app(
         states: list = []
         try:
             for ids, _ in ids_and_texts:
-                states += _start(model, ids, body, body.max_tokens or 16, body.logprobs)
+                states += _start(
+                    model,
+                    ids,
+                    body,
+                    body.max_tokens or 16,
+                    body.logprobs,
+                    body.logprobs if body.echo else None,  # echo with logprobs: the prompt's too
+                )
         except ApiError:
             for state in states:
                 proxy.cancel(state.submit.request_id)

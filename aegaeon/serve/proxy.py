@@ -52,6 +52,7 @@ SAMPLING_EXTRAS = frozenset(
         "min_tokens",
         "stop_token_ids",
         "logprobs",
+        "prompt_logprobs",
     }
 )
 

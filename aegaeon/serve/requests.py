@@ -67,6 +67,8 @@ class LiveRequest:
             prompt_ids=self.submit.prompt_ids + tuple(self.delivered),
             max_tokens=self.submit.max_tokens - len(self.delivered),
             output_before=len(self.delivered),
+            # the client has the prompt's logprobs once it has a token
+            prompt_logprobs=self.submit.prompt_logprobs if not self.delivered else None,
         )
 
 

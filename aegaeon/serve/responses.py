@@ -96,6 +96,7 @@ class _Choice:
         self.tokens: list[int] = []
         self.times: list[float] = []
         self.logprobs: list = []
+        self.prompt_logprobs: tuple = ()  # echo with logprobs: per prompt token, from the first message
         self.reason: str | None = None
         self.shown = ""  # text already streamed
         self.text = ""  # the text as it stands (final once the choice has a reason)
@@ -103,12 +104,18 @@ class _Choice:
         self.ended = False
 
     def take(
-        self, token_ids: list[int], stamps: list[float], finish: str | None, logprobs: tuple
+        self,
+        token_ids: list[int],
+        stamps: list[float],
+        finish: str | None,
+        logprobs: tuple,
+        prompt_logprobs: tuple = (),
     ) -> str:
         """Add a batch of tokens; the text that may be shown now (all of it once the choice has ended)."""
         self.tokens += token_ids
         self.times += stamps
         self.logprobs += logprobs
+        self.prompt_logprobs = self.prompt_logprobs or prompt_logprobs
         text, stopped = self.stops.cut(self.decoded.add(token_ids))
         if finish is not None and not stopped:  # the end: nothing is held back any more
             text, stopped = self.stops.cut(self.decoded.finish())
@@ -165,6 +172,7 @@ class Responder:
                 list(message.times),
                 message.finish_reason,
                 tuple(message.logprobs),
+                tuple(message.prompt_logprobs),
             )
             if message.finish_reason is not None:
                 return
@@ -211,8 +219,8 @@ class Responder:
         }
 
     async def _collect(self, choice: _Choice, gone: asyncio.Future) -> None:
-        async for token_ids, stamps, finish, logprobs in self.tokens(choice.state, gone):
-            choice.take(token_ids, stamps, finish, logprobs)
+        async for batch in self.tokens(choice.state, gone):
+            choice.take(*batch)
             if choice.reason is not None:
                 break
         if choice.stopped_by_string:  # the rest would be thrown away: stop generating it
@@ -230,6 +238,15 @@ class Responder:
                 generation.chat,
                 len(generation.echo(choice.index)),
             )
+            if choice.prompt_logprobs:  # echo: the prompt's tokens come first, from offset 0
+                prompt = logprob_block(
+                    generation.model,
+                    list(choice.state.submit.prompt_ids),
+                    choice.prompt_logprobs,
+                    False,
+                    0,
+                )
+                logprobs = {key: prompt[key] + logprobs[key] for key in logprobs}
         if generation.chat:
             return {
                 "index": choice.index,
@@ -263,7 +280,7 @@ class Responder:
             for choice in choices:  # OpenAI's first chat chunk carries the role; echo's, the prompt
                 if generation.chat:
                     yield chunk(choice, {"role": "assistant", "content": ""}, None, None)
-                elif generation.echo(choice.index):
+                elif generation.echo(choice.index) and generation.logprobs is None:
                     yield chunk(choice, generation.echo(choice.index), None, None)
             left = len(choices)
             while left:
@@ -274,9 +291,19 @@ class Responder:
                     choice.ended = True
                     yield _event(err.body())
                     break
-                token_ids, stamps, finish, logprobs = batch
+                token_ids, stamps, finish, logprobs, prompt_logprobs = batch
+                if (
+                    prompt_logprobs and not choice.prompt_logprobs
+                ):  # echo's chunk, with the prompt's logprobs
+                    ids = list(choice.state.submit.prompt_ids)
+                    yield chunk(
+                        choice,
+                        generation.echo(choice.index),
+                        None,
+                        logprob_block(generation.model, ids, prompt_logprobs, False, 0),
+                    )
                 seen = len(choice.logprobs)
-                text = choice.take(token_ids, stamps, finish, logprobs)
+                text = choice.take(token_ids, stamps, finish, logprobs, prompt_logprobs)
                 delta, choice.shown = text[len(choice.shown) :], text
                 lp = None
                 if generation.logprobs is not None:
@@ -345,7 +372,8 @@ def logprob_block(
     model: ServedModel, token_ids: list[int], entries: list, chat: bool, offset: int
 ) -> dict:
     """OpenAI's logprobs object for these tokens: chat's `content` list, or completions' parallel lists
-    (`text_offset` counted from `offset`, the characters before the first of them)."""
+    (`text_offset` counted from `offset`, the characters before the first of them; an entry None, a
+    prompt's first token, has no logprob)."""
     piece = model.token_text
     if chat:
 
@@ -366,8 +394,10 @@ def logprob_block(
         offset += len(text)
     return {
         "tokens": texts,
-        "token_logprobs": [chosen for chosen, _ in entries],
-        "top_logprobs": [{piece(t): lp for t, lp in top} for _, top in entries],
+        "token_logprobs": [None if entry is None else entry[0] for entry in entries],
+        "top_logprobs": [
+            None if entry is None else {piece(t): lp for t, lp in entry[1]} for entry in entries
+        ],
         "text_offset": offsets,
     }
 

@@ -141,6 +141,7 @@ class WorkerLoop:
         finish_reason: str | None = None,
         error: str | None = None,
         logprobs: tuple = (),
+        prompt_logprobs: tuple = (),
     ) -> None:
         if tokens or finish_reason is not None or error is not None:
             now = time.time()
@@ -152,6 +153,7 @@ class WorkerLoop:
                     finish_reason,
                     error,
                     logprobs=logprobs,
+                    prompt_logprobs=prompt_logprobs,
                 )
             )
 

@@ -39,6 +39,7 @@ def sampling_of(submit: Submit) -> SamplingParams:
         tuple(submit.stop_token_ids),
         submit.output_before,
         submit.logprobs,
+        submit.prompt_logprobs,
     )
 
 
@@ -138,7 +139,12 @@ class PrefillWorker(WorkerLoop):
             switch=switch_seconds,
         )
         self.report(
-            request_id, update.new_tokens, update.finish_reason, update.error, update.logprobs
+            request_id,
+            update.new_tokens,
+            update.finish_reason,
+            update.error,
+            update.logprobs,
+            update.prompt_logprobs,
         )
         if not update.done:
             self.hand_off(request_id, model)

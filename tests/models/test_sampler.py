@@ -140,3 +140,18 @@ def test_token_logprobs_are_the_models_log_softmax_and_its_top_k():
     assert [t for t, _ in top] == torch.topk(reference, 4).indices.tolist()
     assert [lp for _, lp in top] == torch.topk(reference, 4).values.tolist()
     assert token_logprobs(logits, 7, 0)[1] == ()
+
+
+def test_prompt_logprobs_score_each_prompt_token_by_the_prediction_before_it():
+    from aegaeon.models.sampler import check_prompt_logprobs_size, prompt_token_logprobs
+
+    logits = torch.randn(4, 30, generator=torch.Generator().manual_seed(2))  # after tokens 0..3 of 5
+    prompt = [3, 9, 0, 29, 7]
+    entries = prompt_token_logprobs(logits, prompt, 2)
+    assert entries[0] is None and len(entries) == 5
+    for position, (chosen, top) in enumerate(entries[1:]):
+        reference = torch.log_softmax(logits[position], dim=-1)
+        assert abs(chosen - float(reference[prompt[position + 1]])) < 1e-6
+        assert [t for t, _ in top] == torch.topk(reference, 2).indices.tolist()
+    with pytest.raises(RequestError, match="shorter prompt"):
+        check_prompt_logprobs_size(100_000, 152_064)
