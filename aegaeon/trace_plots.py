@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aegaeon.bench.e2e import BREAKDOWN_PARTS
+from aegaeon.bench.trace import BREAKDOWN_PARTS
 from aegaeon.errors import ConfigError
 from aegaeon.plot_backend import outside_legend, pyplot, save_figure
 

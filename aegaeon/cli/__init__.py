@@ -1,6 +1,14 @@
 """The `aegaeon` command: the root group (cli.root) and its subcommands, one module per area."""
 
-from aegaeon.cli import bench_node, bench_parts, serving, study  # noqa: F401  (they register the commands)
+from aegaeon.cli import (  # noqa: F401  (they register the commands)
+    bench_disruption,
+    bench_e2e,
+    bench_engine,
+    bench_parts,
+    bench_sim_vs_live,
+    serving,
+    study,
+)
 from aegaeon.cli.root import main
 
 __all__ = ["main"]

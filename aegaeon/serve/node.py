@@ -27,6 +27,7 @@ from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.ipc.tcp import HeadLink, JoinLink, Peer
 from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.serve.agent import NodeAgent
+from aegaeon.serve.devices import check_devices
 from aegaeon.serve.links import WorkerLink
 from aegaeon.serve.proxy import Proxy
 from aegaeon.serve.supervisor import Supervisor
@@ -287,28 +288,3 @@ class Node:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def check_devices(devices: tuple[str, ...]) -> None:
-    """Fail before anything starts when a device does not exist on this machine."""
-    import torch
-
-    for device in devices:
-        try:
-            parsed = torch.device(device)
-        except RuntimeError:
-            raise ConfigError(
-                f"device {device!r} is not a torch device name (cpu, cuda:0, ...)"
-            ) from None
-        if parsed.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ConfigError(
-                    f"device {device}: this torch build or machine has no CUDA GPU; use --device cpu "
-                    f"--num-instances N for virtual CPU instances"
-                )
-            if (parsed.index or 0) >= torch.cuda.device_count():
-                raise ConfigError(
-                    f"device {device}: this machine has {torch.cuda.device_count()} GPUs"
-                )
-        elif parsed.type != "cpu":
-            raise ConfigError(f"device {device}: only cpu and cuda devices are supported")

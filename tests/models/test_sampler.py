@@ -145,7 +145,9 @@ def test_token_logprobs_are_the_models_log_softmax_and_its_top_k():
 def test_prompt_logprobs_score_each_prompt_token_by_the_prediction_before_it():
     from aegaeon.models.sampler import check_prompt_logprobs_size, prompt_token_logprobs
 
-    logits = torch.randn(4, 30, generator=torch.Generator().manual_seed(2))  # after tokens 0..3 of 5
+    logits = torch.randn(
+        4, 30, generator=torch.Generator().manual_seed(2)
+    )  # after tokens 0..3 of 5
     prompt = [3, 9, 0, 29, 7]
     entries = prompt_token_logprobs(logits, prompt, 2)
     assert entries[0] is None and len(entries) == 5

@@ -5,7 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from aegaeon.bench.e2e import BREAKDOWN_PARTS
+from aegaeon.bench.trace import BREAKDOWN_PARTS
 from aegaeon.cli import main
 from aegaeon.errors import ConfigError
 from aegaeon.trace_plots import cross_node_handoffs, fragmentation, load_traced_runs

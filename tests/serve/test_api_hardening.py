@@ -1,5 +1,6 @@
-"""Bad input is a 4xx with a JSON body, never a 5xx: strict types, seeds, Unicode, templates, keys, body size,
-overload and health. These run the real app (its middleware and routes) on a stand-in proxy."""
+"""Bad input is a 4xx with a JSON body, never a 5xx: strict types, seeds, Unicode, keys, body size,
+overload and health (chat templates: test_chat_templates.py). These run the real app (its middleware and
+routes) on a stand-in proxy."""
 
 import json
 
@@ -13,7 +14,6 @@ from aegaeon.models.maker import make_model
 from aegaeon.serve.openai_api import create_app
 from aegaeon.serve.proxy import UnavailableError
 from aegaeon.serve.requests import OverloadedError
-from aegaeon.serve.served_model import ServedModel, TemplateRejected
 from tests.models.reference import SMALL_SHAPE
 from tests.serve.fake_proxy import FakeProxy
 
@@ -165,41 +165,6 @@ def test_a_tiny_temperature_is_greedy_not_nan(model_dir):
         _post(client, {"model": "tiny", "prompt": "hi", "temperature": 1e-300}).status_code == 200
     )
     assert proxy.submitted[-1].temperature == 0.0
-
-
-def _templated(tmp_path, template):
-    path = make_model(tmp_path / "templated", SMALL_SHAPE)
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    config["chat_template"] = template
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    return path
-
-
-@pytest.mark.parametrize(
-    "template",
-    [
-        "{% include 'other.jinja' %}",
-        "{{ 1 / 0 }}",
-        "{{ messages.__class__ }}x{{ ''.__class__.__mro__[1].__subclasses__() }}",
-    ],
-)
-def test_a_template_that_fails_at_render_is_a_400(tmp_path, template):
-    path = _templated(tmp_path, template)
-    with pytest.raises(TemplateRejected):
-        ServedModel("t", path).render_chat([{"role": "user", "content": "hi"}])
-    client = TestClient(create_app(FakeProxy(), {"t": path}), raise_server_exceptions=False)
-    reply = client.post(
-        "/v1/chat/completions", json={"model": "t", "messages": [{"role": "user", "content": "hi"}]}
-    )
-    assert reply.status_code == 400 and reply.json()["error"]["param"] == "messages"
-
-
-def test_a_template_that_does_not_parse_falls_back_to_the_default_with_a_warning(tmp_path, caplog):
-    path = _templated(tmp_path, "{% for m in messages %}{{ m.content }")
-    with caplog.at_level("WARNING"):
-        model = ServedModel("broken", path)
-    assert "does not parse" in caplog.text
-    assert "<|user|>" in model.render_chat([{"role": "user", "content": "hi"}])
 
 
 def test_chat_accepts_content_parts_and_the_newer_roles(model_dir):

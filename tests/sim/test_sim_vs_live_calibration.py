@@ -2,7 +2,7 @@
 
 import pytest
 
-from aegaeon.bench.sim_vs_live import (
+from aegaeon.bench.market_profile import (
     DecodeCalibration,
     MarketProfile,
     decode_scale,

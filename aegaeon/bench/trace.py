@@ -1,0 +1,96 @@
+"""What the workers measured during a live run (`aegaeon.bench.e2e`), as its result JSON's `trace` and
+each request's latency `breakdown`: the proxy's telemetry events, timed from the run's start."""
+
+from __future__ import annotations
+
+from aegaeon.sched.request import RequestState
+
+BREAKDOWN_PARTS = (
+    "queue",
+    "prefill_switch",
+    "prefill_compute",
+    "handoff",
+    "decode_switch",
+    "decode_compute",
+    "decode_wait",
+)
+
+
+def add_trace(
+    result: dict,
+    states: list[RequestState],
+    proxy_ids: list[int],
+    events: list[dict],
+    start: float,
+    nodes: dict[str, str],
+) -> None:
+    """Give each request record of `result` its breakdown, and `result` the run's trace (switches, swaps,
+    memory samples and decode quanta; `nodes`: worker id -> the node it ran on)."""
+    by_proxy_id = {proxy_ids[i]: i for i in range(len(states))}
+    breakdowns = request_breakdowns(states, proxy_ids, events, start)
+    for record, breakdown in zip(result["requests"], breakdowns):
+        record["breakdown"] = breakdown
+    result["trace"] = {
+        "start": start,
+        "switches": [_relative(e, start) for e in events if e["kind"] == "switch"],
+        "swaps": [
+            {**_relative(e, start), "request": by_proxy_id.get(e["request_id"])}
+            for e in events
+            if e["kind"] == "swap"
+        ],
+        "memory": [_relative(e, start) for e in events if e["kind"] == "memory"],
+        "quanta": [_relative(e, start) for e in events if e["kind"] == "quantum"],
+        "nodes": nodes,  # worker id -> the node it ran on ("local": the head)
+    }
+
+
+def _relative(event: dict, start: float) -> dict:
+    return {
+        "t": event["time"] - start,
+        "worker": event["worker_id"],
+        "model": event["model"],
+        "seconds": event["seconds"],
+        "bytes": event["nbytes"],
+        "label": event["label"],
+        **event["detail"],
+    }
+
+
+def request_breakdowns(
+    states: list[RequestState], proxy_ids: list[int], events: list[dict], start: float
+) -> list[dict[str, float] | None]:
+    """Where each finished request's latency went (seconds; the parts sum to finish - arrival).
+
+    queue: arrival to its prefill group's start; prefill_switch / prefill_compute: the group's model switch, and
+    the rest until the first token (its own and earlier chunks' prefill); handoff: first token until a decode
+    worker has its KV (export, routing, waiting for room, import); decode_switch / decode_compute: switches and
+    decode steps of the quanta it took part in; decode_wait: the rest (other models' turns, routing, tokens).
+    """
+    prefill = {e["request_id"]: e for e in events if e["kind"] == "prefill"}
+    decode = {e["request_id"]: e for e in events if e["kind"] == "decode"}
+    out: list[dict[str, float] | None] = []
+    for state, proxy_id in zip(states, proxy_ids):
+        p, d = prefill.get(proxy_id), decode.get(proxy_id)
+        if not state.finished or p is None or (d is None and state.spec.output_len > 1):
+            out.append(None)
+            continue
+        arrival = start + state.spec.arrival
+        first, last = (
+            start + state.token_times[0],
+            start + state.token_times[state.spec.output_len - 1],
+        )
+        group_start = p["detail"]["start"]
+        parts = {"queue": group_start - arrival, "prefill_switch": p["detail"]["switch"]}
+        parts["prefill_compute"] = first - group_start - parts["prefill_switch"]
+        if d is None:  # finished at its first token
+            parts.update(handoff=0.0, decode_switch=0.0, decode_compute=0.0, decode_wait=0.0)
+        else:
+            admitted = d["detail"]["admitted"]
+            parts["handoff"] = admitted - first
+            parts["decode_switch"] = d["detail"]["switch"]
+            parts["decode_compute"] = d["detail"]["compute"]
+            parts["decode_wait"] = (
+                last - admitted - parts["decode_switch"] - parts["decode_compute"]
+            )
+        out.append(parts)
+    return out

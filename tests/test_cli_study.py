@@ -1,0 +1,227 @@
+"""`aegaeon workload`, `sim`, `plot` and `profile`: happy paths and clean errors."""
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from aegaeon.cli import main
+from tests.cli_helpers import invoke
+
+RAW = Path(__file__).resolve().parent / "data"
+
+
+def test_workload_gen_writes_every_combination(tmp_path):
+    result = invoke(
+        "workload",
+        "gen",
+        "--num-models",
+        "4,8",
+        "--arrival-rate",
+        "0.1",
+        "--duration",
+        "60",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "synth-4-0.1-1.0-1.0.csv",
+        "synth-8-0.1-1.0-1.0.csv",
+    ]
+    spaced = invoke(
+        "workload",
+        "gen",
+        "--num-models",
+        "4",
+        "6",
+        "--arrival-rate",
+        "0.1",
+        "0.2",
+        "--duration",
+        "60",
+        "--out",
+        str(tmp_path / "spaced"),
+    )
+    assert spaced.exit_code == 0, spaced.output
+    assert len(list((tmp_path / "spaced").iterdir())) == 4
+
+
+def test_sim_writes_json_and_plot_draws_it(tmp_path):
+    out, work, figs = tmp_path / "json", tmp_path / "workloads", tmp_path / "figs"
+    result = invoke(
+        "sim",
+        "--num-models",
+        "4:8:4",
+        "--arrival-rate",
+        "0.1",
+        "--duration",
+        "60",
+        "--policy",
+        "aegaeon,sllm",
+        "--workloads",
+        str(work),
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "aegaeon-4-0.1-1.0-1.0-ttft10-tpot0.1.json",
+        "aegaeon-8-0.1-1.0-1.0-ttft10-tpot0.1.json",
+        "sllm-4-0.1-1.0-1.0-ttft10-tpot0.1.json",
+        "sllm-8-0.1-1.0-1.0-ttft10-tpot0.1.json",
+    ]
+    assert (work / "synth-8-0.1-1.0-1.0.csv").exists()
+    assert 0.0 <= json.loads((out / files[0]).read_text())["slo_attainment"] <= 1.0
+    result = invoke("plot", "e2e", "--spec", "0.1", "--json-dir", str(out), "--out", str(figs))
+    assert result.exit_code == 0, result.output
+    assert (figs / "e2e-0.1.png").stat().st_size > 1000 and (figs / "e2e-0.1.pdf").exists()
+
+
+def test_sim_ablation_of_aegaeon_settings_is_kept_apart_from_the_default_result(tmp_path):
+    out, work = tmp_path / "json", tmp_path / "workloads"
+    common = [
+        "--num-models",
+        "8",
+        "--arrival-rate",
+        "0.1",
+        "--duration",
+        "60",
+        "--workloads",
+        str(work),
+        "--out",
+        str(out),
+    ]
+    assert invoke("sim", "--policy", "aegaeon,sllm", *common).exit_code == 0
+    result = invoke(
+        "sim",
+        "--policy",
+        "aegaeon,sllm",
+        "--max-quota",
+        "2",
+        "--aegaeon-switch-efficiency",
+        "1",
+        *common,
+    )
+    assert result.exit_code == 0, result.output
+    assert "2nd-tok p90" in result.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "aegaeon-8-0.1-1.0-1.0-ttft10-tpot0.1.json",
+        "aegaeon_q2_eff1-8-0.1-1.0-1.0-ttft10-tpot0.1.json",
+        "sllm-8-0.1-1.0-1.0-ttft10-tpot0.1.json",
+    ]  # the baseline does not depend on either knob
+    default, ablation = (json.loads((out / name).read_text()) for name in files[:2])
+    assert (default["variant"], default["max_quota"]) == ("", 4.0)
+    assert (ablation["variant"], ablation["max_quota"], ablation["switch_efficiency"]) == (
+        "q2_eff1",
+        2.0,
+        1.0,
+    )
+    result = invoke(
+        "plot", "e2e", "--spec", "0.1", "--json-dir", str(out), "--out", str(tmp_path / "figs")
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["sim", "--policy", "aegaeon", "--max-quota", "0", *common])
+    assert (
+        result.exit_code != 0
+        and "--max-quota" in result.output
+        and "Traceback" not in result.output
+    )
+
+
+def test_sim_replays_an_existing_paper_workload(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "synth-16-0.1-1.0-1.0.csv").write_text((RAW / "synth-16-0.1-1.0-1.0.csv").read_text())
+    result = invoke(
+        "sim",
+        "--num-models",
+        "16",
+        "--arrival-rate",
+        "0.1",
+        "--policy",
+        "aegaeon",
+        "--workloads",
+        str(work),
+        "--out",
+        str(tmp_path / "j"),
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(next((tmp_path / "j").iterdir()).read_text())
+    assert data["num_requests"] == 156
+
+
+def test_profile_fit_reports_the_fit_error(tmp_path):
+    raw = tmp_path / "raw" / "qwen2_5_7b"
+    raw.mkdir(parents=True)
+    for i, b, p, d in [
+        (16, 1, 0.01, 0.009),
+        (64, 4, 0.012, 0.0092),
+        (256, 4, 0.024, 0.0093),
+        (512, 8, 0.09, 0.0098),
+        (128, 16, 0.045, 0.0105),
+        (16, 100, 0.043, 0.017),
+    ]:
+        (raw / f"i{i}b{b}.json").write_text(
+            json.dumps({"avg_prefill_latency": p, "avg_decode_latency": d})
+        )
+    result = invoke(
+        "profile", "fit", str(tmp_path / "raw"), "--device", "T", "--out", str(tmp_path / "p")
+    )
+    assert result.exit_code == 0, result.output
+    assert "decode mean" in result.output and (tmp_path / "p" / "T" / "qwen2_5_7b.json").exists()
+
+
+def test_profile_measures_a_checkpoint_in_the_shared_schema_and_the_simulator_loads_it(tmp_path):
+    from aegaeon.profiles import load_profile
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["make-model", str(tmp_path / "tiny")]).exit_code == 0
+    result = runner.invoke(
+        main,
+        [
+            "profile",
+            "--model",
+            str(tmp_path / "tiny"),
+            "--input-lens",
+            "8,16,32",
+            "--batches",
+            "1,2",
+            "--out",
+            str(tmp_path / "profiles"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "profiles" / "cpu" / "tiny.json"
+    data = json.loads(path.read_text())
+    assert data["schema"] == "aegaeon-profile/1" and len(data["table"]) == 6
+    assert all(row["prefill_s"] > 0 and row["decode_s"] > 0 for row in data["table"])
+    cost, link = load_profile(path)
+    assert (
+        cost.decode_time(2, 64) > 0 and link.h2d_bandwidth > 0 and 0 < link.switch_efficiency <= 1
+    )
+
+
+def test_profile_refuses_input_lengths_beyond_the_context(tmp_path):
+    runner = CliRunner()
+    assert (
+        runner.invoke(main, ["make-model", str(tmp_path / "t"), "--max-position", "32"]).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        main,
+        [
+            "profile",
+            "--model",
+            str(tmp_path / "t"),
+            "--input-lens",
+            "64",
+            "--out",
+            str(tmp_path / "p"),
+        ],
+    )
+    assert result.exit_code != 0 and "exceed its context of 32" in result.output
+    bad = runner.invoke(main, ["profile", "--model", str(tmp_path / "t"), "--batches", "two"])
+    assert bad.exit_code == 2 and "--batches" in bad.output
