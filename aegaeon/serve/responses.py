@@ -12,121 +12,20 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from fastapi import Request
 
+from aegaeon.serve.api_errors import ApiError, unavailable
 from aegaeon.serve.api_guard import JSONResponse, error_body
-from aegaeon.serve.detok import IncrementalText
+from aegaeon.serve.generation import Choice, Generation, logprob_block
 from aegaeon.serve.metrics import Metrics
 from aegaeon.serve.requests import LiveRequest
-from aegaeon.serve.served_model import ServedModel
-from aegaeon.serve.stop import StopMatcher
 
 TOKEN_TIMEOUT = 300.0  # seconds without a token before a request is given up as a 504
 
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        kind: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = (
-            status,
-            message,
-            param,
-            code,
-            kind,
-        )
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return error_body(self.message, self.param, self.code, self.kind)
-
-
-def unavailable(message: str) -> ApiError:
-    return ApiError(503, message, None, "service_unavailable", "service_unavailable_error")
-
-
 class ClientGone(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class Generation:
-    """What one API request asked for, across its choices."""
-
-    states: tuple[LiveRequest, ...]  # one per choice, in index order
-    model: ServedModel
-    chat: bool
-    stop_strings: tuple[str, ...]
-    arrival: float  # wall clock, as the workers stamp tokens
-    logprobs: int | None  # None: not asked; k: each token's log-probability and the k most likely
-    echoes: tuple[
-        str, ...
-    ] = ()  # completions' echo: per choice, its prompt's text, put before its own
-    usage_chunk: bool = False  # stream_options.include_usage
-    prompts: int = 1  # distinct prompts (a completions batch): choice i answers prompt i // (choices / prompts)
-
-    @property
-    def response_id(self) -> str:
-        return f"{'chatcmpl' if self.chat else 'cmpl'}-{self.states[0].submit.request_id}"
-
-    @property
-    def prompt_tokens(self) -> int:
-        """Each prompt's tokens once, however many choices it has (as OpenAI counts usage)."""
-        per_prompt = len(self.states) // self.prompts
-        return sum(len(self.states[i * per_prompt].submit.prompt_ids) for i in range(self.prompts))
-
-    def echo(self, index: int) -> str:
-        return self.echoes[index] if self.echoes else ""
-
-
-class _Choice:
-    def __init__(self, index: int, state: LiveRequest, generation: Generation):
-        self.index, self.state, self.model = index, state, generation.model
-        self.stops = StopMatcher(list(generation.stop_strings))
-        self.decoded = IncrementalText(generation.model.tokenizer)
-        self.tokens: list[int] = []
-        self.times: list[float] = []
-        self.logprobs: list = []
-        self.prompt_logprobs: tuple = ()  # echo with logprobs: per prompt token, from the first message
-        self.reason: str | None = None
-        self.shown = ""  # text already streamed
-        self.text = ""  # the text as it stands (final once the choice has a reason)
-        self.stopped_by_string = False
-        self.ended = False
-
-    def take(
-        self,
-        token_ids: list[int],
-        stamps: list[float],
-        finish: str | None,
-        logprobs: tuple,
-        prompt_logprobs: tuple = (),
-    ) -> str:
-        """Add a batch of tokens; the text that may be shown now (all of it once the choice has ended)."""
-        self.tokens += token_ids
-        self.times += stamps
-        self.logprobs += logprobs
-        self.prompt_logprobs = self.prompt_logprobs or prompt_logprobs
-        text, stopped = self.stops.cut(self.decoded.add(token_ids))
-        if finish is not None and not stopped:  # the end: nothing is held back any more
-            text, stopped = self.stops.cut(self.decoded.finish())
-            if not stopped:
-                text = self.decoded.text
-        if stopped:
-            self.reason, self.stopped_by_string = "stop", True
-        elif finish is not None:
-            self.reason = finish
-        self.text = text
-        return text
 
 
 class Responder:
@@ -177,7 +76,7 @@ class Responder:
             if message.finish_reason is not None:
                 return
 
-    def _end(self, generation: Generation, choices: list[_Choice]) -> None:
+    def _end(self, generation: Generation, choices: list[Choice]) -> None:
         for choice in choices:
             if (
                 not choice.ended and choice.reason is None
@@ -190,7 +89,7 @@ class Responder:
     # ---- one JSON body ------------------------------------------------------------------------------------
 
     async def complete(self, generation: Generation, request: Request):
-        choices = [_Choice(i, state, generation) for i, state in enumerate(generation.states)]
+        choices = [Choice(i, state, generation) for i, state in enumerate(generation.states)]
         gone = asyncio.ensure_future(_disconnected(request))
         tasks = [asyncio.ensure_future(self._collect(choice, gone)) for choice in choices]
         try:
@@ -218,7 +117,7 @@ class Responder:
             },
         }
 
-    async def _collect(self, choice: _Choice, gone: asyncio.Future) -> None:
+    async def _collect(self, choice: Choice, gone: asyncio.Future) -> None:
         async for batch in self.tokens(choice.state, gone):
             choice.take(*batch)
             if choice.reason is not None:
@@ -227,7 +126,7 @@ class Responder:
             self.proxy.cancel(choice.state.submit.request_id)
         choice.ended = True
 
-    def _whole_choice(self, generation: Generation, choice: _Choice) -> dict:
+    def _whole_choice(self, generation: Generation, choice: Choice) -> dict:
         text = choice.text
         logprobs = None
         if generation.logprobs is not None:
@@ -264,10 +163,10 @@ class Responder:
     # ---- server-sent events -------------------------------------------------------------------------------
 
     async def stream(self, generation: Generation) -> AsyncIterator[bytes]:
-        choices = [_Choice(i, state, generation) for i, state in enumerate(generation.states)]
+        choices = [Choice(i, state, generation) for i, state in enumerate(generation.states)]
         queue: asyncio.Queue = asyncio.Queue()
 
-        async def pump(choice: _Choice) -> None:
+        async def pump(choice: Choice) -> None:
             try:
                 async for batch in self.tokens(choice.state):
                     queue.put_nowait((choice, batch, None))
@@ -347,7 +246,7 @@ class Responder:
             "model": generation.model.name,
         }
 
-        def chunk(choice: _Choice, content, finish: str | None, logprobs: dict | None) -> bytes:
+        def chunk(choice: Choice, content, finish: str | None, logprobs: dict | None) -> bytes:
             body = (
                 {
                     "index": choice.index,
@@ -366,40 +265,6 @@ class Responder:
             return _event({**head, "created": int(self.now()), "choices": [body]})
 
         return chunk
-
-
-def logprob_block(
-    model: ServedModel, token_ids: list[int], entries: list, chat: bool, offset: int
-) -> dict:
-    """OpenAI's logprobs object for these tokens: chat's `content` list, or completions' parallel lists
-    (`text_offset` counted from `offset`, the characters before the first of them; an entry None, a
-    prompt's first token, has no logprob)."""
-    piece = model.token_text
-    if chat:
-
-        def item(token: int, logprob: float) -> dict:
-            text = piece(token)
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
-
-        return {
-            "content": [
-                {**item(token, chosen), "top_logprobs": [item(t, lp) for t, lp in top]}
-                for token, (chosen, top) in zip(token_ids, entries)
-            ]
-        }
-    texts = [piece(token) for token in token_ids]
-    offsets = []
-    for text in texts:
-        offsets.append(offset)
-        offset += len(text)
-    return {
-        "tokens": texts,
-        "token_logprobs": [None if entry is None else entry[0] for entry in entries],
-        "top_logprobs": [
-            None if entry is None else {piece(t): lp for t, lp in entry[1]} for entry in entries
-        ],
-        "text_offset": offsets,
-    }
 
 
 def _chunk_object(generation: Generation) -> str:
