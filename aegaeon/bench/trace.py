@@ -3,6 +3,15 @@ each request's latency `breakdown`: the proxy's telemetry events, timed from the
 
 from __future__ import annotations
 
+from aegaeon.ipc.events import (
+    DecodeEvent,
+    Event,
+    MemoryEvent,
+    PrefillEvent,
+    QuantumEvent,
+    SwapEvent,
+    SwitchEvent,
+)
 from aegaeon.sched.request import RequestState
 
 BREAKDOWN_PARTS = (
@@ -20,44 +29,73 @@ def add_trace(
     result: dict,
     states: list[RequestState],
     proxy_ids: list[int],
-    events: list[dict],
+    events: list[Event],
     start: float,
     nodes: dict[str, str],
 ) -> None:
     """Give each request record of `result` its breakdown, and `result` the run's trace (switches, swaps,
-    memory samples and decode quanta; `nodes`: worker id -> the node it ran on)."""
+    memory samples and decode quanta; `nodes`: worker id -> the node it ran on). The JSON schema is
+    docs/results.md's."""
     by_proxy_id = {proxy_ids[i]: i for i in range(len(states))}
     breakdowns = request_breakdowns(states, proxy_ids, events, start)
     for record, breakdown in zip(result["requests"], breakdowns):
         record["breakdown"] = breakdown
+
+    def common(event: Event) -> dict:
+        return {"t": event.time - start, "worker": event.worker_id, "model": event.model}
+
     result["trace"] = {
         "start": start,
-        "switches": [_relative(e, start) for e in events if e["kind"] == "switch"],
-        "swaps": [
-            {**_relative(e, start), "request": by_proxy_id.get(e["request_id"])}
+        "switches": [
+            {**common(e), "seconds": e.seconds, "bytes": e.bytes_copied, **e.stages}
             for e in events
-            if e["kind"] == "swap"
+            if isinstance(e, SwitchEvent)
         ],
-        "memory": [_relative(e, start) for e in events if e["kind"] == "memory"],
-        "quanta": [_relative(e, start) for e in events if e["kind"] == "quantum"],
+        "swaps": [
+            {
+                **common(e),
+                "seconds": e.seconds,
+                "bytes": e.nbytes,
+                "label": e.direction,
+                "request": by_proxy_id.get(e.request_id),
+            }
+            for e in events
+            if isinstance(e, SwapEvent)
+        ],
+        "memory": [
+            {**common(e), **{name: getattr(e, name) for name in MEMORY_FIELDS}}
+            for e in events
+            if isinstance(e, MemoryEvent)
+        ],
+        "quanta": [
+            {
+                **common(e),
+                "seconds": e.compute,
+                "steps": e.steps,
+                "batch": e.batch,
+                "context": e.context,
+                "wall": e.wall,
+            }
+            for e in events
+            if isinstance(e, QuantumEvent)
+        ],
         "nodes": nodes,  # worker id -> the node it ran on ("local": the head)
     }
 
 
-def _relative(event: dict, start: float) -> dict:
-    return {
-        "t": event["time"] - start,
-        "worker": event["worker_id"],
-        "model": event["model"],
-        "seconds": event["seconds"],
-        "bytes": event["nbytes"],
-        "label": event["label"],
-        **event["detail"],
-    }
+MEMORY_FIELDS = (
+    "total",
+    "weight_region",
+    "weights",
+    "kv_used",
+    "kv_free",
+    "internal_fragmentation",
+    "external_fragmentation",
+)
 
 
 def request_breakdowns(
-    states: list[RequestState], proxy_ids: list[int], events: list[dict], start: float
+    states: list[RequestState], proxy_ids: list[int], events: list[Event], start: float
 ) -> list[dict[str, float] | None]:
     """Where each finished request's latency went (seconds; the parts sum to finish - arrival).
 
@@ -66,8 +104,8 @@ def request_breakdowns(
     worker has its KV (export, routing, waiting for room, import); decode_switch / decode_compute: switches and
     decode steps of the quanta it took part in; decode_wait: the rest (other models' turns, routing, tokens).
     """
-    prefill = {e["request_id"]: e for e in events if e["kind"] == "prefill"}
-    decode = {e["request_id"]: e for e in events if e["kind"] == "decode"}
+    prefill = {e.request_id: e for e in events if isinstance(e, PrefillEvent)}
+    decode = {e.request_id: e for e in events if isinstance(e, DecodeEvent)}
     out: list[dict[str, float] | None] = []
     for state, proxy_id in zip(states, proxy_ids):
         p, d = prefill.get(proxy_id), decode.get(proxy_id)
@@ -79,18 +117,14 @@ def request_breakdowns(
             start + state.token_times[0],
             start + state.token_times[state.spec.output_len - 1],
         )
-        group_start = p["detail"]["start"]
-        parts = {"queue": group_start - arrival, "prefill_switch": p["detail"]["switch"]}
-        parts["prefill_compute"] = first - group_start - parts["prefill_switch"]
+        parts = {"queue": p.group_start - arrival, "prefill_switch": p.switch}
+        parts["prefill_compute"] = first - p.group_start - p.switch
         if d is None:  # finished at its first token
             parts.update(handoff=0.0, decode_switch=0.0, decode_compute=0.0, decode_wait=0.0)
         else:
-            admitted = d["detail"]["admitted"]
-            parts["handoff"] = admitted - first
-            parts["decode_switch"] = d["detail"]["switch"]
-            parts["decode_compute"] = d["detail"]["compute"]
-            parts["decode_wait"] = (
-                last - admitted - parts["decode_switch"] - parts["decode_compute"]
-            )
+            parts["handoff"] = d.admitted - first
+            parts["decode_switch"] = d.switch
+            parts["decode_compute"] = d.compute
+            parts["decode_wait"] = last - d.admitted - d.switch - d.compute
         out.append(parts)
     return out

@@ -8,11 +8,12 @@ what is wrong, never a half-built message.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import astuple, dataclass, fields
 
 import msgpack
 
 from aegaeon.errors import AegaeonError
+from aegaeon.ipc.events import EVENT_TYPES
 
 
 class MessageError(AegaeonError, ValueError):
@@ -139,32 +140,6 @@ class Cancel:
     request_id: int
 
 
-TRACE_KINDS = ("switch", "swap", "prefill", "decode", "quantum", "memory")
-
-
-@dataclass(frozen=True)
-class Trace:
-    """Worker -> proxy: one measured event, for /metrics, the end-to-end benchmark and figures 14-16.
-
-    switch:  a model switch; `detail` holds its stages (aegaeon.engine.runner.SwitchRecord)
-    swap:    one KV copy; `label` is out/in (preemption) or export/import (prefill -> decode handoff)
-    prefill: a request's prefill; detail: start (wall clock), switch (seconds of its group's switch)
-    decode:  a request left this decode worker; detail: admitted (wall clock), compute and switch seconds
-    quantum: a decode quantum's steps; `seconds` in steps; detail: steps, mean batch size and context tokens
-    memory:  the worker's arena (aegaeon.arena.ArenaUsage byte counts)
-    """
-
-    kind: str
-    worker_id: int
-    model: str
-    time: float  # wall clock (time.time()) when the event ended
-    seconds: float = 0.0
-    nbytes: int = 0
-    request_id: int = -1
-    label: str = ""
-    detail: dict = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class Hello:
     """Joining node -> head, first message on the TCP link (after CURVE's handshake proved the token):
@@ -236,7 +211,6 @@ MESSAGE_TYPES: tuple[type, ...] = (
     WorkerReady,
     Cancel,
     Shutdown,
-    Trace,
     Hello,
     Welcome,
     Refused,
@@ -245,6 +219,7 @@ MESSAGE_TYPES: tuple[type, ...] = (
     KvPayload,
     WorkerGone,
     TurnStarted,
+    *EVENT_TYPES,  # telemetry (aegaeon.ipc.events)
 )  # append only: the index is the tag
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
 

@@ -1,20 +1,19 @@
-"""What the workers measured, as the proxy saw it: a bounded event log and per-model totals.
+"""What the workers measured, as the proxy saw it: a bounded log of typed events and per-model totals.
 
-Workers send `Trace` messages (model switches with their stages, KV swaps,
-per-request prefill and decode timings, arena usage samples). /metrics reads
-the totals; the end-to-end benchmark copies the events of its run into its
-result JSON, from which figures 14-16 are drawn.
+Workers send the events of aegaeon.ipc.events (model switches with their stages, KV swaps, per-request
+prefill and decode timings, decode quanta, arena samples). /metrics reads the totals; the end-to-end
+benchmark copies the events of its run into its result JSON (aegaeon.bench.trace), from which figures
+14-16 are drawn.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict, deque
-from dataclasses import asdict
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from aegaeon.ipc.messages import Trace
+from aegaeon.ipc.events import Event, MemoryEvent, SwapEvent, SwitchEvent
 
 MAX_EVENTS = 200_000  # a few hours of a busy CPU node; older events are dropped first
 
@@ -22,34 +21,31 @@ MAX_EVENTS = 200_000  # a few hours of a busy CPU node; older events are dropped
 class Telemetry:
     def __init__(self, max_events: int = MAX_EVENTS):
         self._lock = threading.Lock()
-        self._events: deque[Trace] = deque(maxlen=max_events)
+        self._events: deque[Event] = deque(maxlen=max_events)
         self.switches: dict[str, int] = defaultdict(int)
         self.switch_seconds: dict[str, float] = defaultdict(float)
         self.swap_bytes: dict[tuple[str, str], int] = defaultdict(
             int
-        )  # (model, swap label) -> bytes
+        )  # (model, direction) -> bytes
         self._kv: dict[
             int, tuple[int, int]
-        ] = {}  # worker id -> (KV bytes used, KV bytes free), latest sample
+        ] = {}  # worker id -> (KV bytes used, free), latest sample
 
-    def record(self, trace: Trace) -> None:
+    def record(self, event: Event) -> None:
         with self._lock:
-            self._events.append(trace)
-            if trace.kind == "switch":
-                self.switches[trace.model] += 1
-                self.switch_seconds[trace.model] += trace.seconds
-            elif trace.kind == "swap":
-                self.swap_bytes[(trace.model, trace.label)] += trace.nbytes
-            elif trace.kind == "memory":
-                self._kv[trace.worker_id] = (
-                    int(trace.detail.get("kv_used", 0)),
-                    int(trace.detail.get("kv_free", 0)),
-                )
+            self._events.append(event)
+            if isinstance(event, SwitchEvent):
+                self.switches[event.model] += 1
+                self.switch_seconds[event.model] += event.seconds
+            elif isinstance(event, SwapEvent):
+                self.swap_bytes[(event.model, event.direction)] += event.nbytes
+            elif isinstance(event, MemoryEvent):
+                self._kv[event.worker_id] = (event.kv_used, event.kv_free)
 
-    def events(self, since: float = 0.0) -> list[dict]:
-        """Events that ended at or after wall-clock time `since`, oldest first, as plain dicts."""
+    def events(self, since: float = 0.0) -> list[Event]:
+        """Events that ended at or after wall-clock time `since`, oldest first."""
         with self._lock:
-            return [asdict(e) for e in self._events if e.time >= since]
+            return [e for e in self._events if e.time >= since]
 
     def kv_usage(self) -> dict[int, tuple[int, int]]:
         """Per worker, its latest arena sample: (KV bytes used, KV bytes free)."""

@@ -17,6 +17,7 @@ from typing import Sequence
 from aegaeon.engine.executor import KvImport, SeqUpdate
 from aegaeon.engine.runner import SwitchRecord
 from aegaeon.errors import OutOfBlocksError
+from aegaeon.ipc.events import DecodeEvent, QuantumEvent
 from aegaeon.ipc.messages import Cancel, KvRelease, StepDone, Submit, SwapIn, TurnStarted
 from aegaeon.sched.cost import MeasuredCost
 from aegaeon.sched.policies import policy
@@ -164,10 +165,10 @@ class DecodeWorker(WorkerLoop):
     def turn_done(self, turn: Turn, steps: int, seconds: float, switch_seconds: float) -> None:
         q = self.quantum
         if q.steps:  # `wall` adds what serving does around each step (token reports, bookkeeping) to the compute
-            self.trace(
-                "quantum",
-                turn.model,
-                q.compute,
+            self.emit(
+                QuantumEvent,
+                model=turn.model,
+                compute=q.compute,
                 steps=q.steps,
                 batch=q.sequences / q.steps,
                 context=q.context / q.steps,
@@ -219,10 +220,9 @@ class DecodeWorker(WorkerLoop):
     def _report_left(self, request_id: int, model: str) -> None:
         timing = self.timings.pop(request_id, None)
         if timing is not None:
-            self.trace(
-                "decode",
-                model,
-                time.time() - timing.admitted,
+            self.emit(
+                DecodeEvent,
+                model=model,
                 request_id=request_id,
                 admitted=timing.admitted,
                 compute=timing.compute,

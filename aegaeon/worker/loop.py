@@ -17,7 +17,8 @@ import torch
 
 from aegaeon.engine.executor import StepExecutor
 from aegaeon.engine.runner import SwitchRecord
-from aegaeon.ipc.messages import Cancel, Shutdown, Tokens, Trace, WorkerReady, decode, encode
+from aegaeon.ipc.events import MemoryEvent, SwapEvent, SwitchEvent
+from aegaeon.ipc.messages import Cancel, Shutdown, Tokens, WorkerReady, decode, encode
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.worker.spec import KV_SEGMENT, WorkerSpec, inbox_name, outbox_name
@@ -157,38 +158,31 @@ class WorkerLoop:
                 )
             )
 
-    def trace(
-        self,
-        kind: str,
-        model: str,
-        seconds: float = 0.0,
-        nbytes: int = 0,
-        request_id: int = -1,
-        label: str = "",
-        **detail: float,
-    ) -> None:
-        self.send(
-            Trace(
-                kind,
-                self.spec.worker_id,
-                model,
-                time.time(),
-                seconds,
-                nbytes,
-                request_id,
-                label,
-                detail,
-            )
-        )
+    def emit(self, make_event, **fields) -> None:
+        """Send a telemetry event (aegaeon.ipc.events) stamped with this worker and the time now."""
+        self.send(make_event(worker_id=self.spec.worker_id, time=time.time(), **fields))
 
     def trace_switch(self, model: str, record: SwitchRecord | None) -> None:
         if record is not None:
-            self.trace("switch", model, record.seconds, record.bytes_copied, **record.stages)
+            self.emit(
+                SwitchEvent,
+                model=model,
+                seconds=record.seconds,
+                bytes_copied=record.bytes_copied,
+                stages=dict(record.stages),
+            )
 
     def report_measurements(self) -> None:
         """Send the KV swaps finished since the last call, and an arena usage sample now and then."""
         for swap in self.executor.finished_swaps():
-            self.trace("swap", swap.model, swap.seconds, swap.nbytes, swap.seq_id, swap.kind)
+            self.emit(
+                SwapEvent,
+                model=swap.model,
+                seconds=swap.seconds,
+                nbytes=swap.nbytes,
+                request_id=swap.seq_id,
+                direction=swap.kind,
+            )
         self.sample_memory()
 
     def sample_memory(self) -> None:
@@ -198,9 +192,9 @@ class WorkerLoop:
             return
         self.last_memory_sample = now
         usage = self.executor.usage()
-        self.trace(
-            "memory",
-            self.executor.bound_model or "",
+        self.emit(
+            MemoryEvent,
+            model=self.executor.bound_model or "",
             total=usage.total_bytes,
             weight_region=usage.weight_region_bytes,
             weights=usage.weight_bytes,

@@ -14,6 +14,7 @@ import time
 from collections import deque
 
 from aegaeon.errors import AegaeonError, OutOfBlocksError
+from aegaeon.ipc.events import PrefillEvent
 from aegaeon.ipc.messages import Cancel, KvRelease, Schedule, StepDone, Submit, SwapOut
 from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.models.sampler import SamplingParams
@@ -130,12 +131,12 @@ class PrefillWorker(WorkerLoop):
             return
         update = updates[0]
         # the trace goes first: the proxy has it before the request can finish
-        self.trace(
-            "prefill",
-            model,
-            compute,
+        self.emit(
+            PrefillEvent,
+            model=model,
             request_id=request_id,
-            start=group_start,
+            compute=compute,
+            group_start=group_start,
             switch=switch_seconds,
         )
         self.report(

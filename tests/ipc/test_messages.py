@@ -3,6 +3,14 @@ from dataclasses import fields
 import msgpack
 import pytest
 
+from aegaeon.ipc.events import (
+    DecodeEvent,
+    MemoryEvent,
+    PrefillEvent,
+    QuantumEvent,
+    SwapEvent,
+    SwitchEvent,
+)
 from aegaeon.ipc.messages import (
     MESSAGE_TYPES,
     Cancel,
@@ -20,7 +28,6 @@ from aegaeon.ipc.messages import (
     SwapIn,
     SwapOut,
     Tokens,
-    Trace,
     TurnStarted,
     Welcome,
     WorkerGone,
@@ -61,7 +68,12 @@ EXAMPLES = [
     WorkerGone(5, -9),
     TurnStarted("m"),
     Shutdown("bye"),
-    Trace("switch", 3, "m", 1700000000.5, 0.01, 4096, -1, "", {"copy_weights": 0.008}),
+    SwitchEvent(3, "m", 1700000000.5, 0.01, 4096, {"copy_weights": 0.008}),
+    SwapEvent(3, "m", 1.0, 0.002, 512, 7, "export"),
+    PrefillEvent(2, "m", 1.0, 7, 0.01, 0.9, 0.05),
+    DecodeEvent(3, "m", 2.0, 7, 1.2, 0.4, 0.1),
+    QuantumEvent(3, "m", 2.0, 0.2, 4, 2.5, 100.0, 0.25),
+    MemoryEvent(3, "", 2.0, 1000, 400, 380, 100, 500, 3, 0),
 ]
 
 

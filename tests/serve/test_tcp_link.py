@@ -67,7 +67,7 @@ def serve_across(models, expected, head_prefill: int, join_prefill: int):
             requests = [(model, list(ids)) for model, ids in expected]
             results = client.complete_many(requests, max_tokens=8)
             remote = [link for link in head.proxy.links.values() if link.remote]
-            traced = {event["worker_id"] for event in head.proxy.telemetry.events()}
+            traced = {event.worker_id for event in head.proxy.telemetry.events()}
     finally:
         head.stop()
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
