@@ -1,4 +1,8 @@
-"""The proxy of a node: admits requests, routes them (`router`), relays KV handoffs (`handoff`), streams
+"""Longer than 300 lines because every method reads and changes the same request, worker and recovery
+state under the one lock, and the parts that stand alone already live in router, handoff, recovery,
+requests, links and telemetry.
+
+The proxy of a node: admits requests, routes them (`router`), relays KV handoffs (`handoff`), streams
 tokens back, and recovers from lost workers.
 
 It never touches tensors. One thread per local worker turns that worker's messages into state changes under
@@ -18,6 +22,7 @@ from dataclasses import replace
 
 from aegaeon.config.serving import AdmissionLimits, RecoveryConfig
 from aegaeon.errors import RequestError
+from aegaeon.ipc.events import EVENT_TYPES, Event
 from aegaeon.ipc.messages import (
     Cancel,
     KvPayload,
@@ -27,7 +32,6 @@ from aegaeon.ipc.messages import (
     Submit,
     SwapOut,
     Tokens,
-    Trace,
     TurnStarted,
     WorkerReady,
     decode,
@@ -103,7 +107,7 @@ class Proxy:
         self._handlers = {
             WorkerReady: self._on_ready,
             Tokens: self._on_tokens,
-            Trace: self._on_trace,
+            **{event: self._on_event for event in EVENT_TYPES},
             SwapOut: self._on_handoff,
             KvPayload: self._on_handoff,
             KvRelease: self._on_release,
@@ -245,10 +249,9 @@ class Proxy:
         link.unavailable = message.unavailable
         link.ready.set()
 
-    def _on_trace(self, link: WorkerLink, message: Trace) -> None:
-        self.telemetry.record(
-            replace(message, worker_id=link.worker_id)
-        )  # a joined node's worker knows its local id
+    def _on_event(self, link: WorkerLink, event: Event) -> None:
+        # a joined node's worker knows only its local id: the proxy's id for it is the link's
+        self.telemetry.record(replace(event, worker_id=link.worker_id))
 
     def _on_tokens(self, link: WorkerLink, message: Tokens) -> None:
         request = self.table.get(message.request_id)
