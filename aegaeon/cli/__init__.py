@@ -6,8 +6,10 @@ from aegaeon.cli import (  # noqa: F401  (they register the commands)
     bench_engine,
     bench_parts,
     bench_sim_vs_live,
+    plotting,
+    profiling,
     serving,
-    study,
+    simulate,
 )
 from aegaeon.cli.root import main
 

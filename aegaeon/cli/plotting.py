@@ -1,0 +1,94 @@
+"""`aegaeon plot`: the paper's figures from result JSON (simulated or live sweeps, and traced live
+runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from aegaeon.cli.root import _fail, main
+
+
+@main.group()
+def plot() -> None:
+    """Figures from result JSON."""
+
+
+@plot.command("e2e")
+@click.option(
+    "--spec",
+    "specs",
+    multiple=True,
+    help="Figure: 0.1, 0.5, 40, 0.1-ix2, 0.1-ox2, 0.5-ix2, 0.5-ox2, slo0.5, slo0.3 (repeatable).",
+)
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Plot the live `aegaeon bench e2e` sweeps in --json-dir instead "
+    "(one figure per workload and SLO setting).",
+)
+@click.option(
+    "--json-dir", default="plots/json", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--out", "out_dir", default="plots/out", show_default=True, type=click.Path(file_okay=False)
+)
+def plot_e2e_cmd(specs: tuple[str, ...], live: bool, json_dir: str, out_dir: str) -> None:
+    """SLO attainment per system (paper figures 11-13, or live sweeps with --live), PDF and PNG."""
+    from aegaeon.errors import AegaeonError
+    from aegaeon.plotting import plot_e2e, plot_live_e2e
+
+    if not specs and not live:
+        raise click.UsageError(
+            "name a figure with --spec (repeatable), or plot live sweeps with --live"
+        )
+    try:
+        for spec in specs:
+            for path in plot_e2e(spec, Path(json_dir), Path(out_dir)):
+                click.echo(str(path))
+        if live:
+            for path in plot_live_e2e(Path(json_dir), Path(out_dir)):
+                click.echo(str(path))
+    except AegaeonError as exc:
+        raise _fail(exc) from exc
+
+
+def _trace_plot_command(figure: str, summary: str) -> None:
+    @plot.command(
+        figure,
+        short_help=summary,
+        help=f"{summary}, from `aegaeon bench e2e` results (PDF and PNG, plus the numbers behind it).",
+    )
+    @click.option(
+        "--json",
+        "sources",
+        multiple=True,
+        type=click.Path(exists=True),
+        help="Result files or folders (repeatable) [default: plots/json].",
+    )
+    @click.option("--policy", default=None, help="Only runs of this policy (aegaeon or sllm).")
+    @click.option(
+        "--out", "out_dir", default="plots/out", show_default=True, type=click.Path(file_okay=False)
+    )
+    def command(sources: tuple[str, ...], policy: str | None, out_dir: str) -> None:
+        from aegaeon.errors import AegaeonError
+        from aegaeon.trace_plots import PLOTTERS, load_traced_runs
+
+        try:
+            runs = load_traced_runs([Path(s) for s in sources or ("plots/json",)], policy)
+            paths, text = PLOTTERS[figure](runs, Path(out_dir))
+        except AegaeonError as exc:
+            raise _fail(exc) from None
+        click.echo(text)
+        for path in paths:
+            click.echo(str(path))
+
+
+for _figure, _summary in (
+    ("breakdown", "Fig. 14: request latency and model switch breakdowns"),
+    ("autoscale-cdf", "Fig. 15: CDF of scale-up (model switch) latency"),
+    ("kvcache-cdf", "Fig. 16: CDF of KV-cache swap latency"),
+    ("frag", "KV-region fragmentation of every worker's arena over time"),
+):
+    _trace_plot_command(_figure, _summary)
