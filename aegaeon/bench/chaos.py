@@ -1,6 +1,7 @@
 """Load with faults: the same requests served twice on one node, undisturbed and then while workers are
-killed with SIGKILL; every request must finish with the tokens of its undisturbed run (nothing lost, no
-duplicate or missing token), and the node must end at full strength."""
+killed with SIGKILL (and, with `node_kill`, a whole joined node is killed and another joins in its place);
+every request must finish with the tokens of its undisturbed run (nothing lost, no duplicate or missing
+token), and the cluster must end at full strength."""
 
 from __future__ import annotations
 
@@ -11,14 +12,21 @@ import signal
 import statistics
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from aegaeon.bench.joined_node import head_config, join_config, start_joined_node
 from aegaeon.client import Client, Completion
 from aegaeon.config.serving import EngineConfig, NodeConfig
+from aegaeon.errors import LinkError
 from aegaeon.serve.node import Node
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_TIMEOUT = (
+    2.0  # seconds: how soon the head gives a silent node up (the launcher's default is 5)
+)
 
 PROMPTS = (
     "one pool serves many models",
@@ -43,6 +51,8 @@ class ChaosBench:
         int  # of those, how many the node still answered (refused, failed or served: never hung)
     )
     back_to_full: bool
+    node_kills: int  # joined nodes killed with SIGKILL (their workers with them)
+    rejoined: bool  # a new node joined after each, and the cluster was whole again
     p50_s: tuple[float, float]  # (undisturbed, with faults)
     p99_s: tuple[float, float]
     rss_mib: tuple[float, float]  # the node process at the start and at the end
@@ -54,6 +64,7 @@ class ChaosBench:
                 f"completed / failed:   {self.completed} / {self.failed}",
                 f"lost / wrong tokens:  {self.lost} / {self.wrong}",
                 f"re-run / restarts:    {self.rerun} / {self.restarts}; back to full strength: {self.back_to_full}",
+                f"joined nodes killed:  {self.node_kills}; a new node joined each time: {self.rejoined}",
                 f"hostile requests:     {self.hostile} sent, {self.hostile_served} answered",
                 f"latency p50:          {self.p50_s[0]:.2f} s undisturbed, {self.p50_s[1]:.2f} s with faults",
                 f"latency p99:          {self.p99_s[0]:.2f} s undisturbed, {self.p99_s[1]:.2f} s with faults",
@@ -72,6 +83,7 @@ def bench_chaos(
     seed: int = 0,
     cluster_id: str = "chaos",
     timeout: float = 180.0,
+    node_kill: bool = False,
 ) -> ChaosBench:
     from tokenizers import Tokenizer
 
@@ -93,7 +105,20 @@ def bench_chaos(
         engine=EngineConfig(kv_bytes=16 * 2**20),
         host_kv_bytes=32 * 2**20,
     )
-    with Node(config) as node:
+    if node_kill:
+        config = head_config(config, "chaos-bench-token", HEARTBEAT_TIMEOUT)
+    joined: list = []  # the joined node's process, the current one last
+    with Node(config) as node, _stopping(joined):
+        whole = instances
+        if node_kill:
+            joiner = join_config(config, f"127.0.0.1:{node.link.port}", f"{cluster_id}_join")
+            joined.append(start_joined_node(joiner))
+            whole += joiner.num_instances
+            up = _wait_for(lambda: _full_strength(node, whole) or not joined[-1].is_alive(), 120)
+            if not up or not joined[-1].is_alive():
+                raise LinkError(
+                    "chaos: the joined node did not join the head within 120 s (see its log)"
+                )
         client = Client(node.proxy, timeout=timeout)
         rss_start = _rss_mib()
         calm, calm_latency = _serve(client, work, ids, max_tokens)
@@ -104,6 +129,13 @@ def bench_chaos(
             target=_kill_workers, args=(node, kills, rng, stop, killed), name="chaos-killer"
         )
         killer.start()
+        rejoins: list[bool] = []
+        node_killer = threading.Thread(
+            target=_kill_node,
+            args=(node, joiner if node_kill else None, whole, joined, rng, stop, rejoins),
+            name="chaos-node-killer",
+        )
+        node_killer.start()
         hostile_sent: list[bool] = []  # one entry per hostile request: answered or not
         hostile = threading.Thread(
             target=_send_hostile, args=(client, names, stop, hostile_sent), name="chaos-hostile"
@@ -113,7 +145,7 @@ def bench_chaos(
         # keep the node loaded until every kill has landed, then one whole round more, so that the last lost
         # worker is noticed and replaced under load too
         while True:
-            last = not killer.is_alive()
+            last = not killer.is_alive() and not node_killer.is_alive()
             results, latency = _serve(client, work, ids, max_tokens)
             stormy += results
             stormy_latency += latency
@@ -122,13 +154,10 @@ def bench_chaos(
                 break
         stop.set()
         killer.join()
+        node_killer.join()
         hostile.join()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (
-            _all_replaced(node, killed) and _full_strength(node, instances)
-        ):
-            time.sleep(0.2)
-        back = _all_replaced(node, killed) and _full_strength(node, instances)
+        _wait_for(lambda: _all_replaced(node, killed) and _full_strength(node, whole), 60)
+        back = _all_replaced(node, killed) and _full_strength(node, whole)
         rerun, restarts = (
             node.proxy.table.rerun - rerun_before,
             node.proxy.restarts - restarts_before,
@@ -154,6 +183,8 @@ def bench_chaos(
         len(hostile_sent),
         sum(hostile_sent),
         back,
+        len(rejoins),
+        all(rejoins),
         (_pct(calm_latency, 50), _pct(stormy_latency, 50)),
         (_pct(calm_latency, 99), _pct(stormy_latency, 99)),
         (rss_start, rss_end),
@@ -230,6 +261,58 @@ def _kill_workers(
         log.info("chaos: SIGKILL worker %d", victim)
         os.kill(process.pid, signal.SIGKILL)
         killed.append((victim, process))
+
+
+def _kill_node(
+    node: Node,
+    joiner: NodeConfig | None,
+    whole: int,
+    joined: list,
+    rng: random.Random,
+    stop: threading.Event,
+    rejoins: list[bool],
+) -> None:
+    """SIGKILL the joined node under load, wait until the head has counted its workers lost, and start a
+    new node that joins in its place (the same cluster id: its start clears the dead run's segments)."""
+    if joiner is None or stop.wait(rng.uniform(0.5, 1.5)):
+        return
+    victim = joined[-1]
+    log.info("chaos: SIGKILL the joined node (pid %d)", victim.pid)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join()
+    lost = _wait_for(
+        lambda: node.proxy.health()[2]["remote_workers"] == 0, 3 * HEARTBEAT_TIMEOUT + 10
+    )
+    joined.append(start_joined_node(joiner))
+    rejoins.append(
+        lost
+        and _wait_for(lambda: _full_strength(node, whole) or not joined[-1].is_alive(), 120)
+        and joined[-1].is_alive()
+    )
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@contextmanager
+def _stopping(processes: list):
+    """Stop the joined node (SIGTERM, then SIGKILL) however the benchmark ends."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def _all_replaced(node: Node, killed: list[tuple[int, object]]) -> bool:

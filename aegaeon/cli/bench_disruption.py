@@ -19,6 +19,13 @@ from aegaeon.cli.root import _fail
 @click.option("--instances", default=5, show_default=True)
 @click.option("--prefill-instances", default=2, show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Which workers die, and when.")
+@click.option(
+    "--node-kill/--no-node-kill",
+    default=True,
+    show_default=True,
+    help="Also run a joined node (2 workers, over the TCP link on loopback), SIGKILL it under load and "
+    "let a new one join in its place.",
+)
 def bench_chaos_cmd(
     num_models: int,
     requests: int,
@@ -27,9 +34,11 @@ def bench_chaos_cmd(
     instances: int,
     prefill_instances: int,
     seed: int,
+    node_kill: bool,
 ) -> None:
-    """Serve the same requests undisturbed and while workers are killed: sent, completed, failed, lost,
-    wrong tokens, re-runs, restarts, latency percentiles and the node's memory."""
+    """Serve the same requests undisturbed and while workers (and a joined node) are killed: sent,
+    completed, failed, lost, wrong tokens, re-runs, restarts, re-joins, latency percentiles and the node's
+    memory."""
     from aegaeon.bench.chaos import bench_chaos
     from aegaeon.bench.e2e import market_models
     from aegaeon.errors import AegaeonError
@@ -44,6 +53,7 @@ def bench_chaos_cmd(
             instances,
             prefill_instances,
             seed,
+            node_kill=node_kill,
         )
     except AegaeonError as exc:
         raise _fail(exc) from None
