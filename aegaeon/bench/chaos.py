@@ -12,11 +12,16 @@ import signal
 import statistics
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from aegaeon.bench.joined_node import head_config, join_config, start_joined_node
+from aegaeon.bench.joined_node import (
+    head_config,
+    join_config,
+    start_joined_node,
+    stopping,
+    wait_for,
+)
 from aegaeon.client import Client, Completion
 from aegaeon.config.serving import EngineConfig, NodeConfig
 from aegaeon.errors import LinkError
@@ -108,13 +113,13 @@ def bench_chaos(
     if node_kill:
         config = head_config(config, "chaos-bench-token", HEARTBEAT_TIMEOUT)
     joined: list = []  # the joined node's process, the current one last
-    with Node(config) as node, _stopping(joined):
+    with Node(config) as node, stopping(joined):
         whole = instances
         if node_kill:
             joiner = join_config(config, f"127.0.0.1:{node.link.port}", f"{cluster_id}_join")
             joined.append(start_joined_node(joiner))
             whole += joiner.num_instances
-            up = _wait_for(lambda: _full_strength(node, whole) or not joined[-1].is_alive(), 120)
+            up = wait_for(lambda: _full_strength(node, whole) or not joined[-1].is_alive(), 120)
             if not up or not joined[-1].is_alive():
                 raise LinkError(
                     "chaos: the joined node did not join the head within 120 s (see its log)"
@@ -156,7 +161,7 @@ def bench_chaos(
         killer.join()
         node_killer.join()
         hostile.join()
-        _wait_for(lambda: _all_replaced(node, killed) and _full_strength(node, whole), 60)
+        wait_for(lambda: _all_replaced(node, killed) and _full_strength(node, whole), 60)
         back = _all_replaced(node, killed) and _full_strength(node, whole)
         rerun, restarts = (
             node.proxy.table.rerun - rerun_before,
@@ -280,39 +285,15 @@ def _kill_node(
     log.info("chaos: SIGKILL the joined node (pid %d)", victim.pid)
     os.kill(victim.pid, signal.SIGKILL)
     victim.join()
-    lost = _wait_for(
+    lost = wait_for(
         lambda: node.proxy.health()[2]["remote_workers"] == 0, 3 * HEARTBEAT_TIMEOUT + 10
     )
     joined.append(start_joined_node(joiner))
     rejoins.append(
         lost
-        and _wait_for(lambda: _full_strength(node, whole) or not joined[-1].is_alive(), 120)
+        and wait_for(lambda: _full_strength(node, whole) or not joined[-1].is_alive(), 120)
         and joined[-1].is_alive()
     )
-
-
-def _wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
-@contextmanager
-def _stopping(processes: list):
-    """Stop the joined node (SIGTERM, then SIGKILL) however the benchmark ends."""
-    try:
-        yield
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
 
 
 def _all_replaced(node: Node, killed: list[tuple[int, object]]) -> bool:

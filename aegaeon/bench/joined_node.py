@@ -7,6 +7,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import replace
 
 from aegaeon.config.link import LinkConfig
@@ -42,6 +44,31 @@ def start_joined_node(config: NodeConfig) -> mp.Process:
     process = mp.get_context("spawn").Process(target=_run, args=(config,), name=config.node_name)
     process.start()
     return process
+
+
+def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll `condition` until it holds (True) or `seconds` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@contextmanager
+def stopping(processes: list):
+    """Stop the joined nodes in `processes` (SIGTERM, then SIGKILL) however the benchmark ends."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def _run(config: NodeConfig) -> None:

@@ -21,11 +21,20 @@ from pathlib import Path
 
 from aegaeon.bench.hostile_clients import run_hostile_clients
 from aegaeon.bench.http import percentile
+from aegaeon.bench.joined_node import (
+    head_config,
+    join_config,
+    start_joined_node,
+    stopping,
+    wait_for,
+)
 from aegaeon.config.serving import ApiConfig, EngineConfig, NodeConfig
+from aegaeon.errors import LinkError
 from aegaeon.serve.node import Node
 
 log = logging.getLogger(__name__)
 
+LINK_TIMEOUT = 5.0  # the launcher's default heartbeat timeout: what a real head would give up at
 CONDITIONS = ("calm", "slow, leaving and fuzzing clients", "10 MB prompts")
 
 
@@ -38,6 +47,9 @@ class ConditionFigures:
     p99_s: float
     hostile: dict[str, int]  # what the hostile clients got: "<kind> <status>" -> count
     peak_rss_mib: float  # the server process's peak so far
+    # with a joined node: the longest silence the head heard from it, and whether it was still joined after
+    link_silence_s: float | None = None
+    still_joined: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -53,13 +65,18 @@ class StallBench:
     def render(self) -> str:
         lines = [
             f"{'condition':36s} {'small':>5s} {'failed':>6s} {'p50 s':>6s} {'p99 s':>6s} {'p99/calm':>8s} "
-            f"{'peak RSS':>9s}  hostile clients got"
+            f"{'peak RSS':>9s}{'  link silence':14s}  hostile clients got"
         ]
         for r in self.rows:
             got = ", ".join(f"{k}: {v}" for k, v in sorted(r.hostile.items())) or "-"
+            link = (
+                ""
+                if r.link_silence_s is None
+                else f"  {r.link_silence_s:5.2f} s {'joined' if r.still_joined else 'LEFT'}"
+            )
             lines.append(
                 f"{r.condition:36s} {r.small_requests:5d} {r.small_failed:6d} {r.p50_s:6.2f} {r.p99_s:6.2f} "
-                f"{self.ratio(r.condition):7.2f}x {r.peak_rss_mib:6.0f} MiB  {got}"
+                f"{self.ratio(r.condition):7.2f}x {r.peak_rss_mib:6.0f} MiB{link:14s}  {got}"
             )
         return "\n".join(lines)
 
@@ -72,7 +89,10 @@ def bench_stall(
     prompt_mib: float = 10.0,
     slow_clients: int = 64,
     seed: int = 0,
+    join_node: bool = False,
 ) -> StallBench:
+    """`join_node`: the server is a head with a node joined over the TCP link (its own process), and each
+    condition reports how long the link went silent: the 6 MB prompt that once made a joined node leave."""
     import uvicorn
 
     from aegaeon.serve.openai_api import create_app
@@ -85,7 +105,17 @@ def bench_stall(
         cluster_id="benchstall",
         engine=EngineConfig(kv_bytes=32 * 2**20),
     )
-    with Node(config) as node:
+    if join_node:
+        config = head_config(config, "stall-bench-token", LINK_TIMEOUT)
+    joined: list = []
+    with Node(config) as node, stopping(joined):
+        if join_node:
+            joiner = join_config(config, f"127.0.0.1:{node.link.port}", "benchstall_join")
+            joined.append(start_joined_node(joiner))
+            if not wait_for(
+                lambda: _remote(node) == joiner.num_instances or not joined[0].is_alive(), 120
+            ):
+                raise LinkError("stall: the joined node did not join the head within 120 s")
         port = _free_port()
         api = ApiConfig(port=port, max_body_bytes=int((prompt_mib + 1) * 2**20))
         server = uvicorn.Server(
@@ -106,6 +136,8 @@ def bench_stall(
                 _small_load, (base, names, 8, max_tokens, min(concurrency, 8))
             )  # warm every model
             for condition in CONDITIONS:
+                if join_node:
+                    node.link.take_longest_silence()
                 stop, tally = ctx.Event(), manager.dict() if condition != "calm" else None
                 hostile = None
                 if condition != "calm":
@@ -135,6 +167,8 @@ def bench_stall(
                         percentile(latencies, 99),
                         got,
                         _peak_rss_mib(),
+                        node.link.take_longest_silence() if join_node else None,
+                        _remote(node) == joiner.num_instances if join_node else None,
                     )
                 )
                 log.info("stall bench: %s done (p99 %.2f s)", condition, rows[-1].p99_s)
@@ -190,6 +224,10 @@ def _small_load(
     for t in threads:
         t.join()
     return latencies, failed
+
+
+def _remote(node: Node) -> int:
+    return node.proxy.health()[2]["remote_workers"]
 
 
 def _free_port() -> int:

@@ -70,8 +70,19 @@ def bench_chaos_cmd(
 @click.option(
     "--slow-clients", default=64, show_default=True, help="Half-sent requests held open at once."
 )
+@click.option(
+    "--join-node",
+    is_flag=True,
+    help="Make the server a head with a node joined over the TCP link (its own process), and report "
+    "the link's longest silence per condition (the heartbeat timeout is 5 s).",
+)
 def bench_stall_cmd(
-    requests: int, concurrency: int, max_tokens: int, prompt_mib: float, slow_clients: int
+    requests: int,
+    concurrency: int,
+    max_tokens: int,
+    prompt_mib: float,
+    slow_clients: int,
+    join_node: bool,
 ) -> None:
     """Small requests' p50/p99 through the HTTP API, undisturbed and while hostile clients (big prompts,
     slow and leaving clients, fuzzed bodies) use the same server (demo pool)."""
@@ -91,5 +102,6 @@ def bench_stall_cmd(
             max_tokens,
             prompt_mib,
             slow_clients,
+            join_node=join_node,
         ).render()
     )

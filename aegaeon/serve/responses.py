@@ -46,9 +46,13 @@ class Responder:
         while True:
             getter = asyncio.ensure_future(inbox.get())
             waiting = {getter} if gone is None else {getter, gone}
-            done, _ = await asyncio.wait(
-                waiting, timeout=TOKEN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-            )
+            try:
+                done, _ = await asyncio.wait(
+                    waiting, timeout=TOKEN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+                )
+            except asyncio.CancelledError:  # the response was given up: no getter may outlive it
+                getter.cancel()
+                raise
             if getter not in done:
                 getter.cancel()
                 if gone is not None and gone in done:

@@ -25,6 +25,9 @@ class Peer:
     node_name: str
     worker_ids: tuple[int, ...] = ()
     last_seen: float = field(default_factory=time.monotonic)
+    longest_silence: float = (
+        0.0  # the longest gap between two of its messages, as this head received them
+    )
 
 
 class HeadLink(LinkEndpoint):
@@ -82,7 +85,9 @@ class HeadLink(LinkEndpoint):
     def on_message(self, identity: bytes | None, message: object) -> None:
         peer = self.peers.get(identity)
         if peer is not None:
-            peer.last_seen = time.monotonic()
+            now = time.monotonic()
+            peer.longest_silence = max(peer.longest_silence, now - peer.last_seen)
+            peer.last_seen = now
             if isinstance(message, Hello):
                 log.warning("link: node %r said Hello again; ignored", peer.node_name)
             elif not isinstance(message, Heartbeat):
@@ -115,6 +120,14 @@ class HeadLink(LinkEndpoint):
                 self.on_lost(peer)
             else:
                 self.send(Heartbeat(time.time()), identity)
+
+    def take_longest_silence(self) -> float:
+        """The longest gap between two messages of any joined node since the last call (seconds): how close
+        the link came to its heartbeat timeout."""
+        longest = 0.0
+        for peer in list(self.peers.values()):
+            longest, peer.longest_silence = max(longest, peer.longest_silence), 0.0
+        return longest
 
     def send_to(self, peer: Peer, message: object) -> None:
         self.send(message, peer.identity)
