@@ -29,6 +29,7 @@ from aegaeon.serve.node import Node
 
 log = logging.getLogger(__name__)
 
+RSS_PERIOD = 0.5  # seconds between samples of the node's memory under faults
 HEARTBEAT_TIMEOUT = (
     2.0  # seconds: how soon the head gives a silent node up (the launcher's default is 5)
 )
@@ -61,6 +62,15 @@ class ChaosBench:
     p50_s: tuple[float, float]  # (undisturbed, with faults)
     p99_s: tuple[float, float]
     rss_mib: tuple[float, float]  # the node process at the start and at the end
+    rss_over_time: tuple[float, ...] = ()  # the node process every RSS_PERIOD seconds under faults
+    refused: int = 0  # 429s: requests beyond the admission limits (the client retries them)
+
+    def _rss_line(self) -> str:
+        samples = self.rss_over_time
+        if not samples:
+            return "-"
+        shown = samples if len(samples) <= 12 else samples[:: -(-len(samples) // 12)]
+        return f"{' '.join(f'{v:.0f}' for v in shown)} MiB (every {RSS_PERIOD:g} s; max {max(samples):.0f})"
 
     def render(self) -> str:
         return "\n".join(
@@ -73,7 +83,9 @@ class ChaosBench:
                 f"hostile requests:     {self.hostile} sent, {self.hostile_served} answered",
                 f"latency p50:          {self.p50_s[0]:.2f} s undisturbed, {self.p50_s[1]:.2f} s with faults",
                 f"latency p99:          {self.p99_s[0]:.2f} s undisturbed, {self.p99_s[1]:.2f} s with faults",
+                f"refused (429):        {self.refused}",
                 f"node RSS:             {self.rss_mib[0]:.0f} MiB at the start, {self.rss_mib[1]:.0f} MiB at the end",
+                f"node RSS over time:   {self._rss_line()}",
             ]
         )
 
@@ -126,6 +138,7 @@ def bench_chaos(
                 )
         client = Client(node.proxy, timeout=timeout)
         rss_start = _rss_mib()
+        refused_before = node.proxy.table.refused
         calm, calm_latency = _serve(client, work, ids, max_tokens)
         rerun_before, restarts_before = node.proxy.table.rerun, node.proxy.restarts
         stop = threading.Event()
@@ -146,6 +159,9 @@ def bench_chaos(
             target=_send_hostile, args=(client, names, stop, hostile_sent), name="chaos-hostile"
         )
         hostile.start()
+        rss_samples: list[float] = []
+        sampler = threading.Thread(target=_sample_rss, args=(stop, rss_samples), name="chaos-rss")
+        sampler.start()
         stormy, stormy_latency, rounds = [], [], 0
         # keep the node loaded until every kill has landed, then one whole round more, so that the last lost
         # worker is noticed and replaced under load too
@@ -161,6 +177,7 @@ def bench_chaos(
         killer.join()
         node_killer.join()
         hostile.join()
+        sampler.join()
         wait_for(lambda: _all_replaced(node, killed) and _full_strength(node, whole), 60)
         back = _all_replaced(node, killed) and _full_strength(node, whole)
         rerun, restarts = (
@@ -168,6 +185,7 @@ def bench_chaos(
             node.proxy.restarts - restarts_before,
         )
         rss_end = _rss_mib()
+        refused = node.proxy.table.refused - refused_before
     failed = sum(r is not None and r.error is not None for r in stormy)
     lost = sum(r is None for r in stormy)
     expected = calm * rounds
@@ -193,6 +211,8 @@ def bench_chaos(
         (_pct(calm_latency, 50), _pct(stormy_latency, 50)),
         (_pct(calm_latency, 99), _pct(stormy_latency, 99)),
         (rss_start, rss_end),
+        tuple(rss_samples),
+        refused,
     )
 
 
@@ -305,6 +325,11 @@ def _all_replaced(node: Node, killed: list[tuple[int, object]]) -> bool:
 def _full_strength(node: Node, instances: int) -> bool:
     serving, _, details = node.proxy.health()
     return serving and sum(details["workers"].values()) == instances
+
+
+def _sample_rss(stop: threading.Event, samples: list[float]) -> None:
+    while not stop.wait(RSS_PERIOD):
+        samples.append(_rss_mib())
 
 
 def _rss_mib() -> float:
