@@ -15,12 +15,12 @@ import logging
 import click
 
 from aegaeon import __version__
+from aegaeon.cli.root import ReportingGroup
 from aegaeon.cli_node import node_options, node_settings
-from aegaeon.errors import AegaeonError
 from aegaeon.ipc.shm import inspect_cluster, remove_stale
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="aegaeon-launch")
 def main() -> None:
     """Per-node launcher of an aegaeon cluster."""
@@ -33,10 +33,7 @@ def main() -> None:
 )
 def status(cluster_id: str) -> None:
     """Show the shared-memory objects of a cluster on this node and whether their owner lives."""
-    try:
-        report = inspect_cluster(cluster_id)
-    except AegaeonError as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = inspect_cluster(cluster_id)
     owner = (
         "none"
         if report.owner_pid is None
@@ -104,40 +101,34 @@ def start(
     from aegaeon.serve.server import join_cluster, serve_node
 
     announce = lambda line: click.echo(line, err=True)  # noqa: E731
-    try:
-        if is_head and join_address:
-            raise click.UsageError("a node is either --head or --join HOST:PORT, not both")
-        role = "head" if is_head else "join" if join_address else None
-        link = None
-        if role is not None:
-            if not token:
-                raise click.UsageError(
-                    "--head and --join need the cluster token: --token or AEGAEON_TOKEN"
-                )
-            link = LinkConfig(token, max_frame_mib * 2**20, heartbeat_timeout)
-        config, api = node_settings(
-            given,
-            link_role=role,
-            link_address=join_address or link_listen,
-            link=link,
-            node_name=node_name or socket.gethostname(),
-        )
-        if role == "join":
-            join_cluster(config, announce)
-        else:
-            serve_node(config, api, announce=announce)
-    except AegaeonError as exc:
-        raise click.ClickException(str(exc)) from exc
+    if is_head and join_address:
+        raise click.UsageError("a node is either --head or --join HOST:PORT, not both")
+    role = "head" if is_head else "join" if join_address else None
+    link = None
+    if role is not None:
+        if not token:
+            raise click.UsageError(
+                "--head and --join need the cluster token: --token or AEGAEON_TOKEN"
+            )
+        link = LinkConfig(token, max_frame_mib * 2**20, heartbeat_timeout)
+    config, api = node_settings(
+        given,
+        link_role=role,
+        link_address=join_address or link_listen,
+        link=link,
+        node_name=node_name or socket.gethostname(),
+    )
+    if role == "join":
+        join_cluster(config, announce)
+    else:
+        serve_node(config, api, announce=announce)
 
 
 @main.command()
 @click.option("--cluster-id", default="default", show_default=True)
 def cleanup(cluster_id: str) -> None:
     """Remove the shared-memory objects a crashed run of the cluster left behind."""
-    try:
-        removed = remove_stale(cluster_id)
-    except AegaeonError as exc:
-        raise click.ClickException(str(exc)) from exc
+    removed = remove_stale(cluster_id)
     click.echo(f"removed {len(removed)} stale objects of cluster {cluster_id}")
 
 

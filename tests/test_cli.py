@@ -67,3 +67,11 @@ def test_both_commands_print_their_version_and_share_the_cluster_id_default():
         launch_main, ["status"]
     )  # `status` looks at the same cluster by default
     assert status.exit_code == 0 and status.output.startswith(f"cluster {config.cluster_id}:")
+
+
+def test_every_command_reports_an_aegaeon_error_as_one_line_and_exit_code_1(tmp_path):
+    """The root groups turn AegaeonError into `Error: ...` for every command (no per-command wrapper)."""
+    result = CliRunner().invoke(main, ["make-model", str(tmp_path / "m"), "--vocab", "10"])
+    assert result.exit_code == 1 and "Error: --vocab 10 is too small" in result.output
+    result = CliRunner().invoke(launch_main, ["status", "--cluster-id", "bad id!"])
+    assert result.exit_code == 1 and "cluster id 'bad id!' is invalid" in result.output

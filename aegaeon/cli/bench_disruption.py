@@ -6,7 +6,6 @@ from __future__ import annotations
 import click
 
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _fail
 
 
 @bench.command("chaos")
@@ -41,22 +40,18 @@ def bench_chaos_cmd(
     memory."""
     from aegaeon.bench.chaos import bench_chaos
     from aegaeon.bench.e2e import market_models
-    from aegaeon.errors import AegaeonError
     from aegaeon.models.demo import aegaeon_home
 
-    try:
-        r = bench_chaos(
-            market_models(num_models, aegaeon_home() / "market"),
-            requests,
-            kills,
-            max_tokens,
-            instances,
-            prefill_instances,
-            seed,
-            node_kill=node_kill,
-        )
-    except AegaeonError as exc:
-        raise _fail(exc) from None
+    r = bench_chaos(
+        market_models(num_models, aegaeon_home() / "market"),
+        requests,
+        kills,
+        max_tokens,
+        instances,
+        prefill_instances,
+        seed,
+        node_kill=node_kill,
+    )
     click.echo(r.render())
 
 

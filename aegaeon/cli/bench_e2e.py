@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _fail, _request_progress
+from aegaeon.cli.root import _request_progress
 
 if TYPE_CHECKING:
     from aegaeon.bench.link_like import LinkLike
@@ -124,64 +124,59 @@ def bench_e2e_cmd(
         raise click.BadParameter(str(exc), param_hint="--policy") from None
     # SIGTERM unwinds like Ctrl-C, so the node stops its workers and removes its shared memory.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        rate_values = parse_list(rates, float, "--arrival-rate")
-        model_counts = parse_list(num_models, int, "--num-models")
-        slo = SLO.from_env(ttft_slo, tpot_slo)
-        if link_like is not None:
-            if link_gbps is not None or ttft_slo is not None or tpot_slo is not None:
-                raise click.UsageError(
-                    "--link-like sets the link rate and the SLOs by rule: give it alone, or "
-                    "--link-gbps and the SLO flags by hand"
-                )
-            like = measure_link_like(
-                link_like, market_models(max(model_counts), aegaeon_home() / "market"), instances
+    rate_values = parse_list(rates, float, "--arrival-rate")
+    model_counts = parse_list(num_models, int, "--num-models")
+    slo = SLO.from_env(ttft_slo, tpot_slo)
+    if link_like is not None:
+        if link_gbps is not None or ttft_slo is not None or tpot_slo is not None:
+            raise click.UsageError(
+                "--link-like sets the link rate and the SLOs by rule: give it alone, or "
+                "--link-gbps and the SLO flags by hand"
             )
-            click.echo(like.describe(), err=True)
-            link_gbps, slo = like.gbps, like.slo
-        rows = []
-        for count in model_counts:
-            for rate in rate_values:
-                for policy in names:
-                    run = E2ERun(
-                        count,
-                        rate,
-                        duration,
-                        inlen_scale,
-                        outlen_scale,
-                        instances,
-                        prefill_instances,
-                        policy,
-                        seed,
-                        slo,
-                        nnodes,
-                        link_gbps,
-                    )
-                    with _request_progress(f"{policy} {count} models rate {rate:g}") as advance:
-                        result = run_e2e(
-                            run, aegaeon_home() / "market", Path(workloads_dir), advance
-                        )
-                    if link_like is not None:
-                        result["link_like"] = link_like
-                    path = write_result(Path(out_dir), result)
-                    rows.append((policy, count, rate, result))
-                    click.echo(f"wrote {path}", err=True)
-        link = f"emulated link {link_gbps:.4g} GB/s" if link_gbps else "native link"
-        click.echo(f"{link}; SLO TTFT {slo.ttft:.3g} s, TPOT {slo.tpot:.3g} s")
-        click.echo(
-            "policy    models  rate requests SLO att. met both goodput p99 TTFT p99 TPOT switches"
+        like = measure_link_like(
+            link_like, market_models(max(model_counts), aegaeon_home() / "market"), instances
         )
-        for policy, count, rate, r in rows:
-            click.echo(
-                f"{policy:8s} {count:6d} {rate:5g} {r['num_requests']:8d} {r['slo_attainment']:7.1%} "
-                f"{r['met_both_share']:8.1%} {r['goodput']:7.2f} {r['ttft_p99'] or 0:8.3f} "
-                f"{r['tpot_p99'] or 0:8.3f} {len(r['trace']['switches']):8d}"
-            )
-        for policy in names:
-            met = [count for p, count, _, r in rows if p == policy and r["slo_attainment"] >= 0.9]
-            click.echo(f"{policy}: most models at >= 90% attainment: {max(met) if met else 'none'}")
-    except AegaeonError as exc:
-        raise _fail(exc) from None
+        click.echo(like.describe(), err=True)
+        link_gbps, slo = like.gbps, like.slo
+    rows = []
+    for count in model_counts:
+        for rate in rate_values:
+            for policy in names:
+                run = E2ERun(
+                    count,
+                    rate,
+                    duration,
+                    inlen_scale,
+                    outlen_scale,
+                    instances,
+                    prefill_instances,
+                    policy,
+                    seed,
+                    slo,
+                    nnodes,
+                    link_gbps,
+                )
+                with _request_progress(f"{policy} {count} models rate {rate:g}") as advance:
+                    result = run_e2e(run, aegaeon_home() / "market", Path(workloads_dir), advance)
+                if link_like is not None:
+                    result["link_like"] = link_like
+                path = write_result(Path(out_dir), result)
+                rows.append((policy, count, rate, result))
+                click.echo(f"wrote {path}", err=True)
+    link = f"emulated link {link_gbps:.4g} GB/s" if link_gbps else "native link"
+    click.echo(f"{link}; SLO TTFT {slo.ttft:.3g} s, TPOT {slo.tpot:.3g} s")
+    click.echo(
+        "policy    models  rate requests SLO att. met both goodput p99 TTFT p99 TPOT switches"
+    )
+    for policy, count, rate, r in rows:
+        click.echo(
+            f"{policy:8s} {count:6d} {rate:5g} {r['num_requests']:8d} {r['slo_attainment']:7.1%} "
+            f"{r['met_both_share']:8.1%} {r['goodput']:7.2f} {r['ttft_p99'] or 0:8.3f} "
+            f"{r['tpot_p99'] or 0:8.3f} {len(r['trace']['switches']):8d}"
+        )
+    for policy in names:
+        met = [count for p, count, _, r in rows if p == policy and r["slo_attainment"] >= 0.9]
+        click.echo(f"{policy}: most models at >= 90% attainment: {max(met) if met else 'none'}")
 
 
 def measure_link_like(device: str, models: dict[str, str], instances: int) -> LinkLike:

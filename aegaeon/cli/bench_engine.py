@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _bench_model, _fail
+from aegaeon.cli.root import _bench_model
 
 
 @bench.command("switch")
@@ -29,12 +29,8 @@ def bench_switch_cmd(
     """Model switch (scale-up) time vs a plain copy of the same bytes (and, on a GPU, vs pinned H2D
     bandwidth), and how many decode steps of the same engine one switch costs."""
     from aegaeon.bench.switch import bench_switch
-    from aegaeon.errors import AegaeonError
 
-    try:
-        r = bench_switch(_bench_model(model), device, switches, link_gbps)
-    except AegaeonError as exc:
-        raise _fail(exc) from None
+    r = bench_switch(_bench_model(model), device, switches, link_gbps)
     click.echo(f"device:                 {r.device}")
     click.echo(
         f"link:                   {f'emulated at {link_gbps:g} GB/s' if link_gbps else 'native'}"
@@ -86,12 +82,7 @@ def bench_swap_cmd(
             raise click.BadParameter("must be at least 1", param_hint="--threads")
         torch.set_num_threads(threads)
 
-    from aegaeon.errors import AegaeonError
-
-    try:
-        r = bench_swap(_bench_model(model), device, blocks, link_gbps=link_gbps)
-    except AegaeonError as exc:
-        raise _fail(exc) from None
+    r = bench_swap(_bench_model(model), device, blocks, link_gbps=link_gbps)
     gb = r.nbytes / 1e9
     click.echo(f"device:                 {r.device}")
     click.echo(
@@ -177,16 +168,12 @@ def bench_attention_cmd(
     """Decode step time with the KV padded to the longest context vs laid back to back (the engine's layout),
     for even contexts and for skewed ones with the same sum."""
     from aegaeon.bench.decode import bench_attention
-    from aegaeon.errors import AegaeonError
 
     if total_context < 8 * batch:
         raise click.BadParameter(
             f"needs at least 8 tokens per sequence ({8 * batch})", param_hint="--total-context"
         )
-    try:
-        points = bench_attention(_bench_model(model), batch, total_context, steps, device)
-    except AegaeonError as exc:
-        raise _fail(exc) from None
+    points = bench_attention(_bench_model(model), batch, total_context, steps, device)
     click.echo(
         f"batch {batch}, {total_context} context tokens in all, median of {steps} decode steps"
     )

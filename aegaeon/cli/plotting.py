@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from aegaeon.cli.root import _fail, main
+from aegaeon.cli.root import main
 
 
 @main.group()
@@ -36,22 +36,18 @@ def plot() -> None:
 )
 def plot_e2e_cmd(specs: tuple[str, ...], live: bool, json_dir: str, out_dir: str) -> None:
     """SLO attainment per system (paper figures 11-13, or live sweeps with --live), PDF and PNG."""
-    from aegaeon.errors import AegaeonError
     from aegaeon.plotting import plot_e2e, plot_live_e2e
 
     if not specs and not live:
         raise click.UsageError(
             "name a figure with --spec (repeatable), or plot live sweeps with --live"
         )
-    try:
-        for spec in specs:
-            for path in plot_e2e(spec, Path(json_dir), Path(out_dir)):
-                click.echo(str(path))
-        if live:
-            for path in plot_live_e2e(Path(json_dir), Path(out_dir)):
-                click.echo(str(path))
-    except AegaeonError as exc:
-        raise _fail(exc) from exc
+    for spec in specs:
+        for path in plot_e2e(spec, Path(json_dir), Path(out_dir)):
+            click.echo(str(path))
+    if live:
+        for path in plot_live_e2e(Path(json_dir), Path(out_dir)):
+            click.echo(str(path))
 
 
 def _trace_plot_command(figure: str, summary: str) -> None:
@@ -72,14 +68,10 @@ def _trace_plot_command(figure: str, summary: str) -> None:
         "--out", "out_dir", default="plots/out", show_default=True, type=click.Path(file_okay=False)
     )
     def command(sources: tuple[str, ...], policy: str | None, out_dir: str) -> None:
-        from aegaeon.errors import AegaeonError
         from aegaeon.trace_plots import PLOTTERS, load_traced_runs
 
-        try:
-            runs = load_traced_runs([Path(s) for s in sources or ("plots/json",)], policy)
-            paths, text = PLOTTERS[figure](runs, Path(out_dir))
-        except AegaeonError as exc:
-            raise _fail(exc) from None
+        runs = load_traced_runs([Path(s) for s in sources or ("plots/json",)], policy)
+        paths, text = PLOTTERS[figure](runs, Path(out_dir))
         click.echo(text)
         for path in paths:
             click.echo(str(path))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from aegaeon.cli.root import _fail, main
+from aegaeon.cli.root import main
 
 
 @main.group(invoke_without_command=True)
@@ -60,7 +60,6 @@ def profile(
     if model_dir is None:
         click.echo(ctx.get_help())
         return
-    from aegaeon.errors import AegaeonError
     from aegaeon.profiler import ProfileRequest, measure_profile
     from aegaeon.profiles import profiles_dir, write_profile
 
@@ -92,12 +91,9 @@ def profile(
         ints("--batches", batches),
     )
     grid = len(req.input_lens) * len(req.batches)
-    try:
-        with click.progressbar(length=grid, label="profiling", file=sys.stderr) as bar:
-            result = measure_profile(req, progress=lambda done, _total: bar.update(done - bar.pos))
-        path = write_profile(result, Path(out_dir) if out_dir else profiles_dir())
-    except AegaeonError as exc:
-        raise _fail(exc) from None
+    with click.progressbar(length=grid, label="profiling", file=sys.stderr) as bar:
+        result = measure_profile(req, progress=lambda done, _total: bar.update(done - bar.pos))
+    path = write_profile(result, Path(out_dir) if out_dir else profiles_dir())
     err = result["fit_error"]
     click.echo(f"wrote {path}")
     click.echo(
@@ -114,13 +110,9 @@ def profile(
 )
 def profile_fit(raw_dir: str, device: str, out_dir: str) -> None:
     """Fit profiles from measured tables RAW_DIR/<model>/i<I>b<B>.json."""
-    from aegaeon.errors import AegaeonError
     from aegaeon.profiles import fit_directory
 
-    try:
-        written = fit_directory(Path(raw_dir), device, Path(out_dir))
-    except AegaeonError as exc:
-        raise _fail(exc) from exc
+    written = fit_directory(Path(raw_dir), device, Path(out_dir))
     if not written:
         raise click.ClickException(f"no known model folders under {raw_dir}")
     for path in written:

@@ -62,7 +62,22 @@ def _looks_numeric(text: str) -> bool:
     )
 
 
-class ListJoiningGroup(click.Group):
+class ReportingGroup(click.Group):
+    """The one place where an error of aegaeon (bad input, a missing file, a refused request) becomes a
+    clean `Error: ...` and exit code 1 instead of a traceback, for every command under the group."""
+
+    def invoke(self, ctx: click.Context):
+        from aegaeon.errors import AegaeonError
+
+        try:
+            return super().invoke(ctx)
+        except AegaeonError as exc:
+            raise _fail(exc) from None
+
+
+class ListJoiningGroup(ReportingGroup):
+    """The root group: also takes list flags in the artifact's spaced form."""
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, join_list_values(args))
 

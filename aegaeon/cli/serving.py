@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from aegaeon.cli.root import _fail, _parse_models, _progress_bar, main
+from aegaeon.cli.root import _parse_models, _progress_bar, main
 from aegaeon.cli_node import node_options, node_settings
 from aegaeon.models.registry import FAMILIES
 
@@ -19,14 +19,10 @@ def serve(**given) -> None:
     Face cache) from a node of worker processes; without models, the embedded demo pool on CPU.
 
     Settings come from the defaults, then --config FILE, then the flags given; see docs/configuration.md."""
-    from aegaeon.errors import AegaeonError
     from aegaeon.serve.server import serve_node
 
-    try:
-        config, api = node_settings(given)
-        serve_node(config, api, announce=lambda line: click.echo(line, err=True))
-    except AegaeonError as exc:
-        raise _fail(exc) from None
+    config, api = node_settings(given)
+    serve_node(config, api, announce=lambda line: click.echo(line, err=True))
 
 
 @main.command("make-model")
@@ -71,35 +67,31 @@ def make_model_cmd(
     """Write a Hugging Face checkpoint with random weights and a working tokenizer to OUT_DIR."""
     from dataclasses import replace
 
-    from aegaeon.errors import AegaeonError
     from aegaeon.models.maker import PRESETS, config_for, make_model
 
-    try:
-        if like:
-            config = PRESETS[like] if dtype is None else replace(PRESETS[like], dtype=dtype)
-        else:
-            config = config_for(
-                arch,
-                layers,
-                hidden,
-                heads,
-                kv_heads,
-                intermediate,
-                vocab,
-                max_position,
-                dtype or "float32",
-            )
-        total = config.num_parameters() * (4 if config.dtype == "float32" else 2)
-        with click.progressbar(length=total, label="writing weights", file=sys.stderr) as bar:
-            path = make_model(
-                out_dir,
-                config,
-                seed=seed,
-                shard_bytes=shard_mib * 2**20,
-                progress=lambda done, _total: bar.update(done - bar.pos),
-            )
-    except AegaeonError as exc:
-        raise _fail(exc) from None
+    if like:
+        config = PRESETS[like] if dtype is None else replace(PRESETS[like], dtype=dtype)
+    else:
+        config = config_for(
+            arch,
+            layers,
+            hidden,
+            heads,
+            kv_heads,
+            intermediate,
+            vocab,
+            max_position,
+            dtype or "float32",
+        )
+    total = config.num_parameters() * (4 if config.dtype == "float32" else 2)
+    with click.progressbar(length=total, label="writing weights", file=sys.stderr) as bar:
+        path = make_model(
+            out_dir,
+            config,
+            seed=seed,
+            shard_bytes=shard_mib * 2**20,
+            progress=lambda done, _total: bar.update(done - bar.pos),
+        )
     click.echo(f"wrote {config.arch} model, {config.num_parameters():,} parameters, to {path}")
 
 
@@ -164,7 +156,6 @@ def generate(
     """Serve prompts for several models from one engine that switches models between decode steps."""
     from aegaeon.config.serving import EngineConfig
     from aegaeon.engine.local import LocalEngine
-    from aegaeon.errors import AegaeonError
     from aegaeon.models.demo import DEMO_PROMPTS
     from aegaeon.models.sampler import SamplingParams
 
@@ -173,25 +164,22 @@ def generate(
     config = EngineConfig(
         device=device, kv_bytes=kv_mib * 2**20, steps_per_turn=steps_per_turn, dtype=dtype
     )
-    try:
-        sampling.validate()
-        order = [m.strip() for m in (prefetch_order or "").split(",") if m.strip()]
-        unknown = [m for m in order if m not in models]
-        if unknown:
-            raise click.BadParameter(
-                f"{unknown} are not among --models {sorted(models)}", param_hint="--prefetch-order"
-            )
-        with LocalEngine(
-            models, config, prefetch_order=order, progress=_progress_bar("loading")
-        ) as engine:
-            for name, reason in engine.unavailable.items():
-                click.echo(f"warning: {reason}", err=True)
-            results = engine.generate(
-                [(m, p) for p in (prompts or DEMO_PROMPTS) for m in models], sampling
-            )
-            switches = len(engine.executor.runner.switches)
-    except AegaeonError as exc:
-        raise _fail(exc) from None
+    sampling.validate()
+    order = [m.strip() for m in (prefetch_order or "").split(",") if m.strip()]
+    unknown = [m for m in order if m not in models]
+    if unknown:
+        raise click.BadParameter(
+            f"{unknown} are not among --models {sorted(models)}", param_hint="--prefetch-order"
+        )
+    with LocalEngine(
+        models, config, prefetch_order=order, progress=_progress_bar("loading")
+    ) as engine:
+        for name, reason in engine.unavailable.items():
+            click.echo(f"warning: {reason}", err=True)
+        results = engine.generate(
+            [(m, p) for p in (prompts or DEMO_PROMPTS) for m in models], sampling
+        )
+        switches = len(engine.executor.runner.switches)
     for r in results:
         if as_json:
             payload = {

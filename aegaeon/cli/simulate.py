@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from aegaeon.cli.root import _fail, main
+from aegaeon.cli.root import main
 from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
 
 
@@ -37,19 +37,15 @@ def workload_gen(
     out_dir: str,
 ) -> None:
     """Write workloads/synth-N-R-X-Y.csv for every N and R given."""
-    from aegaeon.errors import AegaeonError
     from aegaeon.sim.sweep import parse_list
     from aegaeon.workload import WorkloadSpec, generate, write_workload
 
-    try:
-        for n in parse_list(num_models, int, "--num-models"):
-            for rate in parse_list(arrival_rate, float, "--arrival-rate"):
-                spec = WorkloadSpec(n, rate, duration, inlen_scale, outlen_scale, seed)
-                requests = generate(spec)
-                path = write_workload(Path(out_dir) / spec.filename, requests)
-                click.echo(f"{path}: {len(requests)} requests")
-    except AegaeonError as exc:
-        raise _fail(exc) from exc
+    for n in parse_list(num_models, int, "--num-models"):
+        for rate in parse_list(arrival_rate, float, "--arrival-rate"):
+            spec = WorkloadSpec(n, rate, duration, inlen_scale, outlen_scale, seed)
+            requests = generate(spec)
+            path = write_workload(Path(out_dir) / spec.filename, requests)
+            click.echo(f"{path}: {len(requests)} requests")
 
 
 @main.command()
@@ -139,50 +135,44 @@ def sim(
     gap between a request's first and second token: for Aegaeon, the KV
     handoff plus the wait for its model's first decode turn."""
     from aegaeon.config.sim import SimConfig
-    from aegaeon.errors import AegaeonError
     from aegaeon.profiles import cost_model_for_workload
     from aegaeon.sched.policies import parse_policies
     from aegaeon.sched.slo import SLO
     from aegaeon.sim.runner import run_sweep
     from aegaeon.sim.sweep import ensure_workload, parse_list, sweep_points
 
-    try:
-        slo = SLO.from_env(ttft_slo, tpot_slo).scaled(slo_scale)
-        if num_gpus < 2:
-            raise click.BadParameter(
-                "--num-gpus must be at least 2 (Aegaeon needs a prefill and a decode GPU)"
-            )
-        points = sweep_points(
-            parse_policies(policy),
-            parse_list(num_models, int, "--num-models"),
-            parse_list(arrival_rate, float, "--arrival-rate"),
-            inlen_scale,
-            outlen_scale,
+    slo = SLO.from_env(ttft_slo, tpot_slo).scaled(slo_scale)
+    if num_gpus < 2:
+        raise click.BadParameter(
+            "--num-gpus must be at least 2 (Aegaeon needs a prefill and a decode GPU)"
         )
-        config = SimConfig(
-            num_gpus=num_gpus, prefill_instances=prefill_instances, max_quota=max_quota
+    points = sweep_points(
+        parse_policies(policy),
+        parse_list(num_models, int, "--num-models"),
+        parse_list(arrival_rate, float, "--arrival-rate"),
+        inlen_scale,
+        outlen_scale,
+    )
+    config = SimConfig(num_gpus=num_gpus, prefill_instances=prefill_instances, max_quota=max_quota)
+    root = Path(profiles_root) if profiles_root else None
+    rows = []
+    with click.progressbar(length=len(points), label="simulating", file=sys.stderr) as bar:
+
+        def progress(name: str, result: dict) -> None:
+            rows.append((name, result))
+            bar.update(1)
+
+        run_sweep(
+            points,
+            lambda label: ensure_workload(label, Path(workloads_dir), duration, seed),
+            lambda reqs: cost_model_for_workload({r.model for r in reqs}, device, root),
+            slo,
+            config,
+            Path(out_dir),
+            progress,
+            aegaeon_switch_efficiency,
+            device,
         )
-        root = Path(profiles_root) if profiles_root else None
-        rows = []
-        with click.progressbar(length=len(points), label="simulating", file=sys.stderr) as bar:
-
-            def progress(name: str, result: dict) -> None:
-                rows.append((name, result))
-                bar.update(1)
-
-            run_sweep(
-                points,
-                lambda label: ensure_workload(label, Path(workloads_dir), duration, seed),
-                lambda reqs: cost_model_for_workload({r.model for r in reqs}, device, root),
-                slo,
-                config,
-                Path(out_dir),
-                progress,
-                aegaeon_switch_efficiency,
-                device,
-            )
-    except AegaeonError as exc:
-        raise _fail(exc) from exc
     click.echo(
         f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}"
         f" {'2nd-tok p90':>11} {'busy P/D':>9}"
