@@ -6,15 +6,23 @@ token), and the cluster must end at full strength."""
 from __future__ import annotations
 
 import logging
-import os
 import random
-import signal
 import statistics
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aegaeon.bench.faults import (
+    HEARTBEAT_TIMEOUT,
+    RSS_PERIOD,
+    all_replaced,
+    full_strength,
+    kill_node,
+    kill_workers,
+    rss_mib,
+    sample_rss,
+)
 from aegaeon.bench.joined_node import (
     head_config,
     join_config,
@@ -28,11 +36,6 @@ from aegaeon.errors import LinkError
 from aegaeon.serve.node import Node
 
 log = logging.getLogger(__name__)
-
-RSS_PERIOD = 0.5  # seconds between samples of the node's memory under faults
-HEARTBEAT_TIMEOUT = (
-    2.0  # seconds: how soon the head gives a silent node up (the launcher's default is 5)
-)
 
 PROMPTS = (
     "one pool serves many models",
@@ -131,25 +134,25 @@ def bench_chaos(
             joiner = join_config(config, f"127.0.0.1:{node.link.port}", f"{cluster_id}_join")
             joined.append(start_joined_node(joiner))
             whole += joiner.num_instances
-            up = wait_for(lambda: _full_strength(node, whole) or not joined[-1].is_alive(), 120)
+            up = wait_for(lambda: full_strength(node, whole) or not joined[-1].is_alive(), 120)
             if not up or not joined[-1].is_alive():
                 raise LinkError(
                     "chaos: the joined node did not join the head within 120 s (see its log)"
                 )
         client = Client(node.proxy, timeout=timeout)
-        rss_start = _rss_mib()
+        rss_start = rss_mib()
         refused_before = node.proxy.table.refused
         calm, calm_latency = _serve(client, work, ids, max_tokens)
         rerun_before, restarts_before = node.proxy.table.rerun, node.proxy.restarts
         stop = threading.Event()
         killed: list[tuple[int, object]] = []  # (worker id, the process killed)
         killer = threading.Thread(
-            target=_kill_workers, args=(node, kills, rng, stop, killed), name="chaos-killer"
+            target=kill_workers, args=(node, kills, rng, stop, killed), name="chaos-killer"
         )
         killer.start()
         rejoins: list[bool] = []
         node_killer = threading.Thread(
-            target=_kill_node,
+            target=kill_node,
             args=(node, joiner if node_kill else None, whole, joined, rng, stop, rejoins),
             name="chaos-node-killer",
         )
@@ -160,7 +163,7 @@ def bench_chaos(
         )
         hostile.start()
         rss_samples: list[float] = []
-        sampler = threading.Thread(target=_sample_rss, args=(stop, rss_samples), name="chaos-rss")
+        sampler = threading.Thread(target=sample_rss, args=(stop, rss_samples), name="chaos-rss")
         sampler.start()
         stormy, stormy_latency, rounds = [], [], 0
         # keep the node loaded until every kill has landed, then one whole round more, so that the last lost
@@ -178,13 +181,13 @@ def bench_chaos(
         node_killer.join()
         hostile.join()
         sampler.join()
-        wait_for(lambda: _all_replaced(node, killed) and _full_strength(node, whole), 60)
-        back = _all_replaced(node, killed) and _full_strength(node, whole)
+        wait_for(lambda: all_replaced(node, killed) and full_strength(node, whole), 60)
+        back = all_replaced(node, killed) and full_strength(node, whole)
         rerun, restarts = (
             node.proxy.table.rerun - rerun_before,
             node.proxy.restarts - restarts_before,
         )
-        rss_end = _rss_mib()
+        rss_end = rss_mib()
         refused = node.proxy.table.refused - refused_before
     failed = sum(r is not None and r.error is not None for r in stormy)
     lost = sum(r is None for r in stormy)
@@ -266,78 +269,6 @@ def _send_hostile(
             answered.append(False)
         else:
             answered.append(done is not None)
-
-
-def _kill_workers(
-    node: Node, kills: int, rng: random.Random, stop: threading.Event, killed: list[int]
-) -> None:
-    for _ in range(kills):
-        if stop.wait(rng.uniform(0.2, 0.8)):
-            return
-        busy = {
-            wid for r in node.proxy.requests.values() for wid in (r.prefill_worker, r.decode_worker)
-        }
-        alive = [wid for wid, proc in enumerate(node.processes) if proc.is_alive()]
-        alive = [wid for wid in alive if wid in busy] or alive  # rather one that holds work
-        if not alive:
-            continue
-        victim = rng.choice(alive)
-        process = node.processes[victim]
-        log.info("chaos: SIGKILL worker %d", victim)
-        os.kill(process.pid, signal.SIGKILL)
-        killed.append((victim, process))
-
-
-def _kill_node(
-    node: Node,
-    joiner: NodeConfig | None,
-    whole: int,
-    joined: list,
-    rng: random.Random,
-    stop: threading.Event,
-    rejoins: list[bool],
-) -> None:
-    """SIGKILL the joined node under load, wait until the head has counted its workers lost, and start a
-    new node that joins in its place (the same cluster id: its start clears the dead run's segments)."""
-    if joiner is None or stop.wait(rng.uniform(0.5, 1.5)):
-        return
-    victim = joined[-1]
-    log.info("chaos: SIGKILL the joined node (pid %d)", victim.pid)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.join()
-    lost = wait_for(
-        lambda: node.proxy.health()[2]["remote_workers"] == 0, 3 * HEARTBEAT_TIMEOUT + 10
-    )
-    joined.append(start_joined_node(joiner))
-    rejoins.append(
-        lost
-        and wait_for(lambda: _full_strength(node, whole) or not joined[-1].is_alive(), 120)
-        and joined[-1].is_alive()
-    )
-
-
-def _all_replaced(node: Node, killed: list[tuple[int, object]]) -> bool:
-    """Every killed process has been noticed and its slot holds a replacement (health alone could still
-    count a worker killed a moment ago that the supervisor has not polled yet)."""
-    return all(node.processes[wid] is not process for wid, process in killed)
-
-
-def _full_strength(node: Node, instances: int) -> bool:
-    serving, _, details = node.proxy.health()
-    return serving and sum(details["workers"].values()) == instances
-
-
-def _sample_rss(stop: threading.Event, samples: list[float]) -> None:
-    while not stop.wait(RSS_PERIOD):
-        samples.append(_rss_mib())
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _pct(values: list[float], q: int) -> float:
