@@ -57,7 +57,7 @@ setup(
     # the top-level profiles/ ships inside the package as aegaeon/_profiles (aegaeon.profiles finds either);
     # only the devices in version control, not the cpu-* profiles benchmarks write on the building machine
     package_dir={"aegaeon._profiles": "profiles"},
-    package_data={"aegaeon": ["data/*.csv"], "aegaeon._profiles": ["H100/*.json"]},
+    package_data={"aegaeon": ["data/*.csv"], "aegaeon._profiles": ["H100/*.json", "H800/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         f"torch=={torch_release}.*",

@@ -41,6 +41,10 @@ DECODE_OUTLIER_REL = 0.5
 H100_LINK = LinkCost(
     h2d_bandwidth=55e9, switch_efficiency=0.15, swap_efficiency=0.8, device_memory_bytes=80 * 2**30
 )
+# The H800 (the paper's testbed) is an H100 with less NVLink bandwidth between GPUs: the same 80 GB and the
+# same PCIe 5.0 x16 host link, so the same link figures.
+H800_LINK = H100_LINK
+DEVICE_LINKS = {"H100": H100_LINK, "H800": H800_LINK}
 
 
 @dataclass(frozen=True)
@@ -282,9 +286,17 @@ def _mix_entry(name: str, mix: tuple[str, ...]) -> str:
 
 
 def fit_directory(
-    raw_root: Path, device: str, out_dir: Path, link: LinkCost = H100_LINK
+    raw_root: Path, device: str, out_dir: Path, link: LinkCost | None = None
 ) -> list[Path]:
-    """Fits every known model found under raw_root/<model>/ and writes its profile."""
+    """Fits every known model found under raw_root/<model>/ and writes its profile; the link figures are
+    the device's (DEVICE_LINKS) unless given."""
+    if link is None:
+        if device not in DEVICE_LINKS:
+            raise ConfigError(
+                f"no host-link figures for device {device!r}: add them to DEVICE_LINKS in "
+                f"aegaeon/profiles.py (known: {sorted(DEVICE_LINKS)})"
+            )
+        link = DEVICE_LINKS[device]
     written = []
     for model_dir in sorted(p for p in Path(raw_root).iterdir() if p.is_dir()):
         spec = PAPER_MODELS.get(model_dir.name)

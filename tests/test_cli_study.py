@@ -225,3 +225,31 @@ def test_profile_refuses_input_lengths_beyond_the_context(tmp_path):
     assert result.exit_code != 0 and "exceed its context of 32" in result.output
     bad = runner.invoke(main, ["profile", "--model", str(tmp_path / "t"), "--batches", "two"])
     assert bad.exit_code == 2 and "--batches" in bad.output
+
+
+def test_the_papers_testbed_h800_profiles_ship_and_simulate(tmp_path):
+    from aegaeon.profiles import load_device_profiles
+
+    costs, link = load_device_profiles("H800")
+    assert set(costs) == {"llama2_13b_chat", "qwen2_5_7b", "yi1_5_9b_chat"}
+    assert link.device_memory_bytes == 80 * 2**30
+    result = invoke(
+        "sim",
+        "--device",
+        "H800",
+        "--policy",
+        "aegaeon",
+        "--num-models",
+        "4",
+        "--arrival-rate",
+        "0.1",
+        "--duration",
+        "30",
+        "--workloads",
+        str(tmp_path / "w"),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert result.exit_code == 0, result.output
+    (path,) = (tmp_path / "o").glob("*.json")
+    assert json.loads(path.read_text())["device"] == "H800"
