@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _request_progress
+from aegaeon.cli.root import _request_progress, slo_options
 
 if TYPE_CHECKING:
     from aegaeon.bench.link_like import LinkLike
@@ -45,12 +45,7 @@ if TYPE_CHECKING:
     show_default=True,
     help="Nodes on this machine, joined over the TCP link on loopback; each gets --instances workers.",
 )
-@click.option(
-    "--ttft-slo", type=float, default=None, help="Seconds [env AEGAEON_TTFT_SLO, default 10]."
-)
-@click.option(
-    "--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1]."
-)
+@slo_options
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of arrivals replayed.")
 @click.option(
     "--instances", default=4, show_default=True, help="Virtual CPU instances (worker processes)."

@@ -10,7 +10,7 @@ import click
 
 from aegaeon.cli.bench_e2e import measure_link_like
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _request_progress
+from aegaeon.cli.root import _request_progress, slo_options
 
 
 @bench.command("sim-vs-live")
@@ -37,12 +37,7 @@ from aegaeon.cli.root import _request_progress
     help="Worker processes [default: one per core, at least 2].",
 )
 @click.option("--prefill-instances", default=1, show_default=True)
-@click.option(
-    "--ttft-slo", type=float, default=None, help="Seconds [env AEGAEON_TTFT_SLO, default 10]."
-)
-@click.option(
-    "--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1]."
-)
+@slo_options
 @click.option(
     "--seeds",
     default="0",

@@ -145,3 +145,14 @@ def _bench_model(model: str | None) -> Path:
     from aegaeon.models.demo import aegaeon_home
 
     return Path(model) if model else default_bench_model(aegaeon_home())
+
+
+def slo_options(command):
+    """--ttft-slo and --tpot-slo, as the study and benchmark commands take them (None: the environment's
+    or the default, aegaeon.sched.slo.SLO.from_env)."""
+    command = click.option(
+        "--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1]."
+    )(command)
+    return click.option(
+        "--ttft-slo", type=float, default=None, help="Seconds [env AEGAEON_TTFT_SLO, default 10]."
+    )(command)

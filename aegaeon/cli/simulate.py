@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from aegaeon.cli.root import main
+from aegaeon.cli.root import main, slo_options
 from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
 
 
@@ -65,12 +65,7 @@ def workload_gen(
     help="Seconds of arrivals for generated workloads.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed for generated workloads.")
-@click.option(
-    "--ttft-slo", type=float, default=None, help="Seconds [env AEGAEON_TTFT_SLO, default 10]."
-)
-@click.option(
-    "--tpot-slo", type=float, default=None, help="Seconds [env AEGAEON_TPOT_SLO, default 0.1]."
-)
+@slo_options
 @click.option(
     "--slo-scale",
     default=1.0,
