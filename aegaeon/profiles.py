@@ -292,11 +292,13 @@ def fit_directory(
     the device's (DEVICE_LINKS) unless given."""
     if link is None:
         if device not in DEVICE_LINKS:
-            raise ConfigError(
-                f"no host-link figures for device {device!r}: add them to DEVICE_LINKS in "
-                f"aegaeon/profiles.py (known: {sorted(DEVICE_LINKS)})"
+            log.warning(
+                "no host-link figures for device %r (known: %s): using the H100's; add the device's to "
+                "DEVICE_LINKS in aegaeon/profiles.py",
+                device,
+                sorted(DEVICE_LINKS),
             )
-        link = DEVICE_LINKS[device]
+        link = DEVICE_LINKS.get(device, H100_LINK)
     written = []
     for model_dir in sorted(p for p in Path(raw_root).iterdir() if p.is_dir()):
         spec = PAPER_MODELS.get(model_dir.name)
