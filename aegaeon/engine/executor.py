@@ -333,6 +333,10 @@ class StepExecutor:
                 )
             logits = self.runner.forward(model, batch, all_logits=every_position)
         except RequestError as err:
+            if (
+                not every_position
+            ):  # only the size check of a lone prompt-logprobs prefill raises this
+                raise
             return [self._fail(batch[0], f"request {batch[0].seq_id}: {err}")]
         except Exception as err:  # a forward that breaks fails its batch, never the process
             log.exception("forward of %s failed for requests %s", model, [s.seq_id for s in batch])
@@ -347,10 +351,14 @@ class StepExecutor:
                 updates.append(self._sample(seq, logits[row], entry))
                 continue
             prompt = seq.token_ids
+            try:
+                entries = prompt_token_logprobs(
+                    logits[row, : len(prompt) - 1], prompt, seq.sampling.prompt_logprobs
+                )
+            except RequestError as err:
+                updates.append(self._fail(seq, f"request {seq.seq_id}: {err}"))
+                continue
             update = self._sample(seq, logits[row, len(prompt) - 1], entry)
-            entries = prompt_token_logprobs(
-                logits[row, : len(prompt) - 1], prompt, seq.sampling.prompt_logprobs
-            )
             updates.append(replace(update, prompt_logprobs=entries))
         return updates
 

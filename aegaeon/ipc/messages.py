@@ -200,6 +200,14 @@ class Shutdown:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class RetiredTrace:
+    """Tag 10 was `Trace` (one message for every telemetry kind), replaced by aegaeon.ipc.events; it is never
+    sent, and keeps the tags of the messages after it where they were."""
+
+    retired: bool = True
+
+
 MESSAGE_TYPES: tuple[type, ...] = (
     Submit,
     Schedule,
@@ -211,6 +219,7 @@ MESSAGE_TYPES: tuple[type, ...] = (
     WorkerReady,
     Cancel,
     Shutdown,
+    RetiredTrace,  # tag 10 stays taken: a node of another version fails to decode it, it never misreads
     Hello,
     Welcome,
     Refused,

@@ -182,6 +182,10 @@ def prompt_token_logprobs(logits: torch.Tensor, prompt_ids: list[int], k: int) -
     """Per prompt token, its log-probability given the tokens before it and the k most likely there;
     None for the first token, which nothing predicts. `logits` [len(prompt_ids) - 1, vocab] are the
     predictions after each prompt token but the last."""
+    if not bool(torch.isfinite(logits).all()):
+        raise RequestError(
+            "the model produced non-finite logits over this prompt; no logprobs for it"
+        )
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     following = torch.tensor(prompt_ids[1:], dtype=torch.long).unsqueeze(1)
     chosen = logprobs.gather(1, following).squeeze(1).tolist()

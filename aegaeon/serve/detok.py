@@ -13,12 +13,24 @@ import logging
 log = logging.getLogger(__name__)
 
 
+CONTEXT_TOKENS = (
+    8  # of the prompt, before the output: enough for a word-start marker or a split character
+)
+
+
 class IncrementalText:
-    def __init__(self, tokenizer):
+    """`context` (the prompt's last tokens) is decoded but not part of the text: SentencePiece-style
+    tokenizers drop the leading space of a sequence's first token, and the output is not one."""
+
+    def __init__(self, tokenizer, context: list[int] | tuple[int, ...] = ()):
         from tokenizers.decoders import DecodeStream
 
         self._tokenizer = tokenizer
-        self._stream = DecodeStream(skip_special_tokens=True)
+        self._context = list(context)[-CONTEXT_TOKENS:]
+        try:
+            self._stream = DecodeStream(ids=self._context, skip_special_tokens=True)
+        except TypeError:  # tokenizers before 0.22 take no context: decode without it
+            self._stream, self._context = DecodeStream(skip_special_tokens=True), []
         self._ids: list[int] = []
         self.text = ""
 
@@ -37,7 +49,9 @@ class IncrementalText:
     def finish(self) -> str:
         """The whole text as one decode of every token gives it. Text already returned by `add` is a prefix
         of it (streamed text is never taken back); if a tokenizer ever breaks that, the streamed text stands."""
-        full = self._tokenizer.decode(self._ids)
+        full = self._tokenizer.decode(self._context + self._ids)
+        before = self._tokenizer.decode(self._context) if self._context else ""
+        full = full[len(before) :] if full.startswith(before) else self._tokenizer.decode(self._ids)
         if full.startswith(self.text):
             self.text = full
         else:

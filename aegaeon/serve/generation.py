@@ -49,11 +49,18 @@ class Choice:
     def __init__(self, index: int, state: LiveRequest, generation: Generation):
         self.index, self.state, self.model = index, state, generation.model
         self.stops = StopMatcher(list(generation.stop_strings))
-        self.decoded = IncrementalText(generation.model.tokenizer)
+        self.decoded = IncrementalText(generation.model.tokenizer, state.submit.prompt_ids)
+        # vLLM's min_tokens holds stop strings off too: they are looked for only in text decoded after it
+        self.min_tokens = state.submit.min_tokens
+        self.stops_from = 0
         self.tokens: list[int] = []
         self.times: list[float] = []
         self.logprobs: list = []
-        self.prompt_logprobs: tuple = ()  # echo with logprobs: per prompt token, from the first message
+        self.prompt_logprobs: tuple = ()  # echo with logprobs: per prompt token, ahead of the first token
+        self.text_offset = len(
+            generation.echo(index)
+        )  # where the next streamed token's text begins
+        self.echo_sent = False
         self.reason: str | None = None
         self.shown = ""  # text already streamed
         self.text = ""  # the text as it stands (final once the choice has a reason)
@@ -72,10 +79,13 @@ class Choice:
         self.tokens += token_ids
         self.times += stamps
         self.logprobs += logprobs
-        self.prompt_logprobs = self.prompt_logprobs or prompt_logprobs
-        text, stopped = self.stops.cut(self.decoded.add(token_ids))
+        self.prompt_logprobs += tuple(prompt_logprobs)
+        decoded = self.decoded.add(token_ids)
+        if len(self.tokens) < self.min_tokens:
+            self.stops_from = max(0, len(decoded) - self.stops.longest + 1)
+        text, stopped = self.stops.cut(decoded, self.stops_from)
         if finish is not None and not stopped:  # the end: nothing is held back any more
-            text, stopped = self.stops.cut(self.decoded.finish())
+            text, stopped = self.stops.cut(self.decoded.finish(), self.stops_from)
             if not stopped:
                 text = self.decoded.text
         if stopped:
@@ -87,25 +97,36 @@ class Choice:
 
 
 def logprob_block(
-    model: ServedModel, token_ids: list[int], entries: list, chat: bool, offset: int
+    model: ServedModel,
+    token_ids: list[int],
+    entries: list,
+    chat: bool,
+    offset: int,
+    context: list[int] | tuple[int, ...] = (),
 ) -> dict:
     """OpenAI's logprobs object for these tokens: chat's `content` list, or completions' parallel lists
     (`text_offset` counted from `offset`, the characters before the first of them; an entry None, a
-    prompt's first token, has no logprob)."""
+    prompt's first token, has no logprob). `context`: the tokens before the first, so that each token
+    and its alternatives are named as they read there."""
+    before = list(context)[-4:]
+    contexts = []
+    for token in token_ids:
+        contexts.append(before)
+        before = (before + [token])[-4:]
     piece = model.token_text
     if chat:
 
-        def item(token: int, logprob: float) -> dict:
-            text = piece(token)
+        def item(token: int, logprob: float, ctx: list[int]) -> dict:
+            text = piece(token, ctx)
             return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
         return {
             "content": [
-                {**item(token, chosen), "top_logprobs": [item(t, lp) for t, lp in top]}
-                for token, (chosen, top) in zip(token_ids, entries)
+                {**item(token, chosen, ctx), "top_logprobs": [item(t, lp, ctx) for t, lp in top]}
+                for token, (chosen, top), ctx in zip(token_ids, entries, contexts)
             ]
         }
-    texts = [piece(token) for token in token_ids]
+    texts = [piece(token, ctx) for token, ctx in zip(token_ids, contexts)]
     offsets = []
     for text in texts:
         offsets.append(offset)
@@ -114,7 +135,8 @@ def logprob_block(
         "tokens": texts,
         "token_logprobs": [None if entry is None else entry[0] for entry in entries],
         "top_logprobs": [
-            None if entry is None else {piece(t): lp for t, lp in entry[1]} for entry in entries
+            None if entry is None else {piece(t, ctx): lp for t, lp in entry[1]}
+            for entry, ctx in zip(entries, contexts)
         ],
         "text_offset": offsets,
     }

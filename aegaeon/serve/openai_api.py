@@ -196,7 +196,7 @@ def create_app(
                 )
         except ApiError:
             for state in states:
-                proxy.cancel(state.submit.request_id)
+                proxy.cancel(state.submit.request_id, by_client=False)
             raise
         n = body.n or 1
         echoes = tuple(text for _, text in ids_and_texts for _ in range(n)) if body.echo else ()

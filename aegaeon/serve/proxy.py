@@ -205,20 +205,22 @@ class Proxy:
                 listener(request.tokens.get_nowait())
             request.listener = listener
 
-    def cancel(self, request_id: int) -> None:
-        """The client is gone: stop the request wherever it is and free its KV (host and device)."""
+    def cancel(self, request_id: int, by_client: bool = True) -> None:
+        """Stop the request wherever it is and free its KV (host and device): its client is gone, or (not
+        `by_client`) the API has what it needs (a stop string) or gives the request up (a timeout, a
+        refused sibling choice)."""
         with self.lock:
             request = self.table.get(request_id)
             if request is None or request.done:
                 return
             self.table.end(request)
-            self.table.cancelled += 1
+            self.table.cancelled += by_client
             for worker_id in {request.prefill_worker, request.decode_worker} - {None}:
                 link = self.links[worker_id]
                 link.send(Cancel(request_id))
                 link.live.pop(request_id, None)
             self.recovery.forget(request)
-            log.info("request %d cancelled by its client", request_id)
+            log.info("request %d cancelled%s", request_id, " by its client" if by_client else "")
 
     # ---- worker messages ----------------------------------------------------------------------------------
 

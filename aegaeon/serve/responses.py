@@ -57,7 +57,7 @@ class Responder:
                 getter.cancel()
                 if gone is not None and gone in done:
                     raise ClientGone()
-                self.proxy.cancel(state.submit.request_id)
+                self.proxy.cancel(state.submit.request_id, by_client=False)
                 raise ApiError(
                     504,
                     f"request {state.submit.request_id} produced no token in {TOKEN_TIMEOUT:g} s",
@@ -127,7 +127,7 @@ class Responder:
             if choice.reason is not None:
                 break
         if choice.stopped_by_string:  # the rest would be thrown away: stop generating it
-            self.proxy.cancel(choice.state.submit.request_id)
+            self.proxy.cancel(choice.state.submit.request_id, by_client=False)
         choice.ended = True
 
     def _whole_choice(self, generation: Generation, choice: Choice) -> dict:
@@ -140,6 +140,7 @@ class Responder:
                 choice.logprobs,
                 generation.chat,
                 len(generation.echo(choice.index)),
+                choice.state.submit.prompt_ids,
             )
             if choice.prompt_logprobs:  # echo: the prompt's tokens come first, from offset 0
                 prompt = logprob_block(
@@ -195,32 +196,44 @@ class Responder:
                     yield _event(err.body())
                     break
                 token_ids, stamps, finish, logprobs, prompt_logprobs = batch
+                seen = len(choice.logprobs)
+                text = choice.take(token_ids, stamps, finish, logprobs, prompt_logprobs)
+                if not token_ids and finish is None:
+                    continue  # prompt logprobs, which come in pieces ahead of the first token
                 if (
-                    prompt_logprobs and not choice.prompt_logprobs
-                ):  # echo's chunk, with the prompt's logprobs
+                    choice.prompt_logprobs and not choice.echo_sent
+                ):  # echo's chunk, with its logprobs
+                    choice.echo_sent = True
                     ids = list(choice.state.submit.prompt_ids)
                     yield chunk(
                         choice,
                         generation.echo(choice.index),
                         None,
-                        logprob_block(generation.model, ids, prompt_logprobs, False, 0),
+                        logprob_block(generation.model, ids, choice.prompt_logprobs, False, 0),
                     )
-                seen = len(choice.logprobs)
-                text = choice.take(token_ids, stamps, finish, logprobs, prompt_logprobs)
                 delta, choice.shown = text[len(choice.shown) :], text
                 lp = None
                 if generation.logprobs is not None:
-                    offset = len(generation.echo(choice.index)) + len(choice.shown) - len(delta)
+                    context = list(choice.state.submit.prompt_ids) + choice.tokens[:seen]
                     lp = logprob_block(
-                        generation.model, token_ids, choice.logprobs[seen:], generation.chat, offset
+                        generation.model,
+                        token_ids,
+                        choice.logprobs[seen:],
+                        generation.chat,
+                        choice.text_offset,
+                        context,
                     )
+                    if (
+                        not generation.chat and lp["tokens"]
+                    ):  # the next batch's tokens start after these
+                        choice.text_offset = lp["text_offset"][-1] + len(lp["tokens"][-1])
                 content = {"content": delta} if generation.chat else delta
                 yield chunk(choice, content, choice.reason, lp)
                 if choice.reason is not None:
                     choice.ended = True
                     left -= 1
                     if choice.stopped_by_string:  # stop generating the rest
-                        self.proxy.cancel(choice.state.submit.request_id)
+                        self.proxy.cancel(choice.state.submit.request_id, by_client=False)
         finally:
             for task in tasks:
                 task.cancel()

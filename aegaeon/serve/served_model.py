@@ -82,8 +82,16 @@ class ServedModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def token_text(self, token_id: int) -> str:
-        """One token's own text, special tokens included (what logprobs name a token by)."""
+    def token_text(self, token_id: int, context: list[int] | tuple[int, ...] = ()) -> str:
+        """One token's text as it reads after `context` (the tokens before it), special tokens included:
+        what logprobs name a token by. With context, a word-start marker reads as the space it is."""
+        window = list(context)[-4:]
+        if not window:
+            return self.tokenizer.decode([token_id], skip_special_tokens=False)
+        before = self.tokenizer.decode(window, skip_special_tokens=False)
+        after = self.tokenizer.decode(window + [token_id], skip_special_tokens=False)
+        if after.startswith(before):
+            return after[len(before) :]
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
 

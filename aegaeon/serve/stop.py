@@ -10,11 +10,13 @@ from __future__ import annotations
 class StopMatcher:
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
 
-    def cut(self, text: str) -> tuple[str, bool]:
+    def cut(self, text: str, start: int = 0) -> tuple[str, bool]:
         """Of the whole text generated so far: the part that may be shown, and whether a stop string ended
-        it (then the part shown is everything before the earliest stop string, which is left out)."""
-        ends = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        it (then the part shown is everything before the earliest stop string, which is left out). Stop
+        strings are looked for from `start` on (text before it may hold one: min_tokens)."""
+        ends = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
         if ends:
             return text[: min(ends)], True
         return text[: len(text) - self._held_back(text)], False

@@ -4,7 +4,7 @@ its `n` choices submitted all or none, and the node's refusals turned into API e
 from __future__ import annotations
 
 from aegaeon.errors import RequestError
-from aegaeon.models.sampler import GREEDY_BELOW
+from aegaeon.models.sampler import GREEDY_BELOW, check_prompt_logprobs_size
 from aegaeon.serve.api_errors import ApiError, unavailable
 from aegaeon.serve.proxy import Proxy, UnavailableError
 from aegaeon.serve.requests import LiveRequest, OverloadedError
@@ -24,6 +24,11 @@ def submit_choices(
     all or none: a refusal cancels the choices already submitted."""
     if not prompt_ids:
         raise ApiError(400, "the prompt is empty", "prompt")
+    if prompt_logprobs is not None:
+        try:  # refused here, before it queues, rather than by the prefill worker
+            check_prompt_logprobs_size(len(prompt_ids), model.vocab_size)
+        except RequestError as err:
+            raise ApiError(400, str(err), "echo") from None
     if len(prompt_ids) + max_tokens > model.max_position:
         raise ApiError(
             400,
@@ -61,7 +66,7 @@ def submit_choices(
             )
     except (OverloadedError, UnavailableError, RequestError) as err:
         for state in states:
-            proxy.cancel(state.submit.request_id)
+            proxy.cancel(state.submit.request_id, by_client=False)
         if isinstance(err, OverloadedError):
             raise ApiError(
                 429,

@@ -144,6 +144,8 @@ class WorkerLoop:
         logprobs: tuple = (),
         prompt_logprobs: tuple = (),
     ) -> None:
+        if prompt_logprobs:
+            self._send_prompt_logprobs(request_id, prompt_logprobs)
         if tokens or finish_reason is not None or error is not None:
             now = time.time()
             self.send(
@@ -154,9 +156,20 @@ class WorkerLoop:
                     finish_reason,
                     error,
                     logprobs=logprobs,
-                    prompt_logprobs=prompt_logprobs,
                 )
             )
+
+    def _send_prompt_logprobs(self, request_id: int, entries: tuple) -> None:
+        """A prompt's logprobs outgrow a ring slot soon (200 tokens with 5 alternatives: 16 KiB): they go
+        ahead of the first token in as many token-less messages as they need."""
+        limit, start, size = self.outbox.max_message_bytes, 0, len(entries)
+        while start < len(entries):
+            message = Tokens(request_id, (), (), prompt_logprobs=entries[start : start + size])
+            if size > 1 and len(encode(message)) > limit:
+                size //= 2
+                continue
+            self.send(message)
+            start += size
 
     def emit(self, make_event, **fields) -> None:
         """Send a telemetry event (aegaeon.ipc.events) stamped with this worker and the time now."""

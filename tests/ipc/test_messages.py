@@ -20,6 +20,7 @@ from aegaeon.ipc.messages import (
     KvRelease,
     MessageError,
     Refused,
+    RetiredTrace,
     Routed,
     Schedule,
     Shutdown,
@@ -74,6 +75,7 @@ EXAMPLES = [
     DecodeEvent(3, "m", 2.0, 7, 1.2, 0.4, 0.1),
     QuantumEvent(3, "m", 2.0, 0.2, 4, 2.5, 100.0, 0.25),
     MemoryEvent(3, "", 2.0, 1000, 400, 380, 100, 500, 3, 0),
+    RetiredTrace(),
 ]
 
 

@@ -63,7 +63,7 @@ class FakeProxy:
         n = min(3, request.submit.max_tokens)
         listener(Tokens(request.request_id, tuple(range(5, 5 + n)), (time.time(),) * n, "length"))
 
-    def cancel(self, request_id: int) -> None:
+    def cancel(self, request_id: int, by_client: bool = True) -> None:
         self.cancelled_ids.append(request_id)
 
     def request_counts(self) -> dict[str, tuple[int, int]]:

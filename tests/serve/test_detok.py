@@ -54,3 +54,20 @@ def test_streamed_text_only_grows_and_ends_as_the_full_decode(make):
             shown, start = text, end
         assert decoded.finish() == tokenizer.decode(ids)
         assert decoded.finish().startswith(shown)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: build_tokenizer(512), _metaspace_tokenizer], ids=["byte-level", "metaspace"]
+)
+def test_output_decoded_after_its_prompt_reads_as_it_does_in_the_whole_sequence(make):
+    """SentencePiece-style tokenizers drop a sequence's leading space: the output is not a sequence of its
+    own, so its first word keeps the space it has after the prompt."""
+    tokenizer = make()
+    ids = tokenizer.encode("the plain ascii words here").ids
+    for cut in range(1, len(ids)):
+        prompt, output = ids[:cut], ids[cut:]
+        decoded = IncrementalText(tokenizer, prompt)
+        decoded.add(output)
+        whole, before = tokenizer.decode(prompt + output), tokenizer.decode(prompt)
+        assert whole.startswith(before)
+        assert decoded.finish() == whole[len(before) :]

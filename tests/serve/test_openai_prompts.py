@@ -93,3 +93,61 @@ def test_a_batch_of_prompts_text_or_token_ids_gives_each_its_choices(server):
         )
         assert response.status_code == 400, (bad, response.text)
         assert response.json()["error"]["param"].startswith("prompt"), (bad, response.text)
+
+
+def test_a_long_prompts_logprobs_cross_the_worker_ring_in_pieces(server):
+    client = openai_client(server)
+    # 300 tokens x 5 alternatives: about 24 KiB of logprobs, over the 16 KiB of a ring slot
+    ids = [(7 * i) % 390 + 3 for i in range(300)]
+    scored = client.completions.create(
+        model="small", prompt=ids, max_tokens=2, temperature=0, echo=True, logprobs=5
+    )
+    lp = scored.choices[0].logprobs
+    assert len(lp.tokens) == 302 and lp.token_logprobs[0] is None
+    assert all(len(top) >= 1 for top in lp.top_logprobs[1:])
+    streamed = [
+        v
+        for c in client.completions.create(
+            model="small",
+            prompt=ids,
+            max_tokens=2,
+            temperature=0,
+            echo=True,
+            logprobs=5,
+            stream=True,
+        )
+        if c.choices[0].logprobs
+        for v in c.choices[0].logprobs.token_logprobs
+    ]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-6)
+
+
+def test_streamed_text_offsets_count_tokens_not_the_text_held_back_for_a_stop_string(server):
+    client = openai_client(server)
+    body = dict(model="small", prompt="the model serves", max_tokens=8, temperature=0, logprobs=0)
+    plain = client.completions.create(**body, extra_body={"ignore_eos": True})
+    text = plain.choices[0].text
+    # a stop string that never completes, but whose first character holds text back when it shows up
+    stop = text[len(text) // 2] + "\x00never"
+    offsets = [
+        o
+        for c in client.completions.create(
+            **body, stop=[stop], stream=True, extra_body={"ignore_eos": True}
+        )
+        if c.choices[0].logprobs
+        for o in c.choices[0].logprobs.text_offset
+    ]
+    assert offsets == plain.choices[0].logprobs.text_offset
+
+
+def test_min_tokens_holds_stop_strings_off_as_vllm_does(server):
+    client = openai_client(server)
+    body = dict(model="small", prompt="the model serves", max_tokens=10, temperature=0)
+    text = client.completions.create(**body, extra_body={"ignore_eos": True}).choices[0].text
+    stop = text[:2]  # at the very start of the output
+    early = client.completions.create(**body, stop=[stop], extra_body={"ignore_eos": True})
+    assert early.choices[0].text == "" and early.choices[0].finish_reason == "stop"
+    held = client.completions.create(
+        **body, stop=[stop], extra_body={"ignore_eos": True, "min_tokens": 6}
+    )
+    assert held.usage.completion_tokens >= 6 and held.choices[0].text.startswith(stop)
