@@ -13,7 +13,6 @@ Schema (`aegaeon-profile/1`), one file per device and model, profiles/<device>/<
 from __future__ import annotations
 
 import json
-import logging
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,12 +20,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from aegaeon.config import PAPER_MIX, PAPER_MODELS, ModelSpec
+from aegaeon.config import PAPER_MIX, ModelSpec
 from aegaeon.config.env import env_str
 from aegaeon.errors import ConfigError
 from aegaeon.sched.cost import LinkCost, ModelCost, TableCostModel
-
-log = logging.getLogger(__name__)
 
 SCHEMA = "aegaeon-profile/1"
 DEFAULT_BLOCK_SIZE = 16
@@ -41,10 +38,6 @@ DECODE_OUTLIER_REL = 0.5
 H100_LINK = LinkCost(
     h2d_bandwidth=55e9, switch_efficiency=0.15, swap_efficiency=0.8, device_memory_bytes=80 * 2**30
 )
-# The H800 (the paper's testbed) is an H100 with less NVLink bandwidth between GPUs: the same 80 GB and the
-# same PCIe 5.0 x16 host link, so the same link figures.
-H800_LINK = H100_LINK
-DEVICE_LINKS = {"H100": H100_LINK, "H800": H800_LINK}
 
 
 @dataclass(frozen=True)
@@ -283,31 +276,3 @@ def _mix_entry(name: str, mix: tuple[str, ...]) -> str:
             f"model {name!r} has no index: name synthetic models synth_model_NN or give an assignment"
         )
     return mix[int(match[1]) % len(mix)]
-
-
-def fit_directory(
-    raw_root: Path, device: str, out_dir: Path, link: LinkCost | None = None
-) -> list[Path]:
-    """Fits every known model found under raw_root/<model>/ and writes its profile; the link figures are
-    the device's (DEVICE_LINKS) unless given."""
-    if link is None:
-        if device not in DEVICE_LINKS:
-            log.warning(
-                "no host-link figures for device %r (known: %s): using the H100's; add the device's to "
-                "DEVICE_LINKS in aegaeon/profiles.py",
-                device,
-                sorted(DEVICE_LINKS),
-            )
-        link = DEVICE_LINKS.get(device, H100_LINK)
-    written = []
-    for model_dir in sorted(p for p in Path(raw_root).iterdir() if p.is_dir()):
-        spec = PAPER_MODELS.get(model_dir.name)
-        if spec is None:
-            log.warning("skipping %s: no architecture known for it", model_dir.name)
-            continue
-        written.append(
-            write_profile(
-                build_profile(device, spec, read_measured_table(model_dir), link), out_dir
-            )
-        )
-    return written

@@ -110,7 +110,7 @@ def profile(
 )
 def profile_fit(raw_dir: str, device: str, out_dir: str) -> None:
     """Fit profiles from measured tables RAW_DIR/<model>/i<I>b<B>.json."""
-    from aegaeon.profiles import fit_directory
+    from aegaeon.profile_fit import fit_directory
 
     written = fit_directory(Path(raw_dir), device, Path(out_dir))
     if not written:
