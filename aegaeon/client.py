@@ -30,35 +30,15 @@ class Client:
         self.timeout = timeout
 
     def submit(
-        self,
-        model: str,
-        prompt_ids: list[int],
-        max_tokens: int = 16,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        ignore_eos: bool = False,
-        top_k: int = 0,
-        min_p: float = 0.0,
-        **penalties,
+        self, model: str, prompt_ids: list[int], max_tokens: int = 16, **sampling
     ) -> LiveRequest:
-        """Submit a request; `penalties` as Proxy.submit takes them (presence_penalty, min_tokens, ...)."""
+        """Submit a request; `sampling` as Proxy.submit takes it (temperature, top_p, seed, ignore_eos,
+        top_k, min_p, and the extras: penalties, min_tokens, stop_token_ids, logprobs)."""
         if not prompt_ids:
             raise RequestError(f"model {model}: the prompt is empty")
         if max_tokens < 1:
             raise RequestError(f"max_tokens={max_tokens} must be at least 1")
-        return self.proxy.submit(
-            model,
-            prompt_ids,
-            max_tokens,
-            temperature,
-            top_p,
-            seed,
-            ignore_eos,
-            top_k,
-            min_p,
-            **penalties,
-        )
+        return self.proxy.submit(model, prompt_ids, max_tokens, **sampling)
 
     def stream(self, state: LiveRequest) -> Iterator[tuple[int, float]]:
         """(token id, time) pairs as they arrive; raises RequestError if the request fails."""

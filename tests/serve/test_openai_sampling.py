@@ -34,7 +34,9 @@ def test_random_sampling_parameters_and_token_ids_never_stop_the_node(server):
     )
     def throw(temperature, top_p, seed, ids, max_tokens):
         try:
-            state = client.submit("small", ids, max_tokens, temperature, top_p, seed)
+            state = client.submit(
+                "small", ids, max_tokens, temperature=temperature, top_p=top_p, seed=seed
+            )
             list(client.stream(state))
         except RequestError:
             pass  # refused, or failed alone: either way the node must carry on
