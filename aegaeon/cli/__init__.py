@@ -6,6 +6,7 @@ from aegaeon.cli import (  # noqa: F401  (they register the commands)
     bench_engine,
     bench_parts,
     bench_sim_vs_live,
+    models_admin,
     plotting,
     profiling,
     serving,

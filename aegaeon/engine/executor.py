@@ -84,9 +84,11 @@ class StepExecutor:
         prefetch_order: list[str] | None = None,
         progress: ProgressFn | None = None,
         host_cache_of: str | None = None,
+        weight_segments: dict[str, str] | None = None,
     ):
         """Serve `models` (name -> checkpoint dir). With `host_cache_of` (a cluster id) the executor attaches
-        the node's weight cache made by that cluster's launcher instead of making its own."""
+        the node's weight cache made by that cluster's launcher instead of making its own; `weight_segments`
+        names each model's segment there (HostWeightCache.segment_names)."""
         self.config = config
         self.unavailable: dict[str, str] = {}
         checkpoints = self._open_checkpoints(models)
@@ -97,7 +99,9 @@ class StepExecutor:
             ).claim()
         try:
             if self.namespace is None:
-                self.host_cache = HostWeightCache.attach(host_cache_of, checkpoints, config.dtype)
+                self.host_cache = HostWeightCache.attach(
+                    host_cache_of, checkpoints, config.dtype, weight_segments
+                )
             else:
                 self.host_cache = HostWeightCache(self.namespace, checkpoints, config.dtype)
                 self.host_cache.start_prefetch(
@@ -105,9 +109,7 @@ class StepExecutor:
                 )
             if config.device.startswith("cuda"):
                 self.host_cache.pin()
-            self.largest_weights = max(
-                self.host_cache.models[c.name].layout.total_bytes for c in checkpoints
-            )
+            self.largest_weights = self._largest_weights()
             self.arena = Arena(
                 config.arena_bytes or self.largest_weights + config.kv_bytes,
                 config.slab_bytes,
@@ -141,15 +143,66 @@ class StepExecutor:
 
     def _register(self, ckpt: Checkpoint) -> None:
         try:
-            weight_bytes = self.host_cache.models[ckpt.name].layout.total_bytes
-            if weight_bytes + self.config.slab_bytes > self.arena.total_bytes:
-                raise ArenaTooSmallError(
-                    f"model {ckpt.name}: weights of {weight_bytes} bytes plus one KV slab do not fit the arena "
-                    f"of {self.arena.total_bytes} bytes: give the engine a larger arena"
-                )
-            self.runner.register(ckpt, self.config.block_size)
+            self._admit(ckpt)
         except Exception as err:  # a bad model (any failure) never takes the executor down
             self._mark_unavailable(ckpt.name, str(err))
+
+    def _admit(self, ckpt: Checkpoint) -> None:
+        weight_bytes = self.host_cache.models[ckpt.name].layout.total_bytes
+        if weight_bytes + self.config.slab_bytes > self.arena.total_bytes:
+            raise ArenaTooSmallError(
+                f"model {ckpt.name}: weights of {weight_bytes} bytes plus one KV slab do not fit the arena "
+                f"of {self.arena.total_bytes} bytes: give the engine a larger arena"
+            )
+        self.runner.register(ckpt, self.config.block_size)
+
+    def _largest_weights(self) -> int:
+        return max((m.layout.total_bytes for m in self.host_cache.models.values()), default=0)
+
+    def add_model(self, name: str, path: str | Path, segment: str | None = None) -> None:
+        """Serve one more model while running; AegaeonError (naming what is wrong) when it cannot be: its
+        checkpoint does not open, its weights and one KV slab do not fit the arena, the name is taken. On an
+        attached cache `segment` names the model's segment, which the owner has made."""
+        if name in self.runner.entries:
+            raise RequestError(f"model {name} is already served here")
+        checkpoint = open_checkpoint(path, name)
+        if self.host_cache.owner:
+            self.host_cache.add(checkpoint)
+        else:
+            self.host_cache.attach_model(checkpoint, segment or "")
+        try:
+            self._admit(checkpoint)
+        except BaseException:
+            self._forget_cached(name)
+            raise
+        self.unavailable.pop(name, None)
+        self.largest_weights = self._largest_weights()
+
+    def remove_model(self, name: str) -> list[SeqUpdate]:
+        """Stop serving `name`: its requests here fail (returned; a drained model has none), its model object
+        and host cache mapping go. The weight region stays as it is until the next switch."""
+        if name not in self.runner.entries and name not in self.unavailable:
+            raise RequestError(f"model {name} is not served here: known {self.models}")
+        updates = [
+            self._fail(seq, f"model {name} was removed from the node")
+            for seq in list(self._seqs.values())
+            if seq.model == name
+        ]
+        if self.runner.active == name:
+            self.runner.active = None
+        self.runner.entries.pop(name, None)
+        self.unavailable.pop(name, None)
+        self._forget_cached(name)
+        self.largest_weights = self._largest_weights()
+        return updates
+
+    def _forget_cached(self, name: str) -> None:
+        if name not in self.host_cache.models:
+            return
+        if self.host_cache.owner:
+            self.host_cache.remove(name)
+        else:
+            self.host_cache.detach_model(name)
 
     def _mark_unavailable(self, name: str, reason: str) -> None:
         self.unavailable[name] = reason

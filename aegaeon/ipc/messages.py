@@ -201,6 +201,33 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
+class AddModel:
+    """Proxy -> worker: serve one more model, whose weights the node has loaded into its host cache
+    segment `segment` (aegaeon.weights.host_cache)."""
+
+    name: str
+    path: str
+    segment: str
+
+
+@dataclass(frozen=True)
+class RemoveModel:
+    """Proxy -> worker: stop serving a model (the node has drained its requests)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ModelChanged:
+    """Worker -> proxy: an AddModel or RemoveModel is done; `error` says why it could not be."""
+
+    worker_id: int
+    name: str
+    added: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class RetiredTrace:
     """Tag 10 was `Trace` (one message for every telemetry kind), replaced by aegaeon.ipc.events; it is never
     sent, and keeps the tags of the messages after it where they were."""
@@ -229,6 +256,9 @@ MESSAGE_TYPES: tuple[type, ...] = (
     WorkerGone,
     TurnStarted,
     *EVENT_TYPES,  # telemetry (aegaeon.ipc.events)
+    AddModel,
+    RemoveModel,
+    ModelChanged,
 )  # append only: the index is the tag
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
 

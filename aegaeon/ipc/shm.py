@@ -256,6 +256,12 @@ class ShmNamespace:
         self._segments.append(segment)
         return segment
 
+    def remove_segment(self, segment: SharedSegment) -> None:
+        """Unlink and unmap one segment this namespace created, before the namespace closes."""
+        segment.unlink()
+        segment.close()
+        self._segments = [s for s in self._segments if s is not segment]
+
     def attach_segment(self, name: str) -> SharedSegment:
         return SharedSegment.attach(object_name(self.cluster_id, name))
 

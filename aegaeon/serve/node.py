@@ -29,6 +29,7 @@ from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.serve.agent import NodeAgent
 from aegaeon.serve.devices import check_devices
 from aegaeon.serve.links import WorkerLink
+from aegaeon.serve.model_admin import ModelChanges
 from aegaeon.serve.proxy import Proxy
 from aegaeon.serve.supervisor import Supervisor
 from aegaeon.weights.checkpoint import open_checkpoint
@@ -52,6 +53,7 @@ class Node:
         self.models: list[str] = []
         self.supervisor: Supervisor | None = None
         self.good_models: dict[str, str] = {}
+        self.changes = ModelChanges(self)
 
     def start(self) -> Proxy:
         cfg = self.config
@@ -233,6 +235,7 @@ class Node:
             cfg.max_batch,
             cfg.max_quota,
             generation,
+            self.host_cache.segment_names(),
         )
         process = mp.get_context("spawn").Process(
             target=worker_main,

@@ -1,7 +1,7 @@
 """OpenAI-compatible HTTP API on a node's proxy (FastAPI).
 
 Endpoints: POST /v1/completions and /v1/chat/completions (with `stream: true` as server-sent events),
-GET /v1/models, GET /health, GET /metrics (Prometheus text). Bodies are validated strictly
+GET /v1/models, GET /health, GET /metrics (Prometheus text), and the admin routes of aegaeon.serve.admin_api. Bodies are validated strictly
 (aegaeon.serve.api_schema); errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`:
 400 for a bad request, 401 without the key, 404 for an unknown model, 413 for an oversized body, 429 with
 `Retry-After` beyond the admission limits, 503 when the cluster cannot serve. Tokenisation and chat
@@ -25,12 +25,14 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aegaeon.config.serving import ApiConfig, NodeConfig
+from aegaeon.serve.admin_api import add_admin_routes
 from aegaeon.serve.api_errors import ApiError
 from aegaeon.serve.api_guard import BodyTooLarge, Guard, JSONResponse, error_body
 from aegaeon.serve.api_schema import ChatBody, CompletionBody
 from aegaeon.serve.generation import Generation
 from aegaeon.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aegaeon.serve.metrics import Metrics
+from aegaeon.serve.model_admin import ModelChanges
 from aegaeon.serve.proxy import Proxy
 from aegaeon.serve.responses import Responder
 from aegaeon.serve.served_model import ServedModel, TemplateRejected
@@ -46,9 +48,11 @@ def create_app(
     models: dict[str, Path],
     api: ApiConfig = ApiConfig(),
     node: NodeConfig | None = None,
+    changes: ModelChanges | None = None,
 ):
     """The ASGI app. `node`, when given, sets the SLO /metrics scores against and what /health reports of the
-    node's shape (policy, SLO, whether the host<->device link is emulated)."""
+    node's shape (policy, SLO, whether the host<->device link is emulated). `changes`, when given, serves the
+    admin routes that add and remove models (aegaeon.serve.admin_api)."""
     app = FastAPI(
         title="aegaeon",
         docs_url=None,
@@ -254,6 +258,8 @@ def create_app(
             return StreamingResponse(responder.stream(generation), media_type="text/event-stream")
         return await responder.complete(generation, request)
 
+    if changes is not None:
+        add_admin_routes(app, changes, served, api.host, api.api_key)
     return Guard(app, api.api_key, api.max_body_bytes, api.public_metrics)
 
 

@@ -24,9 +24,12 @@ from aegaeon.config.serving import AdmissionLimits, RecoveryConfig
 from aegaeon.errors import RequestError
 from aegaeon.ipc.events import EVENT_TYPES, Event
 from aegaeon.ipc.messages import (
+    AddModel,
     Cancel,
     KvPayload,
     KvRelease,
+    ModelChanged,
+    RemoveModel,
     Shutdown,
     StepDone,
     Submit,
@@ -41,6 +44,7 @@ from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.sched.decode import DEFAULT_MAX_BATCH
 from aegaeon.serve.handoff import KvRelay
 from aegaeon.serve.links import WorkerLink, start_link_threads, wait_for_workers
+from aegaeon.serve.model_changes import ModelChangeWaiter
 from aegaeon.serve.recovery import Recovery, suspects
 from aegaeon.serve.requests import LiveRequest, RequestTable
 from aegaeon.serve.router import Router
@@ -103,6 +107,8 @@ class Proxy:
         self.lock = threading.RLock()
         self.restarts = 0
         self._stopping = False
+        self.model_changes = ModelChangeWaiter()
+        self.closed_models: set[str] = set()  # being removed: no new requests
         self._threads = start_link_threads(links, self._on_frame, lambda: self._stopping, "proxy")
         self._handlers = {
             WorkerReady: self._on_ready,
@@ -113,6 +119,7 @@ class Proxy:
             KvRelease: self._on_release,
             StepDone: self._on_step_done,
             TurnStarted: self._on_turn_started,
+            ModelChanged: self._on_model_changed,
         }
 
     @property
@@ -183,6 +190,8 @@ class Proxy:
         with self.lock:
             if self._stopping:
                 raise UnavailableError("the node is shutting down")
+            if model in self.closed_models:
+                raise RequestError(f"model {model} is being removed from the node")
             if not self.router.prefill_alive:
                 raise UnavailableError(
                     "no prefill worker is alive: the node cannot serve now, retry later"
@@ -296,6 +305,52 @@ class Proxy:
         if link.role == "prefill":
             self.router.group_done(link, message)
 
+    def _on_model_changed(self, link: WorkerLink, message: ModelChanged) -> None:
+        self.model_changes.answered(link.worker_id, message.name, message.added, message.error)
+
+    # ---- models added and removed at run time ---------------------------------------------------------
+
+    def change_model(
+        self, message: AddModel | RemoveModel, timeout: float
+    ) -> tuple[dict[int, str], set[int]]:
+        """Send the change to every live worker and wait for their answers: (errors by worker id, workers
+        that did not answer in time). Only a node whose workers are all its own changes models."""
+        with self.lock:
+            targets = [link for link in self.links.values() if not link.dead]
+            if any(link.remote for link in targets):
+                raise RequestError(
+                    "models cannot be added or removed at run time on a multi-node cluster yet: "
+                    "restart the nodes with the new --models"
+                )
+            self.model_changes.expect(
+                message.name, isinstance(message, AddModel), {link.worker_id for link in targets}
+            )
+            for link in targets:
+                link.send(message)
+        return self.model_changes.wait(timeout)
+
+    def close_model(self, model: str, closed: bool = True) -> None:
+        """Refuse new requests of `model` (it is being removed), or take them again."""
+        with self.lock:
+            (self.closed_models.add if closed else self.closed_models.discard)(model)
+
+    def in_flight(self, model: str) -> int:
+        with self.lock:
+            return self.table.per_model.get(model, 0)
+
+    def fail_model(self, model: str, reason: str) -> int:
+        """End every request of `model` with `reason` (503 to its client), freeing it on the workers."""
+        with self.lock:
+            doomed = [r for r in self.table.requests.values() if r.model == model]
+            for request in doomed:
+                for worker_id in {request.prefill_worker, request.decode_worker} - {None}:
+                    link = self.links[worker_id]
+                    link.send(Cancel(request.request_id))
+                    link.live.pop(request.request_id, None)
+                self.recovery.forget(request)
+                self.table.fail(request, reason)
+            return len(doomed)
+
     def _retry_imports(self) -> None:
         def wanted(payload: KvPayload) -> bool:
             link = self.links.get(payload.worker_id)
@@ -313,6 +368,7 @@ class Proxy:
             if link.dead:
                 return
             link.close()
+            self.model_changes.worker_gone(worker_id)
             cause = cause or f"died with exit code {exitcode}"
             log.error("worker %d (%s) %s", worker_id, link.role, cause)
             held = self.table.held_by(worker_id, link.role)

@@ -69,7 +69,9 @@ def serve_node(
             announce(
                 f"listening for nodes on {config.link_address.rpartition(':')[0]}:{node.link.port}"
             )
-        uvicorn.Server(uvicorn_config(create_app(proxy, good, api, config), api)).run()
+        uvicorn.Server(
+            uvicorn_config(create_app(proxy, good, api, config, node.changes), api)
+        ).run()
     finally:
         node.stop()
 

@@ -1,12 +1,13 @@
-"""The node's host weight cache: every registered model's weights in one
-POSIX shared-memory segment, packed by `WeightLayout`.
+"""The node's host weight cache: each registered model's weights in a POSIX shared-memory segment of its
+own, packed by `WeightLayout`.
 
-Weights are read from safetensors once, straight into the segment (no
-intermediate buffer when the dtype is kept), in a background thread in a
-configurable prefetch order. A worker switches model by copying a model's
-region from here into its arena in one contiguous copy. Any process of the
-node can attach the segment by name; only the owner (the launcher, or the
-one-process engine) creates and unlinks it.
+Weights are read from safetensors once, straight into the segment (no intermediate buffer when the dtype
+is kept), in a background thread in a configurable prefetch order. A worker switches model by copying a
+model's region from here into its arena in one contiguous copy. Any process of the node can attach a
+model's segment by name; only the owner (the launcher, or the one-process engine) creates and unlinks
+them. A segment per model is what lets a running node add a model (`add`, then `load`) and remove one
+(`remove`) without touching the others: a worker that still maps a removed segment keeps valid memory
+until it lets go.
 """
 
 from __future__ import annotations
@@ -15,26 +16,32 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-from aegaeon.errors import CheckpointError, ConfigError
+from aegaeon.errors import CheckpointError, ConfigError, SharedMemoryError
 from aegaeon.ipc.shm import SharedSegment, ShmNamespace
 from aegaeon.weights.checkpoint import Checkpoint, TensorSource
 from aegaeon.weights.layout import ALIGN, WeightLayout
 
 log = logging.getLogger(__name__)
 
-SEGMENT_NAME = "weights"
-# Segment layout: a 4 KiB header (u32 magic, u32 version, u32 model count; at byte 64 one state
-# byte per model: 0 loading, 1 ready, 2 failed), then each model's packed weights.
-_HEADER_FORMAT = "<III"
-_MAGIC, _VERSION = 0xAE6AE0B1, 1
-_STATE_AT, _DATA_START = 64, 4096
+# A segment: a 4 KiB header (u32 magic, u32 version, u64 weight bytes, u32 name length; at byte 64 the
+# state byte: 0 loading, 1 ready, 2 failed; at byte 128 the model's name in UTF-8), then the packed weights.
+# The name in the header lets a process that attaches check it maps the model it asked for.
+_HEADER_FORMAT = "<IIQI"
+_MAGIC, _VERSION = 0xAE6AE0B1, 2
+_STATE_AT, _NAME_AT, _DATA_START = 64, 128, 4096
+MAX_NAME_BYTES = _DATA_START - _NAME_AT
 _LOADING, _READY, _FAILED = 0, 1, 2
 ProgressFn = Callable[[str, int, int], None]  # model, bytes done, bytes of that model
+
+
+def segment_name(sequence: int) -> str:
+    """The shm name of the `sequence`-th model the owner registered (start-up models first, in order)."""
+    return f"weights.{sequence}"
 
 
 @dataclass(frozen=True)
@@ -47,11 +54,17 @@ class LoadStats:
 class CachedModel:
     checkpoint: Checkpoint
     layout: WeightLayout
-    offset: int  # of the model's region in the segment
+    segment: SharedSegment
+    segment_name: str
+    offset: int = _DATA_START  # of the weights in the segment
 
     @property
     def name(self) -> str:
         return self.checkpoint.name
+
+    @property
+    def segment_bytes(self) -> int:
+        return _DATA_START + -(-self.layout.total_bytes // ALIGN) * ALIGN
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -65,19 +78,35 @@ def resolve_dtype(name: str) -> torch.dtype:
         ) from None
 
 
+def cached_bytes(checkpoint: Checkpoint, dtype: str | None = None) -> int:
+    """The shared memory a model takes in the cache (header and alignment included)."""
+    layout = WeightLayout.for_config(
+        checkpoint.config, resolve_dtype(dtype or checkpoint.config.dtype)
+    )
+    return _DATA_START + -(-layout.total_bytes // ALIGN) * ALIGN
+
+
 class HostWeightCache:
-    """Owner side: `HostWeightCache(namespace, checkpoints)` creates and fills the segment.
-    Other processes of the node: `HostWeightCache.attach(cluster_id, checkpoints)` maps it read-mostly
-    and waits on the per-model state bytes the owner sets."""
+    """Owner side: `HostWeightCache(namespace, checkpoints)` creates a segment per model and fills them;
+    `add` and `remove` change the set while it runs. Other processes of the node:
+    `HostWeightCache.attach(cluster_id, checkpoints)` maps the models' segments and waits on their state
+    bytes, which the owner sets; `attach_model` and `detach_model` follow the owner's changes."""
 
     def __init__(
         self, namespace: ShmNamespace, checkpoints: Iterable[Checkpoint], dtype: str | None = None
     ):
-        """Lay out every model (in `dtype`, or each checkpoint's own when None) and create the segment."""
-        self._lay_out(checkpoints, dtype)
-        self.segment: SharedSegment = namespace.create_segment(SEGMENT_NAME, self.total_bytes)
-        struct.pack_into(_HEADER_FORMAT, self.segment.buffer, 0, _MAGIC, _VERSION, len(self.models))
-        self._start(owner=True)
+        """Lay out every model (in `dtype`, or each checkpoint's own when None) and create its segment."""
+        self._start(owner=True, dtype=dtype)
+        self.namespace = namespace
+        self._next_sequence = 0
+        try:
+            for ckpt in checkpoints:
+                self.add(ckpt)
+        except BaseException:
+            self._drop_all()
+            raise
+        if not self.models:
+            raise ConfigError("no models to cache: register at least one checkpoint")
         log.info(
             "host weight cache: %d models, %.1f MiB in /dev/shm",
             len(self.models),
@@ -86,65 +115,156 @@ class HostWeightCache:
 
     @classmethod
     def attach(
-        cls, cluster_id: str, checkpoints: Iterable[Checkpoint], dtype: str | None = None
+        cls,
+        cluster_id: str,
+        checkpoints: Iterable[Checkpoint],
+        dtype: str | None = None,
+        segments: Mapping[str, str] | None = None,
     ) -> "HostWeightCache":
-        """Map the node's cache made by another process from the same checkpoints and dtype."""
+        """Map the node's cache made by another process from the same checkpoints and dtype. `segments`
+        names each model's segment (the owner's `segment_names()`); without it the models are the owner's
+        first ones, in the order it registered them."""
         cache = cls.__new__(cls)
-        cache._lay_out(checkpoints, dtype)
-        cache.segment = ShmNamespace(cluster_id).attach_segment(SEGMENT_NAME)
-        magic, version, count = struct.unpack_from(_HEADER_FORMAT, cache.segment.buffer, 0)
-        if (magic, version, count) != (
-            _MAGIC,
-            _VERSION,
-            len(cache.models),
-        ) or cache.segment.size < cache.total_bytes:
-            raise ConfigError(
-                f"host weight cache of cluster {cluster_id} holds {count} models in {cache.segment.size} bytes, "
-                f"not the {len(cache.models)} models in {cache.total_bytes} bytes asked for: attach with the same "
-                f"checkpoints, order and dtype as the process that made it"
-            )
-        cache._start(owner=False)
+        cache._start(owner=False, dtype=dtype)
+        cache.cluster_id = cluster_id
+        try:
+            for i, ckpt in enumerate(checkpoints):
+                name = segments[ckpt.name] if segments is not None else segment_name(i)
+                cache.attach_model(ckpt, name)
+        except BaseException:
+            cache.close()
+            raise
         return cache
 
-    def _lay_out(self, checkpoints: Iterable[Checkpoint], dtype: str | None) -> None:
-        self.models: dict[str, CachedModel] = {}
-        offset = _DATA_START
-        for ckpt in checkpoints:
-            if ckpt.name in self.models:
-                raise ConfigError(
-                    f"model {ckpt.name} is registered twice: give each model a distinct name"
-                )
-            layout = WeightLayout.for_config(ckpt.config, resolve_dtype(dtype or ckpt.config.dtype))
-            self.models[ckpt.name] = CachedModel(ckpt, layout, offset)
-            offset += -(-layout.total_bytes // ALIGN) * ALIGN
-        if not self.models:
-            raise ConfigError("no models to cache: register at least one checkpoint")
-        if len(self.models) > _DATA_START - _STATE_AT:
-            raise ConfigError(
-                f"{len(self.models)} models exceed the {_DATA_START - _STATE_AT} a cache can index"
-            )
-        self.total_bytes = offset
-        self._index = {name: i for i, name in enumerate(self.models)}
-
-    def _start(self, owner: bool) -> None:
+    def _start(self, owner: bool, dtype: str | None) -> None:
         self.owner = owner
-        self._ready = {name: threading.Event() for name in self.models}
+        self.dtype = dtype
+        self.models: dict[str, CachedModel] = {}
+        self._ready: dict[str, threading.Event] = {}
         self._errors: dict[str, Exception] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self.load_stats: dict[str, LoadStats] = {}
-        self._pinned_at: int | None = None
+        self._pinned: dict[str, int] = {}  # model -> address registered for DMA
+        self._pin_new = False
+        self._prefetching: set[str] = set()
+
+    def _layout(self, ckpt: Checkpoint) -> WeightLayout:
+        if ckpt.name in self.models:
+            raise ConfigError(
+                f"model {ckpt.name} is registered twice: give each model a distinct name"
+            )
+        if len(ckpt.name.encode()) > MAX_NAME_BYTES:
+            raise ConfigError(f"model name {ckpt.name[:40]!r}... is over {MAX_NAME_BYTES} bytes")
+        return WeightLayout.for_config(ckpt.config, resolve_dtype(self.dtype or ckpt.config.dtype))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(entry.segment_bytes for entry in self.models.values())
+
+    def segment_names(self) -> dict[str, str]:
+        return {name: entry.segment_name for name, entry in self.models.items()}
+
+    # ---- the set of models ----------------------------------------------------------------------------
+
+    def add(self, checkpoint: Checkpoint) -> CachedModel:
+        """Owner: create the model's segment (not yet loaded: `load` or the prefetch thread fills it)."""
+        self._require_owner("add")
+        layout = self._layout(checkpoint)
+        name = segment_name(self._next_sequence)
+        self._next_sequence += 1
+        size = _DATA_START + -(-layout.total_bytes // ALIGN) * ALIGN
+        segment = self.namespace.create_segment(name, size)
+        encoded = checkpoint.name.encode()
+        struct.pack_into(
+            _HEADER_FORMAT, segment.buffer, 0, _MAGIC, _VERSION, layout.total_bytes, len(encoded)
+        )
+        segment.buffer[_NAME_AT : _NAME_AT + len(encoded)] = encoded
+        entry = CachedModel(checkpoint, layout, segment, name)
+        self._install(entry)
+        if self._pin_new:
+            self._pin_entry(entry)
+        return entry
+
+    def attach_model(self, checkpoint: Checkpoint, name: str) -> CachedModel:
+        """Not the owner: map the segment `name` the owner made for `checkpoint`."""
+        if self.owner:
+            raise ConfigError("attach_model: the owner adds models with add()")
+        layout = self._layout(checkpoint)
+        try:
+            segment = ShmNamespace(self.cluster_id).attach_segment(name)
+        except SharedMemoryError as err:
+            raise ConfigError(
+                f"model {checkpoint.name}: the node's weight cache has no segment {name} ({err}): "
+                f"the model was removed, or this process belongs to another run"
+            ) from None
+        magic, version, nbytes, name_len = struct.unpack_from(_HEADER_FORMAT, segment.buffer, 0)
+        held = bytes(segment.buffer[_NAME_AT : _NAME_AT + min(name_len, MAX_NAME_BYTES)])
+        if (magic, version, nbytes, held) != (
+            _MAGIC,
+            _VERSION,
+            layout.total_bytes,
+            checkpoint.name.encode(),
+        ):
+            segment.close()
+            raise ConfigError(
+                f"the weight cache segment {name} of cluster {self.cluster_id} holds "
+                f"{held.decode(errors='replace')!r} in {nbytes} bytes, not model {checkpoint.name} in "
+                f"{layout.total_bytes}: attach with the same checkpoints, names and dtype as the owner"
+            )
+        entry = CachedModel(checkpoint, layout, segment, name)
+        self._install(entry)
+        if self._pin_new:
+            self._pin_entry(entry)
+        return entry
+
+    def _install(self, entry: CachedModel) -> None:
+        with self._lock:
+            self.models[entry.name] = entry
+            self._ready[entry.name] = threading.Event()
+
+    def remove(self, model: str) -> None:
+        """Owner: forget the model and unlink its segment (processes that map it keep their mapping)."""
+        self._require_owner("remove")
+        entry = self._entry(model)
+        if not self._ready[model].is_set() and self._thread is not None:
+            self._ready[model].wait()  # the prefetch thread is filling it: let it finish first
+        self._drop(entry, unlink=True)
+
+    def detach_model(self, model: str) -> None:
+        """Not the owner: stop using the model's segment."""
+        self._drop(self._entry(model), unlink=False)
+
+    def _drop(self, entry: CachedModel, unlink: bool) -> None:
+        self._unpin(entry.name)
+        with self._lock:
+            del self.models[entry.name]
+            self._ready.pop(entry.name, None)
+            self._errors.pop(entry.name, None)
+            self.load_stats.pop(entry.name, None)
+        if unlink:
+            self.namespace.remove_segment(entry.segment)
+        else:
+            entry.segment.close()
+
+    def _drop_all(self) -> None:
+        for entry in list(self.models.values()):
+            self._drop(entry, unlink=self.owner)
+
+    # ---- state bytes -----------------------------------------------------------------------------------
 
     def _state(self, model: str) -> int:
-        return self.segment.buffer[_STATE_AT + self._index[model]]
+        return self._entry(model).segment.buffer[_STATE_AT]
 
     def _set_state(self, model: str, state: int) -> None:
-        self.segment.buffer[_STATE_AT + self._index[model]] = state
+        self._entry(model).segment.buffer[_STATE_AT] = state
 
     def region(self, model: str) -> torch.Tensor:
-        """The model's packed weights as a uint8 tensor view of the segment."""
+        """The model's packed weights as a uint8 tensor view of its segment."""
         entry = self._entry(model)
-        return self.segment.as_tensor(torch.uint8, (entry.layout.total_bytes,), entry.offset)
+        return entry.segment.as_tensor(torch.uint8, (entry.layout.total_bytes,), entry.offset)
 
     def _entry(self, model: str) -> CachedModel:
         try:
@@ -163,6 +283,7 @@ class HostWeightCache:
         for name in order:
             self._entry(name)
         order += [name for name in self.models if name not in order]
+        self._prefetching = set(order)
         self._thread = threading.Thread(
             target=self._prefetch, args=(order, progress), name="weight-prefetch", daemon=True
         )
@@ -172,19 +293,27 @@ class HostWeightCache:
         for name in order:
             if self._stop.is_set():
                 return
-            if not self._ready[name].is_set():
+            if name in self.models:  # not removed meanwhile
                 self.load(name, progress)
 
     def load(self, model: str, progress: ProgressFn | None = None) -> None:
         """Load one model now (idempotent); failures are kept and raised by `wait`."""
-        entry = self._entry(model)
         self._require_owner("load")
+        with (
+            self._load_lock
+        ):  # the prefetch thread and a model added at run time never load one twice
+            entry = self._entry(model)
+            if not self._ready[model].is_set():
+                self._load(entry, progress)
+
+    def _load(self, entry: CachedModel, progress: ProgressFn | None) -> None:
+        model = entry.name
         try:
             done = 0
             itemsize = torch.empty((), dtype=entry.layout.dtype).element_size()
             total = entry.layout.total_bytes
             start = time.perf_counter()
-            self.segment.populate(entry.offset, total)
+            entry.segment.populate(entry.offset, total)
             populated = time.perf_counter()
             sources = sorted(
                 entry.checkpoint.tensors.values(), key=lambda s: (str(s.file), s.offset)
@@ -198,7 +327,9 @@ class HostWeightCache:
                 slot = entry.layout.slots.get(source.name)
                 if slot is None:
                     continue  # e.g. rotary caches some checkpoints carry
-                self._copy_tensor(source, entry.offset + slot.offset, entry.layout.dtype)
+                self._copy_tensor(
+                    entry.segment, source, entry.offset + slot.offset, entry.layout.dtype
+                )
                 done += slot.nbytes(itemsize)
                 if progress:
                     progress(model, done, total)
@@ -211,12 +342,14 @@ class HostWeightCache:
         finally:
             self._ready[model].set()
 
-    def _copy_tensor(self, source: TensorSource, offset: int, dtype: torch.dtype) -> None:
+    def _copy_tensor(
+        self, segment: SharedSegment, source: TensorSource, offset: int, dtype: torch.dtype
+    ) -> None:
         src_dtype = resolve_dtype(source.dtype)
         with open(source.file, "rb") as f:
             f.seek(source.offset)
             if src_dtype == dtype:
-                target = self.segment.as_numpy("uint8", (source.nbytes,), offset)
+                target = segment.as_numpy("uint8", (source.nbytes,), offset)
                 read = f.readinto(memoryview(target))
                 if read != source.nbytes:
                     raise CheckpointError(f"{source.file}: truncated in tensor {source.name}")
@@ -226,7 +359,7 @@ class HostWeightCache:
             raise CheckpointError(f"{source.file}: truncated in tensor {source.name}")
         converted = torch.frombuffer(bytearray(raw), dtype=src_dtype).to(dtype)
         count = converted.numel()
-        self.segment.as_tensor(dtype, (count,), offset).copy_(converted)
+        segment.as_tensor(dtype, (count,), offset).copy_(converted)
 
     def wait(self, model: str, timeout: float | None = None) -> None:
         """Block until the model is in the cache; raise its load error if it failed."""
@@ -234,9 +367,10 @@ class HostWeightCache:
         if not self.owner:
             self._wait_attached(model, timeout)
             return
-        if not self._ready[model].is_set() and self._thread is None:
-            self.load(model)
-        if not self._ready[model].wait(timeout):
+        ready = self._ready[model]
+        if not ready.is_set() and model not in self._prefetching:
+            self.load(model)  # not the prefetch thread's to load (none runs, or it was added later)
+        if not ready.wait(timeout):
             raise TimeoutError(f"model {model}: weights not loaded within {timeout} s")
         if model in self._errors:
             raise self._errors[model]
@@ -268,24 +402,36 @@ class HostWeightCache:
             self._thread.join()
 
     def pin(self) -> None:
-        """Page-lock the whole segment for DMA (once per process; undone by `close`)."""
-        if self._pinned_at is not None:
+        """Page-lock every model's segment for DMA, and those added later (undone by `close`)."""
+        self._pin_new = True
+        for entry in list(self.models.values()):
+            self._pin_entry(entry)
+
+    def _pin_entry(self, entry: CachedModel) -> None:
+        if entry.name in self._pinned:
             return
         from aegaeon.native import _C
 
-        address = self.segment.as_numpy("uint8", (self.total_bytes,)).ctypes.data
-        _C.register_host_memory(address, self.total_bytes)
-        self._pinned_at = address
-        log.info("host weight cache page-locked (%.1f MiB)", self.total_bytes / 2**20)
+        address = entry.segment.as_numpy("uint8", (entry.segment.size,)).ctypes.data
+        _C.register_host_memory(address, entry.segment.size)
+        self._pinned[entry.name] = address
+        log.info(
+            "host weights of %s page-locked (%.1f MiB)", entry.name, entry.segment.size / 2**20
+        )
 
-    def close(self) -> None:
-        """Stop prefetching and unpin; the segment itself goes with its namespace."""
-        self._stop.set()
-        self.join()
-        if self._pinned_at is not None:
+    def _unpin(self, model: str) -> None:
+        address = self._pinned.pop(model, None)
+        if address is not None:
             from aegaeon.native import _C
 
-            _C.unregister_host_memory(self._pinned_at)
-            self._pinned_at = None
+            _C.unregister_host_memory(address)
+
+    def close(self) -> None:
+        """Stop prefetching, unpin, and unmap; the owner's segments go with its namespace."""
+        self._stop.set()
+        self.join()
+        for model in list(self._pinned):
+            self._unpin(model)
         if not self.owner:
-            self.segment.close()  # the owner's namespace unlinks the segment
+            for entry in self.models.values():
+                entry.segment.close()

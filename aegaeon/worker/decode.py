@@ -82,6 +82,17 @@ class DecodeWorker(WorkerLoop):
         self.loop.remove(message.request_id)
         super().on_cancel(message)
 
+    def models_changed(self) -> None:
+        self.cost.sizes = dict(self.executor.model_sizes())
+        if hasattr(self.loop.policy, "kv_capacity_bytes"):  # a larger model leaves less room for KV
+            self.loop.policy.kv_capacity_bytes = self.executor.kv_capacity_bytes()
+
+    def forget_model(self, model: str) -> None:
+        for request_id, request_model in list(self.loop.live.items()):
+            if request_model == model:
+                self.loop.remove(request_id)
+                self.timings.pop(request_id, None)
+
     def tick(self) -> None:
         self.drain(0 if self.loop.live or self.waiting else 0.05)
         self.admit()

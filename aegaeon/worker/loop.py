@@ -18,7 +18,17 @@ import torch
 from aegaeon.engine.executor import StepExecutor
 from aegaeon.engine.runner import SwitchRecord
 from aegaeon.ipc.events import MemoryEvent, SwapEvent, SwitchEvent
-from aegaeon.ipc.messages import Cancel, Shutdown, Tokens, WorkerReady, decode, encode
+from aegaeon.ipc.messages import (
+    AddModel,
+    Cancel,
+    ModelChanged,
+    RemoveModel,
+    Shutdown,
+    Tokens,
+    WorkerReady,
+    decode,
+    encode,
+)
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.worker.spec import KV_SEGMENT, WorkerSpec, inbox_name, outbox_name
@@ -45,12 +55,19 @@ class WorkerLoop:
         self.outbox = Ring.attach(spec.cluster_id, outbox_name(spec.worker_id, spec.generation))
         self.kv_segment = ShmNamespace(spec.cluster_id).attach_segment(KV_SEGMENT)
         self.host_kv = self.kv_segment.as_tensor(torch.uint8, (self.kv_segment.size,))
-        self.executor = StepExecutor(spec.models, spec.engine, host_cache_of=spec.cluster_id)
+        self.executor = StepExecutor(
+            spec.models,
+            spec.engine,
+            host_cache_of=spec.cluster_id,
+            weight_segments=spec.weight_segments or None,
+        )
         self.running = True
         self.last_memory_sample = 0.0
         self.handlers: dict[type, Callable[[object], None]] = {
             Shutdown: self.on_shutdown,
             Cancel: self.on_cancel,
+            AddModel: self.on_add_model,
+            RemoveModel: self.on_remove_model,
         }
 
     def announce(self) -> None:
@@ -129,6 +146,34 @@ class WorkerLoop:
 
     def on_cancel(self, message: Cancel) -> None:
         self.executor.remove(message.request_id)
+
+    def on_add_model(self, message: AddModel) -> None:
+        worker = self.spec.worker_id
+        if message.name not in self.executor.models:  # else: a replacement spawned with it already
+            try:
+                self.executor.add_model(message.name, message.path, message.segment)
+            except Exception as err:  # a model that cannot be added is refused, the worker goes on
+                log.error("worker %d: model %s not added: %s", worker, message.name, err)
+                self.send(ModelChanged(worker, message.name, True, f"worker {worker}: {err}"))
+                return
+            self.models_changed()
+            log.info("worker %d serves model %s", worker, message.name)
+        self.send(ModelChanged(worker, message.name, True))
+
+    def on_remove_model(self, message: RemoveModel) -> None:
+        if message.name in self.executor.models or message.name in self.executor.unavailable:
+            for update in self.executor.remove_model(message.name):
+                self.send(Tokens(update.request_id, (), (), None, update.error))
+            self.forget_model(message.name)
+            self.models_changed()
+            log.info("worker %d no longer serves model %s", self.spec.worker_id, message.name)
+        self.send(ModelChanged(self.spec.worker_id, message.name, False))
+
+    def models_changed(self) -> None:
+        """The executor's set of models changed: a role that plans with model sizes updates its plan."""
+
+    def forget_model(self, model: str) -> None:
+        """Drop a removed model's requests from the role's own tables (a drained model has none)."""
 
     def fail(self, request_id: int, reason: str) -> None:
         """End a request with an error the client sees; frees what it held here."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aegaeon.config.serving import EngineConfig
 from aegaeon.sched.decode import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUOTA
@@ -30,6 +30,7 @@ class WorkerSpec:
     max_quota: float = DEFAULT_MAX_QUOTA
 
     generation: int = 0  # respawns of this worker id so far: each incarnation has rings of its own
+    weight_segments: dict[str, str] = field(default_factory=dict)  # model -> its host cache segment
 
 
 def inbox_name(worker_id: int, generation: int = 0) -> str:

@@ -13,13 +13,16 @@ from aegaeon.ipc.events import (
 )
 from aegaeon.ipc.messages import (
     MESSAGE_TYPES,
+    AddModel,
     Cancel,
     Heartbeat,
     Hello,
     KvPayload,
     KvRelease,
     MessageError,
+    ModelChanged,
     Refused,
+    RemoveModel,
     RetiredTrace,
     Routed,
     Schedule,
@@ -76,6 +79,9 @@ EXAMPLES = [
     QuantumEvent(3, "m", 2.0, 0.2, 4, 2.5, 100.0, 0.25),
     MemoryEvent(3, "", 2.0, 1000, 400, 380, 100, 500, 3, 0),
     RetiredTrace(),
+    AddModel("m2", "/models/m2", "weights.3"),
+    RemoveModel("m2"),
+    ModelChanged(1, "m2", True, "worker 1: too large"),
 ]
 
 

@@ -40,9 +40,9 @@ def test_cached_weights_equal_the_checkpoint_and_live_in_a_0600_segment(two_mode
             views = cache.models[ckpt.name].layout.views(cache.region(ckpt.name))
             for name, tensor in _tensors(ckpt).items():
                 assert torch.equal(views[name], tensor), name
-        mode = stat.S_IMODE(os.stat(SHM_DIR / "aegaeon-hcache1-weights").st_mode)
+        mode = stat.S_IMODE(os.stat(SHM_DIR / "aegaeon-hcache1-weights.0").st_mode)
         assert mode == 0o600
-    assert not (SHM_DIR / "aegaeon-hcache1-weights").exists()
+    assert not (SHM_DIR / "aegaeon-hcache1-weights.0").exists()
 
 
 def test_dtype_conversion_on_load(two_models):
@@ -91,14 +91,14 @@ def test_a_stale_cache_segment_of_a_crashed_run_is_removed_at_start(two_models):
 
     code = (
         "import os; from aegaeon.ipc.shm import ShmNamespace; ns = ShmNamespace('hcache6').claim(); "
-        "ns.create_segment('weights', 4096); os._exit(0)"
+        "ns.create_segment('weights.0', 4096); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert (SHM_DIR / "aegaeon-hcache6-weights").exists()
+    assert (SHM_DIR / "aegaeon-hcache6-weights.0").exists()
     with ShmNamespace("hcache6") as ns:
         HostWeightCache(ns, two_models)
-        assert (SHM_DIR / "aegaeon-hcache6-weights").stat().st_size > 4096
-    assert not (SHM_DIR / "aegaeon-hcache6-weights").exists()
+        assert (SHM_DIR / "aegaeon-hcache6-weights.0").stat().st_size > 4096
+    assert not (SHM_DIR / "aegaeon-hcache6-weights.0").exists()
 
 
 def test_prefetch_loads_models_in_the_configured_order(two_models):
@@ -160,9 +160,38 @@ def test_another_process_attaches_the_node_cache_and_reads_the_weights_once_read
 def test_attaching_with_other_checkpoints_or_loading_from_a_reader_is_refused(two_models):
     with ShmNamespace("hcache10") as ns:
         HostWeightCache(ns, two_models)
-        with pytest.raises(ConfigError, match="not the 1 models"):
-            HostWeightCache.attach("hcache10", two_models[:1])
+        with pytest.raises(ConfigError, match="holds 'a'.* not model b"):
+            HostWeightCache.attach("hcache10", two_models[::-1])
         reader = HostWeightCache.attach("hcache10", two_models)
         with pytest.raises(ConfigError, match="only the process that created"):
             reader.load("a")
+        reader.close()
+
+
+def test_models_added_and_removed_while_running_get_segments_of_their_own(two_models, tmp_path):
+    third = open_checkpoint(make_model(tmp_path / "c", config_for("llama", layers=1), seed=3), "c")
+    with ShmNamespace("hcache11") as ns:
+        cache = HostWeightCache(ns, two_models[:1])
+        cache.start_prefetch()
+        added = cache.add(third)
+        cache.wait("c")  # not in the prefetch order: waiting loads it
+        assert added.segment_name == "weights.1" and cache.is_ready("c")
+        reader = HostWeightCache.attach("hcache11", [two_models[0]])
+        reader.attach_model(third, added.segment_name)
+        reader.wait("c", timeout=10)
+        views = reader.models["c"].layout.views(reader.region("c"))
+        for name, tensor in _tensors(third).items():
+            assert torch.equal(views[name], tensor), name
+        cache.remove("c")
+        assert not (SHM_DIR / "aegaeon-hcache11-weights.1").exists()
+        assert torch.equal(
+            views["model.embed_tokens.weight"], _tensors(third)["model.embed_tokens.weight"]
+        )
+        del views  # the reader's mapping outlived the unlink; now it lets go
+        reader.detach_model("c")
+        with pytest.raises(ConfigError, match="no segment weights.1"):
+            reader.attach_model(third, "weights.1")
+        assert sorted(cache.segment_names()) == ["a"]
+        again = cache.add(third)  # a new segment name: nothing can map the old one by mistake
+        assert again.segment_name == "weights.2"
         reader.close()
