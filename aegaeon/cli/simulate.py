@@ -91,6 +91,14 @@ def workload_gen(
     "--aegaeon-switch-efficiency is tagged in the JSON's variant and file name.",
 )
 @click.option(
+    "--model-mapping",
+    type=click.Choice(["index", "appearance"]),
+    default=None,
+    help="Which profile a workload model stands for: by its index (synth_model_NN -> NN mod 10, the real "
+    "system's) or by its order of first arrival (the artifact simulator's) [default: appearance for the "
+    "-ae baselines, index for the others].",
+)
+@click.option(
     "--workloads",
     "workloads_dir",
     default="workloads",
@@ -117,6 +125,7 @@ def sim(
     profiles_root: str | None,
     aegaeon_switch_efficiency: float | None,
     max_quota: float,
+    model_mapping: str | None,
     workloads_dir: str,
     out_dir: str,
 ) -> None:
@@ -130,7 +139,7 @@ def sim(
     gap between a request's first and second token: for Aegaeon, the KV
     handoff plus the wait for its model's first decode turn."""
     from aegaeon.config.sim import SimConfig
-    from aegaeon.profiles import cost_model_for_workload
+    from aegaeon.profiles import appearance_assignment, cost_model_for_workload
     from aegaeon.sched.policies import parse_policies
     from aegaeon.sched.slo import SLO
     from aegaeon.sim.runner import run_sweep
@@ -160,13 +169,21 @@ def sim(
         run_sweep(
             points,
             lambda label: ensure_workload(label, Path(workloads_dir), duration, seed),
-            lambda reqs: cost_model_for_workload({r.model for r in reqs}, device, root),
+            lambda reqs, mapping: cost_model_for_workload(
+                {r.model for r in reqs},
+                device,
+                root,
+                assignment=appearance_assignment(r.model for r in reqs)
+                if mapping == "appearance"
+                else None,
+            ),
             slo,
             config,
             Path(out_dir),
             progress,
             aegaeon_switch_efficiency,
             device,
+            model_mapping,
         )
     click.echo(
         f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}"

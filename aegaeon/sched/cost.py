@@ -31,6 +31,82 @@ class CostModel(Protocol):
 
 
 @dataclass(frozen=True)
+class ArtifactSizes:
+    """What the paper artifact's simulator states of a model, the inputs of the artifact-faithful baselines
+    (sllm-ae, sllm+-ae): nominal weights of `weight_gb` GiB (2 bytes per parameter, as it rounds them) loaded
+    at a flat `load_gbps` GiB/s (its PCIe constant), a KV budget from the same nominal size, and KV bytes per
+    token of 4 x layers x hidden (K and V in 2 bytes, grouped-query attention ignored). `source` says where
+    the figures come from."""
+
+    weight_gb: float
+    load_gbps: float
+    kv_bytes_per_token: int
+    source: str = ""
+    # its latency regressions, refitted from the profile's table (aegaeon.profiles.artifact_latency_fit):
+    # prefill a + b*tokens + c*sum of squared lengths; decode a + b*context tokens + c*batch
+    prefill_coefficients: tuple[float, float, float] | None = None
+    decode_coefficients: tuple[float, float, float] | None = None
+
+    @property
+    def load_seconds(self) -> float:
+        return self.weight_gb / self.load_gbps
+
+
+class ArtifactLatency:
+    """A CostModel with the artifact simulator's latencies, for sllm-ae and sllm+-ae: its regressions,
+    every iteration truncated to whole milliseconds, and its decode step called with a batch feature of -1
+    whatever the batch (its workers' call; `single_step` is its SRTF key's call, with +1). Loads and sizes
+    are the `ArtifactSizes`; everything else is the wrapped model's."""
+
+    def __init__(self, base: "TableCostModel"):
+        self.base = base
+        for name, cost in base.models.items():
+            if cost.artifact is None or cost.artifact.prefill_coefficients is None:
+                raise ConfigError(
+                    f"model {name} ({cost.name}): its profile has no artifact_baseline or no table to fit "
+                    f"the artifact's latencies from: use this project's latencies (--ae-latency profile)"
+                )
+
+    def _sizes(self, model: str) -> ArtifactSizes:
+        return self.base.model(model).artifact
+
+    def prefill_time(self, model: str, input_lens: Sequence[int]) -> float:
+        a, b, c = self._sizes(model).prefill_coefficients
+        return _whole_ms(a + b * sum(input_lens) + c * sum(n * n for n in input_lens))
+
+    def decode_time(self, model: str, batch: int, context_tokens: int) -> float:
+        a, b, c = self._sizes(model).decode_coefficients
+        return _whole_ms(a + b * context_tokens - c)
+
+    def single_step(self, model: str, context_tokens: int) -> float:
+        a, b, c = self._sizes(model).decode_coefficients
+        return a + b * context_tokens + c
+
+    def switch_time(self, from_model: str | None, to_model: str) -> float:
+        return 0.0 if from_model == to_model else self._sizes(to_model).load_seconds
+
+    def swap_time(self, nbytes: int) -> float:
+        return self.base.swap_time(nbytes)
+
+    def weight_bytes(self, model: str) -> int:
+        return self.base.weight_bytes(model)
+
+    def kv_bytes_per_token(self, model: str) -> int:
+        return self._sizes(model).kv_bytes_per_token
+
+    def model(self, name: str) -> ModelCost:
+        return self.base.model(name)
+
+    @property
+    def link(self) -> LinkCost:
+        return self.base.link
+
+
+def _whole_ms(seconds: float) -> float:
+    return int(seconds * 1000) / 1000
+
+
+@dataclass(frozen=True)
 class ModelCost:
     """Fitted latency coefficients and sizes of one model on one device."""
 
@@ -43,6 +119,7 @@ class ModelCost:
     max_context: int
     prefill_coefficients: tuple[float, float, float]
     decode_coefficients: tuple[float, float, float]
+    artifact: ArtifactSizes | None = None  # the artifact simulator's stated sizes (profile field)
 
     @property
     def _dense(self) -> float:
@@ -73,9 +150,9 @@ class LinkCost:
     """The host<->device link of one device."""
 
     h2d_bandwidth: float  # bytes/s, pinned host to device
-    # Share of it a request-level model load achieves. 0.15 is the artifact's *live* planning constant for a
-    # cold load (engine re-initialisation included), not its simulator's figure: the artifact's simulator
-    # loads at a flat 16 GB/s (the artifact-faithful baselines use `flat_load_bandwidth` instead).
+    # Share of it a request-level model load achieves (sllm, sllm+). 0.15 is the artifact's *live* planning
+    # constant for a cold load (engine re-initialisation included), not its simulator's figure: that one
+    # loads at a flat 16 GB/s, which the artifact-faithful baselines take from `ModelCost.artifact`.
     switch_efficiency: float
     swap_efficiency: float  # share of it a KV swap achieves
     device_memory_bytes: int

@@ -79,6 +79,18 @@ POLICIES: dict[str, PolicyInfo] = {
             "aegaeon.sim.serverless:ServerlessSystem",
         ),
         PolicyInfo(
+            "sllm-ae",
+            "ServerlessLLM as the paper artifact's simulator runs it: unified workers, a load evicts the "
+            "GPU's queue (recompute), its stale-LRU scale-up, the 15 s failure rule",
+            "aegaeon.sim.unified:UnifiedSystem",
+        ),
+        PolicyInfo(
+            "sllm+-ae",
+            "ServerlessLLM+ as the artifact's simulator runs it: first-fit model batches, SRTF order that "
+            "preempts decodes by recompute, the 15 s failure rule",
+            "aegaeon.sim.unified:UnifiedSystem",
+        ),
+        PolicyInfo(
             "muxserve",
             "static spatial-temporal colocation, placement-limited (MuxServe)",
             "aegaeon.sim.muxserve:MuxServeSystem",

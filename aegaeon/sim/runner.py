@@ -2,6 +2,7 @@
 
 Result JSON keys: policy, num_models, arrival_rate, inlen_scale, outlen_scale,
 num_gpus, ttft_slo, tpot_slo, slo_attainment (0..1, aegaeon.sched.slo),
+slo_attainment_paper (the paper artifact's scorer, aegaeon.sched.slo.paper_attainment),
 met_both_share, goodput (req/s), finished_share, ttft_p50/p90/p99,
 tpot_p50/p90/p99 (s, finished requests), second_token_gap_p50/p90/p99 (s from
 the first token to the second: for Aegaeon the KV handoff plus the wait for the
@@ -33,7 +34,7 @@ from aegaeon.sched.cost import TableCostModel
 from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
 from aegaeon.sched.policies import policy as policy_info
 from aegaeon.sched.request import RequestSpec, RequestState
-from aegaeon.sched.slo import SLO, meets_both, request_attainment, summarize
+from aegaeon.sched.slo import SLO, meets_both, paper_attainment, request_attainment, summarize
 from aegaeon.sim.aegaeon_system import AegaeonSystem
 from aegaeon.sim.core import EventLoop
 
@@ -75,17 +76,26 @@ def simulate(
             aegaeon_switch_efficiency or cost.link.fast_switch_efficiency
         )
     loop = EventLoop()
+    system_class = policy_info(policy).system_class()
+    until = duration * config.horizon_factor + slo.ttft
+    if getattr(system_class, "runs_to_completion", False):  # the artifact-faithful baselines
+        requests = [r for r in requests if r.arrival < config.replay_seconds]
+        until = float("inf")
+        if not requests:
+            raise ConfigError(f"no arrivals in the first {config.replay_seconds:g} s to replay")
     models = sorted({r.model for r in requests})
-    system = policy_info(policy).system_class()(loop, cost, slo, config, models, policy)
+    system = system_class(loop, cost, slo, config, models, policy)
     states = [RequestState(spec) for spec in requests]
     for state in states:
         loop.at(state.spec.arrival, lambda s=state: system.submit(s))
-    loop.run(until=duration * config.horizon_factor + slo.ttft)
+    loop.run(until=until)
     extra = {
         "switches": system.switches,
         "unservable_models": getattr(system, "unservable", []),
         "switch_efficiency": cost.link.switch_efficiency,
     }
+    if hasattr(system, "kv_losses"):
+        extra.update(kv_losses=system.kv_losses, failed=system.failed)
     if isinstance(system, AegaeonSystem):
         extra.update(
             instance_load=system.instance_load(duration),
@@ -146,6 +156,7 @@ def result_record(
         "duration": duration,
         "num_requests": len(states),
         "slo_attainment": summary.slo_attainment,
+        "slo_attainment_paper": summary.paper_attainment,
         "met_both_share": summary.met_both_share,
         "goodput": summary.goodput,
         "finished_share": summary.finished_share,
@@ -176,6 +187,7 @@ def _request_record(state: RequestState, slo: SLO) -> dict:
         "tpot": (times[-1] - times[0]) / (len(times) - 1) if done and len(times) > 1 else None,
         "finish": times[-1] if done else None,
         "attainment": request_attainment(spec.arrival, times, spec.output_len, slo),
+        "paper_attainment": paper_attainment(spec.arrival, times, spec.output_len, slo),
         "met_both": meets_both(spec.arrival, times, spec.output_len, slo),
         "failed": state.failed,
     }
@@ -219,25 +231,34 @@ def write_result(out_dir: Path, result: dict) -> Path:
 def run_sweep(
     points: Iterable[tuple[str, RunLabel]],
     load_requests: Callable[[RunLabel], tuple[list, float]],
-    make_cost: Callable[[list[RequestSpec]], TableCostModel],
+    make_cost: Callable[[list[RequestSpec], str], TableCostModel],
     slo: SLO,
     config: SimConfig,
     out_dir: Path,
     progress: Callable[[str, dict], None] | None = None,
     aegaeon_switch_efficiency: float | None = None,
     device: str | None = None,
+    model_mapping: str | None = None,
 ) -> list[Path]:
     """Simulates every (policy, label) point and writes one JSON each; `device` (the profiles' device)
-    is recorded in each, for the figures' titles."""
-    written, cache = [], {}
+    is recorded in each, for the figures' titles. `make_cost(requests, mapping)` maps the workload's models
+    to profiles by `model_mapping` ("index" or "appearance"; None: each policy's own, `default_mapping`)."""
+    from aegaeon.profiles import default_mapping
+
+    written, loaded, costs = [], {}, {}
     for policy, label in points:
-        if label not in cache:
-            requests, duration = load_requests(label)
-            cache = {label: (requests, duration, make_cost(requests))}
-        requests, duration, cost = cache[label]
+        if label not in loaded:
+            loaded, costs = {label: load_requests(label)}, {}
+        requests, duration = loaded[label]
+        mapping = model_mapping or default_mapping(policy)
+        if mapping not in costs:
+            costs[mapping] = make_cost(requests, mapping)
         states, extra = simulate(
-            policy, requests, cost, slo, config, duration, aegaeon_switch_efficiency
+            policy, requests, costs[mapping], slo, config, duration, aegaeon_switch_efficiency
         )
+        extra["model_mapping"] = mapping
+        if getattr(policy_info(policy).system_class(), "runs_to_completion", False):
+            duration = min(duration, config.replay_seconds)
         result = result_record(policy, label, states, slo, duration, config.num_gpus, extra)
         if device is not None:
             result["device"] = device
