@@ -253,3 +253,47 @@ def test_the_papers_testbed_h800_profiles_ship_and_simulate(tmp_path):
     assert result.exit_code == 0, result.output
     (path,) = (tmp_path / "o").glob("*.json")
     assert json.loads(path.read_text())["device"] == "H800"
+
+
+def test_the_artifact_baselines_run_on_a_paper_workload_and_their_gap_is_reported(tmp_path):
+    work, out = tmp_path / "w", tmp_path / "j"
+    work.mkdir()
+    (work / "synth-16-0.1-1.0-1.0.csv").write_text((RAW / "synth-16-0.1-1.0-1.0.csv").read_text())
+    common = [
+        "--num-models",
+        "16",
+        "--arrival-rate",
+        "0.1",
+        "--workloads",
+        str(work),
+        "--out",
+        str(out),
+    ]
+    assert invoke("sim", "--policy", "sllm-ae,sllm+-ae,sllm", *common).exit_code == 0
+    other = invoke(
+        "sim", "--policy", "sllm-ae", "--ae-latency", "profile", "--model-mapping", "index", *common
+    )
+    assert other.exit_code == 0, other.output
+    names = sorted(p.name for p in out.iterdir())
+    assert "sllm-ae_mapindex_projlat-16-0.1-1.0-1.0-ttft10-tpot0.1.json" in names
+    faithful = json.loads((out / "sllm-ae-16-0.1-1.0-1.0-ttft10-tpot0.1.json").read_text())
+    ours = json.loads((out / "sllm-16-0.1-1.0-1.0-ttft10-tpot0.1.json").read_text())
+    assert faithful["model_mapping"] == "appearance" and ours["model_mapping"] == "index"
+    assert faithful["replay_seconds"] == 120.0 and faithful["num_requests"] == 156
+    assert faithful["failed"] == 0 and 0.99 <= faithful["slo_attainment_paper"] <= 1.0
+    reference = tmp_path / "ref.jsonl"
+    reference.write_text(
+        json.dumps(
+            {
+                "policy": "sllm-ae",
+                "num_models": 16,
+                "arrival_rate": 0.1,
+                "slo_attainment_paper": 0.9,
+            }
+        )
+        + "\n"
+    )
+    gap = invoke("bench", "artifact-gap", "--json-dir", str(out), "--reference", str(reference))
+    assert gap.exit_code == 0, gap.output
+    expected = 100 * (faithful["slo_attainment_paper"] - 0.9)
+    assert f"{expected:+.1f}" in gap.output and "1 points" in gap.output

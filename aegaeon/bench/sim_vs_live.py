@@ -97,6 +97,7 @@ def simulate_like_live(
         prefill_instances=run.prefill_instances,
         max_batch=node.max_batch,
         max_quota=node.max_quota,
+        replay_seconds=None,  # the live run replays all of its workload
     )
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {

@@ -145,3 +145,23 @@ def bench_detok_cmd(model: str | None, tokens: int, repeats: int) -> None:
     click.echo(f"incremental:            {spread(r.incremental_s)}")
     click.echo(f"ratio full / incr.:     {r.speedup:.1f}x")
     click.echo(f"same final text:        {r.same_text}")
+
+
+@bench.command("artifact-gap")
+@click.option(
+    "--json-dir", default="plots/json", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--reference",
+    default="benchmarks/reference/artifact_sim.jsonl",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The artifact simulator's own figures (benchmarks/reference/README.md).",
+)
+@click.option("--variant", default="", help="Compare results of this variant tag (e.g. projlat).")
+def bench_artifact_gap(json_dir: str, reference: str, variant: str) -> None:
+    """The artifact-faithful baselines' SLO attainment (the artifact's scorer) against the artifact's
+    simulator, point by point."""
+    from aegaeon.bench.artifact_gap import artifact_gaps, render_gaps
+
+    click.echo(render_gaps(artifact_gaps(Path(json_dir), Path(reference), variant)))

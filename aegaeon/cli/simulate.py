@@ -91,6 +91,22 @@ def workload_gen(
     "--aegaeon-switch-efficiency is tagged in the JSON's variant and file name.",
 )
 @click.option(
+    "--replay-seconds",
+    type=click.FloatRange(0),
+    default=120.0,
+    show_default=True,
+    help="Replay only the arrivals of this first stretch of each workload, for every system (the "
+    "artifact's window); 0 replays all of it.",
+)
+@click.option(
+    "--ae-latency",
+    type=click.Choice(["artifact", "profile"]),
+    default="artifact",
+    show_default=True,
+    help="How sllm-ae and sllm+-ae time iterations: the artifact's latency regressions (refitted from the "
+    "profiles' measured tables) or this project's fitted cost model.",
+)
+@click.option(
     "--model-mapping",
     type=click.Choice(["index", "appearance"]),
     default=None,
@@ -125,6 +141,8 @@ def sim(
     profiles_root: str | None,
     aegaeon_switch_efficiency: float | None,
     max_quota: float,
+    replay_seconds: float,
+    ae_latency: str,
     model_mapping: str | None,
     workloads_dir: str,
     out_dir: str,
@@ -142,7 +160,7 @@ def sim(
     from aegaeon.profiles import appearance_assignment, cost_model_for_workload
     from aegaeon.sched.policies import parse_policies
     from aegaeon.sched.slo import SLO
-    from aegaeon.sim.runner import run_sweep
+    from aegaeon.sim.runner import render_table, run_sweep
     from aegaeon.sim.sweep import ensure_workload, parse_list, sweep_points
 
     slo = SLO.from_env(ttft_slo, tpot_slo).scaled(slo_scale)
@@ -157,7 +175,13 @@ def sim(
         inlen_scale,
         outlen_scale,
     )
-    config = SimConfig(num_gpus=num_gpus, prefill_instances=prefill_instances, max_quota=max_quota)
+    config = SimConfig(
+        num_gpus=num_gpus,
+        prefill_instances=prefill_instances,
+        max_quota=max_quota,
+        replay_seconds=replay_seconds or None,
+        artifact_latency=ae_latency == "artifact",
+    )
     root = Path(profiles_root) if profiles_root else None
     rows = []
     with click.progressbar(length=len(points), label="simulating", file=sys.stderr) as bar:
@@ -185,17 +209,5 @@ def sim(
             device,
             model_mapping,
         )
-    click.echo(
-        f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}"
-        f" {'2nd-tok p90':>11} {'busy P/D':>9}"
-    )
-    for name, r in rows:
-        p99 = "-" if r["ttft_p99"] is None else f"{r['ttft_p99']:.2f}"
-        gap = "-" if r["second_token_gap_p90"] is None else f"{r['second_token_gap_p90']:.2f}"
-        load = r.get("instance_load")
-        load_text = f"{load['prefill']:.2f}/{load['decode']:.2f}" if load else "-"
-        click.echo(
-            f"{name:<9} {r['num_models']:>6} {r['arrival_rate']:>5g} {100 * r['slo_attainment']:>7.1f}% "
-            f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8} {gap:>11} {load_text:>9}"
-        )
+    click.echo(render_table([result for _, result in rows]))
     click.echo(f"wrote {len(rows)} results to {out_dir}/")

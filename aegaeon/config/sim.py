@@ -21,11 +21,12 @@ class SimConfig:
     queue_size: int = 4  # sllm / sllm+ QS
     muxserve_kv_reserve_bytes: int = 20 * 2**30  # KV room each MuxServe model is placed with
     horizon_factor: float = 4.0  # stop simulating at this multiple of the workload span
+    # every system replays the arrivals before `replay_seconds` only (the artifact's window; None: all)
+    replay_seconds: float | None = 120.0
     # sllm-ae, sllm+-ae (the artifact's rules): a request without a first token `failure_seconds` after its
-    # arrival fails; only arrivals before `replay_seconds` are replayed; iterations are timed with the
-    # artifact's latency fit (`artifact_latency`; False: this project's fitted profiles)
+    # arrival fails; iterations are timed with the artifact's latency fit (`artifact_latency`; False: this
+    # project's fitted profiles)
     failure_seconds: float = 15.0
-    replay_seconds: float = 120.0
     artifact_latency: bool = True
     record_turns: bool = (
         False  # aegaeon: keep every prefill group and decode turn (the differential tests)

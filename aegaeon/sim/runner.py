@@ -77,12 +77,14 @@ def simulate(
         )
     loop = EventLoop()
     system_class = policy_info(policy).system_class()
-    until = duration * config.horizon_factor + slo.ttft
-    if getattr(system_class, "runs_to_completion", False):  # the artifact-faithful baselines
+    if config.replay_seconds is not None:  # the same window for every system (the artifact's 120 s)
         requests = [r for r in requests if r.arrival < config.replay_seconds]
-        until = float("inf")
+        duration = min(duration, config.replay_seconds)
         if not requests:
             raise ConfigError(f"no arrivals in the first {config.replay_seconds:g} s to replay")
+    until = duration * config.horizon_factor + slo.ttft
+    if getattr(system_class, "runs_to_completion", False):  # the artifact-faithful baselines
+        until = float("inf")
     models = sorted({r.model for r in requests})
     system = system_class(loop, cost, slo, config, models, policy)
     states = [RequestState(spec) for spec in requests]
@@ -257,7 +259,9 @@ def run_sweep(
             policy, requests, costs[mapping], slo, config, duration, aegaeon_switch_efficiency
         )
         extra["model_mapping"] = mapping
-        if getattr(policy_info(policy).system_class(), "runs_to_completion", False):
+        extra["replay_seconds"] = config.replay_seconds
+        extra["variant"] = _variant(policy, extra.get("variant", ""), mapping, config)
+        if config.replay_seconds is not None:
             duration = min(duration, config.replay_seconds)
         result = result_record(policy, label, states, slo, duration, config.num_gpus, extra)
         if device is not None:
@@ -268,11 +272,26 @@ def run_sweep(
     return written
 
 
+def _variant(policy: str, variant: str, mapping: str, config: SimConfig) -> str:
+    """The result's variant tag: Aegaeon's own, plus every setting that differs from the default (so that
+    no ablation overwrites a default result)."""
+    from aegaeon.profiles import default_mapping
+
+    parts = [variant] if variant else []
+    if mapping != default_mapping(policy):
+        parts.append(f"map{mapping}")
+    if policy.endswith("-ae") and not config.artifact_latency:
+        parts.append("projlat")
+    if config.replay_seconds != SimConfig.replay_seconds:
+        parts.append(f"window{config.replay_seconds or 'all'}")
+    return "_".join(parts)
+
+
 def render_table(results: Sequence[dict]) -> str:
     """The `aegaeon sim` table of results (one row per point)."""
     lines = [
-        f"{'policy':<9} {'models':>6} {'rate':>5} {'SLO att.':>8} {'met both':>8} {'goodput':>8} {'p99 TTFT':>8}"
-        f" {'2nd-tok p90':>11} {'busy P/D':>9}"
+        f"{'policy':<14} {'models':>6} {'rate':>5} {'SLO att.':>8} {'paper':>6} {'met both':>8} {'goodput':>8}"
+        f" {'p99 TTFT':>8} {'2nd-tok p90':>11} {'busy P/D':>9}"
     ]
     for r in results:
         p99 = "-" if r["ttft_p99"] is None else f"{r['ttft_p99']:.2f}"
@@ -281,7 +300,8 @@ def render_table(results: Sequence[dict]) -> str:
         load_text = f"{load['prefill']:.2f}/{load['decode']:.2f}" if load else "-"
         name = r["policy"] + (f"_{r['variant']}" if r.get("variant") else "")
         lines.append(
-            f"{name:<9} {r['num_models']:>6} {r['arrival_rate']:>5g} {100 * r['slo_attainment']:>7.1f}% "
+            f"{name:<14} {r['num_models']:>6} {r['arrival_rate']:>5g} {100 * r['slo_attainment']:>7.1f}% "
+            f"{100 * r.get('slo_attainment_paper', float('nan')):>5.1f}% "
             f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8} {gap:>11} {load_text:>9}"
         )
     return "\n".join(lines)
