@@ -21,10 +21,10 @@ import io
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -194,3 +194,28 @@ def _parse_row(path: Path, line: int, row: list[str], request_id: int) -> Reques
 def workload_duration(requests: Sequence[RequestSpec], spec_duration: float | None = None) -> float:
     """The span a workload covers: its spec's duration, else the last arrival."""
     return spec_duration if spec_duration else max(r.arrival for r in requests) or 1.0
+
+
+def artifact_resample(
+    requests: Sequence[RequestSpec], max_len: Callable[[str], int], seed: int = 0
+) -> list[RequestSpec]:
+    """The lengths the paper artifact's simulator replays a workload file with (its sim/workload.py): the
+    file's (input, output) pairs drawn with replacement (numpy's default_rng(seed)), handed out model by
+    model in order of first arrival and within a model in file order; a pair over `max_len(model)` tokens
+    is shrunk by max_len / max(total + 32, 16384), as it does. Arrivals stay. Only for checking the
+    artifact-faithful baselines against the artifact's own figures (`aegaeon sim --resample-lengths`)."""
+    pairs = [(r.input_len, r.output_len) for r in requests]
+    draw = np.random.default_rng(seed).choice(np.arange(len(pairs)), size=len(pairs))
+    models = list(dict.fromkeys(r.model for r in requests))
+    by_model = {m: [r for r in requests if r.model == m] for m in models}
+    out, index = [], 0
+    for model in models:
+        for request in by_model[model]:
+            inp, outp = pairs[draw[index]]
+            index += 1
+            limit = max_len(model)
+            if inp + outp > limit:
+                scale = limit / max(inp + outp + 32, 16384)
+                inp, outp = int(inp * scale), max(1, int(outp * scale))
+            out.append(replace(request, input_len=inp, output_len=outp))
+    return sorted(out, key=lambda r: r.arrival)

@@ -107,6 +107,12 @@ def workload_gen(
     "profiles' measured tables) or this project's fitted cost model.",
 )
 @click.option(
+    "--resample-lengths",
+    is_flag=True,
+    help="Replay each file with the lengths the artifact's loader draws from it (with replacement, seed "
+    "0), to check sllm-ae and sllm+-ae against the artifact's own figures; tagged `resampled`.",
+)
+@click.option(
     "--model-mapping",
     type=click.Choice(["index", "appearance"]),
     default=None,
@@ -143,6 +149,7 @@ def sim(
     max_quota: float,
     replay_seconds: float,
     ae_latency: str,
+    resample_lengths: bool,
     model_mapping: str | None,
     workloads_dir: str,
     out_dir: str,
@@ -181,6 +188,7 @@ def sim(
         max_quota=max_quota,
         replay_seconds=replay_seconds or None,
         artifact_latency=ae_latency == "artifact",
+        resample_lengths=resample_lengths,
     )
     root = Path(profiles_root) if profiles_root else None
     rows = []

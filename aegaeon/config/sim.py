@@ -28,6 +28,9 @@ class SimConfig:
     # project's fitted profiles)
     failure_seconds: float = 15.0
     artifact_latency: bool = True
+    # replay lengths as the artifact's loader draws them (aegaeon.workload.artifact_resample): only to check
+    # the artifact-faithful baselines against the artifact's own figures
+    resample_lengths: bool = False
     record_turns: bool = (
         False  # aegaeon: keep every prefill group and decode turn (the differential tests)
     )

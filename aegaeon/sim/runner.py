@@ -245,7 +245,8 @@ def run_sweep(
     """Simulates every (policy, label) point and writes one JSON each; `device` (the profiles' device)
     is recorded in each, for the figures' titles. `make_cost(requests, mapping)` maps the workload's models
     to profiles by `model_mapping` ("index" or "appearance"; None: each policy's own, `default_mapping`)."""
-    from aegaeon.profiles import default_mapping
+    from aegaeon.profiles import ARTIFACT_MAX_SEQ_LEN, default_mapping
+    from aegaeon.workload import artifact_resample
 
     written, loaded, costs = [], {}, {}
     for policy, label in points:
@@ -255,8 +256,14 @@ def run_sweep(
         mapping = model_mapping or default_mapping(policy)
         if mapping not in costs:
             costs[mapping] = make_cost(requests, mapping)
+        replayed = requests
+        if config.resample_lengths:
+            cost = costs[mapping]
+            replayed = artifact_resample(
+                requests, lambda model: ARTIFACT_MAX_SEQ_LEN.get(cost.model(model).name, 4096)
+            )
         states, extra = simulate(
-            policy, requests, costs[mapping], slo, config, duration, aegaeon_switch_efficiency
+            policy, replayed, costs[mapping], slo, config, duration, aegaeon_switch_efficiency
         )
         extra["model_mapping"] = mapping
         extra["replay_seconds"] = config.replay_seconds
@@ -282,6 +289,8 @@ def _variant(policy: str, variant: str, mapping: str, config: SimConfig) -> str:
         parts.append(f"map{mapping}")
     if policy.endswith("-ae") and not config.artifact_latency:
         parts.append("projlat")
+    if config.resample_lengths:
+        parts.append("resampled")
     if config.replay_seconds != SimConfig.replay_seconds:
         parts.append(f"window{config.replay_seconds or 'all'}")
     return "_".join(parts)

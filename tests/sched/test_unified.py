@@ -157,3 +157,22 @@ def test_sllm_ae_never_preempts_and_fails_requests_stuck_past_15_s():
     assert states[0].finished and len(states[0].token_times) == 4000
     assert [s.failed is not None for s in states[1:4]] == [True] * 3
     assert states[4].finished  # no arrival after it: nothing fails it, it is served late
+
+
+def test_the_artifact_resampling_draws_file_pairs_by_model_and_shrinks_long_ones():
+    from aegaeon.workload import artifact_resample
+
+    specs = [
+        RequestSpec(0, "b", 0.0, 10, 20),
+        RequestSpec(1, "a", 1.0, 30, 40),
+        RequestSpec(2, "b", 2.0, 5000, 100),
+    ]
+    once = artifact_resample(specs, lambda model: 4096)
+    assert once == artifact_resample(specs, lambda model: 4096)
+    assert [r.arrival for r in once] == [0.0, 1.0, 2.0] and [r.model for r in once] == [
+        "b",
+        "a",
+        "b",
+    ]
+    shrunk = (int(5000 * 4096 / 16384), max(1, int(100 * 4096 / 16384)))
+    assert {(r.input_len, r.output_len) for r in once} <= {(10, 20), (30, 40), shrunk}
