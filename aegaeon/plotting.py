@@ -20,8 +20,11 @@ POLICY_STYLE = {
     "aegaeon": ("Aegaeon", "o"),
     "sllm": ("ServerlessLLM", "s"),
     "sllm+": ("ServerlessLLM+", "^"),
+    "sllm-ae": ("ServerlessLLM (artifact)", "D"),
+    "sllm+-ae": ("ServerlessLLM+ (artifact)", "v"),
     "muxserve": ("MuxServe", "x"),
 }
+SCORERS = {"ours": "slo_attainment", "paper": "slo_attainment_paper"}
 
 
 @dataclass(frozen=True)
@@ -85,16 +88,18 @@ def _series_order(key: tuple[str, str]) -> tuple[int, str]:
     return (list(POLICY_STYLE).index(policy) if policy in POLICY_STYLE else 99, variant)
 
 
-def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path) -> list[Path]:
-    """Draws one figure; returns the PDF and PNG paths."""
+def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path, scorer: str = "ours") -> list[Path]:
+    """Draws one figure, with this project's scorer or the paper's; returns the PDF and PNG paths."""
     if spec_name not in E2E_SPECS:
         raise ConfigError(f"unknown figure spec {spec_name!r}: choose from {', '.join(E2E_SPECS)}")
-    spec = E2E_SPECS[spec_name]
+    if scorer not in SCORERS:
+        raise ConfigError(f"unknown scorer {scorer!r}: choose from {', '.join(SCORERS)}")
+    spec, field = E2E_SPECS[spec_name], SCORERS[scorer]
     series: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (policy, variant) -> points
     for r in load_results(json_dir):
-        if spec.matches(r):
+        if spec.matches(r) and field in r:
             key = (r["policy"], r.get("variant", ""))
-            series.setdefault(key, []).append((r[spec.x_key], 100.0 * r["slo_attainment"]))
+            series.setdefault(key, []).append((r[spec.x_key], 100.0 * r[field]))
     if not series:
         raise ConfigError(
             f"no results in {json_dir} match figure {spec_name!r} ({spec.title}): run `aegaeon sim` first"
@@ -103,7 +108,10 @@ def plot_e2e(spec_name: str, json_dir: Path, out_dir: Path) -> list[Path]:
         {r.get("device", "device not recorded") for r in load_results(json_dir) if spec.matches(r)}
     )
     title = f"Simulated on {', '.join(devices)} profiles: {spec.title}"
-    return _draw(series, spec.x_key, title, Path(out_dir) / f"e2e-{spec_name}")
+    if scorer == "paper":
+        title += "\n(the paper artifact's scorer)"
+    suffix = "" if scorer == "ours" else f"-{scorer}"
+    return _draw(series, spec.x_key, title, Path(out_dir) / f"e2e-{spec_name}{suffix}")
 
 
 def plot_live_e2e(json_dir: Path, out_dir: Path) -> list[Path]:

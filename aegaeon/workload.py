@@ -70,6 +70,22 @@ class WorkloadSpec:
         )
 
 
+PAPER_RATE_SWEEP = tuple(round(0.05 * k, 2) for k in range(1, 15))  # figure 11(c): 0.05 .. 0.70
+
+
+def paper_grid(seed: int = 0) -> list[WorkloadSpec]:
+    """The workload files of the paper's figures 11-13, as its artifact made them: 8..80 models by 2 at
+    0.1 req/s (120 s) and 0.5 req/s (60 s), each also with inputs x2 and outputs x2, and 40 models at 0.05 ..
+    0.70 req/s (60 s). The artifact's 40-model rate sweep overwrote its 120 s file of 40 models at 0.1; here
+    that one stays a 120 s file like its neighbours (the sweep's 0.1 point reuses it)."""
+    specs = []
+    for rate, duration in ((0.1, 120.0), (0.5, 60.0)):
+        for inlen, outlen in ((1.0, 1.0), (2.0, 1.0), (1.0, 2.0)):
+            specs += [WorkloadSpec(n, rate, duration, inlen, outlen, seed) for n in range(8, 81, 2)]
+    specs += [WorkloadSpec(40, r, 60.0, seed=seed) for r in PAPER_RATE_SWEEP if r not in (0.1, 0.5)]
+    return specs
+
+
 def workload_filename(
     num_models: int, arrival_rate: float, inlen_scale: float, outlen_scale: float
 ) -> str:

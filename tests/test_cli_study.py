@@ -297,3 +297,38 @@ def test_the_artifact_baselines_run_on_a_paper_workload_and_their_gap_is_reporte
     assert gap.exit_code == 0, gap.output
     expected = 100 * (faithful["slo_attainment_paper"] - 0.9)
     assert f"{expected:+.1f}" in gap.output and "1 points" in gap.output
+
+
+def test_the_paper_scorer_figure_is_drawn_beside_ours(tmp_path):
+    work, out, figs = tmp_path / "w", tmp_path / "j", tmp_path / "f"
+    work.mkdir()
+    (work / "synth-16-0.1-1.0-1.0.csv").write_text((RAW / "synth-16-0.1-1.0-1.0.csv").read_text())
+    common = [
+        "--num-models",
+        "16",
+        "--arrival-rate",
+        "0.1",
+        "--workloads",
+        str(work),
+        "--out",
+        str(out),
+    ]
+    assert invoke("sim", "--policy", "sllm-ae,sllm", *common).exit_code == 0
+    for scorer in ("ours", "paper"):
+        drawn = invoke(
+            "plot",
+            "e2e",
+            "--spec",
+            "0.1",
+            "--scorer",
+            scorer,
+            "--json-dir",
+            str(out),
+            "--out",
+            str(figs),
+        )
+        assert drawn.exit_code == 0, drawn.output
+    assert (figs / "e2e-0.1.png").exists() and (figs / "e2e-0.1-paper.png").exists()
+    assert (
+        invoke("workload", "gen", "--num-models", "4").exit_code != 0
+    )  # needs a rate, or --paper-grid

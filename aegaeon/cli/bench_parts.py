@@ -165,3 +165,18 @@ def bench_artifact_gap(json_dir: str, reference: str, variant: str) -> None:
     from aegaeon.bench.artifact_gap import artifact_gaps, render_gaps
 
     click.echo(render_gaps(artifact_gaps(Path(json_dir), Path(reference), variant)))
+
+
+@bench.command("headline")
+@click.option(
+    "--json-dir", default="plots/json", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--panel", "panels", multiple=True, help="Figure specs (default: every one with results)."
+)
+def bench_headline(json_dir: str, panels: tuple[str, ...]) -> None:
+    """Per figure panel: each system's largest N (or rate) at >= 90 % SLO attainment and Aegaeon's ratio
+    over each baseline, by this project's scorer and by the paper's."""
+    from aegaeon.bench.headline import headline, render_headline
+
+    click.echo(render_headline(headline(Path(json_dir), list(panels) or None)))

@@ -29,12 +29,21 @@ def plot() -> None:
     "(one figure per workload and SLO setting).",
 )
 @click.option(
+    "--scorer",
+    type=click.Choice(["ours", "paper"]),
+    default="ours",
+    show_default=True,
+    help="SLO attainment by this project's scorer or by the paper artifact's (files end in -paper).",
+)
+@click.option(
     "--json-dir", default="plots/json", show_default=True, type=click.Path(file_okay=False)
 )
 @click.option(
     "--out", "out_dir", default="plots/out", show_default=True, type=click.Path(file_okay=False)
 )
-def plot_e2e_cmd(specs: tuple[str, ...], live: bool, json_dir: str, out_dir: str) -> None:
+def plot_e2e_cmd(
+    specs: tuple[str, ...], live: bool, scorer: str, json_dir: str, out_dir: str
+) -> None:
     """SLO attainment per system (paper figures 11-13, or live sweeps with --live), PDF and PNG."""
     from aegaeon.plotting import plot_e2e, plot_live_e2e
 
@@ -43,7 +52,7 @@ def plot_e2e_cmd(specs: tuple[str, ...], live: bool, json_dir: str, out_dir: str
             "name a figure with --spec (repeatable), or plot live sweeps with --live"
         )
     for spec in specs:
-        for path in plot_e2e(spec, Path(json_dir), Path(out_dir)):
+        for path in plot_e2e(spec, Path(json_dir), Path(out_dir), scorer):
             click.echo(str(path))
     if live:
         for path in plot_live_e2e(Path(json_dir), Path(out_dir)):

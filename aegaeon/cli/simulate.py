@@ -18,8 +18,15 @@ def workload() -> None:
 
 
 @workload.command("gen")
-@click.option("--num-models", required=True, help="Model counts: 16,20 or 16:80:4.")
-@click.option("--arrival-rate", required=True, help="Requests/s per model: 0.1,0.5 or a range.")
+@click.option("--num-models", default=None, help="Model counts: 16,20 or 16:80:4.")
+@click.option("--arrival-rate", default=None, help="Requests/s per model: 0.1,0.5 or a range.")
+@click.option(
+    "--paper-grid",
+    is_flag=True,
+    help="Write every workload of the paper's figures 11-13 instead (8..80 models by 2 at 0.1 req/s over "
+    "120 s and 0.5 req/s over 60 s, each also with inputs and outputs x2; 40 models at 0.05..0.70 req/s "
+    "over 60 s).",
+)
 @click.option("--duration", default=300.0, show_default=True, help="Seconds of arrivals.")
 @click.option("--inlen-scale", default=1.0, show_default=True)
 @click.option("--outlen-scale", default=1.0, show_default=True)
@@ -28,24 +35,44 @@ def workload() -> None:
     "--out", "out_dir", default="workloads", show_default=True, type=click.Path(file_okay=False)
 )
 def workload_gen(
-    num_models: str,
-    arrival_rate: str,
+    num_models: str | None,
+    arrival_rate: str | None,
+    paper_grid: bool,
     duration: float,
     inlen_scale: float,
     outlen_scale: float,
     seed: int,
     out_dir: str,
 ) -> None:
-    """Write workloads/synth-N-R-X-Y.csv for every N and R given."""
+    """Write workloads/synth-N-R-X-Y.csv for every N and R given (or the paper's whole grid)."""
     from aegaeon.sim.sweep import parse_list
     from aegaeon.workload import WorkloadSpec, generate, write_workload
+    from aegaeon.workload import paper_grid as paper_specs
 
-    for n in parse_list(num_models, int, "--num-models"):
-        for rate in parse_list(arrival_rate, float, "--arrival-rate"):
-            spec = WorkloadSpec(n, rate, duration, inlen_scale, outlen_scale, seed)
+    if paper_grid:
+        if num_models or arrival_rate:
+            raise click.UsageError(
+                "--paper-grid writes its own grid: drop --num-models/--arrival-rate"
+            )
+        specs = paper_specs(seed)
+    elif not num_models or not arrival_rate:
+        raise click.UsageError("give --num-models and --arrival-rate, or --paper-grid")
+    else:
+        specs = [
+            WorkloadSpec(n, rate, duration, inlen_scale, outlen_scale, seed)
+            for n in parse_list(num_models, int, "--num-models")
+            for rate in parse_list(arrival_rate, float, "--arrival-rate")
+        ]
+    if not paper_grid:
+        for spec in specs:
             requests = generate(spec)
             path = write_workload(Path(out_dir) / spec.filename, requests)
             click.echo(f"{path}: {len(requests)} requests")
+        return
+    with click.progressbar(specs, label="writing the paper's workloads", file=sys.stderr) as bar:
+        for spec in bar:
+            write_workload(Path(out_dir) / spec.filename, generate(spec))
+    click.echo(f"wrote {len(specs)} workloads to {out_dir}/")
 
 
 @main.command()
