@@ -49,6 +49,8 @@ else:
         "aegaeon._C", list(plan.sources), extra_compile_args={"cxx": cxx_flags}
     )
 
+SHIPPED_DEVICES = ("H100", "H800", "H20", "A100", "A10")  # profiles/<device>/ in version control
+
 setup(
     name="aegaeon",
     version=_version,
@@ -57,7 +59,10 @@ setup(
     # the top-level profiles/ ships inside the package as aegaeon/_profiles (aegaeon.profiles finds either);
     # only the devices in version control, not the cpu-* profiles benchmarks write on the building machine
     package_dir={"aegaeon._profiles": "profiles"},
-    package_data={"aegaeon": ["data/*.csv"], "aegaeon._profiles": ["H100/*.json", "H800/*.json"]},
+    package_data={
+        "aegaeon": ["data/*.csv"],
+        "aegaeon._profiles": [f"{d}/*.json" for d in SHIPPED_DEVICES],
+    },
     python_requires=">=3.10",
     install_requires=[
         f"torch=={torch_release}.*",

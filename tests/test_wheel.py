@@ -36,7 +36,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_finds_its_profiles(tmp_path):
         metadata = archive.read(
             next(n for n in names if n.endswith(".dist-info/METADATA"))
         ).decode()
-    for device in ("H100", "H800"):  # the measured devices in version control
+    for device in ("H100", "H800", "H20", "A100", "A10"):  # the devices in version control
         assert any(
             n.startswith(f"aegaeon/_profiles/{device}/") and n.endswith(".json") for n in names
         )

@@ -104,6 +104,12 @@ def workload_gen(
 )
 @click.option("--profiles", "profiles_root", type=click.Path(file_okay=False), default=None)
 @click.option(
+    "--mix",
+    default=None,
+    help="Profiles the workload's models stand for, cycled: model i is the (i mod len)-th (e.g. "
+    "qwen2_5_7b,yi1_5_6b_chat) [default: the paper's 6 x Qwen2.5-7B, 2 x Yi-1.5-9B, 2 x Llama-2-13B].",
+)
+@click.option(
     "--aegaeon-switch-efficiency",
     type=click.FloatRange(0, 1, min_open=True),
     default=None,
@@ -172,6 +178,7 @@ def sim(
     slo_scale: float,
     device: str,
     profiles_root: str | None,
+    mix: str | None,
     aegaeon_switch_efficiency: float | None,
     max_quota: float,
     replay_seconds: float,
@@ -190,8 +197,13 @@ def sim(
     grouped FCFS is to its limit. "2nd-tok p90" is the 90th percentile of the
     gap between a request's first and second token: for Aegaeon, the KV
     handoff plus the wait for its model's first decode turn."""
+    from aegaeon.config import PAPER_MIX
     from aegaeon.config.sim import SimConfig
-    from aegaeon.profiles import appearance_assignment, cost_model_for_workload
+    from aegaeon.profiles import (
+        appearance_assignment,
+        cost_model_for_workload,
+        load_device_profiles,
+    )
     from aegaeon.sched.policies import parse_policies
     from aegaeon.sched.slo import SLO
     from aegaeon.sim.runner import render_table, run_sweep
@@ -209,15 +221,18 @@ def sim(
         inlen_scale,
         outlen_scale,
     )
+    root = Path(profiles_root) if profiles_root else None
+    _, link = load_device_profiles(device, root)
+    models_mix = tuple(m.strip() for m in mix.split(",") if m.strip()) if mix else PAPER_MIX
     config = SimConfig(
         num_gpus=num_gpus,
+        device_memory_bytes=link.device_memory_bytes,  # the device's, as its profiles state it
         prefill_instances=prefill_instances,
         max_quota=max_quota,
         replay_seconds=replay_seconds or None,
         artifact_latency=ae_latency == "artifact",
         resample_lengths=resample_lengths,
     )
-    root = Path(profiles_root) if profiles_root else None
     rows = []
     with click.progressbar(length=len(points), label="simulating", file=sys.stderr) as bar:
 
@@ -232,7 +247,8 @@ def sim(
                 {r.model for r in reqs},
                 device,
                 root,
-                assignment=appearance_assignment(r.model for r in reqs)
+                models_mix,
+                assignment=appearance_assignment((r.model for r in reqs), models_mix)
                 if mapping == "appearance"
                 else None,
             ),

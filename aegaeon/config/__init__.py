@@ -11,6 +11,12 @@ The SLOs are `aegaeon.sched.slo.SLO` (the policies' own input; `SLO.from_env` re
 `env`). Nothing here imports torch.
 """
 
-from aegaeon.config.models import PAPER_MIX, PAPER_MODELS, ModelSpec, synthetic_model_name
+from aegaeon.config.models import (
+    MEASURED_MODELS,
+    PAPER_MIX,
+    PAPER_MODELS,
+    ModelSpec,
+    synthetic_model_name,
+)
 
-__all__ = ["PAPER_MIX", "PAPER_MODELS", "ModelSpec", "synthetic_model_name"]
+__all__ = ["MEASURED_MODELS", "PAPER_MIX", "PAPER_MODELS", "ModelSpec", "synthetic_model_name"]

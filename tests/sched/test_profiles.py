@@ -97,3 +97,56 @@ def test_workload_names_map_to_the_paper_mix():
         cost_model_for_workload(["mystery"])
     with pytest.raises(ConfigError, match="no profiles"):
         cost_model_for_workload(["synth_model_00"], device="TPU9")
+
+
+@pytest.mark.parametrize(
+    "device, memory_gib, models",
+    [
+        ("H800", 80, 6),
+        ("H20", 96, 3),
+        ("A100", 80, 6),
+        ("A10", 24, 4),
+    ],
+)
+def test_every_device_the_artifact_measured_ships_fitted_profiles(device, memory_gib, models):
+    from aegaeon.profiles import load_device_profiles
+
+    costs, link = load_device_profiles(device)
+    assert len(costs) == models and link.device_memory_bytes == memory_gib * 2**30
+    for name in costs:
+        data = json.loads((profiles_dir() / device / f"{name}.json").read_text())
+        assert data["device"] == device and len(data["table"]) > 20
+        # every table point carries its fit, so the error per point can be read off the file
+        assert all("prefill_fit_s" in p and "decode_fit_s" in p for p in data["table"])
+        assert data["fit_error"]["prefill_mean_rel"] < 0.25
+        assert data["fit_error"]["decode_mean_rel"] < 0.25
+
+
+def test_sim_takes_the_devices_memory_and_a_model_mix(tmp_path):
+    from tests.cli_helpers import invoke
+
+    out = tmp_path / "j"
+    result = invoke(
+        "sim",
+        "--num-models",
+        "4",
+        "--arrival-rate",
+        "0.1",
+        "--device",
+        "A10",
+        "--num-gpus",
+        "4",
+        "--mix",
+        "qwen2_5_7b,yi1_5_6b_chat",
+        "--policy",
+        "sllm",
+        "--duration",
+        "60",
+        "--workloads",
+        str(tmp_path / "w"),
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(next(out.iterdir()).read_text())
+    assert record["device"] == "A10" and record["num_requests"] > 0
