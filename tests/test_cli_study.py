@@ -231,7 +231,7 @@ def test_the_papers_testbed_h800_profiles_ship_and_simulate(tmp_path):
     from aegaeon.profiles import load_device_profiles
 
     costs, link = load_device_profiles("H800")
-    assert set(costs) == {"llama2_13b_chat", "qwen2_5_7b", "yi1_5_9b_chat"}
+    assert {"llama2_13b_chat", "qwen2_5_7b", "yi1_5_9b_chat"} <= set(costs)  # the paper's, and more
     assert link.device_memory_bytes == 80 * 2**30
     result = invoke(
         "sim",
