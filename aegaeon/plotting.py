@@ -36,15 +36,21 @@ class E2ESpec:
     inlen_scale: float = 1.0
     outlen_scale: float = 1.0
     slo_scale: float = 1.0
+    ttft: float | None = None  # absolute SLOs (figure 17), instead of the defaults x slo_scale
+    tpot: float | None = None
+    device: str | None = None  # only results simulated on this device's profiles
 
     def matches(self, r: dict) -> bool:
+        ttft = self.ttft if self.ttft is not None else DEFAULT_TTFT_SLO * self.slo_scale
+        tpot = self.tpot if self.tpot is not None else DEFAULT_TPOT_SLO * self.slo_scale
         return (
             (self.arrival_rate is None or abs(r["arrival_rate"] - self.arrival_rate) < 1e-9)
             and (self.num_models is None or r["num_models"] == self.num_models)
+            and (self.device is None or r.get("device") == self.device)
             and abs(r["inlen_scale"] - self.inlen_scale) < 1e-9
             and abs(r["outlen_scale"] - self.outlen_scale) < 1e-9
-            and abs(r["ttft_slo"] - DEFAULT_TTFT_SLO * self.slo_scale) < 1e-9
-            and abs(r["tpot_slo"] - DEFAULT_TPOT_SLO * self.slo_scale) < 1e-9
+            and abs(r["ttft_slo"] - ttft) < 1e-9
+            and abs(r["tpot_slo"] - tpot) < 1e-9
         )
 
 
@@ -70,7 +76,19 @@ E2E_SPECS: dict[str, E2ESpec] = {
     "slo0.3": E2ESpec(
         "Fig. 13: SLOs x0.3, rate 0.1", "num_models", arrival_rate=0.1, slo_scale=0.3
     ),
+    **{
+        f"a10-tpot{tpot:g}": E2ESpec(
+            f"Fig. 17 (A10): rate 0.1, TTFT 5 s, TPOT {tpot:g} s",
+            "num_models",
+            arrival_rate=0.1,
+            ttft=5.0,
+            tpot=tpot,
+            device="A10",
+        )
+        for tpot in (0.1, 0.05, 0.2)
+    },
 }
+A10_PANELS = ("a10-tpot0.1", "a10-tpot0.05", "a10-tpot0.2")
 
 
 def load_results(json_dir: Path) -> list[dict]:

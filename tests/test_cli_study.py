@@ -332,3 +332,37 @@ def test_the_paper_scorer_figure_is_drawn_beside_ours(tmp_path):
     assert (
         invoke("workload", "gen", "--num-models", "4").exit_code != 0
     )  # needs a rate, or --paper-grid
+
+
+def test_figure_17s_a10_panel_is_drawn_from_a10_results(tmp_path):
+    out, figs = tmp_path / "j", tmp_path / "f"
+    result = invoke(
+        "sim",
+        "--device",
+        "A10",
+        "--num-gpus",
+        "4",
+        "--mix",
+        "qwen2_5_7b,yi1_5_6b_chat",
+        "--num-models",
+        "4",
+        "--arrival-rate",
+        "0.1",
+        "--duration",
+        "60",
+        "--ttft-slo",
+        "5",
+        "--tpot-slo",
+        "0.1",
+        "--policy",
+        "aegaeon,sllm",
+        "--workloads",
+        str(tmp_path / "w"),
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    drawn = invoke("plot", "a10", "--json-dir", str(out), "--out", str(figs))
+    assert drawn.exit_code == 0, drawn.output
+    assert (figs / "e2e-a10-tpot0.1.png").exists() and "skipped a10-tpot0.05" in drawn.output
+    assert invoke("plot", "a10", "--json-dir", str(tmp_path / "none")).exit_code == 1

@@ -59,6 +59,36 @@ def plot_e2e_cmd(
             click.echo(str(path))
 
 
+@plot.command("a10")
+@click.option("--scorer", type=click.Choice(["ours", "paper"]), default="ours", show_default=True)
+@click.option(
+    "--json-dir", default="plots/json/A10", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--out", "out_dir", default="plots/out/A10", show_default=True, type=click.Path(file_okay=False)
+)
+def plot_a10_cmd(scorer: str, json_dir: str, out_dir: str) -> None:
+    """Figure 17's A10 panel: SLO attainment per system on an A10 node at 0.1 req/s per model, TTFT 5 s and
+    TPOT 0.1 / 0.05 / 0.2 s (results of `plots/make_figures.sh --simulate A10`)."""
+    from aegaeon.errors import ConfigError
+    from aegaeon.plotting import A10_PANELS, plot_e2e
+
+    drawn = 0
+    for spec in A10_PANELS:
+        try:
+            paths = plot_e2e(spec, Path(json_dir), Path(out_dir), scorer)
+        except ConfigError as missing:
+            click.echo(f"skipped {spec}: {missing}", err=True)
+            continue
+        drawn += 1
+        for path in paths:
+            click.echo(str(path))
+    if not drawn:
+        raise click.ClickException(
+            f"no A10 results in {json_dir}: run `plots/make_figures.sh --simulate A10` first"
+        )
+
+
 def _trace_plot_command(figure: str, summary: str) -> None:
     @plot.command(
         figure,
