@@ -124,6 +124,12 @@ def workload_gen(
     "--aegaeon-switch-efficiency is tagged in the JSON's variant and file name.",
 )
 @click.option(
+    "--prefetch",
+    is_flag=True,
+    help="Aegaeon: each decode turn copies the next turn's weights while it decodes, rounds planned on the "
+    "exposed switch (simulated only: the live engine has no prefetch yet); tagged `prefetch`.",
+)
+@click.option(
     "--replay-seconds",
     type=click.FloatRange(0),
     default=120.0,
@@ -181,6 +187,7 @@ def sim(
     mix: str | None,
     aegaeon_switch_efficiency: float | None,
     max_quota: float,
+    prefetch: bool,
     replay_seconds: float,
     ae_latency: str,
     resample_lengths: bool,
@@ -230,6 +237,7 @@ def sim(
         prefill_instances=prefill_instances,
         max_quota=max_quota,
         replay_seconds=replay_seconds or None,
+        prefetch=prefetch,
         artifact_latency=ae_latency == "artifact",
         resample_lengths=resample_lengths,
     )

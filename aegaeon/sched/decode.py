@@ -48,9 +48,12 @@ class RoundPlan:
     batches: tuple[DecodeBatch, ...]
     quotas: tuple[float, ...]  # seconds of decoding per batch, same order
     step_times: tuple[float, ...]
-    switch_cost: float  # c
+    switch_cost: float  # c: the weight copies of the round
     alpha: float
     load: float  # sum_j 1/n_j: above 1 the round cannot meet the TPOT SLO
+    # the switch time each turn exposes (its copy less the overlap with the turn before, with prefetch;
+    # the whole copy without)
+    exposed: tuple[float, ...] = ()
 
 
 def form_batches(
@@ -105,22 +108,61 @@ def compute_quotas(
     return tuple(switch_cost / (x * (alpha - load)) for x in n), alpha, load
 
 
+def compute_prefetch_quotas(
+    step_times: Sequence[float],
+    next_copies: Sequence[float],
+    tpot_slo: float,
+    max_quota: float = DEFAULT_MAX_QUOTA,
+) -> tuple[tuple[float, ...], float]:
+    """Quotas when each turn copies the next turn's weights while it decodes (prefetch); returns (quotas,
+    load). A round of length T meets the TPOT SLO on average when every quota q_i >= T / n_i; with the copies
+    hidden T is the sum of the quotas, so q_i = s / n_i meets it for any s once the load is at most 1. The
+    shortest round that still hides every copy (q_i >= next_copies[i]) takes s = max_i next_copies[i] * n_i,
+    capped so that no quota exceeds Q (copies longer than that are partly exposed). Shorter rounds are what
+    prefetch buys: a request waits less for its model's next turn."""
+    if not step_times:
+        return (), 0.0
+    if min(step_times) <= 0 or tpot_slo <= 0 or max_quota <= 0 or min(next_copies) < 0:
+        raise ConfigError(
+            f"quota inputs out of range: steps {step_times}, copies {next_copies}, SLO {tpot_slo}, "
+            f"Q {max_quota}"
+        )
+    n = [tpot_slo / d for d in step_times]
+    load = sum(1.0 / x for x in n)
+    if not any(next_copies):
+        return tuple(max_quota for _ in n), load
+    scale = min(max(c * x for c, x in zip(next_copies, n)), max_quota * min(n))
+    return tuple(scale / x for x in n), load
+
+
 def plan_round(
     batches: Sequence[DecodeBatch],
     loaded_model: str | None,
     cost: CostModel,
     tpot_slo: float,
     max_quota: float = DEFAULT_MAX_QUOTA,
+    prefetch: bool = False,
 ) -> RoundPlan:
-    """Quotas for one round. Batches run in the given order, starting from `loaded_model`."""
+    """Quotas for one round. Batches run in the given order, starting from `loaded_model`. With `prefetch`
+    each turn's weight copy runs during the turn before it (the round's first, after the loaded model's,
+    during the previous round's last turn, which is that model's), and the quotas are
+    `compute_prefetch_quotas`'."""
     steps = tuple(cost.decode_time(b.model, len(b.request_ids), b.context_tokens) for b in batches)
     models = [b.model for b in batches]
     if len(models) == 1:
         switch_cost = cost.switch_time(loaded_model, models[0])
     else:  # a cycling round loads every one of its models once
         switch_cost = sum(cost.switch_time(None, m) for m in dict.fromkeys(models))
-    quotas, alpha, load = compute_quotas(steps, switch_cost, tpot_slo, max_quota)
-    return RoundPlan(tuple(batches), quotas, steps, switch_cost, alpha, load)
+    copies = [
+        cost.switch_time(models[i - 1] if i else loaded_model, m) for i, m in enumerate(models)
+    ]
+    if not prefetch or len(models) == 1:
+        quotas, alpha, load = compute_quotas(steps, switch_cost, tpot_slo, max_quota)
+        return RoundPlan(tuple(batches), quotas, steps, switch_cost, alpha, load, tuple(copies))
+    next_copies = copies[1:] + [0.0]
+    quotas, load = compute_prefetch_quotas(steps, next_copies, tpot_slo, max_quota)
+    exposed = [copies[0]] + [max(0.0, c - q) for c, q in zip(copies[1:], quotas)]
+    return RoundPlan(tuple(batches), quotas, steps, switch_cost, MIN_ALPHA, load, tuple(exposed))
 
 
 def rotate_to_loaded(batches: list[DecodeBatch], loaded_model: str | None) -> list[DecodeBatch]:

@@ -83,6 +83,7 @@ class RoundConfig:
     tpot_slo: float
     max_quota: float = DEFAULT_MAX_QUOTA
     max_batch: int = DEFAULT_MAX_BATCH
+    prefetch: bool = False  # each turn copies the next turn's weights while it decodes (plan_round)
 
     def __post_init__(self) -> None:
         if self.tpot_slo <= 0 or self.max_quota <= 0 or self.max_batch < 1:
@@ -141,6 +142,15 @@ class WeightedRoundRobin:
     def turn_batch(self, live: Sequence[DecodeCandidate]) -> tuple[int, ...]:
         return first_of_model(self.running, live, self.config.max_batch) if self.running else ()
 
+    def prefetch_target(self, live: Sequence[DecodeCandidate]) -> str | None:
+        """With prefetch: the model whose weights the instance copies while the running turn decodes: the
+        next turn's of this round, else (the round's last turn) the first other model waiting, which the next
+        round runs right after the loaded one, or first when the loaded one's requests are done."""
+        if not self.config.prefetch:
+            return None
+        upcoming = [model for model, _ in self.turns] + [c.model for c in live]
+        return next((m for m in upcoming if m != self.running), None)
+
     def _plan(self, candidates: Sequence[DecodeCandidate]):
         batches, _waiting = form_batches(
             candidates, self.cost, self.kv_capacity_bytes, self.config.max_batch
@@ -151,7 +161,12 @@ class WeightedRoundRobin:
             )
         batches = rotate_to_loaded(batches, self.loaded)
         return plan_round(
-            batches, self.loaded, self.cost, self.config.tpot_slo, self.config.max_quota
+            batches,
+            self.loaded,
+            self.cost,
+            self.config.tpot_slo,
+            self.config.max_quota,
+            self.config.prefetch,
         )
 
 

@@ -9,7 +9,7 @@ workers'). This module only advances the clock by the cost model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aegaeon.config.sim import SimConfig
 from aegaeon.sched.cost import CostModel, kv_capacity_bytes
@@ -33,6 +33,11 @@ def split_instances(config: SimConfig) -> tuple[int, int]:
 @dataclass
 class _PrefillExecutor:
     loaded: str | None = None  # the model in this instance's memory
+    prefetching: tuple[str, float] | None = None  # (model, when its copy began), with prefetch
+    copy_free_at: float = (
+        0.0  # when the instance's own switch copy ends (a prefetch starts after it)
+    )
+    exposed_switches: list[float] = field(default_factory=list)
 
 
 class AegaeonSystem:
@@ -54,10 +59,14 @@ class AegaeonSystem:
         capacity = kv_capacity_bytes(
             config.device_memory_bytes, [cost.weight_bytes(m) for m in models]
         )
-        rounds = RoundConfig(slo.tpot, config.max_quota, config.max_batch)
+        rounds = RoundConfig(slo.tpot, config.max_quota, config.max_batch, config.prefetch)
         self.decode = [
             SimDecodeInstance(
-                loop, cost, WeightedRoundRobin(cost, rounds, capacity), config.record_turns
+                loop,
+                cost,
+                WeightedRoundRobin(cost, rounds, capacity),
+                config.record_turns,
+                config.device_memory_bytes,
             )
             for _ in range(num_decode)
         ]
@@ -69,6 +78,10 @@ class AegaeonSystem:
     @property
     def switches(self) -> int:
         return self.prefill_switches + sum(d.switches for d in self.decode)
+
+    def exposed_switches(self) -> list[float]:
+        """The switch time every decode turn paid (all of its copy, or what prefetch left exposed)."""
+        return [t for d in self.decode for t in d.exposed_switches]
 
     def instance_load(self, duration: float) -> dict[str, float]:
         """Busy seconds per instance per second of workload, by role. Decode instances decode ahead of the
@@ -84,14 +97,36 @@ class AegaeonSystem:
         start = self.dispatcher.submit(state.spec, self.loop.now)
         if start is not None:
             self._run_group(start)
+        elif self.config.prefetch:
+            for instance in range(len(self.prefill)):
+                self._maybe_prefetch(instance)
+
+    def _maybe_prefetch(self, instance: int) -> None:
+        """With prefetch: a busy prefill instance copies the model of the group after its running one (the
+        paper's prefetched-model slot), once its own switch is done and when both models' weights fit."""
+        executor = self.prefill[instance]
+        upcoming = self.dispatcher.grouped.upcoming_model(instance)
+        if executor.prefetching is not None or upcoming in (None, executor.loaded):
+            return
+        weights = self.cost.weight_bytes(executor.loaded) + self.cost.weight_bytes(upcoming)
+        if weights <= self.config.device_memory_bytes:
+            executor.prefetching = (upcoming, max(self.loop.now, executor.copy_free_at))
 
     def _run_group(self, start: GroupStart) -> None:
         if self.config.record_turns:
             self.groups.append((self.loop.now, start))
         executor = self.prefill[start.instance]
-        t = self.loop.now + self.cost.switch_time(executor.loaded, start.model)
+        switch = self.cost.switch_time(executor.loaded, start.model)
+        if executor.prefetching is not None and executor.prefetching[0] == start.model:
+            switch = max(0.0, switch - max(0.0, self.loop.now - executor.prefetching[1]))
+        executor.prefetching = None
+        executor.exposed_switches.append(switch)
+        t = self.loop.now + switch
+        executor.copy_free_at = t
         self.prefill_switches += executor.loaded != start.model
         executor.loaded = start.model
+        if self.config.prefetch:
+            self._maybe_prefetch(start.instance)
         for spec in start.requests:  # one after another: each first token as early as possible
             state = self._states[spec.request_id]
             t += self.cost.prefill_time(spec.model, [spec.input_len])

@@ -29,9 +29,17 @@ class _Segment:
 
 class SimDecodeInstance:
     def __init__(
-        self, loop: EventLoop, cost: CostModel, policy: DecodePolicy, record_turns: bool = False
+        self,
+        loop: EventLoop,
+        cost: CostModel,
+        policy: DecodePolicy,
+        record_turns: bool = False,
+        device_memory_bytes: int | None = None,
     ):
         self.loop, self.cost, self.policy = loop, cost, policy
+        self.device_memory_bytes = device_memory_bytes
+        self.prefetching: tuple[str, float] | None = None  # (model, when its copy began)
+        self.exposed_switches: list[float] = []  # the switch time each turn paid
         self.requests: list[RequestState] = []  # in the order they arrived here
         self.by_id: dict[int, RequestState] = {}
         self.loaded: str | None = None
@@ -88,6 +96,13 @@ class SimDecodeInstance:
         if self.turn_log is not None:
             self.turn_log.append((self.loop.now, turn))
         switch = self.cost.switch_time(self.loaded, turn.model)
+        if self.prefetching is not None and self.prefetching[0] == turn.model:
+            switch = max(0.0, switch - (self.loop.now - self.prefetching[1]))  # copied meanwhile
+        if (
+            turn.model != self.loaded
+        ):  # a turn of the loaded model keeps what was prefetched for later
+            self.prefetching = None
+        self.exposed_switches.append(switch)
         self.switches += self.loaded != turn.model
         self.loaded = turn.model
         self.busy_seconds += switch
@@ -95,7 +110,24 @@ class SimDecodeInstance:
 
     def _start_decoding(self) -> None:
         self.decode_start = self.loop.now
+        target = getattr(self.policy, "prefetch_target", lambda live: None)(self.candidates())
+        if self.prefetching is not None and self.prefetching[0] == target:
+            target = None  # already there, or on its way
+        if target is not None and self._room_to_prefetch(target):
+            self.prefetching = (target, self.loop.now)
         self._decode()
+
+    def _room_to_prefetch(self, model: str) -> bool:
+        """A prefetch needs the next model's weights to fit beside the loaded ones and the KV in use (KV
+        has priority: without room, the switch is paid in full)."""
+        if self.device_memory_bytes is None:
+            return True
+        kv = sum(
+            (s.spec.input_len + len(s.token_times)) * self.cost.kv_bytes_per_token(s.model)
+            for s in self.live_states()
+        )
+        weights = self.cost.weight_bytes(self.loaded) + self.cost.weight_bytes(model)
+        return kv + weights <= self.device_memory_bytes
 
     def _decode(self) -> None:
         """Decode the turn's batch, as the policy forms it now, for what is left of its quota."""

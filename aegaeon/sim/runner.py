@@ -99,10 +99,14 @@ def simulate(
     if hasattr(system, "kv_losses"):
         extra.update(kv_losses=system.kv_losses, failed=system.failed)
     if isinstance(system, AegaeonSystem):
+        exposed = system.exposed_switches()
         extra.update(
             instance_load=system.instance_load(duration),
             max_quota=config.max_quota,
-            variant=variant,
+            variant="_".join(p for p in (variant, "prefetch" if config.prefetch else "") if p),
+            decode_exposed_switch_mean=float(np.mean(exposed)) if exposed else None,
+            decode_exposed_switch_p50=float(np.percentile(exposed, 50)) if exposed else None,
+            decode_exposed_switch_p99=float(np.percentile(exposed, 99)) if exposed else None,
         )
     return states, extra
 
