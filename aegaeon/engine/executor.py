@@ -421,12 +421,8 @@ class StepExecutor:
             made = params.output_before + len(
                 seq.output_ids
             )  # output tokens so far, earlier runs included
-            eos = entry.checkpoint.config.eos_token_id
-            banned = (
-                ((() if eos is None else (eos,)) + params.stop_token_ids)
-                if made < params.min_tokens
-                else ()
-            )
+            eos = entry.checkpoint.config.eos_token_ids
+            banned = (eos + params.stop_token_ids) if made < params.min_tokens else ()
             context = seq.token_ids if params.penalised else None
             token = sample_one(logits, params, seq.generator, context, made, banned)
             logprobs = (
@@ -439,9 +435,7 @@ class StepExecutor:
             return self._fail(seq, f"request {seq.seq_id}: sampling failed: {err}")
         seq.output_ids.append(token)
         reason = None
-        if (
-            eos is not None and token == eos and not params.ignore_eos
-        ) or token in params.stop_token_ids:
+        if (token in eos and not params.ignore_eos) or token in params.stop_token_ids:
             reason = "stop"
         elif (
             len(seq.output_ids) >= seq.sampling.max_tokens

@@ -9,7 +9,7 @@ validate a checkpoint before a byte is copied.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aegaeon.errors import CheckpointError
@@ -35,7 +35,14 @@ class ArchConfig:
     qkv_bias: bool = False
     tie_word_embeddings: bool = False
     dtype: str = "float32"
-    eos_token_id: int | None = None
+    eos_token_ids: tuple[
+        int, ...
+    ] = ()  # every end-of-sequence token (config.json and generation_config.json)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The first end-of-sequence token (what config.json states alone when it has one)."""
+        return self.eos_token_ids[0] if self.eos_token_ids else None
 
     @property
     def q_size(self) -> int:
@@ -105,7 +112,7 @@ class ArchConfig:
                 qkv_bias=family.qkv_bias or bool(raw.get("attention_bias", False)),
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
                 dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
-                eos_token_id=_first_int(raw.get("eos_token_id")),
+                eos_token_ids=_token_ids(raw.get("eos_token_id")),
             )
         except KeyError as missing:
             raise CheckpointError(f"{where}: required field {missing} is missing") from None
@@ -161,7 +168,9 @@ class ArchConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
             "torch_dtype": self.dtype,
             "bos_token_id": None,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": self.eos_token_id
+            if len(self.eos_token_ids) <= 1
+            else list(self.eos_token_ids),
         }
         if not family.qkv_bias:  # a family with fixed biases does not name them
             raw["attention_bias"] = self.qkv_bias
@@ -181,7 +190,17 @@ def load_arch_config(checkpoint_dir: str | Path) -> ArchConfig:
         raise CheckpointError(f"{path}: not valid JSON ({bad})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
-    return ArchConfig.from_dict(raw, str(path))
+    config = ArchConfig.from_dict(raw, str(path))
+    # generation stops at the generation config's end tokens too (as transformers and vLLM stop)
+    generation = Path(checkpoint_dir) / "generation_config.json"
+    if generation.is_file():
+        try:
+            extra = json.loads(generation.read_text()).get("eos_token_id")
+            ids = _token_ids(extra)
+        except (json.JSONDecodeError, AttributeError, ValueError) as bad:
+            raise CheckpointError(f"{generation}: eos_token_id unreadable ({bad})") from None
+        config = replace(config, eos_token_ids=tuple(dict.fromkeys(config.eos_token_ids + ids)))
+    return config
 
 
 def _rope_theta(raw: dict) -> float:
@@ -199,7 +218,11 @@ def _rope_linear_factor(raw: dict, where: str) -> float:
     raise CheckpointError(f"{where}: rope scaling {kind!r} is not supported: use none or 'linear'")
 
 
-def _first_int(value: object) -> int | None:
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return int(value) if value is not None else None
+def _token_ids(value: object) -> tuple[int, ...]:
+    """An `eos_token_id` field: one id, a list of them (Llama 3, Qwen2.5 chat), or none."""
+    if value is None:
+        return ()
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"eos_token_id {value!r} is not a token id or a list of them")
+    return tuple(dict.fromkeys(values))

@@ -112,7 +112,7 @@ def make_model(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(config.vocab_size)
     tokenizer.save(str(out / "tokenizer.json"))
-    config = replace(config, eos_token_id=tokenizer.token_to_id(EOS_TOKEN))
+    config = replace(config, eos_token_ids=(tokenizer.token_to_id(EOS_TOKEN),))
     (out / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
     (out / "tokenizer_config.json").write_text(
         json.dumps(

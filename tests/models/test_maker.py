@@ -64,3 +64,27 @@ def test_presets_carry_the_published_sizes():
 def test_bad_shapes_are_refused_with_the_flag_named(tmp_path, kwargs, word):
     with pytest.raises(ConfigError if word != "num_key_value_heads" else Exception, match=word):
         make_model(tmp_path / "x", config_for(**kwargs))
+
+
+def test_every_end_token_of_config_and_generation_config_stops_generation(tmp_path):
+    from aegaeon.engine.local import LocalEngine
+    from aegaeon.models.sampler import SamplingParams
+
+    path = make_model(tmp_path / "m", config_for("llama"), seed=3)
+    with LocalEngine({"m": str(path)}) as engine:
+        free = engine.generate([("m", "one gpu many models")], SamplingParams(max_tokens=12))[0]
+    assert len(free.token_ids) == 12
+    stop_at = free.token_ids[
+        4
+    ]  # a token the greedy output makes: declared an end token, it ends there
+    raw = json.loads((path / "config.json").read_text())
+    raw["eos_token_id"] = [raw["eos_token_id"], 7]
+    (path / "config.json").write_text(json.dumps(raw))
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [stop_at]}))
+    config = load_arch_config(path)
+    assert config.eos_token_ids == tuple(dict.fromkeys([raw["eos_token_id"][0], 7, stop_at]))
+    assert config.eos_token_id == raw["eos_token_id"][0]
+    with LocalEngine({"m": str(path)}) as engine:
+        ended = engine.generate([("m", "one gpu many models")], SamplingParams(max_tokens=12))[0]
+    first = free.token_ids.index(stop_at)
+    assert ended.token_ids == free.token_ids[: first + 1] and ended.finish_reason == "stop"
