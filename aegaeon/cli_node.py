@@ -32,6 +32,7 @@ FLAG_KEYS: dict[str, tuple[str | None, str]] = {
     "kv_mib": ("engine", "kv_mib"),
     "dtype": ("engine", "dtype"),
     "link_gbps": ("engine", "link_gbps"),
+    "prefetch": ("engine", "prefetch"),
     "host": ("api", "host"),
     "port": ("api", "port"),
     "api_key": ("api", "api_key"),
@@ -120,6 +121,14 @@ _OPTIONS = [
         default=None,
         help="CPU only: pace weight copies and KV swaps to a host<->device link of this many GB/s "
         "(the regime of a GPU's PCIe link; off by default).",
+    ),
+    click.option(
+        "--prefetch",
+        is_flag=True,
+        default=None,
+        help="Decode workers copy the next turn's weights while the current turn decodes, and plan "
+        "rounds on the exposed switch (a second weight slot of the largest model's size per decode "
+        "worker).",
     ),
     click.option(
         "--max-requests", type=int, default=None, help="Requests held at once before 429s [1024]."

@@ -56,7 +56,7 @@ NODE_KEYS = (
     "engine",
     "api",
 )
-ENGINE_KEYS = ("kv_mib", "dtype", "link_gbps", "slab_kib", "block_size")
+ENGINE_KEYS = ("kv_mib", "dtype", "link_gbps", "prefetch", "slab_kib", "block_size")
 API_KEYS = (
     "host",
     "port",

@@ -35,6 +35,9 @@ class EngineConfig:
     link_gbps: float | None = (
         None  # CPU only: emulate a host<->device link of this many GB/s (aegaeon.device_link)
     )
+    # decode turns copy the next turn's weights while they decode (aegaeon.engine.runner): a staging slot of
+    # the largest model's size beside the arena
+    prefetch: bool = False
 
     def __post_init__(self) -> None:
         if self.link_gbps is not None and not self.device.startswith("cpu"):

@@ -120,6 +120,8 @@ class StepExecutor:
             self.runner = ModelRunner(self.arena, self.host_cache, self.kv, self.link)
             for ckpt in checkpoints:
                 self._register(ckpt)
+            if config.prefetch:
+                self.runner.enable_prefetch(self.largest_weights)
         except BaseException:
             if hasattr(self, "host_cache"):
                 self.host_cache.close()
@@ -188,6 +190,7 @@ class StepExecutor:
             for seq in list(self._seqs.values())
             if seq.model == name
         ]
+        self.runner.cancel_prefetch(name)
         if self.runner.active == name:
             self.runner.active = None
         self.runner.entries.pop(name, None)
@@ -253,6 +256,13 @@ class StepExecutor:
         """Bind `model` (None when it already is); raises AegaeonError when it cannot be bound."""
         self.entry(model)
         return self.runner.switch_to(model)
+
+    def prefetch(self, model: str) -> bool:
+        """Start copying `model`'s weights beside the bound model's (with EngineConfig.prefetch); False when
+        it cannot be now. A later `switch_to(model)` then only waits for the rest of the copy."""
+        if model in self.unavailable or model not in self.runner.entries:
+            return False
+        return self.runner.prefetch(model)
 
     def fail_model(self, model: str, reason: str) -> list[SeqUpdate]:
         """`model` cannot be served any more: fail its requests; returns their updates."""
@@ -500,6 +510,7 @@ class StepExecutor:
         return self.kv.finished_swaps()
 
     def close(self) -> None:
+        self.runner.cancel_prefetch()
         self.host_cache.close()
         self.kv.swapper.close()
         if self.namespace is not None:

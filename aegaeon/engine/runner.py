@@ -5,11 +5,19 @@ layout for the life of the runner (component reuse). Switching to a model
 sizes the arena's weight region, moves or swaps out KV blocks in the way,
 copies the model's packed weights from the host cache in one contiguous copy
 and re-binds the parameter views. Nothing is re-initialised.
+
+Prefetch (`enable_prefetch`): the runner keeps a second weight slot, a staging buffer sized for the largest
+model, next to the arena's weight region. `prefetch(model)` copies a model into the slot the bound model is
+not in, asynchronously (a copy stream with an event on a GPU, a copy thread on CPU, paced by the emulated
+link when one is on), and a switch to it only waits for what is not yet copied and re-binds the views. The
+slots alternate. The arena's slot takes a prefetch only when the model fits its weight region as it is, so
+a prefetch never moves or swaps out KV (KV has priority).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +65,23 @@ class SwitchRecord:
     # On a GPU the copy is asynchronous, so its stage is the time to queue it; it completes before the next
     # forward on the same stream.
     stages: dict[str, float] = field(default_factory=dict)
+    # the whole weight copy's seconds when a prefetch made it (it overlapped the turn before; `seconds` is
+    # what the switch still waited): what the round planner must count as the model's copy
+    copy_seconds: float | None = None
+
+
+@dataclass
+class _Prefetch:
+    """A weight copy under way into the slot the bound model is not in."""
+
+    model: str
+    region: torch.Tensor  # where the weights land
+    slot: str  # "staging" or "arena"
+    done: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    event: Any = None  # a CUDA event on the copy stream
+    copy_seconds: float = 0.0
+    error: BaseException | None = None
 
 
 class ModelRunner:
@@ -77,6 +102,106 @@ class ModelRunner:
         self.ragged_decode = (
             True  # False: decode steps padded to the longest context (`bench attention` compares)
         )
+        self.staging: torch.Tensor | None = None  # the second weight slot, with prefetch
+        self.active_slot = "arena"  # where the bound model's weights are
+        self.pending: _Prefetch | None = None
+        self.copy_stream = None
+
+    # ---- prefetch ----------------------------------------------------------------------------------------
+
+    def enable_prefetch(self, max_weight_bytes: int) -> None:
+        """Allocate the staging slot (device memory beside the arena) for models up to `max_weight_bytes`."""
+        self.staging = torch.empty(
+            int(max_weight_bytes), dtype=torch.uint8, device=self.arena.device
+        )
+        if self.arena.device.type == "cuda":
+            self.copy_stream = torch.cuda.Stream(device=self.arena.device)
+
+    def prefetch(self, name: str) -> bool:
+        """Start copying `name`'s weights into the free slot; False when it cannot now (no staging slot, not
+        in the host cache yet, too large for the free slot, or already bound)."""
+        if self.staging is None or name == self.active or name not in self.entries:
+            return False
+        if self.pending is not None:
+            if self.pending.model == name:
+                return True
+            self._land_pending()  # one copy at a time: the one in flight lands first, then is dropped
+            self.pending = None
+        if not self.host_cache.is_ready(name):
+            return False
+        nbytes = self.entries[name].weights.total_bytes
+        if self.active_slot == "arena":
+            if nbytes > self.staging.numel():
+                return False
+            slot, region = "staging", self.staging[:nbytes]
+        else:
+            if nbytes > self.arena.usage().weight_region_bytes:
+                return False  # growing the region would move KV: not for a prefetch
+            slot, region = "arena", self.arena.weight_view(0, torch.uint8, (nbytes,))
+        source = self.host_cache.region(name)
+        job = _Prefetch(name, region, slot)
+        if self.copy_stream is not None:
+            # the copy must not overwrite weights that kernels queued on the compute stream still read
+            self.copy_stream.wait_stream(torch.cuda.current_stream(self.arena.device))
+            with torch.cuda.stream(self.copy_stream):
+                region.copy_(source, non_blocking=True)
+                job.event = torch.cuda.Event()
+                job.event.record(self.copy_stream)
+            job.done.set()
+        else:
+            job.thread = threading.Thread(
+                target=self._copy, args=(job, source, nbytes), name="weight-prefetch", daemon=True
+            )
+            job.thread.start()
+        self.pending = job
+        return True
+
+    def cancel_prefetch(self, name: str | None = None) -> None:
+        """Let the copy in flight land and forget it (only if it is `name`'s, when given)."""
+        if self.pending is not None and name in (None, self.pending.model):
+            self._land_pending()
+            self.pending = None
+
+    def _copy(self, job: _Prefetch, source: torch.Tensor, nbytes: int) -> None:
+        try:
+            job.copy_seconds = self.link.transfer(nbytes, lambda: job.region.copy_(source))
+        except BaseException as err:  # reported when the switch needs it
+            job.error = err
+        finally:
+            job.done.set()
+
+    def _land_pending(self) -> None:
+        """Wait for the copy in flight (on a GPU: order the compute stream behind it)."""
+        job = self.pending
+        if job is None:
+            return
+        if job.thread is not None:
+            job.thread.join()
+        if job.event is not None:
+            torch.cuda.current_stream(self.arena.device).wait_event(job.event)
+
+    def _switch_to_prefetched(self, entry: ModelEntry) -> SwitchRecord:
+        job = self.pending
+        start = time.perf_counter()
+        self._land_pending()
+        self.pending = None
+        if job.error is not None:
+            raise IntegrityError(f"prefetching {entry.name} failed: {job.error}") from job.error
+        landed = time.perf_counter()
+        entry.model.bind(entry.weights.views(job.region))
+        self.active, self.active_slot = entry.name, job.slot
+        bound = time.perf_counter()
+        record = SwitchRecord(
+            entry.name,
+            bound - start,
+            entry.weights.total_bytes,
+            0,
+            0,
+            {"wait_prefetch": landed - start, "bind": bound - landed},
+            copy_seconds=job.copy_seconds or None,
+        )
+        self.switches.append(record)
+        return record
 
     def register(self, checkpoint: Checkpoint, block_size: int) -> ModelEntry:
         cached = self.host_cache.models[checkpoint.name]
@@ -101,6 +226,10 @@ class ModelRunner:
         if self.active == name:
             return None
         entry = self.entries[name]
+        if self.pending is not None and self.pending.model == name:
+            return self._switch_to_prefetched(entry)
+        self._land_pending()  # a copy of another model may be writing the region this one takes
+        self.pending = None
         waited = time.perf_counter()
         self.host_cache.wait(name)
         start = time.perf_counter()
@@ -128,7 +257,7 @@ class ModelRunner:
         )
         copied = time.perf_counter()
         entry.model.bind(entry.weights.views(region))
-        self.active = name
+        self.active, self.active_slot = name, "arena"
         bound = time.perf_counter()
         stages = {
             "wait_weights": start - waited,

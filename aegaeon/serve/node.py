@@ -226,7 +226,7 @@ class Node:
             worker_id,
             role,
             self.good_models,
-            replace(cfg.engine, device=device),
+            replace(cfg.engine, device=device, prefetch=cfg.engine.prefetch and role == "decode"),
             partition,
             cfg.kv_slab_bytes,
             cfg.tpot_slo,

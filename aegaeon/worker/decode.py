@@ -56,7 +56,7 @@ class DecodeWorker(WorkerLoop):
     def __init__(self, spec: WorkerSpec):
         super().__init__(spec)
         self.cost = MeasuredCost(self.executor.model_sizes())
-        rounds = RoundConfig(spec.tpot_slo, spec.max_quota, spec.max_batch)
+        rounds = RoundConfig(spec.tpot_slo, spec.max_quota, spec.max_batch, spec.engine.prefetch)
         decode_policy = policy(spec.policy).decode_policy(
             self.cost, rounds, self.executor.kv_capacity_bytes()
         )

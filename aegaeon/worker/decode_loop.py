@@ -27,6 +27,7 @@ class Executor(Protocol):
     """The part of `aegaeon.engine.executor.StepExecutor` a decode loop uses (a test stubs it)."""
 
     def switch_to(self, model: str) -> SwitchRecord | None: ...
+    def prefetch(self, model: str) -> bool: ...
     def step(self, model: str, request_ids: Sequence[int]) -> list[SeqUpdate]: ...
     def context_len(self, request_id: int) -> int: ...
     def fail_model(self, model: str, reason: str) -> list[SeqUpdate]: ...
@@ -103,10 +104,17 @@ class DecodeLoop:
             self.hooks.stepped(turn.model, (), 0, 0.0, updates)
             return
         switch_seconds = record.seconds if record else 0.0
-        if record is not None:
-            self.cost.observe_switch(turn.model, record.seconds)
+        if (
+            record is not None
+        ):  # rounds are planned on whole copies (prefetch hides them, plan_round)
+            self.cost.observe_switch(turn.model, record.copy_seconds or record.seconds)
         self.hooks.switched(turn, record)
         self.hooks.poll()  # what arrived during the switch joins the batch it forms now
+        prefetch_target = getattr(self.policy, "prefetch_target", None)
+        if prefetch_target is not None:
+            target = prefetch_target(self.candidates())
+            if target is not None:
+                self.executor.prefetch(target)  # copies while this turn decodes
         start, steps = self.clock(), 0
         batch = self.policy.turn_batch(self.candidates())
         while batch and self._allows(turn, steps, self.clock() - start):

@@ -1,0 +1,76 @@
+"""Weight prefetch in the engine: a second weight slot beside the arena, filled while another model decodes;
+a switch to a prefetched model only waits and re-binds, and the outputs are the same greedy tokens."""
+
+import pytest
+
+from aegaeon.config.serving import EngineConfig
+from aegaeon.engine.executor import StepExecutor
+from aegaeon.models.maker import make_model
+from aegaeon.models.sampler import SamplingParams
+from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
+
+SLAB = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prefetch")
+    return {
+        "big": str(make_model(root / "big", LARGE_SHAPE, seed=1)),
+        "small": str(make_model(root / "small", SMALL_SHAPE, seed=2)),
+        "small2": str(make_model(root / "small2", SMALL_SHAPE, seed=3)),
+    }
+
+
+def _decode_round_robin(executor: StepExecutor, prefetch: bool, rounds: int = 6) -> tuple:
+    """Three requests, one per model, decoded turn by turn (2 steps each), prefetching the next model."""
+    order = ["big", "small", "small2"]
+    for i, model in enumerate(order):
+        executor.add(i, model, [3, 5, 7, 11 + i], SamplingParams(max_tokens=40))
+    outputs = {i: [] for i in range(3)}
+    records = []
+    for turn in range(rounds * 3):
+        model = order[turn % 3]
+        records.append(executor.switch_to(model))
+        if prefetch:
+            executor.prefetch(order[(turn + 1) % 3])
+        for _ in range(2):
+            for update in executor.step(model, [turn % 3]):
+                outputs[update.request_id] += update.new_tokens
+    return outputs, records
+
+
+def test_prefetched_switches_wait_only_and_give_the_same_greedy_tokens(three):
+    with StepExecutor(three, EngineConfig(slab_bytes=SLAB, kv_bytes=4 * 2**20)) as plain:
+        expected, _ = _decode_round_robin(plain, prefetch=False)
+    config = EngineConfig(slab_bytes=SLAB, kv_bytes=4 * 2**20, prefetch=True)
+    with StepExecutor(three, config) as fetched:
+        outputs, records = _decode_round_robin(fetched, prefetch=True)
+        slots = fetched.runner.active_slot, fetched.runner.staging.numel()
+    assert outputs == expected
+    prefetched = [r for r in records if r is not None and "wait_prefetch" in r.stages]
+    # the first switch places big (the largest) in the arena; from then the slots alternate and every
+    # switch is to a prefetched model
+    assert len(prefetched) == len(records) - 1 and "wait_prefetch" not in records[0].stages
+    assert all(r.copy_seconds is not None and r.copy_seconds > 0 for r in prefetched)
+    assert all(r.kv_moved == 0 and r.kv_swapped_out == 0 for r in prefetched)
+    assert slots[0] in ("arena", "staging") and slots[1] == fetched.largest_weights
+
+
+def test_prefetch_is_refused_without_a_slot_for_a_bound_model_and_for_an_unknown_one(three):
+    with StepExecutor(three, EngineConfig(slab_bytes=SLAB)) as plain:
+        plain.switch_to("small")
+        assert not plain.prefetch("big")  # no staging slot without EngineConfig.prefetch
+    with StepExecutor(three, EngineConfig(slab_bytes=SLAB, prefetch=True)) as fetched:
+        fetched.switch_to("small")
+        assert not fetched.prefetch("small") and not fetched.prefetch("nope")
+        assert fetched.prefetch("big") and fetched.prefetch(
+            "big"
+        )  # the second asks for the same copy
+        fetched.prefetch("small2")  # replaces it: the copy of big lands first, then is forgotten
+        record = fetched.switch_to("big")
+        assert (
+            "wait_prefetch" not in record.stages
+        )  # a plain switch: big was not the one prefetched
+        fetched.remove_model("small2")  # a model removed while prefetched leaves nothing behind
+        assert fetched.runner.pending is None
