@@ -28,6 +28,7 @@ from aegaeon.client import Client
 from aegaeon.config.link import LinkConfig
 from aegaeon.config.serving import EngineConfig, NodeConfig
 from aegaeon.errors import ConfigError
+from aegaeon.ipc.events import SwitchEvent
 from aegaeon.models.maker import config_for, make_model
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO
@@ -76,6 +77,9 @@ class E2ERun:
     slo: SLO = field(default_factory=SLO)
     nnodes: int = 1
     link_gbps: float | None = None  # CPU workers' emulated host<->device link (aegaeon.device_link)
+    prefetch: bool = (
+        False  # decode workers prefetch the next turn's weights (EngineConfig.prefetch)
+    )
 
     @property
     def label(self) -> RunLabel:
@@ -128,7 +132,7 @@ def node_config(run: E2ERun, models: dict[str, str], **link: object) -> NodeConf
         run.instances,
         run.prefill_instances,
         cluster_id=f"e2e{run.seed}",
-        engine=EngineConfig(kv_bytes=32 * 2**20, link_gbps=run.link_gbps),
+        engine=EngineConfig(kv_bytes=32 * 2**20, link_gbps=run.link_gbps, prefetch=run.prefetch),
         host_kv_bytes=128 * 2**20,
         policy=run.policy,
         slo=run.slo,
@@ -204,6 +208,8 @@ def run_e2e(
         "device": "cpu",
         "seed": run.seed,
         "link_gbps": run.link_gbps,
+        "variant": "prefetch" if run.prefetch else "",
+        **decode_switch_figures(events, run.prefill_instances, run.instances),
     }
     result = result_record(
         run.policy,
@@ -217,6 +223,25 @@ def run_e2e(
     )
     add_trace(result, states, proxy_ids, events, start, nodes)
     return result
+
+
+def decode_switch_figures(events: list, prefill_instances: int, instances: int) -> dict:
+    """The switch time decode turns paid (what prefetch did not hide), p50 and p99, on the head node's decode
+    workers (ids `prefill_instances` to `instances` - 1)."""
+    import numpy as np
+
+    exposed = [
+        e.seconds
+        for e in events
+        if isinstance(e, SwitchEvent) and prefill_instances <= e.worker_id < instances
+    ]
+    if not exposed:
+        return {"decode_exposed_switch_p50": None, "decode_exposed_switch_p99": None}
+    return {
+        "decode_exposed_switch_p50": float(np.percentile(exposed, 50)),
+        "decode_exposed_switch_p99": float(np.percentile(exposed, 99)),
+        "decode_switches": len(exposed),
+    }
 
 
 def _replay(

@@ -77,6 +77,11 @@ if TYPE_CHECKING:
     help="Pace the workers' weight copies and KV swaps to an emulated link of this many GB/s.",
 )
 @click.option(
+    "--prefetch",
+    is_flag=True,
+    help="Decode workers prefetch the next turn's weights (the node's --prefetch); tagged `prefetch`.",
+)
+@click.option(
     "--link-like",
     default=None,
     metavar="DEVICE",
@@ -99,6 +104,7 @@ def bench_e2e_cmd(
     workloads_dir: str,
     out_dir: str,
     link_gbps: float | None,
+    prefetch: bool,
     link_like: str | None,
 ) -> None:
     """Launch a CPU node of tiny models, replay workloads/synth-N-R-X-Y.csv in real time, and report
@@ -150,6 +156,7 @@ def bench_e2e_cmd(
                     slo,
                     nnodes,
                     link_gbps,
+                    prefetch,
                 )
                 with _request_progress(f"{policy} {count} models rate {rate:g}") as advance:
                     result = run_e2e(run, aegaeon_home() / "market", Path(workloads_dir), advance)
@@ -162,12 +169,18 @@ def bench_e2e_cmd(
     click.echo(f"{link}; SLO TTFT {slo.ttft:.3g} s, TPOT {slo.tpot:.3g} s")
     click.echo(
         "policy    models  rate requests SLO att. met both goodput p99 TTFT p99 TPOT switches"
+        " decode switch paid p50/p99"
     )
     for policy, count, rate, r in rows:
+        paid = (
+            f"{r['decode_exposed_switch_p50']:.4f}/{r['decode_exposed_switch_p99']:.4f}"
+            if r.get("decode_exposed_switch_p50") is not None
+            else "-"
+        )
         click.echo(
             f"{policy:8s} {count:6d} {rate:5g} {r['num_requests']:8d} {r['slo_attainment']:7.1%} "
             f"{r['met_both_share']:8.1%} {r['goodput']:7.2f} {r['ttft_p99'] or 0:8.3f} "
-            f"{r['tpot_p99'] or 0:8.3f} {len(r['trace']['switches']):8d}"
+            f"{r['tpot_p99'] or 0:8.3f} {len(r['trace']['switches']):8d} {paid:>26}"
         )
     for policy in names:
         met = [count for p, count, _, r in rows if p == policy and r["slo_attainment"] >= 0.9]
