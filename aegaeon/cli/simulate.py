@@ -127,7 +127,13 @@ def workload_gen(
     "--prefetch",
     is_flag=True,
     help="Aegaeon: each decode turn copies the next turn's weights while it decodes, rounds planned on the "
-    "exposed switch (simulated only: the live engine has no prefetch yet); tagged `prefetch`.",
+    "exposed switch (as live decode workers with `aegaeon serve --prefetch`); tagged `prefetch`.",
+)
+@click.option(
+    "--prefill-prefetch",
+    is_flag=True,
+    help="Aegaeon: each prefill instance copies its next group's model while the current group computes "
+    "(simulated only: live prefill workers do not prefetch yet); tagged `pfprefill`.",
 )
 @click.option(
     "--replay-seconds",
@@ -188,6 +194,7 @@ def sim(
     aegaeon_switch_efficiency: float | None,
     max_quota: float,
     prefetch: bool,
+    prefill_prefetch: bool,
     replay_seconds: float,
     ae_latency: str,
     resample_lengths: bool,
@@ -238,6 +245,7 @@ def sim(
         max_quota=max_quota,
         replay_seconds=replay_seconds or None,
         prefetch=prefetch,
+        prefill_prefetch=prefill_prefetch,
         artifact_latency=ae_latency == "artifact",
         resample_lengths=resample_lengths,
     )

@@ -19,9 +19,11 @@ class SimConfig:
     max_quota: float = DEFAULT_MAX_QUOTA  # aegaeon decode Q
     max_batch: int = DEFAULT_MAX_BATCH
     # aegaeon: each decode turn copies the next turn's weights while it decodes, and rounds are planned on
-    # the exposed switch (aegaeon.sched.decode.plan_round). Simulated only: the live engine has no prefetch
-    # region yet
+    # the exposed switch (aegaeon.sched.decode.plan_round), as live decode workers do with --prefetch
     prefetch: bool = False
+    # aegaeon: each prefill instance copies its next group's model while the current group computes
+    # (simulated only: live prefill workers do not prefetch yet)
+    prefill_prefetch: bool = False
     queue_size: int = 4  # sllm / sllm+ QS
     muxserve_kv_reserve_bytes: int = 20 * 2**30  # KV room each MuxServe model is placed with
     horizon_factor: float = 4.0  # stop simulating at this multiple of the workload span

@@ -97,7 +97,7 @@ class AegaeonSystem:
         start = self.dispatcher.submit(state.spec, self.loop.now)
         if start is not None:
             self._run_group(start)
-        elif self.config.prefetch:
+        elif self.config.prefill_prefetch:
             for instance in range(len(self.prefill)):
                 self._maybe_prefetch(instance)
 
@@ -125,7 +125,7 @@ class AegaeonSystem:
         executor.copy_free_at = t
         self.prefill_switches += executor.loaded != start.model
         executor.loaded = start.model
-        if self.config.prefetch:
+        if self.config.prefill_prefetch:
             self._maybe_prefetch(start.instance)
         for spec in start.requests:  # one after another: each first token as early as possible
             state = self._states[spec.request_id]

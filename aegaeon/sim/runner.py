@@ -103,7 +103,15 @@ def simulate(
         extra.update(
             instance_load=system.instance_load(duration),
             max_quota=config.max_quota,
-            variant="_".join(p for p in (variant, "prefetch" if config.prefetch else "") if p),
+            variant="_".join(
+                p
+                for p in (
+                    variant,
+                    "prefetch" if config.prefetch else "",
+                    "pfprefill" if config.prefill_prefetch else "",
+                )
+                if p
+            ),
             decode_exposed_switch_mean=float(np.mean(exposed)) if exposed else None,
             decode_exposed_switch_p50=float(np.percentile(exposed, 50)) if exposed else None,
             decode_exposed_switch_p99=float(np.percentile(exposed, 99)) if exposed else None,

@@ -89,3 +89,27 @@ def test_prefetch_is_a_tagged_variant_of_the_simulated_system():
     _, fetched = simulate("aegaeon", specs, cost, SLO(), SimConfig(num_gpus=2, prefetch=True), 30.0)
     assert plain["variant"] == "" and fetched["variant"] == "prefetch"
     assert fetched["decode_exposed_switch_mean"] < 0.5 * plain["decode_exposed_switch_mean"]
+
+
+def test_prefill_prefetch_hides_the_next_groups_load_in_the_simulator():
+    from aegaeon.profiles import cost_model_for_workload
+    from aegaeon.sched.slo import SLO
+    from aegaeon.sim.aegaeon_system import AegaeonSystem
+    from aegaeon.sim.core import EventLoop
+
+    # one prefill instance; requests of six models arrive together, so groups queue behind each other
+    specs = [RequestSpec(i, f"synth_model_{i % 6:02d}", 0.001 * i, 2000, 2) for i in range(12)]
+    cost = cost_model_for_workload({s.model for s in specs})
+    paid = {}
+    for prefill_prefetch in (False, True):
+        loop = EventLoop()
+        config = SimConfig(num_gpus=2, prefill_instances=1, prefill_prefetch=prefill_prefetch)
+        system = AegaeonSystem(loop, cost, SLO(), config, sorted({s.model for s in specs}))
+        for spec in specs:
+            loop.at(spec.arrival, lambda s=spec: system.submit(RequestState(s)))
+        loop.run(until=1000)
+        paid[prefill_prefetch] = system.prefill[0].exposed_switches
+    # one group per model, and one more for model 0's second request (its group had started)
+    assert len(paid[False]) == len(paid[True]) == 7
+    assert paid[True][0] == paid[False][0]  # the first load has nothing to hide behind
+    assert sum(paid[True][1:]) < 0.5 * sum(paid[False][1:])
