@@ -97,9 +97,10 @@ def test_prefill_prefetch_hides_the_next_groups_load_in_the_simulator():
     from aegaeon.sim.aegaeon_system import AegaeonSystem
     from aegaeon.sim.core import EventLoop
 
-    # one prefill instance; requests of six models arrive together, so groups queue behind each other
-    specs = [RequestSpec(i, f"synth_model_{i % 6:02d}", 0.001 * i, 2000, 2) for i in range(12)]
-    cost = cost_model_for_workload({s.model for s in specs})
+    # one prefill instance; four long prompts of each of six models arrive together, model by model, so
+    # groups queue behind each other and each computes longer than the next one's load takes
+    specs = [RequestSpec(i, f"synth_model_{i // 4:02d}", 0.001 * i, 8000, 2) for i in range(24)]
+    cost = cost_model_for_workload({s.model for s in specs}).with_switch_efficiency(1 / 1.2)
     paid = {}
     for prefill_prefetch in (False, True):
         loop = EventLoop()
@@ -109,7 +110,8 @@ def test_prefill_prefetch_hides_the_next_groups_load_in_the_simulator():
             loop.at(spec.arrival, lambda s=spec: system.submit(RequestState(s)))
         loop.run(until=1000)
         paid[prefill_prefetch] = system.prefill[0].exposed_switches
-    # one group per model, and one more for model 0's second request (its group had started)
-    assert len(paid[False]) == len(paid[True]) == 7
+    # groups: model 0's first request alone (it started at once), the rest of model 0 (no switch), then
+    # one group per model
+    assert len(paid[False]) == len(paid[True]) == 7 and paid[False][1] == paid[True][1] == 0.0
     assert paid[True][0] == paid[False][0]  # the first load has nothing to hide behind
-    assert sum(paid[True][1:]) < 0.5 * sum(paid[False][1:])
+    assert max(paid[True][2:]) == 0.0 and min(paid[False][2:]) > 0.2
