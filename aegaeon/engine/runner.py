@@ -125,7 +125,11 @@ class ModelRunner:
         if self.pending is not None:
             if self.pending.model == name:
                 return True
-            self._land_pending()  # one copy at a time: the one in flight lands first, then is dropped
+            if not self.pending.done.is_set():
+                return (
+                    False  # one copy at a time, and the decode loop never waits for one it dropped
+                )
+            self._land_pending()
             self.pending = None
         if not self.host_cache.is_ready(name):
             return False

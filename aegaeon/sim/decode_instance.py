@@ -85,6 +85,8 @@ class SimDecodeInstance:
             self._next_turn()
         elif decision is Arrival.JOIN:
             self._cut_segment()
+        elif self.segment is not None:  # decoding: the arrival may have given the round a next turn
+            self._prefetch_next()
 
     def _next_turn(self) -> None:
         self.segment = None
@@ -110,12 +112,22 @@ class SimDecodeInstance:
 
     def _start_decoding(self) -> None:
         self.decode_start = self.loop.now
-        target = getattr(self.policy, "prefetch_target", lambda live: None)(self.candidates())
-        if self.prefetching is not None and self.prefetching[0] == target:
-            target = None  # already there, or on its way
-        if target is not None and self._room_to_prefetch(target):
-            self.prefetching = (target, self.loop.now)
+        self._prefetch_next()
         self._decode()
+
+    def _prefetch_next(self) -> None:
+        """Start copying the policy's next model, as the live decode loop does: one copy at a time (a copy in
+        flight is kept; a finished one is replaced)."""
+        target = getattr(self.policy, "prefetch_target", lambda live: None)(self.candidates())
+        if target is None or target == self.loaded:
+            return
+        if self.prefetching is not None:
+            model, began = self.prefetching
+            in_flight = self.loop.now < began + self.cost.switch_time(None, model)
+            if model == target or in_flight:
+                return
+        if self._room_to_prefetch(target):
+            self.prefetching = (target, self.loop.now)
 
     def _room_to_prefetch(self, model: str) -> bool:
         """A prefetch needs the next model's weights to fit beside the loaded ones and the KV in use (KV

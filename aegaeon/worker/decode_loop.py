@@ -110,11 +110,7 @@ class DecodeLoop:
             self.cost.observe_switch(turn.model, record.copy_seconds or record.seconds)
         self.hooks.switched(turn, record)
         self.hooks.poll()  # what arrived during the switch joins the batch it forms now
-        prefetch_target = getattr(self.policy, "prefetch_target", None)
-        if prefetch_target is not None:
-            target = prefetch_target(self.candidates())
-            if target is not None:
-                self.executor.prefetch(target)  # copies while this turn decodes
+        self._prefetch_next()
         start, steps = self.clock(), 0
         batch = self.policy.turn_batch(self.candidates())
         while batch and self._allows(turn, steps, self.clock() - start):
@@ -127,8 +123,17 @@ class DecodeLoop:
             self._apply(updates)
             self.hooks.stepped(turn.model, batch, context, seconds, updates)
             self.hooks.poll()
+            self._prefetch_next()  # an arrival may have given the round a next turn
             batch = self.policy.turn_batch(self.candidates())
         self.hooks.turn_done(turn, steps, self.clock() - began, switch_seconds)
+
+    def _prefetch_next(self) -> None:
+        """Have the executor copy the policy's next model while this turn decodes (policies with prefetch)."""
+        prefetch_target = getattr(self.policy, "prefetch_target", None)
+        if prefetch_target is not None:
+            target = prefetch_target(self.candidates())
+            if target is not None:
+                self.executor.prefetch(target)
 
     @staticmethod
     def _allows(turn: Turn, steps: int, elapsed: float) -> bool:

@@ -25,6 +25,7 @@ def three(tmp_path_factory):
 def _decode_round_robin(executor: StepExecutor, prefetch: bool, rounds: int = 6) -> tuple:
     """Three requests, one per model, decoded turn by turn (2 steps each), prefetching the next model."""
     order = ["big", "small", "small2"]
+    executor.host_cache.join()  # every model in the host cache first: a prefetch needs it there
     for i, model in enumerate(order):
         executor.add(i, model, [3, 5, 7, 11 + i], SamplingParams(max_tokens=40))
     outputs = {i: [] for i in range(3)}
@@ -61,13 +62,15 @@ def test_prefetch_is_refused_without_a_slot_for_a_bound_model_and_for_an_unknown
     with StepExecutor(three, EngineConfig(slab_bytes=SLAB)) as plain:
         plain.switch_to("small")
         assert not plain.prefetch("big")  # no staging slot without EngineConfig.prefetch
-    with StepExecutor(three, EngineConfig(slab_bytes=SLAB, prefetch=True)) as fetched:
+    slow = EngineConfig(slab_bytes=SLAB, prefetch=True, link_gbps=0.002)  # big's copy takes ~0.7 s
+    with StepExecutor(three, slow) as fetched:
+        fetched.host_cache.join()  # every model in the host cache, so only the slots decide
         fetched.switch_to("small")
         assert not fetched.prefetch("small") and not fetched.prefetch("nope")
-        assert fetched.prefetch("big") and fetched.prefetch(
-            "big"
-        )  # the second asks for the same copy
-        fetched.prefetch("small2")  # replaces it: the copy of big lands first, then is forgotten
+        assert fetched.prefetch("big") and fetched.prefetch("big")  # the same copy, asked twice
+        assert not fetched.prefetch("small2")  # one copy at a time: big's is still in flight
+        fetched.runner.pending.done.wait()
+        assert fetched.prefetch("small2")  # big's copy has landed: it is replaced
         record = fetched.switch_to("big")
         assert (
             "wait_prefetch" not in record.stages
