@@ -186,6 +186,7 @@ def build_profile(
         "kv_bytes_per_token": spec.kv_bytes_per_token,
         "block_size": block_size,
         "link": asdict(link),
+        "link_sources": LINK_SOURCES,
         "prefill_coefficients": list(cost.prefill_coefficients),
         "decode_coefficients": list(cost.decode_coefficients),
         "artifact_baseline": artifact_baseline(spec.name, spec.num_layers, spec.hidden_size),
@@ -222,6 +223,19 @@ ARTIFACT_SOURCE = (
     "stated by the paper artifact's simulator (MachineLearningSystem/25SOSP-Aegaeon, aegaeon/sim): "
     "nominal weight GiB, a flat 16 GiB/s load, KV bytes per token 4 x layers x hidden"
 )
+
+
+# Where each host-link figure of a profile comes from (written beside `link` as `link_sources`).
+LINK_SOURCES = {
+    "h2d_bandwidth": "stated: a PCIe 5.0 x16 link's practical host-to-device rate (half of it for PCIe 4.0 "
+    "devices); not measured here, no GPU has been lent",
+    "switch_efficiency": "stated: the paper artifact's live planning constant for a request-level (cold) "
+    "model load, engine re-initialisation included (the request-level baselines sllm, sllm+ load at it)",
+    "swap_efficiency": "stated: the share of the link a KV block swap reaches (DESIGN's target)",
+    "device_memory_bytes": "stated: the device's memory",
+    "fast_switch_efficiency": "stated: DESIGN's 1/1.2 target for Aegaeon's switch into a reused engine; "
+    "replace it with `aegaeon bench switch` on the device",
+}
 
 
 def artifact_baseline(spec_name: str, num_layers: int, hidden_size: int) -> dict | None:
