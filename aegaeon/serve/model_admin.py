@@ -7,7 +7,8 @@ slab fit its arena) and wait for all of them. A refusal anywhere undoes the chan
 Removing: refuse new requests of the model, wait up to a drain timeout for the ones in flight to finish
 (those still running then fail with a 503), tell every worker to drop the model, and unlink its segment.
 
-A replacement worker spawned during or after a change gets the node's model set as it is then. Changes are
+A worker replaced during a change is either among the workers told of it or starts with the model set
+after it (`Node.spawn_lock` orders the two). Changes are
 refused on a multi-node cluster (each node would have to load the model too): not built yet.
 """
 
@@ -99,10 +100,11 @@ class ModelChanges:
                 cache.remove(name)
                 raise
             loaded = time.perf_counter() - started
-            node.good_models[name] = str(path)  # from here a replacement worker starts with it
-            errors, silent = node.proxy.change_model(
-                AddModel(name, str(path), entry.segment_name), WORKER_ANSWER_TIMEOUT
-            )
+            # under the spawn lock: a worker replaced now either is among those told, or starts with it
+            with node.spawn_lock:
+                node.good_models[name] = str(path)
+                node.proxy.begin_model_change(AddModel(name, str(path), entry.segment_name))
+            errors, silent = node.proxy.model_changes.wait(WORKER_ANSWER_TIMEOUT)
             if errors or silent:
                 del node.good_models[name]
                 node.proxy.change_model(RemoveModel(name), WORKER_ANSWER_TIMEOUT)
@@ -138,9 +140,11 @@ class ModelChanges:
             while proxy.in_flight(name) and time.monotonic() < deadline:
                 time.sleep(0.05)
             failed = proxy.fail_model(name, f"model {name} was removed from the node")
-            node.good_models.pop(name, None)
-            node.unavailable.pop(name, None)
-            errors, silent = proxy.change_model(RemoveModel(name), WORKER_ANSWER_TIMEOUT)
+            with node.spawn_lock:  # as in `add`: a replaced worker is told, or starts without it
+                node.good_models.pop(name, None)
+                node.unavailable.pop(name, None)
+                proxy.begin_model_change(RemoveModel(name))
+            errors, silent = proxy.model_changes.wait(WORKER_ANSWER_TIMEOUT)
             for worker, error in errors.items():
                 log.warning("worker %d: removing model %s: %s", worker, name, error)
             if silent:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import threading
 from dataclasses import replace
 
 from aegaeon.config.link import parse_address
@@ -54,6 +55,8 @@ class Node:
         self.supervisor: Supervisor | None = None
         self.good_models: dict[str, str] = {}
         self.changes = ModelChanges(self)
+        # held while a replacement is spawned and registered, and while a model change is announced
+        self.spawn_lock = threading.Lock()
 
     def start(self) -> Proxy:
         cfg = self.config
@@ -255,8 +258,9 @@ class Node:
         (self.proxy or self.agent).worker_died(worker_id, exitcode)
 
     def _respawn(self, worker_id: int, generation: int) -> None:
-        link = self._spawn(worker_id, generation)
-        self.proxy.worker_back(link)
+        with self.spawn_lock:
+            link = self._spawn(worker_id, generation)
+            self.proxy.worker_back(link)
         log.info("worker %d replaced (restart %d)", worker_id, generation)
 
     def stop(self) -> None:

@@ -315,6 +315,11 @@ class Proxy:
     ) -> tuple[dict[int, str], set[int]]:
         """Send the change to every live worker and wait for their answers: (errors by worker id, workers
         that did not answer in time). Only a node whose workers are all its own changes models."""
+        self.begin_model_change(message)
+        return self.model_changes.wait(timeout)
+
+    def begin_model_change(self, message: AddModel | RemoveModel) -> None:
+        """The sending half of `change_model` (its caller then waits with `model_changes.wait`)."""
         with self.lock:
             targets = [link for link in self.links.values() if not link.dead]
             if any(link.remote for link in targets):
@@ -327,7 +332,6 @@ class Proxy:
             )
             for link in targets:
                 link.send(message)
-        return self.model_changes.wait(timeout)
 
     def close_model(self, model: str, closed: bool = True) -> None:
         """Refuse new requests of `model` (it is being removed), or take them again."""
