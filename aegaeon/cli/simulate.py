@@ -220,7 +220,8 @@ def sim(
     )
     from aegaeon.sched.policies import parse_policies
     from aegaeon.sched.slo import SLO
-    from aegaeon.sim.runner import render_table, run_sweep
+    from aegaeon.sim.report import render_table
+    from aegaeon.sim.runner import run_sweep
     from aegaeon.sim.sweep import ensure_workload, parse_list, sweep_points
 
     slo = SLO.from_env(ttft_slo, tpot_slo).scaled(slo_scale)

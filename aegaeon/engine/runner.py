@@ -12,6 +12,9 @@ not in, asynchronously (a copy stream with an event on a GPU, a copy thread on C
 link when one is on), and a switch to it only waits for what is not yet copied and re-binds the views. The
 slots alternate. The arena's slot takes a prefetch only when the model fits its weight region as it is, so
 a prefetch never moves or swaps out KV (KV has priority).
+
+Slightly over 300 lines: switching and prefetching share the bound model, its slot and the copy in
+flight, which one class keeps consistent.
 """
 
 from __future__ import annotations

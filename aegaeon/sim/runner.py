@@ -37,6 +37,7 @@ from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO, meets_both, paper_attainment, request_attainment, summarize
 from aegaeon.sim.aegaeon_system import AegaeonSystem
 from aegaeon.sim.core import EventLoop
+from aegaeon.sim.report import result_variant
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +258,8 @@ def run_sweep(
     """Simulates every (policy, label) point and writes one JSON each; `device` (the profiles' device)
     is recorded in each, for the figures' titles. `make_cost(requests, mapping)` maps the workload's models
     to profiles by `model_mapping` ("index" or "appearance"; None: each policy's own, `default_mapping`)."""
-    from aegaeon.profiles import ARTIFACT_MAX_SEQ_LEN, default_mapping
+    from aegaeon.profile_artifact import ARTIFACT_MAX_SEQ_LEN
+    from aegaeon.profiles import default_mapping
     from aegaeon.workload import artifact_resample
 
     written, loaded, costs = [], {}, {}
@@ -279,7 +281,7 @@ def run_sweep(
         )
         extra["model_mapping"] = mapping
         extra["replay_seconds"] = config.replay_seconds
-        extra["variant"] = _variant(policy, extra.get("variant", ""), mapping, config)
+        extra["variant"] = result_variant(policy, extra.get("variant", ""), mapping, config)
         if config.replay_seconds is not None:
             duration = min(duration, config.replay_seconds)
         result = result_record(policy, label, states, slo, duration, config.num_gpus, extra)
@@ -289,40 +291,3 @@ def run_sweep(
         if progress:
             progress(policy, result)
     return written
-
-
-def _variant(policy: str, variant: str, mapping: str, config: SimConfig) -> str:
-    """The result's variant tag: Aegaeon's own, plus every setting that differs from the default (so that
-    no ablation overwrites a default result)."""
-    from aegaeon.profiles import default_mapping
-
-    parts = [variant] if variant else []
-    if mapping != default_mapping(policy):
-        parts.append(f"map{mapping}")
-    if policy.endswith("-ae") and not config.artifact_latency:
-        parts.append("projlat")
-    if config.resample_lengths:
-        parts.append("resampled")
-    if config.replay_seconds != SimConfig.replay_seconds:
-        parts.append(f"window{config.replay_seconds or 'all'}")
-    return "_".join(parts)
-
-
-def render_table(results: Sequence[dict]) -> str:
-    """The `aegaeon sim` table of results (one row per point)."""
-    lines = [
-        f"{'policy':<14} {'models':>6} {'rate':>5} {'SLO att.':>8} {'paper':>6} {'met both':>8} {'goodput':>8}"
-        f" {'p99 TTFT':>8} {'2nd-tok p90':>11} {'busy P/D':>9}"
-    ]
-    for r in results:
-        p99 = "-" if r["ttft_p99"] is None else f"{r['ttft_p99']:.2f}"
-        gap = "-" if r["second_token_gap_p90"] is None else f"{r['second_token_gap_p90']:.2f}"
-        load = r.get("instance_load")
-        load_text = f"{load['prefill']:.2f}/{load['decode']:.2f}" if load else "-"
-        name = r["policy"] + (f"_{r['variant']}" if r.get("variant") else "")
-        lines.append(
-            f"{name:<14} {r['num_models']:>6} {r['arrival_rate']:>5g} {100 * r['slo_attainment']:>7.1f}% "
-            f"{100 * r.get('slo_attainment_paper', float('nan')):>5.1f}% "
-            f"{100 * r['met_both_share']:>7.1f}% {r['goodput']:>8.2f} {p99:>8} {gap:>11} {load_text:>9}"
-        )
-    return "\n".join(lines)

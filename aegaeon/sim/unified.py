@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from aegaeon.config.sim import SimConfig
 from aegaeon.errors import ConfigError
-from aegaeon.sched.cost import ArtifactLatency, ArtifactSizes, TableCostModel
+from aegaeon.sched.artifact_cost import ArtifactLatency
+from aegaeon.sched.cost import ArtifactSizes, TableCostModel
 from aegaeon.sched.request import RequestState
 from aegaeon.sched.slo import SLO
 from aegaeon.sched.unified import (

@@ -8,6 +8,10 @@ model's segment by name; only the owner (the launcher, or the one-process engine
 them. A segment per model is what lets a running node add a model (`add`, then `load`) and remove one
 (`remove`) without touching the others: a worker that still maps a removed segment keeps valid memory
 until it lets go.
+
+Longer than 300 lines, on purpose: the owner's side (create, load, add, remove) and an attached process's
+side (attach, wait, detach) read and write the same per-model segment headers and ready flags, and split
+apart each would have to make that bookkeeping public.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import pytest
 
 from aegaeon.config.sim import SimConfig
 from aegaeon.profiles import cost_model_for_workload, load_device_profiles
-from aegaeon.sched.cost import ArtifactLatency
+from aegaeon.sched.artifact_cost import ArtifactLatency
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO, paper_attainment
 from aegaeon.sched.unified import (
