@@ -190,7 +190,7 @@ class StepExecutor:
             for seq in list(self._seqs.values())
             if seq.model == name
         ]
-        self.runner.cancel_prefetch(name)
+        self.runner.forget(name)
         if self.runner.active == name:
             self.runner.active = None
         self.runner.entries.pop(name, None)

@@ -11,7 +11,9 @@ model, next to the arena's weight region. `prefetch(model)` copies a model into 
 not in, asynchronously (a copy stream with an event on a GPU, a copy thread on CPU, paced by the emulated
 link when one is on), and a switch to it only waits for what is not yet copied and re-binds the views. The
 slots alternate. The arena's slot takes a prefetch only when the model fits its weight region as it is, so
-a prefetch never moves or swaps out KV (KV has priority).
+a prefetch never moves or swaps out KV (KV has priority). A model whose weights are still intact in the other
+slot (it ran the turn before last) is resident: switching back to it only re-binds, and a prefetch of it
+copies nothing; the next copy into that slot evicts it (the slot goes to the model of the next turn).
 
 Slightly over 300 lines: switching and prefetching share the bound model, its slot and the copy in
 flight, which one class keeps consistent.
@@ -71,6 +73,7 @@ class SwitchRecord:
     # the whole weight copy's seconds when a prefetch made it (it overlapped the turn before; `seconds` is
     # what the switch still waited): what the round planner must count as the model's copy
     copy_seconds: float | None = None
+    resident: bool = False  # the model was still in the other slot: nothing was copied
 
 
 @dataclass
@@ -85,6 +88,7 @@ class _Prefetch:
     event: Any = None  # a CUDA event on the copy stream
     copy_seconds: float = 0.0
     error: BaseException | None = None
+    resident: bool = False  # its weights were already there (from its last turn): no copy
 
 
 class ModelRunner:
@@ -109,6 +113,7 @@ class ModelRunner:
         self.active_slot = "arena"  # where the bound model's weights are
         self.pending: _Prefetch | None = None
         self.copy_stream = None
+        self.slot_model: dict[str, str | None] = {"arena": None, "staging": None}  # intact weights
 
     # ---- prefetch ----------------------------------------------------------------------------------------
 
@@ -137,6 +142,9 @@ class ModelRunner:
         if not self.host_cache.is_ready(name):
             return False
         nbytes = self.entries[name].weights.total_bytes
+        if self.slot_model[self._free_slot()] == name:  # still there from its last turn: no copy
+            self.pending = self._resident_job(name, nbytes)
+            return True
         if self.active_slot == "arena":
             if nbytes > self.staging.numel():
                 return False
@@ -147,6 +155,7 @@ class ModelRunner:
             slot, region = "arena", self.arena.weight_view(0, torch.uint8, (nbytes,))
         source = self.host_cache.region(name)
         job = _Prefetch(name, region, slot)
+        self.slot_model[slot] = None  # overwritten from now on
         if self.copy_stream is not None:
             # the copy must not overwrite weights that kernels queued on the compute stream still read
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.arena.device))
@@ -162,6 +171,27 @@ class ModelRunner:
             job.thread.start()
         self.pending = job
         return True
+
+    def _free_slot(self) -> str:
+        return "staging" if self.active_slot == "arena" else "arena"
+
+    def _resident_job(self, name: str, nbytes: int) -> _Prefetch:
+        slot = self._free_slot()
+        region = (
+            self.staging[:nbytes]
+            if slot == "staging"
+            else self.arena.weight_view(0, torch.uint8, (nbytes,))
+        )
+        job = _Prefetch(name, region, slot, resident=True)
+        job.done.set()
+        return job
+
+    def forget(self, name: str) -> None:
+        """`name` is no longer served: drop its copy in flight and its resident weights."""
+        self.cancel_prefetch(name)
+        for slot, model in self.slot_model.items():
+            if model == name:
+                self.slot_model[slot] = None
 
     def cancel_prefetch(self, name: str | None = None) -> None:
         """Let the copy in flight land and forget it (only if it is `name`'s, when given)."""
@@ -187,7 +217,9 @@ class ModelRunner:
         if job.event is not None:
             torch.cuda.current_stream(self.arena.device).wait_event(job.event)
 
-    def _switch_to_prefetched(self, entry: ModelEntry) -> SwitchRecord:
+    def _switch_to_prefetched(self, entry: ModelEntry, ahead: bool = True) -> SwitchRecord:
+        """Bind the model the pending job holds: copied ahead (a prefetch), copied now (`ahead` False), or
+        resident (nothing copied)."""
         job = self.pending
         start = time.perf_counter()
         self._land_pending()
@@ -197,15 +229,22 @@ class ModelRunner:
         landed = time.perf_counter()
         entry.model.bind(entry.weights.views(job.region))
         self.active, self.active_slot = entry.name, job.slot
+        self.slot_model[job.slot] = entry.name
         bound = time.perf_counter()
         record = SwitchRecord(
             entry.name,
             bound - start,
-            entry.weights.total_bytes,
+            0 if job.resident else entry.weights.total_bytes,
             0,
             0,
-            {"wait_prefetch": landed - start, "bind": bound - landed},
+            {
+                "resident" if job.resident else "wait_prefetch" if ahead else "copy_weights": (
+                    landed - start
+                ),
+                "bind": bound - landed,
+            },
             copy_seconds=job.copy_seconds or None,
+            resident=job.resident,
         )
         self.switches.append(record)
         return record
@@ -237,6 +276,13 @@ class ModelRunner:
             return self._switch_to_prefetched(entry)
         self._land_pending()  # a copy of another model may be writing the region this one takes
         self.pending = None
+        free = self._free_slot()
+        if self.staging is not None and self.active is not None:
+            # resident in the other slot, or copied into the staging slot now: either way the bound model's
+            # weights stay intact for a switch back (the arena's slot takes a copy only as a prefetch)
+            self.host_cache.wait(name)
+            if (self.slot_model[free] == name or free == "staging") and self.prefetch(name):
+                return self._switch_to_prefetched(entry, ahead=False)
         waited = time.perf_counter()
         self.host_cache.wait(name)
         start = time.perf_counter()
@@ -265,6 +311,7 @@ class ModelRunner:
         copied = time.perf_counter()
         entry.model.bind(entry.weights.views(region))
         self.active, self.active_slot = name, "arena"
+        self.slot_model["arena"] = name
         bound = time.perf_counter()
         stages = {
             "wait_weights": start - waited,

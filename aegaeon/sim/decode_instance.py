@@ -39,6 +39,10 @@ class SimDecodeInstance:
         self.loop, self.cost, self.policy = loop, cost, policy
         self.device_memory_bytes = device_memory_bytes
         self.prefetching: tuple[str, float] | None = None  # (model, when its copy began)
+        # with prefetch the instance has two weight slots (as the live engine): `other` is the model whose
+        # weights are still intact in the slot not bound, so switching back to it costs nothing
+        self.two_slots = bool(getattr(getattr(policy, "config", None), "prefetch", False))
+        self.other: str | None = None
         self.exposed_switches: list[float] = []  # the switch time each turn paid
         self.requests: list[RequestState] = []  # in the order they arrived here
         self.by_id: dict[int, RequestState] = {}
@@ -100,10 +104,14 @@ class SimDecodeInstance:
         switch = self.cost.switch_time(self.loaded, turn.model)
         if self.prefetching is not None and self.prefetching[0] == turn.model:
             switch = max(0.0, switch - (self.loop.now - self.prefetching[1]))  # copied meanwhile
+        elif self.two_slots and self.other == turn.model and self._room_to_prefetch(turn.model):
+            switch = 0.0  # still intact in the other slot (KV left room for it): re-bind only
         if (
             turn.model != self.loaded
         ):  # a turn of the loaded model keeps what was prefetched for later
             self.prefetching = None
+            if self.two_slots:  # the model switched away from stays intact in its slot
+                self.other = self.loaded
         self.exposed_switches.append(switch)
         self.switches += self.loaded != turn.model
         self.loaded = turn.model
@@ -126,8 +134,11 @@ class SimDecodeInstance:
             in_flight = self.loop.now < began + self.cost.switch_time(None, model)
             if model == target or in_flight:
                 return
-        if self._room_to_prefetch(target):
+        if self.two_slots and self.other == target and self._room_to_prefetch(target):
+            self.prefetching = (target, float("-inf"))  # resident: nothing to copy
+        elif self._room_to_prefetch(target):
             self.prefetching = (target, self.loop.now)
+            self.other = None  # the other slot is being overwritten
 
     def _room_to_prefetch(self, model: str) -> bool:
         """A prefetch needs the next model's weights to fit beside the loaded ones and the KV in use (KV

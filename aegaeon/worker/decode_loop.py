@@ -104,9 +104,7 @@ class DecodeLoop:
             self.hooks.stepped(turn.model, (), 0, 0.0, updates)
             return
         switch_seconds = record.seconds if record else 0.0
-        if (
-            record is not None
-        ):  # rounds are planned on whole copies (prefetch hides them, plan_round)
+        if record is not None and not record.resident:  # rounds are planned on whole copies
             self.cost.observe_switch(turn.model, record.copy_seconds or record.seconds)
         self.hooks.switched(turn, record)
         self.hooks.poll()  # what arrived during the switch joins the batch it forms now

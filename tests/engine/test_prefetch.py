@@ -77,3 +77,33 @@ def test_prefetch_is_refused_without_a_slot_for_a_bound_model_and_for_an_unknown
         )  # a plain switch: big was not the one prefetched
         fetched.remove_model("small2")  # a model removed while prefetched leaves nothing behind
         assert fetched.runner.pending is None
+
+
+def test_two_models_stay_resident_in_the_two_slots_and_switch_without_copies(three):
+    two = {name: three[name] for name in ("big", "small")}
+
+    def alternate(executor: StepExecutor, prefetch: bool) -> tuple:
+        executor.host_cache.join()
+        for i, model in enumerate(two):
+            executor.add(i, model, [3, 5, 7, 11 + i], SamplingParams(max_tokens=30))
+        outputs, records = {0: [], 1: []}, []
+        for turn in range(10):
+            model = list(two)[turn % 2]
+            records.append(executor.switch_to(model))
+            if prefetch:
+                executor.prefetch(list(two)[(turn + 1) % 2])
+            for update in executor.step(model, [turn % 2]):
+                outputs[update.request_id] += update.new_tokens
+        return outputs, records
+
+    with StepExecutor(two, EngineConfig(slab_bytes=SLAB, kv_bytes=4 * 2**20)) as plain:
+        expected, _ = alternate(plain, prefetch=False)
+    for prefetch in (True, False):  # a plain switch back to a resident model re-binds too
+        config = EngineConfig(slab_bytes=SLAB, kv_bytes=4 * 2**20, prefetch=True)
+        with StepExecutor(two, config) as executor:
+            outputs, records = alternate(executor, prefetch)
+        assert outputs == expected
+        copied = [r.bytes_copied for r in records]
+        # big into the arena, small into the other slot (prefetched, or a plain copy), then both stay
+        assert copied[0] > 0 and copied[1] > 0 and copied[2:] == [0] * 8, copied
+        assert all(r.resident for r in records[2:])
