@@ -15,8 +15,9 @@ a prefetch never moves or swaps out KV (KV has priority). A model whose weights 
 slot (it ran the turn before last) is resident: switching back to it only re-binds, and a prefetch of it
 copies nothing; the next copy into that slot evicts it (the slot goes to the model of the next turn).
 
-Slightly over 300 lines: switching and prefetching share the bound model, its slot and the copy in
-flight, which one class keeps consistent.
+Longer than 300 lines, on purpose: switching, prefetching and the two slots' residency read and write the
+same state (the bound model, which slot holds which model, the copy in flight), which one class keeps
+consistent.
 """
 
 from __future__ import annotations
