@@ -255,11 +255,11 @@ def test_the_papers_testbed_h800_profiles_ship_and_simulate(tmp_path):
     assert json.loads(path.read_text())["device"] == "H800"
 
 
-def test_the_artifact_baselines_run_on_a_paper_workload_and_their_gap_is_reported(tmp_path):
-    work, out = tmp_path / "w", tmp_path / "j"
+def _paper_workload_args(work, out) -> list[str]:
+    """`aegaeon sim` arguments that replay the paper's 16-model file from `work` into `out`."""
     work.mkdir()
     (work / "synth-16-0.1-1.0-1.0.csv").write_text((RAW / "synth-16-0.1-1.0-1.0.csv").read_text())
-    common = [
+    return [
         "--num-models",
         "16",
         "--arrival-rate",
@@ -269,6 +269,11 @@ def test_the_artifact_baselines_run_on_a_paper_workload_and_their_gap_is_reporte
         "--out",
         str(out),
     ]
+
+
+def test_the_artifact_baselines_run_on_a_paper_workload_and_their_gap_is_reported(tmp_path):
+    work, out = tmp_path / "w", tmp_path / "j"
+    common = _paper_workload_args(work, out)
     assert invoke("sim", "--policy", "sllm-ae,sllm+-ae,sllm", *common).exit_code == 0
     other = invoke(
         "sim", "--policy", "sllm-ae", "--ae-latency", "profile", "--model-mapping", "index", *common
@@ -301,18 +306,7 @@ def test_the_artifact_baselines_run_on_a_paper_workload_and_their_gap_is_reporte
 
 def test_the_paper_scorer_figure_is_drawn_beside_ours(tmp_path):
     work, out, figs = tmp_path / "w", tmp_path / "j", tmp_path / "f"
-    work.mkdir()
-    (work / "synth-16-0.1-1.0-1.0.csv").write_text((RAW / "synth-16-0.1-1.0-1.0.csv").read_text())
-    common = [
-        "--num-models",
-        "16",
-        "--arrival-rate",
-        "0.1",
-        "--workloads",
-        str(work),
-        "--out",
-        str(out),
-    ]
+    common = _paper_workload_args(work, out)
     assert invoke("sim", "--policy", "sllm-ae,sllm", *common).exit_code == 0
     for scorer in ("ours", "paper"):
         drawn = invoke(

@@ -151,7 +151,7 @@ class ModelRunner:
                 return False
             slot, region = "staging", self.staging[:nbytes]
         else:
-            if nbytes > self.arena.usage().weight_region_bytes:
+            if nbytes > self.arena.allocator.reserved_boundary * self.arena.slab_bytes:
                 return False  # growing the region would move KV: not for a prefetch
             slot, region = "arena", self.arena.weight_view(0, torch.uint8, (nbytes,))
         source = self.host_cache.region(name)

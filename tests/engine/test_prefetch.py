@@ -47,7 +47,7 @@ def test_prefetched_switches_wait_only_and_give_the_same_greedy_tokens(three):
     config = EngineConfig(slab_bytes=SLAB, kv_bytes=4 * 2**20, prefetch=True)
     with StepExecutor(three, config) as fetched:
         outputs, records = _decode_round_robin(fetched, prefetch=True)
-        slots = fetched.runner.active_slot, fetched.runner.staging.numel()
+        staging = fetched.runner.staging.numel()
     assert outputs == expected
     prefetched = [r for r in records if r is not None and "wait_prefetch" in r.stages]
     # the first switch places big (the largest) in the arena; from then the slots alternate and every
@@ -55,7 +55,7 @@ def test_prefetched_switches_wait_only_and_give_the_same_greedy_tokens(three):
     assert len(prefetched) == len(records) - 1 and "wait_prefetch" not in records[0].stages
     assert all(r.copy_seconds is not None and r.copy_seconds > 0 for r in prefetched)
     assert all(r.kv_moved == 0 and r.kv_swapped_out == 0 for r in prefetched)
-    assert slots[0] in ("arena", "staging") and slots[1] == fetched.largest_weights
+    assert staging == fetched.largest_weights  # the staging slot holds the largest model
 
 
 def test_prefetch_is_refused_without_a_slot_for_a_bound_model_and_for_an_unknown_one(three):

@@ -8,18 +8,17 @@ import pytest
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from aegaeon.config.serving import ApiConfig, EngineConfig, NodeConfig  # noqa: E402
+from aegaeon.config.serving import ApiConfig, EngineConfig  # noqa: E402
 from aegaeon.engine.local import LocalEngine  # noqa: E402
 from aegaeon.ipc.shm import SHM_DIR  # noqa: E402
 from aegaeon.models.maker import config_for, make_model  # noqa: E402
 from aegaeon.models.sampler import SamplingParams  # noqa: E402
-from aegaeon.serve.node import Node  # noqa: E402
 from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE  # noqa: E402
 from tests.serve.api_server import free_port  # noqa: E402
+from tests.serve.node_helpers import SLAB, make_node  # noqa: E402
 
 KEY = "admin-key"
 CLUSTER = "admintest"
-SLAB = 65536
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +41,8 @@ def admin(tmp_path_factory):
             seed=3,
         ),
     }
-    config = NodeConfig(
-        {"small": str(dirs["small"])},
-        num_instances=3,
-        cluster_id=CLUSTER,
-        engine=EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20),
-        host_kv_bytes=4 * 2**20,
-        kv_slab_bytes=SLAB,
-        threads_per_worker=1,
-    )
-    node = Node(config)
-    proxy = node.start()
+    node = make_node({"small": str(dirs["small"])}, CLUSTER, num_instances=3)
+    proxy, config = node.start(), node.config
     port = free_port()
     api = ApiConfig(port=port, api_key=KEY)
     app = create_app(proxy, {"small": dirs["small"]}, api, config, node.changes)
@@ -84,6 +74,30 @@ def _complete(client, model: str, prompt: str, max_tokens: int = 8):
         "/v1/completions",
         json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
     )
+
+
+def _serve_large(client, dirs) -> None:
+    if "large" not in _models(client):
+        added = client.post("/v1/admin/models", json={"name": "large", "path": str(dirs["large"])})
+        assert added.status_code == 200, added.text
+
+
+def _long_request_in_flight(client, node, max_tokens: int) -> tuple[threading.Thread, dict]:
+    """A request of `large` for `max_tokens` tokens on a thread, started and in flight on the node."""
+    outcome: dict = {}
+
+    def run() -> None:
+        outcome["reply"] = _complete(
+            client, "large", "hot and cold models share one pool", max_tokens
+        )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not node.proxy.in_flight("large") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert node.proxy.in_flight("large") == 1
+    return worker, outcome
 
 
 def test_a_model_added_at_run_time_serves_the_same_greedy_tokens_as_alone(admin):
@@ -135,18 +149,8 @@ def test_bad_additions_are_4xx_and_change_nothing(admin, tmp_path):
 def test_removing_drains_in_flight_requests_then_the_model_is_gone(admin):
     url, node, dirs = admin
     with _http(url) as client:
-        if "large" not in _models(client):
-            client.post("/v1/admin/models", json={"name": "large", "path": str(dirs["large"])})
-        outcome = {}
-
-        def long_request():
-            outcome["reply"] = _complete(client, "large", "hot and cold models share one pool", 300)
-
-        worker = threading.Thread(target=long_request)
-        worker.start()
-        deadline = time.monotonic() + 30
-        while not node.proxy.in_flight("large") and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _serve_large(client, dirs)
+        worker, outcome = _long_request_in_flight(client, node, 300)
         removed = client.delete("/v1/admin/models/large", params={"drain_timeout": 120})
         worker.join(timeout=120)
         assert removed.status_code == 200, removed.text
@@ -167,20 +171,8 @@ def test_removing_drains_in_flight_requests_then_the_model_is_gone(admin):
 def test_removing_with_no_drain_time_fails_what_still_runs(admin):
     url, node, dirs = admin
     with _http(url) as client:
-        if "large" not in _models(client):
-            client.post("/v1/admin/models", json={"name": "large", "path": str(dirs["large"])})
-        outcome = {}
-
-        def long_request():
-            outcome["reply"] = _complete(
-                client, "large", "hot and cold models share one pool", 1500
-            )
-
-        worker = threading.Thread(target=long_request)
-        worker.start()
-        deadline = time.monotonic() + 30
-        while not node.proxy.in_flight("large") and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _serve_large(client, dirs)
+        worker, outcome = _long_request_in_flight(client, node, 1500)
         removed = client.delete("/v1/admin/models/large", params={"drain_timeout": 0})
         worker.join(timeout=60)
         assert removed.status_code == 200 and removed.json()["failed"] == 1
@@ -221,10 +213,7 @@ def test_the_models_command_lists_adds_and_removes(admin, tmp_path, monkeypatch)
 def test_a_worker_replaced_after_an_addition_serves_the_added_model(admin):
     url, node, dirs = admin
     with _http(url) as client:
-        if "large" not in _models(client):
-            assert client.post(
-                "/v1/admin/models", json={"name": "large", "path": str(dirs["large"])}
-            ).is_success
+        _serve_large(client, dirs)
         restarts = node.proxy.restarts
         for process in node.processes:  # every worker: the replacements know only their spawn spec
             process.kill()
