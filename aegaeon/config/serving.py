@@ -38,8 +38,22 @@ class EngineConfig:
     # decode turns copy the next turn's weights while they decode (aegaeon.engine.runner): a staging slot of
     # the largest model's size beside the arena
     prefetch: bool = False
+    # tensor parallelism (aegaeon.parallel): this executor is rank `tp_rank` of a group of `tp_size`, whose
+    # ranks run on `tp_devices` (rank 0's is `device`; empty: every rank on `device`)
+    tp_size: int = 1
+    tp_rank: int = 0
+    tp_devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.tp_size < 1 or not 0 <= self.tp_rank < self.tp_size:
+            raise ConfigError(
+                f"--tp {self.tp_size} with rank {self.tp_rank}: the degree must be at least 1 and the "
+                f"rank below it"
+            )
+        if self.tp_devices and len(self.tp_devices) != self.tp_size:
+            raise ConfigError(
+                f"--tp {self.tp_size} needs {self.tp_size} devices per group, got {list(self.tp_devices)}"
+            )
         if self.link_gbps is not None and not self.device.startswith("cpu"):
             raise ConfigError(
                 f"--link-gbps emulates a link for CPU instances; device {self.device} has a real one"

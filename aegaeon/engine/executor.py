@@ -38,9 +38,10 @@ from aegaeon.models.sampler import (
     sample_one,
     token_logprobs,
 )
+from aegaeon.parallel.shard import open_shard
 from aegaeon.sched.cost import ModelSizes
 from aegaeon.sequence import SeqStatus, Sequence
-from aegaeon.weights.checkpoint import Checkpoint, open_checkpoint
+from aegaeon.weights.checkpoint import Checkpoint
 from aegaeon.weights.host_cache import HostWeightCache, ProgressFn
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,17 @@ class StepExecutor:
         progress: ProgressFn | None = None,
         host_cache_of: str | None = None,
         weight_segments: dict[str, str] | None = None,
+        tp_group=None,
     ):
         """Serve `models` (name -> checkpoint dir). With `host_cache_of` (a cluster id) the executor attaches
         the node's weight cache made by that cluster's launcher instead of making its own; `weight_segments`
-        names each model's segment there (HostWeightCache.segment_names)."""
+        names each model's segment there (HostWeightCache.segment_names). With `tp_group`
+        (aegaeon.parallel.group, of config.tp_size ranks) the executor is rank config.tp_rank's: it holds
+        that rank's shard of every model and of every request's KV, and its forward steps are collective."""
+        if (tp_group is None) != (config.tp_size == 1):
+            raise AegaeonError(f"--tp {config.tp_size}: a tensor-parallel executor needs its group")
         self.config = config
+        self.tp_group = tp_group
         self.unavailable: dict[str, str] = {}
         checkpoints = self._open_checkpoints(models)
         self.namespace = None
@@ -136,7 +143,7 @@ class StepExecutor:
         checkpoints = []
         for name, path in models.items():
             try:
-                checkpoints.append(open_checkpoint(path, name))
+                checkpoints.append(open_shard(path, name, self.config.tp_size, self.config.tp_rank))
             except AegaeonError as err:
                 self._mark_unavailable(name, str(err))
         if not checkpoints:
@@ -156,7 +163,7 @@ class StepExecutor:
                 f"model {ckpt.name}: weights of {weight_bytes} bytes plus one KV slab do not fit the arena "
                 f"of {self.arena.total_bytes} bytes: give the engine a larger arena"
             )
-        self.runner.register(ckpt, self.config.block_size)
+        self.runner.register(ckpt, self.config.block_size, self.tp_group)
 
     def _largest_weights(self) -> int:
         return max((m.layout.total_bytes for m in self.host_cache.models.values()), default=0)
@@ -167,7 +174,7 @@ class StepExecutor:
         attached cache `segment` names the model's segment, which the owner has made."""
         if name in self.runner.entries:
             raise RequestError(f"model {name} is already served here")
-        checkpoint = open_checkpoint(path, name)
+        checkpoint = open_shard(path, name, self.config.tp_size, self.config.tp_rank)
         if self.host_cache.owner:
             self.host_cache.add(checkpoint)
         else:
@@ -302,8 +309,9 @@ class StepExecutor:
             request.sampling,
             new_generator(request.sampling),
         )
+        layout = self.runner.entries[seq.model].kv
         self.kv.import_blocks(
-            seq, self.runner.entries[seq.model].kv, host, host_offsets, request.num_tokens
+            seq, layout, host, self._shard_offsets(host_offsets, layout), request.num_tokens
         )
         seq.output_ids = list(request.generated)
         if seq.generator is not None and request.sampler_state:
@@ -316,12 +324,19 @@ class StepExecutor:
     def export_kv(self, request_id: int, host: torch.Tensor, host_offsets: list[int]) -> None:
         """Copy the request's KV blocks to `host` at `host_offsets`; returns once the bytes are there."""
         seq = self._seqs[request_id]
-        self.kv.export_blocks(seq, self.runner.entries[seq.model].kv, host, host_offsets)
+        layout = self.runner.entries[seq.model].kv
+        self.kv.export_blocks(seq, layout, host, self._shard_offsets(host_offsets, layout))
+
+    def _shard_offsets(self, host_offsets: list[int], layout) -> list[int]:
+        """A host block of a tensor-parallel group holds every rank's shard of it, rank by rank."""
+        shift = self.config.tp_rank * layout.block_bytes
+        return [offset + shift for offset in host_offsets] if shift else list(host_offsets)
 
     def kv_blocks(self, request_id: int) -> tuple[int, int]:
-        """(blocks, bytes per block) of the request's KV."""
+        """(blocks, bytes per host block) of the request's KV: with tensor parallelism a host block holds
+        every rank's shard, so a handoff moves the group's KV as one set of blocks."""
         seq = self._seqs[request_id]
-        return len(seq.blocks), self.runner.entries[seq.model].kv.block_bytes
+        return len(seq.blocks), self.runner.entries[seq.model].kv.block_bytes * self.config.tp_size
 
     def handoff_state(self, request_id: int) -> tuple[int, tuple[int, ...], bytes]:
         """(tokens cached, tokens generated, random generator state): what a KV handoff carries."""

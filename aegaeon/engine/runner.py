@@ -250,7 +250,8 @@ class ModelRunner:
         self.switches.append(record)
         return record
 
-    def register(self, checkpoint: Checkpoint, block_size: int) -> ModelEntry:
+    def register(self, checkpoint: Checkpoint, block_size: int, tp_group: Any = None) -> ModelEntry:
+        """Lay out `checkpoint`'s KV and build its model object (a shard's, over `tp_group`, when sharded)."""
         cached = self.host_cache.models[checkpoint.name]
         cfg = checkpoint.config
         kv = KVLayout(
@@ -262,7 +263,7 @@ class ModelRunner:
             checkpoint,
             cached.layout,
             kv,
-            build_model(cfg),
+            build_model(cfg, tp_group),
             kv.units_view(self.arena.buffer),
         )
         self.entries[checkpoint.name] = entry

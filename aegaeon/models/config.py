@@ -38,6 +38,20 @@ class ArchConfig:
     eos_token_ids: tuple[
         int, ...
     ] = ()  # every end-of-sequence token (config.json and generation_config.json)
+    # A tensor-parallel shard (aegaeon.parallel.shard.shard_config) counts its own heads, KV heads and MLP
+    # columns in the fields above and holds `vocab_rows` rows of the embedding and LM head; vocab_size stays
+    # the model's. TP 1 is the whole model.
+    tp_size: int = 1
+    tp_rank: int = 0
+
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the embedding and LM head this shard holds (the last shard's tail rows are zero)."""
+        return -(-self.vocab_size // self.tp_size)
+
+    @property
+    def vocab_start(self) -> int:
+        return self.tp_rank * self.vocab_rows
 
     @property
     def eos_token_id(self) -> int | None:
@@ -55,7 +69,7 @@ class ArchConfig:
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor of the checkpoint, by its Hugging Face name, in load order."""
         h, m = self.hidden_size, self.intermediate_size
-        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_size, h)}
+        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_rows, h)}
         for i in range(self.num_layers):
             p = f"model.layers.{i}."
             shapes[p + "input_layernorm.weight"] = (h,)
@@ -73,7 +87,7 @@ class ArchConfig:
             shapes[p + "mlp.down_proj.weight"] = (h, m)
         shapes["model.norm.weight"] = (h,)
         if not self.tie_word_embeddings:
-            shapes["lm_head.weight"] = (self.vocab_size, h)
+            shapes["lm_head.weight"] = (self.vocab_rows, h)
         return shapes
 
     def num_parameters(self) -> int:

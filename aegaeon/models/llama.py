@@ -5,11 +5,17 @@ the device arena), so switching models re-binds views after the bytes are
 copied; nothing is re-initialised. `forward` runs prefill and decode alike on
 a `StepBatch` (ragged chunks: padded for prefill, back to back for decode),
 reading and writing KV rows of the arena.
+
+With a tensor-parallel group (aegaeon.parallel) the model is one rank's shard: its config counts the
+shard's heads and MLP columns, the o and down projections' partial sums are all-reduced, and the embedding
+and LM head are vocabulary-parallel (a row outside the shard embeds to zero before the all-reduce; the
+logits of every shard are gathered). Without a group this is the whole model and no collective runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +50,16 @@ class LayerWeights:
 
 
 class LlamaModel:
-    def __init__(self, config: ArchConfig):
+    def __init__(self, config: ArchConfig, group: Any = None):
+        """`group`: the tensor-parallel group (aegaeon.parallel.group) of a sharded `config`, else None."""
+        if (group is None) != (config.tp_size == 1) or (
+            group is not None and (group.size, group.rank) != (config.tp_size, config.tp_rank)
+        ):
+            raise ValueError(
+                f"shard {config.tp_rank}/{config.tp_size} needs the group of its rank and degree"
+            )
         self.config = config
+        self.group = group
         self.layers: list[LayerWeights] = []
         self.embed: torch.Tensor | None = None
         self.final_norm: torch.Tensor | None = None
@@ -85,27 +99,49 @@ class LlamaModel:
         if self.embed is None:
             raise RuntimeError("LlamaModel.forward before bind(): place the model's weights first")
         cfg = self.config
-        x = F.embedding(step.tokens, self.embed)
+        x = self._embed(step.tokens)
         cos, sin = rotary_tables(
             step.positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor, x.dtype
         )
         for index, layer in enumerate(self.layers):
-            x = x + self._attention(
-                index,
-                layer,
-                rms_norm(x, layer.input_norm, cfg.rms_norm_eps),
-                cos,
-                sin,
-                step,
-                kv_units,
-                layout,
+            x = x + self._reduce(
+                self._attention(
+                    index,
+                    layer,
+                    rms_norm(x, layer.input_norm, cfg.rms_norm_eps),
+                    cos,
+                    sin,
+                    step,
+                    kv_units,
+                    layout,
+                )
             )
-            x = x + swiglu_mlp(
-                rms_norm(x, layer.post_norm, cfg.rms_norm_eps), layer.gate, layer.up, layer.down
+            x = x + self._reduce(
+                swiglu_mlp(
+                    rms_norm(x, layer.post_norm, cfg.rms_norm_eps),
+                    layer.gate,
+                    layer.up,
+                    layer.down,
+                )
             )
         if not all_logits:
             x = x[torch.arange(x.shape[0], device=x.device), step.last]
-        return F.linear(rms_norm(x, self.final_norm, cfg.rms_norm_eps), self.lm_head)
+        logits = F.linear(rms_norm(x, self.final_norm, cfg.rms_norm_eps), self.lm_head)
+        if self.group is None:
+            return logits
+        return self.group.all_gather_last(logits)[..., : cfg.vocab_size]
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.group is None:
+            return F.embedding(tokens, self.embed)
+        local = tokens - self.config.vocab_start
+        outside = (local < 0) | (local >= self.config.vocab_rows)
+        x = F.embedding(local.masked_fill(outside, 0), self.embed)
+        return self.group.all_reduce(x.masked_fill(outside.unsqueeze(-1), 0))
+
+    def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
+        """A row-parallel projection's output: the sum of every shard's partial product."""
+        return partial if self.group is None else self.group.all_reduce(partial)
 
     @staticmethod
     def _has_stale_slots(step: StepBatch) -> bool:

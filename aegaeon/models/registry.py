@@ -1,7 +1,8 @@
 """Model families: which config.json architecture maps onto which implementation.
 
 A new family is one module with a class built from an ArchConfig (`bind(params)` to place its weights,
-`forward(step, kv_units, layout, all_logits=False)` for a step) and one line in FAMILIES. The table stays
+`forward(step, kv_units, layout, all_logits=False)` for a step; a second constructor argument, the
+tensor-parallel group, when it can run sharded) and one line in FAMILIES. The table stays
 torch-free (implementations are imported when a model is built), so configuration code can read it.
 """
 
@@ -47,8 +48,9 @@ def supported_architectures() -> list[str]:
     return sorted(family.hf_architecture for family in FAMILIES.values())
 
 
-def build_model(config: ArchConfig) -> Any:
-    """The family's implementation of `config`, weights not yet bound."""
+def build_model(config: ArchConfig, group: Any = None) -> Any:
+    """The family's implementation of `config`, weights not yet bound; `group` is the tensor-parallel group
+    of a sharded config (aegaeon.parallel.group), None for a whole model."""
     family = FAMILIES.get(config.arch)
     if family is None:
         raise CheckpointError(
@@ -56,4 +58,5 @@ def build_model(config: ArchConfig) -> Any:
             f"(aegaeon/models/registry.py)"
         )
     module, name = family.implementation.split(":")
-    return getattr(importlib.import_module(module), name)(config)
+    implementation = getattr(importlib.import_module(module), name)
+    return implementation(config) if group is None else implementation(config, group)

@@ -1,5 +1,6 @@
 """The node's host weight cache: each registered model's weights in a POSIX shared-memory segment of its
-own, packed by `WeightLayout`.
+own, packed by `WeightLayout`; for a tensor-parallel degree N, the N ranks' shards side by side in that
+segment (each contiguous, sliced from the checkpoint while loading), so each rank's switch is one copy.
 
 Weights are read from safetensors once, straight into the segment (no intermediate buffer when the dtype
 is kept), in a background thread in a configurable prefetch order. A worker switches model by copying a
@@ -27,17 +28,19 @@ import torch
 
 from aegaeon.errors import CheckpointError, ConfigError, SharedMemoryError
 from aegaeon.ipc.shm import SharedSegment, ShmNamespace
+from aegaeon.parallel.shard import rank_config, shard_tensor
 from aegaeon.weights.checkpoint import Checkpoint, TensorSource
 from aegaeon.weights.layout import ALIGN, WeightLayout
 
 log = logging.getLogger(__name__)
 
-# A segment: a 4 KiB header (u32 magic, u32 version, u64 weight bytes, u32 name length; at byte 64 the
-# state byte: 0 loading, 1 ready, 2 failed; at byte 128 the model's name in UTF-8), then the packed weights.
+# A segment: a 4 KiB header (u32 magic, u32 version, u64 weight bytes of one shard, u32 name length; at byte
+# 24 the u32 tensor-parallel degree; at byte 64 the state byte: 0 loading, 1 ready, 2 failed; at byte 128 the
+# model's name in UTF-8), then the packed weights of each shard, rank by rank.
 # The name in the header lets a process that attaches check it maps the model it asked for.
 _HEADER_FORMAT = "<IIQI"
-_MAGIC, _VERSION = 0xAE6AE0B1, 2
-_STATE_AT, _NAME_AT, _DATA_START = 64, 128, 4096
+_MAGIC, _VERSION = 0xAE6AE0B1, 3
+_TP_AT, _STATE_AT, _NAME_AT, _DATA_START = 24, 64, 128, 4096
 MAX_NAME_BYTES = _DATA_START - _NAME_AT
 _LOADING, _READY, _FAILED = 0, 1, 2
 ProgressFn = Callable[[str, int, int], None]  # model, bytes done, bytes of that model
@@ -60,15 +63,23 @@ class CachedModel:
     layout: WeightLayout
     segment: SharedSegment
     segment_name: str
-    offset: int = _DATA_START  # of the weights in the segment
 
     @property
     def name(self) -> str:
         return self.checkpoint.name
 
     @property
+    def shard_stride(self) -> int:
+        return -(-self.layout.total_bytes // ALIGN) * ALIGN
+
+    @property
+    def offset(self) -> int:
+        """Of this process's shard's weights in the segment (the whole model's at TP 1)."""
+        return _DATA_START + self.checkpoint.config.tp_rank * self.shard_stride
+
+    @property
     def segment_bytes(self) -> int:
-        return _DATA_START + -(-self.layout.total_bytes // ALIGN) * ALIGN
+        return _DATA_START + self.checkpoint.config.tp_size * self.shard_stride
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -83,11 +94,11 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def cached_bytes(checkpoint: Checkpoint, dtype: str | None = None) -> int:
-    """The shared memory a model takes in the cache (header and alignment included)."""
+    """The shared memory a model takes in the cache (header, every shard and alignment included)."""
     layout = WeightLayout.for_config(
         checkpoint.config, resolve_dtype(dtype or checkpoint.config.dtype)
     )
-    return _DATA_START + -(-layout.total_bytes // ALIGN) * ALIGN
+    return _DATA_START + checkpoint.config.tp_size * (-(-layout.total_bytes // ALIGN) * ALIGN)
 
 
 class HostWeightCache:
@@ -179,12 +190,13 @@ class HostWeightCache:
         layout = self._layout(checkpoint)
         name = segment_name(self._next_sequence)
         self._next_sequence += 1
-        size = _DATA_START + -(-layout.total_bytes // ALIGN) * ALIGN
+        size = cached_bytes(checkpoint, self.dtype)
         segment = self.namespace.create_segment(name, size)
         encoded = checkpoint.name.encode()
         struct.pack_into(
             _HEADER_FORMAT, segment.buffer, 0, _MAGIC, _VERSION, layout.total_bytes, len(encoded)
         )
+        struct.pack_into("<I", segment.buffer, _TP_AT, checkpoint.config.tp_size)
         segment.buffer[_NAME_AT : _NAME_AT + len(encoded)] = encoded
         entry = CachedModel(checkpoint, layout, segment, name)
         self._install(entry)
@@ -206,17 +218,20 @@ class HostWeightCache:
             ) from None
         magic, version, nbytes, name_len = struct.unpack_from(_HEADER_FORMAT, segment.buffer, 0)
         held = bytes(segment.buffer[_NAME_AT : _NAME_AT + min(name_len, MAX_NAME_BYTES)])
-        if (magic, version, nbytes, held) != (
+        (tp_size,) = struct.unpack_from("<I", segment.buffer, _TP_AT)
+        if (magic, version, nbytes, held, tp_size) != (
             _MAGIC,
             _VERSION,
             layout.total_bytes,
             checkpoint.name.encode(),
+            checkpoint.config.tp_size,
         ):
             segment.close()
             raise ConfigError(
                 f"the weight cache segment {name} of cluster {self.cluster_id} holds "
-                f"{held.decode(errors='replace')!r} in {nbytes} bytes, not model {checkpoint.name} in "
-                f"{layout.total_bytes}: attach with the same checkpoints, names and dtype as the owner"
+                f"{held.decode(errors='replace')!r} in {nbytes} bytes per shard at TP {tp_size}, not model "
+                f"{checkpoint.name} in {layout.total_bytes} at TP {checkpoint.config.tp_size}: attach with "
+                f"the same checkpoints, names, dtype and tensor-parallel degree as the owner"
             )
         entry = CachedModel(checkpoint, layout, segment, name)
         self._install(entry)
@@ -315,9 +330,10 @@ class HostWeightCache:
         try:
             done = 0
             itemsize = torch.empty((), dtype=entry.layout.dtype).element_size()
-            total = entry.layout.total_bytes
+            shards = entry.checkpoint.config.tp_size
+            total = entry.layout.total_bytes * shards
             start = time.perf_counter()
-            entry.segment.populate(entry.offset, total)
+            entry.segment.populate(_DATA_START, entry.segment_bytes - _DATA_START)
             populated = time.perf_counter()
             sources = sorted(
                 entry.checkpoint.tensors.values(), key=lambda s: (str(s.file), s.offset)
@@ -331,10 +347,13 @@ class HostWeightCache:
                 slot = entry.layout.slots.get(source.name)
                 if slot is None:
                     continue  # e.g. rotary caches some checkpoints carry
-                self._copy_tensor(
-                    entry.segment, source, entry.offset + slot.offset, entry.layout.dtype
-                )
-                done += slot.nbytes(itemsize)
+                if shards == 1:
+                    self._copy_tensor(
+                        entry.segment, source, entry.offset + slot.offset, entry.layout.dtype
+                    )
+                else:
+                    self._copy_shards(entry, source, slot.offset)
+                done += slot.nbytes(itemsize) * shards
                 if progress:
                     progress(model, done, total)
             self.load_stats[model] = LoadStats(populated - start, time.perf_counter() - populated)
@@ -364,6 +383,22 @@ class HostWeightCache:
         converted = torch.frombuffer(bytearray(raw), dtype=src_dtype).to(dtype)
         count = converted.numel()
         segment.as_tensor(dtype, (count,), offset).copy_(converted)
+
+    def _copy_shards(self, entry: CachedModel, source: TensorSource, slot_offset: int) -> None:
+        """Every rank's slice of one tensor (read once), each into its shard's slot."""
+        with open(source.file, "rb") as f:
+            f.seek(source.offset)
+            raw = f.read(source.nbytes)
+        if len(raw) != source.nbytes:
+            raise CheckpointError(f"{source.file}: truncated in tensor {source.name}")
+        full = torch.frombuffer(bytearray(raw), dtype=resolve_dtype(source.dtype))
+        full = full.view(source.shape)
+        shard = entry.checkpoint.config
+        for rank in range(shard.tp_size):
+            part = shard_tensor(source.name, full, rank_config(shard, rank))
+            offset = _DATA_START + rank * entry.shard_stride + slot_offset
+            target = entry.segment.as_tensor(entry.layout.dtype, tuple(part.shape), offset)
+            target.copy_(part)
 
     def wait(self, model: str, timeout: float | None = None) -> None:
         """Block until the model is in the cache; raise its load error if it failed."""
