@@ -25,6 +25,7 @@ from typing import Any
 
 from aegaeon.config.serving import EngineConfig
 from aegaeon.engine.executor import KvImport, StepExecutor
+from aegaeon.errors import IntegrityError
 from aegaeon.models.sampler import GREEDY_BELOW, SamplingParams
 from aegaeon.parallel.group import GroupAddress, TensorParallelGroup, free_address
 
@@ -87,7 +88,10 @@ class LeaderExecutor:
         self._executor = executor
         self.group = group
         self._followers = followers
-        self._host_refs = {id(tensor): HostRef(name) for name, tensor in host_tensors.items()}
+        # by address, not identity: a fresh view of the same shared segment is the same buffer
+        self._host_refs = {
+            tensor.data_ptr(): HostRef(name) for name, tensor in host_tensors.items()
+        }
         self._closed = False
 
     @property
@@ -101,7 +105,8 @@ class LeaderExecutor:
 
         def collective(*args: Any, **kwargs: Any) -> Any:
             args, kwargs = self._portable(name, args, kwargs)
-            self.group.broadcast_op((name, self._refs(args), self._refs(kwargs)))
+            shared_args, shared_kwargs = self._refs(name, args), self._refs(name, kwargs)
+            self.group.broadcast_op((name, shared_args, shared_kwargs))
             try:
                 return attr(*args, **kwargs)
             finally:
@@ -129,10 +134,24 @@ class LeaderExecutor:
             ), kwargs
         return args, kwargs
 
-    def _refs(self, values: Any) -> Any:
+    def _refs(self, name: str, values: Any) -> Any:
+        """Name the shared host buffers among a call's arguments; a KV move through any other buffer would
+        reach only rank 0's shard, so it is refused."""
+
+        def shared(value: Any) -> Any:
+            if not hasattr(value, "data_ptr"):
+                return value
+            ref = self._host_refs.get(value.data_ptr())
+            if ref is None and name in ("import_kv", "export_kv"):
+                raise IntegrityError(
+                    f"{name} through a host buffer the group's ranks do not share: pass a view that "
+                    f"starts at one of the segments start_group was given ({sorted(r.name for r in self._host_refs.values())})"
+                )
+            return value if ref is None else ref
+
         if isinstance(values, dict):
-            return {k: self._host_refs.get(id(v), v) for k, v in values.items()}
-        return tuple(self._host_refs.get(id(v), v) for v in values)
+            return {k: shared(v) for k, v in values.items()}
+        return tuple(shared(v) for v in values)
 
     def close(self) -> None:
         if self._closed:
