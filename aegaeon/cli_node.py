@@ -20,6 +20,7 @@ FLAG_KEYS: dict[str, tuple[str | None, str]] = {
     "prefill_instances": (None, "prefill_instances"),
     "cluster_id": (None, "cluster_id"),
     "device": (None, "device"),
+    "tp": (None, "tp"),
     "policy": (None, "policy"),
     "max_batch": (None, "max_batch"),
     "max_quota": (None, "max_quota"),
@@ -74,9 +75,22 @@ _OPTIONS = [
         "--devices",
         default=None,
         metavar="0,1,...",
-        help="GPU indexes, one worker each (implies --device cuda; sets --num-instances).",
+        help="GPU indexes, one worker each (implies --device cuda; sets --num-instances to their "
+        "number / --tp).",
     ),
-    click.option("--num-instances", type=int, default=None, help="Worker processes [3]."),
+    click.option(
+        "--num-instances",
+        type=int,
+        default=None,
+        help="Instances (each --tp worker processes) [3].",
+    ),
+    click.option(
+        "--tp",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Tensor-parallel degree: devices (worker processes) per instance; every model's "
+        "attention and KV heads must divide by it [1].",
+    ),
     click.option(
         "--prefill-instances", type=int, default=None, help="How many of them run prefill [1]."
     ),

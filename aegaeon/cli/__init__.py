@@ -6,6 +6,7 @@ from aegaeon.cli import (  # noqa: F401  (they register the commands)
     bench_engine,
     bench_parts,
     bench_sim_vs_live,
+    bench_tp,
     models_admin,
     plotting,
     profiling,

@@ -8,6 +8,7 @@ A pool file (`aegaeon serve --config pool.yaml`) looks like::
       - Qwen/Qwen2.5-0.5B        # a hub id: resolved in the local Hugging Face cache, never downloaded
     num_instances: 4
     prefill_instances: 1
+    tp: 1                        # devices per instance (tensor parallelism); with devices, len(devices) / tp instances
     device: cpu
     policy: aegaeon
     slo: {ttft: 10, tpot: 0.1}
@@ -44,6 +45,7 @@ NODE_KEYS = (
     "cluster_id",
     "device",
     "devices",
+    "tp",
     "policy",
     "max_batch",
     "max_quota",
@@ -139,8 +141,19 @@ def build(values: dict[str, Any], where: str = "the configuration") -> tuple[Nod
         if values.get(k) is not None
     }
     node = replace(node, **simple)
+    tp = values.get("tp")
+    if tp is not None:
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ConfigError(f"{where}: tp {tp!r} must be a whole number of devices per instance")
+        node = replace(node, engine=replace(node.engine, tp_size=tp))
     if values.get("devices"):
-        node = replace(node, devices=tuple(values["devices"]), num_instances=len(values["devices"]))
+        devices = tuple(values["devices"])
+        tp = node.engine.tp_size
+        if len(devices) % tp:
+            raise ConfigError(
+                f"{where}: {len(devices)} devices do not split into instances of --tp {tp} devices each"
+            )
+        node = replace(node, devices=devices, num_instances=len(devices) // tp)
     if values.get("host_kv_mib") is not None:
         node = replace(node, host_kv_bytes=int(values["host_kv_mib"]) * 2**20)
     for key, cls in (

@@ -120,9 +120,9 @@ class NodeConfig:
     prefill_instances: int = 1
     cluster_id: str = "default"
     device: str = "cpu"  # every worker's device, unless `devices` names one per worker
-    devices: tuple[
-        str, ...
-    ] = ()  # e.g. ("cuda:0", "cuda:1"): one worker per entry (num_instances must match)
+    # e.g. ("cuda:0", "cuda:1"): one worker process per entry; instance i takes entries
+    # [i * engine.tp_size, (i + 1) * engine.tp_size) (num_instances * engine.tp_size must match)
+    devices: tuple[str, ...] = ()
     engine: EngineConfig = EngineConfig()
     host_kv_bytes: int = 64 * 1024 * 1024
     kv_slab_bytes: int = 256 * 1024
@@ -157,10 +157,11 @@ class NodeConfig:
             raise ConfigError(
                 "no model to serve: name at least one (a path, NAME=PATH, or --config pool.yaml)"
             )
-        if self.devices and len(self.devices) != self.num_instances:
+        tp = self.engine.tp_size
+        if self.devices and len(self.devices) != self.num_instances * tp:
             raise ConfigError(
-                f"{len(self.devices)} devices given for {self.num_instances} instances: one worker "
-                f"runs per device (--num-instances)"
+                f"{len(self.devices)} devices given for {self.num_instances} instances of --tp {tp}: "
+                f"each instance takes {tp} device(s), one worker process per device"
             )
         if not policy(self.policy).live:
             raise ConfigError(
@@ -194,6 +195,13 @@ class NodeConfig:
                 f"host KV cache of {self.host_kv_bytes} bytes is smaller than one slab per partition "
                 f"({self.kv_partitions} of {self.kv_slab_bytes} bytes): raise --host-kv-mib"
             )
+
+    def instance_devices(self, instance: int) -> tuple[str, ...]:
+        """The devices of instance `instance`, rank 0's first."""
+        tp = self.engine.tp_size
+        if self.devices:
+            return tuple(self.devices[instance * tp : (instance + 1) * tp])
+        return (self.device,) * tp
 
     @property
     def kv_partitions(self) -> int:

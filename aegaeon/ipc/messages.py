@@ -148,6 +148,7 @@ class Hello:
     node_name: str
     roles: tuple[str, ...]  # one per worker, in the node's local order
     models: tuple[str, ...]  # models its workers can serve
+    tp: int = 1  # its instances' tensor-parallel degree: a KV handoff needs the same on both sides
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ removed, a step, a switch, a KV move, a model added) is first broadcast to the f
 call on their own shard (aegaeon.parallel.follower), so every rank holds the same sequences in the same
 order and enters the model's collectives together; tokens agree because every rank samples from the same
 gathered logits with the same random state (an unseeded sampled request is given one seed for the group).
-Calls whose effect leaves the group (a KV handoff through host memory, a model added or removed) end on a
-barrier, so the proxy hears of them only once every rank is done. Reads are rank 0's alone.
+Calls whose effect leaves the group (a KV handoff through host memory, a model added or removed) and switches
+end on a barrier, so the proxy hears of them, and a switch is timed, only once every rank is done. Reads are rank 0's alone.
 
 The followers are child processes of rank 0: a node supervises the instance as one worker, and losing any
 rank loses the instance (GroupLost), which the node replaces whole.
@@ -16,6 +16,7 @@ rank loses the instance (GroupLost), which the node replaces whole.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import random
 import subprocess
@@ -36,8 +37,9 @@ BROADCAST = frozenset(
     "add import_kv export_kv reserve_kv swap_out swap_in remove step switch_to prefetch add_model "
     "remove_model fail_model".split()
 )
-# calls whose effect is seen outside the group: every rank must have finished before rank 0 returns
-SYNCHRONOUS = frozenset("import_kv export_kv add_model remove_model".split())
+# calls whose effect is seen outside the group, and switches (a switch takes as long as its slowest rank's
+# copy; timed on rank 0 alone it would hide that): every rank has finished before rank 0 returns
+SYNCHRONOUS = frozenset("import_kv export_kv add_model remove_model switch_to".split())
 FOLLOWER_JOIN_S = 10.0
 
 
@@ -93,6 +95,7 @@ class LeaderExecutor:
             tensor.data_ptr(): HostRef(name) for name, tensor in host_tensors.items()
         }
         self._closed = False
+        self.owned: list[Any] = []  # closed after the group (a standalone instance's host cache)
 
     @property
     def tp_size(self) -> int:
@@ -169,6 +172,8 @@ class LeaderExecutor:
                 follower.wait()
         self._executor.close()
         self.group.close()
+        for thing in reversed(self.owned):
+            thing.close()
 
     def __enter__(self) -> "LeaderExecutor":
         return self
@@ -189,8 +194,6 @@ def start_group(
     """Start ranks 1..N-1 as child processes and build rank 0 here, over the host weight cache of
     `cluster_id` (made by its owner from rank-0 shards: aegaeon.parallel.shard.open_shard). `host_segments`
     names the shared segments that `host_tensors` (rank 0's views of them) map, for the followers to map."""
-    import os
-
     size = config.tp_size
     address = free_address()
     weight_segments = dict(weight_segments or {})
@@ -231,3 +234,35 @@ def start_group(
         "tensor-parallel instance of %d ranks is up (rendezvous %s)", size, address.init_method
     )
     return LeaderExecutor(executor, group, followers, host_tensors or {})
+
+
+def standalone_instance(
+    models: dict[str, str], config: EngineConfig, threads: int = 1
+) -> StepExecutor | LeaderExecutor:
+    """An instance of `config.tp_size` ranks that owns its host weight cache (what a node's launcher holds
+    otherwise): a plain StepExecutor at TP 1, a LeaderExecutor whose close also frees the cache above."""
+    if config.tp_size == 1:
+        return StepExecutor(models, config)
+    from aegaeon.ipc.shm import ShmNamespace
+    from aegaeon.parallel.shard import open_shard
+    from aegaeon.weights.host_cache import HostWeightCache
+
+    namespace = ShmNamespace(config.cluster_id or f"tp{os.getpid()}").claim()
+    cache = None
+    try:
+        cache = HostWeightCache(
+            namespace,
+            [open_shard(path, name, config.tp_size) for name, path in models.items()],
+            config.dtype,
+        )
+        cache.start_prefetch()
+        leader = start_group(
+            models, config, namespace.cluster_id, cache.segment_names(), threads=threads
+        )
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        namespace.close()
+        raise
+    leader.owned += [namespace, cache]
+    return leader

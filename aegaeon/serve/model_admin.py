@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from aegaeon.errors import RequestError
 from aegaeon.ipc.messages import AddModel, RemoveModel
 from aegaeon.ipc.shm import SHM_DIR
-from aegaeon.weights.checkpoint import open_checkpoint
+from aegaeon.parallel.shard import open_shard
 from aegaeon.weights.host_cache import cached_bytes
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ class ModelChanges:
                 raise ModelChangeError(
                     409, f"model {name} is already served: remove it first", "model_exists"
                 )
-            checkpoint = open_checkpoint(path, name)
+            # rank 0's shard names the model in the host cache, which holds every rank's shard
+            checkpoint = open_shard(path, name, node.config.engine.tp_size)
             need = cached_bytes(checkpoint, node.config.engine.dtype)
             free = shm_free_bytes()
             if need + SHM_HEADROOM > free:

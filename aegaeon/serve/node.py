@@ -27,13 +27,13 @@ from aegaeon.ipc.ring import Ring
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.ipc.tcp import HeadLink, JoinLink, Peer
 from aegaeon.kv.host_partition import HostKvPartition
+from aegaeon.parallel.shard import open_shard
 from aegaeon.serve.agent import NodeAgent
 from aegaeon.serve.devices import check_devices
 from aegaeon.serve.links import WorkerLink
 from aegaeon.serve.model_admin import ModelChanges
 from aegaeon.serve.proxy import Proxy
 from aegaeon.serve.supervisor import Supervisor
-from aegaeon.weights.checkpoint import open_checkpoint
 from aegaeon.weights.host_cache import HostWeightCache
 from aegaeon.worker.main import worker_main
 from aegaeon.worker.spec import KV_SEGMENT, WorkerSpec, default_threads, inbox_name, outbox_name
@@ -66,7 +66,7 @@ class Node:
             checkpoints = []
             for name, path in cfg.models.items():
                 try:
-                    checkpoints.append(open_checkpoint(path, name))
+                    checkpoints.append(open_shard(path, name, cfg.engine.tp_size))
                 except AegaeonError as err:
                     self.unavailable[name] = str(err)
                     log.error("model %s is unavailable: %s", name, err)
@@ -143,7 +143,12 @@ class Node:
             log.info("listening for nodes on %s:%d", host, self.link.port)
             return
         self.link = JoinLink(host, port, cfg.link, self.agent.on_head_message, self.agent.on_lost)
-        hello = Hello(cfg.node_name, tuple(link.role for link in links), tuple(self.models))
+        hello = Hello(
+            cfg.node_name,
+            tuple(link.role for link in links),
+            tuple(self.models),
+            cfg.engine.tp_size,
+        )
         log.info(
             "joining the head node at %s (waiting up to %g s for it)",
             cfg.link_address,
@@ -161,6 +166,13 @@ class Node:
             )
         if not hello.roles:
             raise LinkError("it has no workers")
+        if hello.tp != self.config.engine.tp_size:
+            # a host KV block holds every rank's shard, rank by rank: another degree reads it wrongly
+            raise LinkError(
+                f"its instances run at --tp {hello.tp}, the head's at --tp "
+                f"{self.config.engine.tp_size}: KV moves between instances of one degree; start every "
+                f"node with the same --tp"
+            )
         first = max(self.proxy.links) + 1
         ids = tuple(range(first, first + len(hello.roles)))
         links = [
@@ -223,17 +235,24 @@ class Node:
         outbox = Ring.create(
             self.namespace, outbox_name(worker_id, generation), cfg.ring_slots, cfg.ring_slot_bytes
         )
-        device = cfg.devices[worker_id] if cfg.devices else cfg.device
+        devices = cfg.instance_devices(worker_id)
+        tp = cfg.engine.tp_size
+        engine = replace(
+            cfg.engine,
+            device=devices[0],
+            tp_devices=devices if tp > 1 else (),
+            prefetch=cfg.engine.prefetch and role == "decode",
+        )
         spec = WorkerSpec(
             cfg.cluster_id,
             worker_id,
             role,
             self.good_models,
-            replace(cfg.engine, device=device, prefetch=cfg.engine.prefetch and role == "decode"),
+            engine,
             partition,
             cfg.kv_slab_bytes,
             cfg.tpot_slo,
-            cfg.threads_per_worker or default_threads(cfg.num_instances),
+            cfg.threads_per_worker or default_threads(cfg.num_instances * tp),
             cfg.policy,
             cfg.max_batch,
             cfg.max_quota,

@@ -31,12 +31,34 @@ from aegaeon.ipc.messages import (
 )
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
 from aegaeon.ipc.shm import ShmNamespace
+from aegaeon.parallel.instance import LeaderExecutor, start_group
 from aegaeon.worker.spec import KV_SEGMENT, WorkerSpec, inbox_name, outbox_name
 
 log = logging.getLogger(__name__)
 
 MEMORY_SAMPLE_PERIOD = 0.25  # seconds between the arena usage samples a worker reports
 PARENT_CHECK_SECONDS = 0.5
+
+
+def build_executor(spec: WorkerSpec, host_kv: torch.Tensor) -> StepExecutor | LeaderExecutor:
+    """This worker's instance: its one executor, or rank 0 of a tensor-parallel group whose other ranks
+    this worker starts as its children (they follow its calls; losing one loses the worker)."""
+    if spec.engine.tp_size == 1:
+        return StepExecutor(
+            spec.models,
+            spec.engine,
+            host_cache_of=spec.cluster_id,
+            weight_segments=spec.weight_segments or None,
+        )
+    return start_group(
+        spec.models,
+        spec.engine,
+        spec.cluster_id,
+        spec.weight_segments,
+        {KV_SEGMENT: KV_SEGMENT},
+        {KV_SEGMENT: host_kv},
+        spec.threads,
+    )
 
 
 class ParentGone(Exception):
@@ -55,12 +77,7 @@ class WorkerLoop:
         self.outbox = Ring.attach(spec.cluster_id, outbox_name(spec.worker_id, spec.generation))
         self.kv_segment = ShmNamespace(spec.cluster_id).attach_segment(KV_SEGMENT)
         self.host_kv = self.kv_segment.as_tensor(torch.uint8, (self.kv_segment.size,))
-        self.executor = StepExecutor(
-            spec.models,
-            spec.engine,
-            host_cache_of=spec.cluster_id,
-            weight_segments=spec.weight_segments or None,
-        )
+        self.executor = build_executor(spec, self.host_kv)
         self.running = True
         self.last_memory_sample = 0.0
         self.handlers: dict[type, Callable[[object], None]] = {
