@@ -3,7 +3,9 @@
 Runs the engine's own model runner over a grid of (input length, batch)
 points: the time of one batched prefill, and the mean time of a decode step
 right after it. The host->device copy bandwidth and the throughput of a real
-model switch and KV swap give the link fields. The table goes through the same
+model switch and KV swap give the link fields. With `tp` > 1 the instance is a tensor-parallel group
+(aegaeon.parallel) and the profile is one rank's: its shard's sizes, its link, the group's step times. The
+table goes through the same
 fit as the shipped H100 profiles (`aegaeon.profiles.build_profile`), so the
 simulator reads the result like any other profile.
 """
@@ -26,6 +28,7 @@ from aegaeon.engine.executor import StepExecutor
 from aegaeon.errors import ConfigError
 from aegaeon.models.config import ArchConfig
 from aegaeon.models.sampler import SamplingParams
+from aegaeon.parallel.instance import standalone_instance
 from aegaeon.profiles import TablePoint, build_profile
 from aegaeon.sched.cost import LinkCost
 
@@ -45,9 +48,13 @@ class ProfileRequest:
     batches: tuple[int, ...] = DEFAULT_BATCHES
     decode_steps: int = 4
     repeats: int = 2
+    tp: int = (
+        1  # tensor-parallel degree: ranks on `device` (cpu) or on consecutive GPUs from `device`
+    )
 
 
 def spec_of(name: str, config: ArchConfig, dtype_bytes: int) -> ModelSpec:
+    """The cost model's view of `config`; of a shard's config (tensor parallelism), one rank's sizes."""
     return ModelSpec(
         name,
         config.hidden_size,
@@ -55,11 +62,14 @@ def spec_of(name: str, config: ArchConfig, dtype_bytes: int) -> ModelSpec:
         config.num_layers,
         config.num_heads,
         config.num_kv_heads,
-        config.vocab_size,
+        config.vocab_rows,
         config.max_position,
         config.qkv_bias,
         config.tie_word_embeddings,
         dtype_bytes,
+        head_size=config.head_dim
+        if config.head_dim * config.num_heads != config.hidden_size
+        else 0,
     )
 
 
@@ -78,8 +88,10 @@ def measure_profile(
         kv_bytes=kv_mib * 2**20,
         max_batch_size=max(req.batches),
         steps_per_turn=1,
+        tp_size=req.tp,
+        tp_devices=rank_devices(req.device, req.tp) if req.tp > 1 else (),
     )
-    with StepExecutor({req.name: req.model}, config) as engine:
+    with standalone_instance({req.name: str(req.model)}, config) as engine:
         if req.name in engine.unavailable:
             raise ConfigError(engine.unavailable[req.name])
         entry = engine.runner.entries[req.name]
@@ -88,7 +100,7 @@ def measure_profile(
                 f"model {req.name}: --input-lens up to {max(req.input_lens)} exceed its context "
                 f"of {entry.max_position} tokens"
             )
-        engine.runner.switch_to(req.name)
+        engine.switch_to(req.name)
         grid = [(i, b) for i in req.input_lens for b in req.batches]
         points = []
         for done, (input_len, batch) in enumerate(grid, 1):
@@ -99,7 +111,15 @@ def measure_profile(
         itemsize = torch.empty((), dtype=entry.weights.dtype).element_size()
         spec = spec_of(req.name, entry.checkpoint.config, itemsize)
         block_size = entry.kv.block_size
-    return build_profile(req.device_name, spec, points, link, block_size)
+    return build_profile(req.device_name, spec, points, link, block_size, req.tp)
+
+
+def rank_devices(device: str, tp: int) -> tuple[str, ...]:
+    """Rank i's device: `device` itself on a CPU, the i-th GPU from `device` on a GPU."""
+    if not device.startswith("cuda"):
+        return (device,) * tp
+    first = int(device.partition(":")[2] or 0)
+    return tuple(f"cuda:{first + rank}" for rank in range(tp))
 
 
 def _measure_point(
@@ -166,8 +186,8 @@ def _measure_link(engine: StepExecutor, req: ProfileRequest) -> LinkCost:
     )
     engine.add(0, req.name, [1] * (entry.kv.block_size * 8), SamplingParams(max_tokens=2))
     engine.reserve_kv(0)
-    blocks, block_bytes = engine.kv_blocks(0)
-    swap_s, swap_bytes = [], blocks * block_bytes
+    blocks, block_bytes = engine.kv_blocks(0)  # a host block holds every rank's shard of it
+    swap_s, swap_bytes = [], blocks * block_bytes // req.tp
     for _ in range(5):
         swap_s.append(timed(req.device, lambda: (engine.swap_out(0), engine.swap_in(0))) / 2)
     engine.remove(0)

@@ -1,7 +1,8 @@
 """Profiles: measured latency tables, the cost-model fit, and the JSON files under profiles/.
 
-Schema (`aegaeon-profile/1`), one file per device and model, profiles/<device>/<model>.json:
-  schema, device, model, tensor_parallel
+Schema (`aegaeon-profile/1`), one file per device and model, profiles/<device>/<model>.json, and for an
+instance of N devices (tensor parallelism) profiles/<device>/tp<N>/<model>.json:
+  schema, device, model, tensor_parallel (N: every size below is one rank's shard, the link one rank's)
   architecture: ModelSpec fields (hidden_size, intermediate_size, num_layers, ...)
   weight_bytes, kv_bytes_per_token, block_size
   link: h2d_bandwidth (bytes/s), switch_efficiency, swap_efficiency, device_memory_bytes
@@ -165,6 +166,7 @@ def build_profile(
     points: list[TablePoint],
     link: LinkCost,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    tensor_parallel: int = 1,
 ) -> dict:
     cost, excluded = fit_model_cost(spec, points, block_size)
     table, prefill_err, decode_err = [], [], []
@@ -181,7 +183,7 @@ def build_profile(
         "schema": SCHEMA,
         "device": device,
         "model": spec.name,
-        "tensor_parallel": 1,
+        "tensor_parallel": tensor_parallel,
         "architecture": asdict(spec),
         "weight_bytes": spec.weight_bytes,
         "kv_bytes_per_token": spec.kv_bytes_per_token,
@@ -201,8 +203,13 @@ def build_profile(
     }
 
 
+def profile_folder(root: Path, device: str, tp: int = 1) -> Path:
+    return Path(root) / device / (f"tp{tp}" if tp > 1 else "")
+
+
 def write_profile(profile: dict, out_dir: Path) -> Path:
-    path = Path(out_dir) / profile["device"] / f"{profile['model']}.json"
+    folder = profile_folder(out_dir, profile["device"], profile.get("tensor_parallel", 1))
+    path = folder / f"{profile['model']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(profile, indent=1) + "\n")
@@ -210,13 +217,18 @@ def write_profile(profile: dict, out_dir: Path) -> Path:
     return path
 
 
-def load_profile(path: Path) -> tuple[ModelCost, LinkCost]:
+def load_profile(path: Path, tp: int = 1) -> tuple[ModelCost, LinkCost]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"profile {path}: cannot read it ({exc})") from exc
     if data.get("schema") != SCHEMA:
         raise ConfigError(f"profile {path}: schema {data.get('schema')!r} is not {SCHEMA!r}")
+    if data.get("tensor_parallel", 1) != tp:
+        raise ConfigError(
+            f"profile {path} is of tensor-parallel degree {data.get('tensor_parallel')}, not {tp}: "
+            f"profiles of degree N live in <device>/tp<N>/"
+        )
     try:
         arch = data["architecture"]
         cost = ModelCost(
@@ -238,17 +250,22 @@ def load_profile(path: Path) -> tuple[ModelCost, LinkCost]:
 
 
 def load_device_profiles(
-    device: str, root: Path | None = None
+    device: str, root: Path | None = None, tp: int = 1
 ) -> tuple[dict[str, ModelCost], LinkCost]:
-    folder = (root or profiles_dir()) / device
+    """The profiles of `device` at tensor-parallel degree `tp` (one rank's sizes and link at tp > 1)."""
+    folder = profile_folder(root or profiles_dir(), device, tp)
     files = sorted(folder.glob("*.json"))
     if not files:
-        raise ConfigError(
-            f"no profiles for device {device!r} in {folder}: run `aegaeon profile fit` or pass --profiles"
+        how = (
+            "run `aegaeon profile fit` or pass --profiles"
+            if tp == 1
+            else f"measure them with `aegaeon profile --model DIR --tp {tp}` and pass --profiles (no "
+            f"tensor-parallel profile ships: the artifact measured none)"
         )
+        raise ConfigError(f"no profiles for device {device!r} at --tp {tp} in {folder}: {how}")
     costs, link = {}, None
     for path in files:
-        cost, link = load_profile(path)
+        cost, link = load_profile(path, tp)
         costs[cost.name] = cost
     return costs, link
 
@@ -259,9 +276,10 @@ def cost_model_for_workload(
     root: Path | None = None,
     mix: tuple[str, ...] = PAPER_MIX,
     assignment: Mapping[str, str] | None = None,
+    tp: int = 1,
 ) -> TableCostModel:
     """A cost model for the workload's model names (synth_model_NN -> mix[NN % len(mix)])."""
-    costs, link = load_device_profiles(device, root)
+    costs, link = load_device_profiles(device, root, tp)
     table = {}
     for name in model_names:
         base = (assignment or {}).get(name) or _mix_entry(name, mix)

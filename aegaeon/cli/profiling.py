@@ -34,6 +34,14 @@ from aegaeon.cli.root import main
     default=None,
     help="Folder under the output dir [default: cpu, or the GPU's name].",
 )
+@click.option(
+    "--tp",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Tensor-parallel degree: measure an instance of N ranks (on a GPU, N GPUs from --device); the "
+    "profile, one rank's, goes to <device>/tp<N>/.",
+)
 @click.option("--input-lens", default="16,32,64,128,256", show_default=True)
 @click.option("--batches", default="1,2,4,8", show_default=True)
 @click.option(
@@ -50,11 +58,13 @@ def profile(
     name: str | None,
     device: str,
     device_name: str | None,
+    tp: int,
     input_lens: str,
     batches: str,
     out_dir: str | None,
 ) -> None:
-    """Cost-model profiles (profiles/<device>/<model>.json): measure one with --model, or `fit` measured tables."""
+    """Cost-model profiles (profiles/<device>/<model>.json, profiles/<device>/tp<N>/<model>.json at --tp N):
+    measure one with --model, or `fit` measured tables."""
     if ctx.invoked_subcommand is not None:
         return
     if model_dir is None:
@@ -89,6 +99,7 @@ def profile(
         device_name,
         ints("--input-lens", input_lens),
         ints("--batches", batches),
+        tp=tp,
     )
     grid = len(req.input_lens) * len(req.batches)
     with click.progressbar(length=grid, label="profiling", file=sys.stderr) as bar:

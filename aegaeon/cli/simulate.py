@@ -83,7 +83,18 @@ def workload_gen(
 @click.option("--policy", default="aegaeon,sllm,sllm+,muxserve", show_default=True)
 @click.option("--num-gpus", default=16, show_default=True)
 @click.option(
-    "--prefill-instances", type=int, default=None, help="Aegaeon prefill GPUs [default: a quarter]."
+    "--tp",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Devices per instance (tensor parallelism): --num-gpus / N instances, timed by the profiles in "
+    "<device>/tp<N>/ (measure them with `aegaeon profile --tp N`); tagged `tp<N>`.",
+)
+@click.option(
+    "--prefill-instances",
+    type=int,
+    default=None,
+    help="Aegaeon prefill instances [default: a quarter of the instances].",
 )
 @click.option(
     "--duration",
@@ -182,6 +193,7 @@ def sim(
     outlen_scale: float,
     policy: str,
     num_gpus: int,
+    tp: int,
     prefill_instances: int | None,
     duration: float,
     seed: int,
@@ -237,10 +249,17 @@ def sim(
         outlen_scale,
     )
     root = Path(profiles_root) if profiles_root else None
-    _, link = load_device_profiles(device, root)
+    if num_gpus % tp or num_gpus // tp < 2:
+        raise click.BadParameter(
+            f"--num-gpus {num_gpus} must make at least 2 instances of --tp {tp} devices (a prefill and a "
+            f"decode one)",
+            param_hint="--num-gpus",
+        )
+    _, link = load_device_profiles(device, root, tp)
     models_mix = tuple(m.strip() for m in mix.split(",") if m.strip()) if mix else PAPER_MIX
     config = SimConfig(
         num_gpus=num_gpus,
+        tp=tp,
         device_memory_bytes=link.device_memory_bytes,  # the device's, as its profiles state it
         prefill_instances=prefill_instances,
         max_quota=max_quota,
@@ -268,6 +287,7 @@ def sim(
                 assignment=appearance_assignment((r.model for r in reqs), models_mix)
                 if mapping == "appearance"
                 else None,
+                tp=tp,
             ),
             slo,
             config,

@@ -21,15 +21,19 @@ class ModelSpec:
     tie_embeddings: bool = False
     dtype_bytes: int = 2
     tokenizer: str = ""  # names the length distribution of sharegpt_lengths.csv
+    # a head's width when it is not hidden_size / num_heads: a tensor-parallel shard holds num_heads / N
+    # heads of the whole model's width (0: hidden_size / num_heads)
+    head_size: int = 0
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.head_size or self.hidden_size // self.num_heads
 
     @property
     def num_parameters(self) -> int:
-        h, m, kv = self.hidden_size, self.intermediate_size, self.num_kv_heads * self.head_dim
-        attention = h * h + 2 * h * kv + h * h + (h + 2 * kv if self.qkv_bias else 0)
+        h, m = self.hidden_size, self.intermediate_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        attention = 2 * h * q + 2 * h * kv + (q + 2 * kv if self.qkv_bias else 0)
         layer = attention + 3 * h * m + 2 * h
         embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
         return self.num_layers * layer + embeddings + h

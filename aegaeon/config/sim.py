@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aegaeon.errors import ConfigError
 from aegaeon.sched.decode import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUOTA
 from aegaeon.sched.prefill import DEFAULT_MAX_GROUP_SIZE
 
@@ -13,6 +14,9 @@ DEFAULT_DEVICE_MEMORY = 80 * 2**30
 @dataclass(frozen=True)
 class SimConfig:
     num_gpus: int = 16
+    # devices per instance (tensor parallelism): the cluster runs num_gpus // tp instances, each timed and
+    # sized by the profiles of degree tp (one rank's shard of every model in each rank's memory)
+    tp: int = 1
     device_memory_bytes: int = DEFAULT_DEVICE_MEMORY
     prefill_instances: int | None = None  # aegaeon: None -> a quarter of the GPUs
     max_group_size: int = DEFAULT_MAX_GROUP_SIZE  # aegaeon prefill groups
@@ -40,3 +44,13 @@ class SimConfig:
     record_turns: bool = (
         False  # aegaeon: keep every prefill group and decode turn (the differential tests)
     )
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or self.num_gpus % self.tp:
+            raise ConfigError(
+                f"--num-gpus {self.num_gpus} does not split into instances of --tp {self.tp} devices"
+            )
+
+    @property
+    def num_instances(self) -> int:
+        return self.num_gpus // self.tp

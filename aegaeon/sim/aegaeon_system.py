@@ -24,10 +24,10 @@ from aegaeon.sim.decode_instance import SimDecodeInstance
 
 def split_instances(config: SimConfig) -> tuple[int, int]:
     """(prefill, decode) instances: `prefill_instances` or a quarter of the GPUs, leaving at least one decode."""
-    prefill = config.prefill_instances or max(1, config.num_gpus // 4)
-    if prefill >= config.num_gpus:
-        prefill = max(1, config.num_gpus - 1)
-    return prefill, max(1, config.num_gpus - prefill)
+    prefill = config.prefill_instances or max(1, config.num_instances // 4)
+    if prefill >= config.num_instances:
+        prefill = max(1, config.num_instances - 1)
+    return prefill, max(1, config.num_instances - prefill)
 
 
 @dataclass

@@ -30,16 +30,16 @@ class MuxServeSystem:
         self.placement, self.unservable = place_models(
             models,
             cost,
-            config.num_gpus,
+            config.num_instances,
             config.device_memory_bytes,
             config.muxserve_kv_reserve_bytes,
         )
-        self.turns = [ColocatedTurns([]) for _ in range(config.num_gpus)]
+        self.turns = [ColocatedTurns([]) for _ in range(config.num_instances)]
         for model, gpu in self.placement.items():
             self.turns[gpu].models.append(model)
         self.pending: dict[str, list[RequestState]] = {}
         self.active: dict[str, list[RequestState]] = {}
-        self.running = [False] * config.num_gpus
+        self.running = [False] * config.num_instances
         self.switches = 0
 
     def submit(self, state: RequestState) -> None:

@@ -13,6 +13,8 @@ def result_variant(policy: str, variant: str, mapping: str, config: SimConfig) -
     from aegaeon.profiles import default_mapping
 
     parts = [variant] if variant else []
+    if config.tp > 1:
+        parts.append(f"tp{config.tp}")
     if mapping != default_mapping(policy):
         parts.append(f"map{mapping}")
     if policy.endswith("-ae") and not config.artifact_latency:

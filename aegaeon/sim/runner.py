@@ -281,6 +281,7 @@ def run_sweep(
         )
         extra["model_mapping"] = mapping
         extra["replay_seconds"] = config.replay_seconds
+        extra["tp"] = config.tp
         extra["variant"] = result_variant(policy, extra.get("variant", ""), mapping, config)
         if config.replay_seconds is not None:
             duration = min(duration, config.replay_seconds)

@@ -31,13 +31,13 @@ class ServerlessSystem:
         self.loop, self.cost, self.slo, self.config = loop, cost, slo, config
         self.name = policy
         plus = policy == "sllm+"
-        self.scheduler = ServerlessScheduler(config.num_gpus, cost, config.queue_size, plus)
+        self.scheduler = ServerlessScheduler(config.num_instances, cost, config.queue_size, plus)
         # ServerlessLLM+ decodes a run to its end; ServerlessLLM admits joiners between slices
         self.slices = [
             RequestLevel(config.max_batch, float("inf") if plus else REQUEST_LEVEL_SLICE)
-            for _ in range(config.num_gpus)
+            for _ in range(config.num_instances)
         ]
-        self.loaded: list[str | None] = [None] * config.num_gpus
+        self.loaded: list[str | None] = [None] * config.num_instances
         self.states: dict[int, RequestState] = {}
         self.switches = 0
 

@@ -64,8 +64,8 @@ class UnifiedSystem:
             model: kv_budget_tokens(config.device_memory_bytes, s.weight_gb, s.kv_bytes_per_token)
             for model, s in self.sizes.items()
         }
-        self.workers = [UnifiedWorker() for _ in range(config.num_gpus)]
-        self.busy = [False] * config.num_gpus
+        self.workers = [UnifiedWorker() for _ in range(config.num_instances)]
+        self.busy = [False] * config.num_instances
         self.live: list[UnifiedRequest] = []
         self.switches = 0
         self.kv_losses = (
