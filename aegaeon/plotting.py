@@ -177,6 +177,51 @@ def plot_live_e2e(json_dir: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
+TP4_MODELS = (
+    4  # figure 17's TP4 experiment: 4 models (Qwen2.5-72B in the paper), rates 0.1-0.6 per model
+)
+
+
+def plot_tp(
+    json_dir: Path, out_dir: Path, tp: int = 4, num_models: int = TP4_MODELS, scorer: str = "ours"
+) -> list[Path]:
+    """Figure 17's TP panel: SLO attainment against the arrival rate of instances of `tp` devices serving
+    `num_models` models, from any results of that degree (live `bench e2e --tp`, or `sim --tp` on measured
+    profiles); one figure per source, device and SLO setting found."""
+    field = SCORERS[scorer]
+    groups: dict[tuple, dict[tuple[str, str], list[tuple[float, float]]]] = {}
+    for r in load_results(json_dir):
+        if r.get("tp", 1) != tp or r.get("num_models") != num_models or field not in r:
+            continue
+        key = (
+            r.get("source", "sim"),
+            r.get("device", "device not recorded"),
+            round(r["ttft_slo"], 4),
+            round(r["tpot_slo"], 6),
+            r["inlen_scale"],
+            r["outlen_scale"],
+        )
+        groups.setdefault(key, {}).setdefault((r["policy"], r.get("variant", "")), []).append(
+            (r["arrival_rate"], 100.0 * r[field])
+        )
+    if not groups:
+        raise ConfigError(
+            f"no results of --tp {tp} with {num_models} models in {json_dir}: run a live `aegaeon bench "
+            f"e2e --tp {tp} --num-models {num_models}` or `aegaeon sim --tp {tp} --num-models "
+            f"{num_models}` on measured tp{tp} profiles (none ship: the artifact measured none)"
+        )
+    paths = []
+    for (source, device, ttft, tpot, inlen, outlen), series in sorted(groups.items()):
+        how = "Live" if source == "live" else "Simulated"
+        title = (
+            f"Fig. 17 (TP{tp}): {how} on {device}, {num_models} models\n"
+            f"inputs x{inlen:g}, outputs x{outlen:g}, SLO TTFT {ttft:.3g} s, TPOT {tpot:.3g} s"
+        )
+        stem = f"tp{tp}-{source}-{device}-ttft{ttft:g}-tpot{tpot:g}-{inlen:g}-{outlen:g}"
+        paths += _draw(series, "arrival_rate", title, Path(out_dir) / stem)
+    return paths
+
+
 def _draw(
     series: dict[tuple[str, str], list[tuple[float, float]]], x_key: str, title: str, stem: Path
 ) -> list[Path]:

@@ -80,6 +80,7 @@ class E2ERun:
     prefetch: bool = (
         False  # decode workers prefetch the next turn's weights (EngineConfig.prefetch)
     )
+    tp: int = 1  # worker ranks per instance (tensor parallelism)
 
     @property
     def label(self) -> RunLabel:
@@ -132,7 +133,9 @@ def node_config(run: E2ERun, models: dict[str, str], **link: object) -> NodeConf
         run.instances,
         run.prefill_instances,
         cluster_id=f"e2e{run.seed}",
-        engine=EngineConfig(kv_bytes=32 * 2**20, link_gbps=run.link_gbps, prefetch=run.prefetch),
+        engine=EngineConfig(
+            kv_bytes=32 * 2**20, link_gbps=run.link_gbps, prefetch=run.prefetch, tp_size=run.tp
+        ),
         host_kv_bytes=128 * 2**20,
         policy=run.policy,
         slo=run.slo,
@@ -208,7 +211,12 @@ def run_e2e(
         "device": "cpu",
         "seed": run.seed,
         "link_gbps": run.link_gbps,
-        "variant": "prefetch" if run.prefetch else "",
+        "tp": run.tp,
+        "variant": "_".join(
+            tag
+            for tag in ("prefetch" if run.prefetch else "", f"tp{run.tp}" if run.tp > 1 else "")
+            if tag
+        ),
         **decode_switch_figures(events, run.prefill_instances, run.instances),
     }
     result = result_record(
@@ -217,7 +225,7 @@ def run_e2e(
         states,
         run.slo,
         run.duration,
-        run.instances * run.nnodes,
+        run.instances * run.tp * run.nnodes,
         extra,
         source="live",
     )

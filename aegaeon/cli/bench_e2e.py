@@ -82,6 +82,14 @@ if TYPE_CHECKING:
     help="Decode workers prefetch the next turn's weights (the node's --prefetch); tagged `prefetch`.",
 )
 @click.option(
+    "--tp",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker ranks per instance (tensor parallelism; every market model's heads must divide by it: "
+    "the default market's do for 2, not 4); tagged `tp<N>`.",
+)
+@click.option(
     "--link-like",
     default=None,
     metavar="DEVICE",
@@ -105,6 +113,7 @@ def bench_e2e_cmd(
     out_dir: str,
     link_gbps: float | None,
     prefetch: bool,
+    tp: int,
     link_like: str | None,
 ) -> None:
     """Launch a CPU node of tiny models, replay workloads/synth-N-R-X-Y.csv in real time, and report
@@ -157,6 +166,7 @@ def bench_e2e_cmd(
                     nnodes,
                     link_gbps,
                     prefetch,
+                    tp,
                 )
                 with _request_progress(f"{policy} {count} models rate {rate:g}") as advance:
                     result = run_e2e(run, aegaeon_home() / "market", Path(workloads_dir), advance)

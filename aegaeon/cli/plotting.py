@@ -89,6 +89,29 @@ def plot_a10_cmd(scorer: str, json_dir: str, out_dir: str) -> None:
         )
 
 
+@plot.command("tp4")
+@click.option("--scorer", type=click.Choice(["ours", "paper"]), default="ours", show_default=True)
+@click.option(
+    "--json-dir", default="plots/json", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--out", "out_dir", default="plots/out", show_default=True, type=click.Path(file_okay=False)
+)
+def plot_tp4_cmd(scorer: str, json_dir: str, out_dir: str) -> None:
+    """Figure 17's TP4 panel: SLO attainment against the arrival rate for 4 models served by instances of
+    4 devices, from results of degree 4 (live `bench e2e --tp 4`, or `sim --tp 4` on measured tp4
+    profiles). No TP4 profile or result ships: without a 4-GPU run this panel is absent."""
+    from aegaeon.errors import ConfigError
+    from aegaeon.plotting import plot_tp
+
+    try:
+        paths = plot_tp(Path(json_dir), Path(out_dir), 4, scorer=scorer)
+    except ConfigError as missing:
+        raise click.ClickException(str(missing)) from None
+    for path in paths:
+        click.echo(str(path))
+
+
 def _trace_plot_command(figure: str, summary: str) -> None:
     @plot.command(
         figure,

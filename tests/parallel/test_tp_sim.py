@@ -61,3 +61,30 @@ def test_a_tp_2_profile_is_one_ranks_and_the_simulator_runs_instances_of_two_dev
     assert missing.exit_code != 0 and "no profiles for device 'cpu' at --tp 4" in missing.output
     odd = runner.invoke(main, ["sim", *common, "--tp", "2", "--num-gpus", "3", "--out", str(out)])
     assert odd.exit_code != 0 and "must make at least 2 instances of --tp 2" in odd.output
+
+
+def test_the_tp4_panel_draws_results_of_degree_4_and_is_absent_without_them(tmp_path):
+    runner = CliRunner()
+    model, profiles, out = tmp_path / "tiny4", tmp_path / "profiles", tmp_path / "json"
+    made = runner.invoke(main, ["make-model", str(model), "--heads", "4", "--kv-heads", "4"])
+    assert made.exit_code == 0, made.output
+    empty = runner.invoke(main, ["plot", "tp4", "--json-dir", str(out), "--out", str(tmp_path)])
+    assert empty.exit_code != 0 and "no results of --tp 4 with 4 models" in empty.output
+    profiled = runner.invoke(
+        main,
+        ["profile", "--model", str(model), "--tp", "4", "--input-lens", "8,16,32"]
+        + ["--batches", "1,2", "--out", str(profiles)],
+    )
+    assert profiled.exit_code == 0, profiled.output
+    simulated = runner.invoke(
+        main,
+        ["sim", "--num-models", "4", "--arrival-rate", "0.1,0.3", "--duration", "30", "--tp", "4"]
+        + ["--num-gpus", "8", "--device", "cpu", "--profiles", str(profiles), "--mix", "tiny4"]
+        + ["--policy", "aegaeon,sllm", "--workloads", str(tmp_path / "w"), "--out", str(out)],
+    )
+    assert simulated.exit_code == 0, simulated.output
+    figs = tmp_path / "figs"
+    drawn = runner.invoke(main, ["plot", "tp4", "--json-dir", str(out), "--out", str(figs)])
+    assert drawn.exit_code == 0, drawn.output
+    (png,) = figs.glob("tp4-sim-cpu-*.png")
+    assert png.stat().st_size > 1000
