@@ -48,7 +48,10 @@ if TYPE_CHECKING:
 @slo_options
 @click.option("--duration", default=60.0, show_default=True, help="Seconds of arrivals replayed.")
 @click.option(
-    "--instances", default=4, show_default=True, help="Virtual CPU instances (worker processes)."
+    "--instances",
+    default=4,
+    show_default=True,
+    help="Virtual CPU instances (each of --tp worker processes).",
 )
 @click.option("--prefill-instances", default=1, show_default=True)
 @click.option(
