@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from aegaeon.cli_node import node_settings
 from aegaeon.client import Client
 from aegaeon.config.pool import build
 from aegaeon.config.serving import EngineConfig, NodeConfig
@@ -96,6 +97,8 @@ def _children(pid: int) -> list[int]:
 
 
 def test_tp_settings_are_checked_where_they_are_given(market, tmp_path):
+    flags, _ = node_settings({"tp": 2, "num_instances": 3, "models_spec": f"a={market['t0']}"})
+    assert flags.engine.tp_size == 2 and flags.instance_devices(2) == ("cpu", "cpu")
     node, _ = build({"models": [f"a={market['t0']}"], "tp": 2, "devices": ["cuda:0", "cuda:1"] * 2})
     assert node.num_instances == 2 and node.instance_devices(1) == ("cuda:0", "cuda:1")
     with pytest.raises(ConfigError, match="3 devices do not split into instances of --tp 2"):
