@@ -82,6 +82,11 @@ class Arena:
         return self._core.total_bytes
 
     @property
+    def weight_bytes(self) -> int:
+        """The size the weight region was last placed at (its slabs may hold more)."""
+        return self._core.weight_bytes
+
+    @property
     def slab_bytes(self) -> int:
         return self.allocator.slab_bytes
 

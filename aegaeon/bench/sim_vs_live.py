@@ -90,14 +90,16 @@ def simulate_like_live(
     cost = market.cost_model(calibration)
     node = node_config(run, {})
     largest = max(c.weight_bytes for c in market.costs.values())
-    # the live decode workers' arena (largest weights + KV), batch cap and quota cap
+    # the live decode workers' arena (largest weights + KV, and with prefetch the staging slot of the
+    # largest model's size beside it), batch cap and quota cap
     config = SimConfig(
         num_gpus=run.instances,
-        device_memory_bytes=largest + node.engine.kv_bytes,
+        device_memory_bytes=largest * (2 if run.prefetch else 1) + node.engine.kv_bytes,
         prefill_instances=run.prefill_instances,
         max_batch=node.max_batch,
         max_quota=node.max_quota,
         replay_seconds=None,  # the live run replays all of its workload
+        prefetch=run.prefetch,
     )
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {

@@ -81,6 +81,12 @@ from aegaeon.cli.root import _request_progress, slo_options
     help="Run the live node behind an emulated link of this many GB/s; the simulator models it at G.",
 )
 @click.option(
+    "--prefetch",
+    is_flag=True,
+    help="Live decode workers prefetch the next turn's weights (`serve --prefetch`), and the simulator "
+    "models the same (`sim --prefetch`); results tagged `prefetch`.",
+)
+@click.option(
     "--link-like",
     default=None,
     metavar="DEVICE",
@@ -104,6 +110,7 @@ def bench_sim_vs_live_cmd(
     calibration_runs: int,
     out_dir: str,
     link_gbps: float | None,
+    prefetch: bool,
     link_like: str | None,
 ) -> None:
     """Profile this machine, then run each workload live and in the simulator fed with that profile;
@@ -151,6 +158,7 @@ def bench_sim_vs_live_cmd(
         seed_list[0],
         slo,
         link_gbps=link_gbps,
+        prefetch=prefetch,
     )
     base.validate()
     market = profile_market(

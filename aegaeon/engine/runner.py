@@ -153,6 +153,10 @@ class ModelRunner:
         else:
             if nbytes > self.arena.allocator.reserved_boundary * self.arena.slab_bytes:
                 return False  # growing the region would move KV: not for a prefetch
+            if nbytes > self.arena.weight_bytes:
+                # the region was last placed for a smaller model: widen it within the slabs it holds
+                # (no KV moves; the slot's old contents are overwritten from now on anyway)
+                self.arena.place_weights(nbytes)
             slot, region = "arena", self.arena.weight_view(0, torch.uint8, (nbytes,))
         source = self.host_cache.region(name)
         job = _Prefetch(name, region, slot)

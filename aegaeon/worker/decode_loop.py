@@ -131,7 +131,10 @@ class DecodeLoop:
         if prefetch_target is not None:
             target = prefetch_target(self.candidates())
             if target is not None:
-                self.executor.prefetch(target)
+                try:
+                    self.executor.prefetch(target)
+                except Exception:  # a copy that cannot start only leaves the next switch unhidden
+                    log.exception("prefetch of %s failed; the switch to it will copy", target)
 
     @staticmethod
     def _allows(turn: Turn, steps: int, elapsed: float) -> bool:

@@ -107,3 +107,39 @@ def test_two_models_stay_resident_in_the_two_slots_and_switch_without_copies(thr
         # big into the arena, small into the other slot (prefetched, or a plain copy), then both stay
         assert copied[0] > 0 and copied[1] > 0 and copied[2:] == [0] * 8, copied
         assert all(r.resident for r in records[2:])
+
+
+def test_a_larger_model_prefetched_into_the_arena_slot_widens_its_region_within_the_slabs_it_has(
+    tmp_path,
+):
+    """The arena's weight region was last placed for a small model; with slabs larger than the models, a
+    larger model fits the region's slabs without moving KV, and a prefetch of it there widens the region
+    (it used to ask for a view past the region's end)."""
+    models = {
+        "small": str(make_model(tmp_path / "small", SMALL_SHAPE, seed=2)),
+        "big": str(make_model(tmp_path / "big", LARGE_SHAPE, seed=1)),
+        "big2": str(make_model(tmp_path / "big2", LARGE_SHAPE, seed=4)),
+    }
+    order = ["small", "big", "big2", "small", "big"]
+
+    def run(prefetch: bool):
+        config = EngineConfig(slab_bytes=2 * 2**20, kv_bytes=8 * 2**20, prefetch=prefetch)
+        with StepExecutor(models, config) as executor:
+            executor.host_cache.join()
+            for i, model in enumerate(models):
+                executor.add(i, model, [3, 5, 7, 11 + i], SamplingParams(max_tokens=30))
+            ids = {model: i for i, model in enumerate(models)}
+            outputs, records = {i: [] for i in ids.values()}, []
+            for turn, model in enumerate(order):
+                records.append(executor.switch_to(model))
+                if prefetch and turn + 1 < len(order):
+                    assert executor.prefetch(order[turn + 1])
+                for _ in range(2):
+                    for update in executor.step(model, [ids[model]]):
+                        outputs[update.request_id] += update.new_tokens
+            return outputs, records
+
+    expected, _ = run(False)
+    outputs, records = run(True)
+    assert outputs == expected
+    assert all("wait_prefetch" in r.stages for r in records[1:] if r is not None)
