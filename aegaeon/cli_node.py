@@ -140,9 +140,9 @@ _OPTIONS = [
         "--prefetch",
         is_flag=True,
         default=None,
-        help="Decode workers copy the next turn's weights while the current turn decodes, and plan "
-        "rounds on the exposed switch (a second weight slot of the largest model's size per decode "
-        "worker).",
+        help="Decode workers copy the next turn's weights while the current turn decodes (and plan "
+        "rounds on the exposed switch), prefill workers the next group's while a group computes (a "
+        "second weight slot of the largest model's size per worker).",
     ),
     click.option(
         "--max-requests", type=int, default=None, help="Requests held at once before 429s [1024]."

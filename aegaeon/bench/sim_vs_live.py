@@ -99,7 +99,8 @@ def simulate_like_live(
         max_batch=node.max_batch,
         max_quota=node.max_quota,
         replay_seconds=None,  # the live run replays all of its workload
-        prefetch=run.prefetch,
+        prefetch=run.prefetch,  # live --prefetch: decode workers and prefill workers both prefetch
+        prefill_prefetch=run.prefetch,
     )
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {

@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 @click.option(
     "--prefetch",
     is_flag=True,
-    help="Decode workers prefetch the next turn's weights (the node's --prefetch); tagged `prefetch`.",
+    help="Workers prefetch: decode the next turn's weights, prefill the next group's (the node's --prefetch); tagged `prefetch`.",
 )
 @click.option(
     "--tp",

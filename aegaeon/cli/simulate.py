@@ -144,7 +144,7 @@ def workload_gen(
     "--prefill-prefetch",
     is_flag=True,
     help="Aegaeon: each prefill instance copies its next group's model while the current group computes "
-    "(simulated only: live prefill workers do not prefetch yet); tagged `pfprefill`.",
+    "(live prefill workers do with `serve --prefetch`, which turns on both kinds); tagged `pfprefill`.",
 )
 @click.option(
     "--replay-seconds",

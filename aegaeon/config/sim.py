@@ -26,7 +26,7 @@ class SimConfig:
     # the exposed switch (aegaeon.sched.decode.plan_round), as live decode workers do with --prefetch
     prefetch: bool = False
     # aegaeon: each prefill instance copies its next group's model while the current group computes
-    # (simulated only: live prefill workers do not prefetch yet)
+    # (live prefill workers do with `serve --prefetch`, which turns on both kinds)
     prefill_prefetch: bool = False
     queue_size: int = 4  # sllm / sllm+ QS
     muxserve_kv_reserve_bytes: int = 20 * 2**30  # KV room each MuxServe model is placed with

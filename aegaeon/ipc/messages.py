@@ -73,6 +73,14 @@ class _KvHandoff:
 
 
 @dataclass(frozen=True)
+class Prefetch:
+    """Proxy -> prefill worker: copy `model`'s weights into the free weight slot while the running group
+    computes (the model of its next group: aegaeon.sched.prefill.PrefillDispatcher.prefetch_target)."""
+
+    model: str
+
+
+@dataclass(frozen=True)
 class SwapOut(_KvHandoff):
     """Worker -> proxy: a request's KV now lives in the host KV cache."""
 
@@ -260,6 +268,7 @@ MESSAGE_TYPES: tuple[type, ...] = (
     AddModel,
     RemoveModel,
     ModelChanged,
+    Prefetch,
 )  # append only: the index is the tag
 _TAG = {cls: i for i, cls in enumerate(MESSAGE_TYPES)}
 

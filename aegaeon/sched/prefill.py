@@ -172,6 +172,12 @@ class PrefillDispatcher:
         """A replacement for a lost instance is up: it takes groups again."""
         self.instances[instance] = _InstanceState(busy_until=now)
 
+    def prefetch_target(self, instance: int) -> str | None:
+        """The model `instance` should copy while its running group computes: its next group's (the paper's
+        prefetched-model slot), unless it is the loaded one. A queued group exists only behind a running one."""
+        upcoming = self.grouped.upcoming_model(instance)
+        return None if upcoming == self.instances[instance].loaded else upcoming
+
     def _start(self, instance: int, now: float) -> GroupStart | None:
         group = self.grouped.next_group(instance)
         if group is None:

@@ -99,6 +99,7 @@ class Node:
                     max_batch=cfg.max_batch,
                     limits=cfg.limits,
                     recovery=cfg.recovery,
+                    prefetch=cfg.engine.prefetch,
                 )
                 self.unavailable.update(self.proxy.wait_ready(cfg.start_timeout, alive))
             self.models = sorted(set(self.good_models) - set(self.unavailable))
@@ -241,7 +242,6 @@ class Node:
             cfg.engine,
             device=devices[0],
             tp_devices=devices if tp > 1 else (),
-            prefetch=cfg.engine.prefetch and role == "decode",
         )
         spec = WorkerSpec(
             cfg.cluster_id,

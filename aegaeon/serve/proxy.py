@@ -83,6 +83,7 @@ class Proxy:
         limits: AdmissionLimits = AdmissionLimits(),
         recovery: RecoveryConfig = RecoveryConfig(),
         clock: Callable[[], float] = time.monotonic,
+        prefetch: bool = False,
     ):
         self.links = {link.worker_id: link for link in links}
         if imports is None and not (
@@ -97,6 +98,7 @@ class Proxy:
             clock,
             max_group_size,
             max_batch,
+            prefetch=prefetch,
         )
         self.relay = KvRelay(imports, self.links.get)
         self.clock = clock

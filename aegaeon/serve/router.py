@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from aegaeon.ipc.messages import Schedule, StepDone
+from aegaeon.ipc.messages import Prefetch, Schedule, StepDone
 from aegaeon.sched.cost import MeasuredCost
 from aegaeon.sched.decode import choose_decode_instance
 from aegaeon.sched.prefill import DEFAULT_MAX_GROUP_SIZE, GroupStart, PrefillDispatcher
@@ -29,6 +29,7 @@ class Router:
         max_group_size: int = DEFAULT_MAX_GROUP_SIZE,
         max_batch: int = 64,
         cost: MeasuredCost | None = None,
+        prefetch: bool = False,
     ):
         self.prefill = list(prefill)  # index = the dispatcher's instance
         self.decode = list(decode)
@@ -36,6 +37,11 @@ class Router:
         self.cost = cost or MeasuredCost()  # learnt from the prefill workers' StepDone reports
         self.dispatcher = PrefillDispatcher(len(self.prefill), self.cost, max_group_size)
         self.running: dict[int, GroupStart] = {}  # prefill instance -> its group under way
+        # prefill workers copy their next group's model during the running one (engine prefetch on)
+        self.prefetch = prefetch
+        self.prefetch_sent: dict[
+            int, str
+        ] = {}  # prefill instance -> the model it was last told to copy
         self.group_log: list[tuple[float, GroupStart]] | None = (
             None  # set to a list to record (tests)
         )
@@ -57,6 +63,17 @@ class Router:
             request.run.max_tokens,
         )
         self._execute(self.dispatcher.submit(spec, self.clock()))
+        self._send_prefetches()
+
+    def _send_prefetches(self) -> None:
+        """Tell each prefill worker whose next group's model changed to copy it (the policy's choice)."""
+        if not self.prefetch:
+            return
+        for instance, link in enumerate(self.prefill):
+            target = self.dispatcher.prefetch_target(instance)
+            if target is not None and self.prefetch_sent.get(instance) != target:
+                self.prefetch_sent[instance] = target
+                link.send(Prefetch(target))
 
     def group_done(self, link: WorkerLink, message: StepDone) -> None:
         instance = self.prefill.index(link)
@@ -74,6 +91,7 @@ class Router:
         if self.group_log is not None:
             self.group_log.append((self.clock(), start))
         self.running[start.instance] = start
+        self.prefetch_sent.pop(start.instance, None)
         link = self.prefill[start.instance]
         for spec in start.requests:
             request = self.requests(spec.request_id)
@@ -81,6 +99,7 @@ class Router:
                 request.prefill_worker = link.worker_id
                 link.send(request.run)
         link.send(Schedule(start.model, start.request_ids, 0.0))
+        self._send_prefetches()
 
     def add_prefill(self, link: WorkerLink) -> None:
         self.prefill.append(link)
@@ -91,6 +110,7 @@ class Router:
         """A prefill worker is gone: it gets no more groups; returns the ids of the requests queued on it."""
         instance = self.prefill.index(link)
         self.running.pop(instance, None)
+        self.prefetch_sent.pop(instance, None)
         return [r.request_id for r in self.dispatcher.instance_lost(instance)]
 
     def prefill_back(self, old: WorkerLink, new: WorkerLink) -> None:

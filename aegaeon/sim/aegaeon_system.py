@@ -105,8 +105,8 @@ class AegaeonSystem:
         """With prefetch: a busy prefill instance copies the model of the group after its running one (the
         paper's prefetched-model slot), once its own switch is done and when both models' weights fit."""
         executor = self.prefill[instance]
-        upcoming = self.dispatcher.grouped.upcoming_model(instance)
-        if executor.prefetching is not None or upcoming in (None, executor.loaded):
+        upcoming = self.dispatcher.prefetch_target(instance)
+        if executor.prefetching is not None or upcoming is None:
             return
         weights = self.cost.weight_bytes(executor.loaded) + self.cost.weight_bytes(upcoming)
         if weights <= self.config.device_memory_bytes:

@@ -2,7 +2,9 @@
 prefilled request's KV to the node's host KV cache for a decode worker.
 
 A group switches to its model once, then prefills its prompts one after another, so each first token is
-sent as early as possible (the simulator runs groups the same way). A request's KV goes into this worker's
+sent as early as possible (the simulator runs groups the same way). Between two prompts the worker reads its
+inbox, so that a `Prefetch` (the model of its next group, with the engine's prefetch on) starts copying while
+the rest of the group computes. A request's KV goes into this worker's
 partition of the host KV cache; when the partition is full the worker waits for decode workers to release
 blocks (back-pressure, never a crash).
 """
@@ -15,7 +17,7 @@ from collections import deque
 
 from aegaeon.errors import AegaeonError, OutOfBlocksError
 from aegaeon.ipc.events import PrefillEvent
-from aegaeon.ipc.messages import Cancel, KvRelease, Schedule, StepDone, Submit, SwapOut
+from aegaeon.ipc.messages import Cancel, KvRelease, Prefetch, Schedule, StepDone, Submit, SwapOut
 from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.models.sampler import SamplingParams
 from aegaeon.worker.loop import ParentGone, WorkerLoop
@@ -56,12 +58,35 @@ class PrefillWorker(WorkerLoop):
         )
         self.submitted: dict[int, Submit] = {}
         self.groups: deque[Schedule] = deque()
+        self.prefetch_wanted: str | None = (
+            None  # the next group's model, to copy once this one's is bound
+        )
         self.handlers.update(
-            {Submit: self.on_submit, Schedule: self.groups.append, KvRelease: self.on_release}
+            {
+                Submit: self.on_submit,
+                Schedule: self.groups.append,
+                KvRelease: self.on_release,
+                Prefetch: self.on_prefetch,
+            }
         )
 
     def on_submit(self, message: Submit) -> None:
         self.submitted[message.request_id] = message
+
+    def on_prefetch(self, message: Prefetch) -> None:
+        self.prefetch_wanted = message.model
+
+    def start_prefetch(self) -> None:
+        """Start the wanted copy if the engine can now (one at a time, never over the bound model)."""
+        wanted = self.prefetch_wanted
+        if wanted is None or wanted == self.executor.bound_model:
+            return
+        try:
+            if self.executor.prefetch(wanted):
+                self.prefetch_wanted = None
+        except Exception:  # a copy that cannot start only leaves the next switch unhidden
+            log.exception("prefill worker %d: prefetch of %s failed", self.spec.worker_id, wanted)
+            self.prefetch_wanted = None
 
     def on_release(self, message: KvRelease) -> None:
         self.partition.free(message.host_handles)
@@ -71,6 +96,10 @@ class PrefillWorker(WorkerLoop):
         super().on_cancel(message)
 
     def tick(self) -> None:
+        if (
+            not self.groups
+        ):  # with a group queued, the wanted model is the one after it: switch first
+            self.start_prefetch()
         if self.groups:
             self.run_group(self.groups.popleft())
             self.drain(0)
@@ -92,7 +121,13 @@ class PrefillWorker(WorkerLoop):
             else:
                 self.trace_switch(group.model, record)
                 switch_seconds = record.seconds if record else 0.0
+        if self.prefetch_wanted == group.model:
+            self.prefetch_wanted = None  # it is bound now
         for request_id in pending:
+            self.drain(0)  # a Prefetch (or a cancel) that came meanwhile
+            self.start_prefetch()
+            if not self.executor.has(request_id):  # cancelled meanwhile
+                continue
             try:
                 self._prefill(group.model, request_id, started_wall, switch_seconds)
             except ParentGone:

@@ -21,6 +21,7 @@ from aegaeon.ipc.messages import (
     KvRelease,
     MessageError,
     ModelChanged,
+    Prefetch,
     Refused,
     RemoveModel,
     RetiredTrace,
@@ -43,6 +44,7 @@ from aegaeon.ipc.messages import (
 EXAMPLES = [
     Submit(7, "m", (1, 2, 3), 16, 0.7, 0.9, 42, True),
     Schedule("m", (1, 2), 0.25),
+    Prefetch("m"),
     Submit(
         8,
         "m",

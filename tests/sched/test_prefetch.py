@@ -115,3 +115,21 @@ def test_prefill_prefetch_hides_the_next_groups_load_in_the_simulator():
     assert len(paid[False]) == len(paid[True]) == 7 and paid[False][1] == paid[True][1] == 0.0
     assert paid[True][0] == paid[False][0]  # the first load has nothing to hide behind
     assert max(paid[True][2:]) == 0.0 and min(paid[False][2:]) > 0.2
+
+
+def test_a_prefill_instance_prefetches_its_next_groups_model_unless_it_is_loaded():
+    from aegaeon.sched.prefill import PrefillDispatcher
+
+    dispatcher = PrefillDispatcher(1, FixedCost(), max_group_size=2)
+    spec = lambda i, model: RequestSpec(i, model, 0.0, 8, 4)  # noqa: E731
+    start = dispatcher.submit(spec(0, "a"), 0.0)
+    assert start is not None and start.model == "a"
+    assert dispatcher.prefetch_target(0) is None  # nothing queued behind the running group
+    assert dispatcher.submit(spec(1, "a"), 0.0) is None
+    assert dispatcher.prefetch_target(0) is None  # the next group's model is the loaded one
+    dispatcher.submit(spec(2, "a"), 0.0)  # joins the queued a group
+    dispatcher.submit(spec(3, "b"), 0.0)
+    assert dispatcher.prefetch_target(0) is None  # a's queued group comes first
+    nxt = dispatcher.group_done(0, 1.0)
+    assert nxt.model == "a" and dispatcher.prefetch_target(0) == "b"
+    assert dispatcher.group_done(0, 2.0).model == "b" and dispatcher.prefetch_target(0) is None

@@ -8,7 +8,7 @@ from aegaeon.config.serving import EngineConfig
 from aegaeon.engine.local import LocalEngine
 from aegaeon.ipc.events import SwitchEvent
 from aegaeon.models.sampler import SamplingParams
-from tests.serve.node_helpers import PROMPTS, SLAB, make_node
+from tests.serve.node_helpers import PROMPTS, SLAB, make_node, prompt_ids
 
 
 def test_a_prefetching_node_serves_single_model_greedy_outputs_with_prefetched_switches(
@@ -37,3 +37,24 @@ def test_a_prefetching_node_serves_single_model_greedy_outputs_with_prefetched_s
     assert statistics.median(e.seconds for e in prefetched) < statistics.median(
         e.seconds for e in plain
     )
+
+
+def test_a_prefetching_prefill_worker_copies_its_next_groups_model_while_a_group_computes(
+    twelve_models,
+):
+    models = dict(list(twelve_models.items())[:6])
+    pairs = [(m, p) for m in models for p in PROMPTS]
+    with LocalEngine(models, EngineConfig(slab_bytes=SLAB, steps_per_turn=100)) as reference:
+        expected = [o.token_ids for o in reference.generate(pairs, SamplingParams(max_tokens=4))]
+    engine = EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20, prefetch=True, link_gbps=0.2)
+    with make_node(models, "pfnode2", engine=engine, num_instances=2) as node:
+        requests = [(m, prompt_ids(models, m, p)) for m, p in pairs]
+        results = Client(node.proxy).complete_many(requests, max_tokens=4)
+        events = node.proxy.telemetry.events()
+    assert [r.token_ids for r in results] == expected
+    prefill = [e for e in events if isinstance(e, SwitchEvent) and e.worker_id == 0]
+    # every group after the first found its model copied (or being copied) behind the group before it
+    assert len(prefill) == len(models)
+    assert sum("wait_prefetch" in e.stages for e in prefill) >= len(models) - 2, [
+        e.stages for e in prefill
+    ]
