@@ -147,6 +147,12 @@ def workload_gen(
     "(live prefill workers do with `serve --prefetch`, which turns on both kinds); tagged `pfprefill`.",
 )
 @click.option(
+    "--slo-aware-rounds",
+    is_flag=True,
+    help="Aegaeon, beyond the paper: shorten a decode turn when a request waiting for a later turn of the "
+    "round would otherwise miss its first decode deadline (simulated only); tagged `sloround`.",
+)
+@click.option(
     "--replay-seconds",
     type=click.FloatRange(0),
     default=120.0,
@@ -207,6 +213,7 @@ def sim(
     max_quota: float,
     prefetch: bool,
     prefill_prefetch: bool,
+    slo_aware_rounds: bool,
     replay_seconds: float,
     ae_latency: str,
     resample_lengths: bool,
@@ -266,6 +273,7 @@ def sim(
         replay_seconds=replay_seconds or None,
         prefetch=prefetch,
         prefill_prefetch=prefill_prefetch,
+        slo_aware_rounds=slo_aware_rounds,
         artifact_latency=ae_latency == "artifact",
         resample_lengths=resample_lengths,
     )

@@ -34,6 +34,10 @@ class DecodeCandidate:
     request_id: int
     model: str
     context_len: int
+    # seconds from the decision until the request's first decode token is due (its second token: the SLO's
+    # deadline after the prefill's), while it has not decoded on this instance yet; None otherwise, or when
+    # the executor does not say (SLO-aware rounds read it: RoundConfig.slo_aware)
+    first_decode_slack: float | None = None
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,9 @@ class RoundConfig:
     max_quota: float = DEFAULT_MAX_QUOTA
     max_batch: int = DEFAULT_MAX_BATCH
     prefetch: bool = False  # each turn copies the next turn's weights while it decodes (plan_round)
+    # beyond the paper: shorten a turn when a request waiting for a later turn of the round would otherwise
+    # miss its first decode deadline (DecodeCandidate.first_decode_slack); the paper's quotas otherwise
+    slo_aware: bool = False
 
     def __post_init__(self) -> None:
         if self.tpot_slo <= 0 or self.max_quota <= 0 or self.max_batch < 1:
@@ -136,6 +139,8 @@ class WeightedRoundRobin:
             model, quota = self.turns.pop(0)
             batch = first_of_model(model, live, self.config.max_batch)
             if batch:  # a turn whose requests all finished meanwhile is skipped
+                if self.config.slo_aware:
+                    quota = self._quota_for_deadlines(model, quota, batch, live)
                 self.running = self.loaded = model
                 return Turn(model, batch, quota)
 
@@ -150,6 +155,55 @@ class WeightedRoundRobin:
             return None
         upcoming = [model for model, _ in self.turns] + [c.model for c in live]
         return next((m for m in upcoming if m != self.running), None)
+
+    def _quota_for_deadlines(
+        self,
+        model: str,
+        quota: float,
+        batch: tuple[int, ...],
+        live: Sequence[DecodeCandidate],
+    ) -> float:
+        """SLO-aware rounds: the turn about to run gives up what a later turn of the round needs to make its
+        first step before the earliest first decode deadline among its waiting requests, down to one step of
+        its own; the planned quota when no deadline is at risk. (Decided again at every turn, so each turn
+        makes room for the deadlines after it.)"""
+        slack: dict[str, float] = {}
+        for cand in live:
+            if cand.first_decode_slack is not None and cand.model != model:
+                slack[cand.model] = min(
+                    slack.get(cand.model, cand.first_decode_slack), cand.first_decode_slack
+                )
+        if not slack or not self.turns:
+            return quota
+        end = self._exposed(self.loaded, model, None) + quota  # when this turn's decoding would end
+        shortfall, previous, previous_quota = 0.0, model, quota
+        for later, later_quota in self.turns:
+            end += self._exposed(previous, later, previous_quota)
+            if later in slack:
+                step = self._step_time(
+                    later, first_of_model(later, live, self.config.max_batch), live
+                )
+                shortfall = max(shortfall, end + step - slack.pop(later))
+            end += later_quota
+            previous, previous_quota = later, later_quota
+        if shortfall <= 0:
+            return quota
+        return max(self._step_time(model, batch, live), quota - shortfall)
+
+    def _exposed(self, before: str | None, after: str, before_quota: float | None) -> float:
+        """The switch a turn of `after` pays after one of `before` (with prefetch, what that turn's quota
+        could not hide)."""
+        copy = self.cost.switch_time(before, after)
+        if self.config.prefetch and before_quota is not None:
+            return max(0.0, copy - before_quota)
+        return copy
+
+    def _step_time(
+        self, model: str, ids: tuple[int, ...], live: Sequence[DecodeCandidate]
+    ) -> float:
+        members = set(ids)
+        context = sum(c.context_len for c in live if c.request_id in members)
+        return self.cost.decode_time(model, len(ids), context)
 
     def _plan(self, candidates: Sequence[DecodeCandidate]):
         batches, _waiting = form_batches(

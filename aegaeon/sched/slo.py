@@ -64,6 +64,14 @@ def token_deadlines(arrival: float, token_times: np.ndarray, slo: SLO) -> np.nda
     return running + k * slo.tpot
 
 
+def next_token_deadline(arrival: float, token_times: Sequence[float], slo: SLO) -> float:
+    """When the request's next token is due (D_{n+1} of the module doc, after its n tokens so far)."""
+    deadline = arrival + slo.ttft
+    for t in token_times:
+        deadline = max(deadline, t) + slo.tpot
+    return deadline
+
+
 def request_attainment(
     arrival: float, token_times: Sequence[float], output_len: int, slo: SLO
 ) -> float:

@@ -59,7 +59,9 @@ class AegaeonSystem:
         capacity = kv_capacity_bytes(
             config.device_memory_bytes, [cost.weight_bytes(m) for m in models]
         )
-        rounds = RoundConfig(slo.tpot, config.max_quota, config.max_batch, config.prefetch)
+        rounds = RoundConfig(
+            slo.tpot, config.max_quota, config.max_batch, config.prefetch, config.slo_aware_rounds
+        )
         self.decode = [
             SimDecodeInstance(
                 loop,
@@ -67,6 +69,7 @@ class AegaeonSystem:
                 WeightedRoundRobin(cost, rounds, capacity),
                 config.record_turns,
                 config.device_memory_bytes,
+                slo if config.slo_aware_rounds else None,
             )
             for _ in range(num_decode)
         ]

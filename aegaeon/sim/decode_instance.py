@@ -18,6 +18,7 @@ from aegaeon.sched.cost import CostModel
 from aegaeon.sched.decode import DecodeCandidate
 from aegaeon.sched.request import RequestState
 from aegaeon.sched.rounds import Arrival, DecodePolicy, Turn
+from aegaeon.sched.slo import SLO, next_token_deadline
 from aegaeon.sim.core import EventLoop, decode_segment
 
 
@@ -35,8 +36,10 @@ class SimDecodeInstance:
         policy: DecodePolicy,
         record_turns: bool = False,
         device_memory_bytes: int | None = None,
+        slo: SLO | None = None,
     ):
         self.loop, self.cost, self.policy = loop, cost, policy
+        self.slo = slo  # with it, candidates carry their first decode deadline (SLO-aware rounds)
         self.device_memory_bytes = device_memory_bytes
         self.prefetching: tuple[str, float] | None = None  # (model, when its copy began)
         # with prefetch the instance has two weight slots (as the live engine): `other` is the model whose
@@ -68,12 +71,16 @@ class SimDecodeInstance:
         """The live requests with their context as of now (a running segment's laid-out tokens after now do
         not count yet: the live worker has not made them)."""
         now = self.loop.now
-        return [
-            DecodeCandidate(
-                s.spec.request_id, s.model, s.spec.input_len + bisect_right(s.token_times, now)
+        candidates = []
+        for s in self.live_states():
+            made = bisect_right(s.token_times, now)
+            slack = None
+            if self.slo is not None and made == 1:  # its first decode step is still to come
+                slack = next_token_deadline(s.spec.arrival, s.token_times[:1], self.slo) - now
+            candidates.append(
+                DecodeCandidate(s.spec.request_id, s.model, s.spec.input_len + made, slack)
             )
-            for s in self.live_states()
-        ]
+        return candidates
 
     def load(self) -> Counter:
         """Live requests per model: what decode placement compares instances by."""

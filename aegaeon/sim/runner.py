@@ -110,6 +110,7 @@ def simulate(
                     variant,
                     "prefetch" if config.prefetch else "",
                     "pfprefill" if config.prefill_prefetch else "",
+                    "sloround" if config.slo_aware_rounds else "",
                 )
                 if p
             ),

@@ -179,3 +179,30 @@ def test_the_registry_names_every_policy_once_and_says_which_run_live():
         policy("vllm")
     with pytest.raises(ConfigError, match="simulator only"):
         policy("muxserve").decode_policy(FixedCost(), RoundConfig(0.1))
+
+
+def _slo_aware(slacks: dict[str, float | None], aware: bool = True):
+    policy = WeightedRoundRobin(FixedCost(), RoundConfig(0.1, 4.0, 64, slo_aware=aware), 10**9)
+    live = [C(i, m, 10, slacks.get(m)) for i, m in enumerate("abc")]
+    return policy.next_turn(live)
+
+
+def test_slo_aware_rounds_shorten_a_turn_only_for_a_deadline_a_later_turn_would_miss():
+    # the paper's round a, b, c: n = 10, 5, 2, three switches of 1 s -> quotas 0.8, 1.6, 4 s; a's turn (after
+    # its own 1 s switch) ends at 1.8 s, b's first step (after its switch) at 2.82 s, c's at 5.45 s
+    assert _slo_aware({}).quota == pytest.approx(0.8)  # no deadline: the paper's quota
+    assert _slo_aware({"b": 3.0}).quota == pytest.approx(0.8)  # b's is met anyway
+    assert _slo_aware({"b": 2.5}).quota == pytest.approx(0.8 - 0.32)  # gives b what it lacks
+    assert _slo_aware({"c": 5.0}).quota == pytest.approx(0.8 - 0.45)  # and a deadline further on
+    assert _slo_aware({"b": 1.5}).quota == pytest.approx(0.01)  # never below one step of its own
+    assert _slo_aware({"a": 0.0}).quota == pytest.approx(0.8)  # the turn's own requests: not a wait
+    assert _slo_aware({"b": 1.5}, aware=False).quota == pytest.approx(0.8)  # off: the paper's rule
+
+
+def test_next_token_deadline_follows_the_restarting_schedule():
+    from aegaeon.sched.slo import SLO, next_token_deadline
+
+    slo = SLO(ttft=1.0, tpot=0.1)
+    assert next_token_deadline(5.0, [], slo) == pytest.approx(6.0)
+    assert next_token_deadline(5.0, [5.5], slo) == pytest.approx(6.1)  # on time: D1 + tpot
+    assert next_token_deadline(5.0, [7.0], slo) == pytest.approx(7.1)  # late: from its own time
