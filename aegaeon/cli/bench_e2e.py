@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _request_progress, slo_options
+from aegaeon.cli.root import _request_progress, slo_options, tp_option
 
 if TYPE_CHECKING:
     from aegaeon.bench.link_like import LinkLike
@@ -84,13 +84,9 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Workers prefetch: decode the next turn's weights, prefill the next group's (the node's --prefetch); tagged `prefetch`.",
 )
-@click.option(
-    "--tp",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Worker ranks per instance (tensor parallelism; every market model's heads must divide by it: "
-    "the default market's do for 2, not 4); tagged `tp<N>`.",
+@tp_option(
+    "Worker ranks per instance (tensor parallelism; every market model's heads must divide by it: "
+    "the default market's do for 2, not 4); tagged `tp<N>`."
 )
 @click.option(
     "--link-like",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from aegaeon.cli.root import main
+from aegaeon.cli.root import main, tp_option
 
 
 @main.group(invoke_without_command=True)
@@ -34,13 +34,9 @@ from aegaeon.cli.root import main
     default=None,
     help="Folder under the output dir [default: cpu, or the GPU's name].",
 )
-@click.option(
-    "--tp",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Tensor-parallel degree: measure an instance of N ranks (on a GPU, N GPUs from --device); the "
-    "profile, one rank's, goes to <device>/tp<N>/.",
+@tp_option(
+    "Tensor-parallel degree: measure an instance of N ranks (on a GPU, N GPUs from --device); the "
+    "profile, one rank's, goes to <device>/tp<N>/."
 )
 @click.option("--input-lens", default="16,32,64,128,256", show_default=True)
 @click.option("--batches", default="1,2,4,8", show_default=True)

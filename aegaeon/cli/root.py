@@ -147,6 +147,13 @@ def _bench_model(model: str | None) -> Path:
     return Path(model) if model else default_bench_model(aegaeon_home())
 
 
+def tp_option(help_text: str):
+    """--tp N, the tensor-parallel degree, as the study and benchmark commands take it (default 1)."""
+    return click.option(
+        "--tp", default=1, show_default=True, type=click.IntRange(min=1), help=help_text
+    )
+
+
 def slo_options(command):
     """--ttft-slo and --tpot-slo, as the study and benchmark commands take them (None: the environment's
     or the default, aegaeon.sched.slo.SLO.from_env)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from aegaeon.cli.root import main, slo_options
+from aegaeon.cli.root import main, slo_options, tp_option
 from aegaeon.sched.decode import DEFAULT_MAX_QUOTA
 
 
@@ -82,13 +82,9 @@ def workload_gen(
 @click.option("--outlen-scale", default=1.0, show_default=True)
 @click.option("--policy", default="aegaeon,sllm,sllm+,muxserve", show_default=True)
 @click.option("--num-gpus", default=16, show_default=True)
-@click.option(
-    "--tp",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Devices per instance (tensor parallelism): --num-gpus / N instances, timed by the profiles in "
-    "<device>/tp<N>/ (measure them with `aegaeon profile --tp N`); tagged `tp<N>`.",
+@tp_option(
+    "Devices per instance (tensor parallelism): --num-gpus / N instances, timed by the profiles in "
+    "<device>/tp<N>/ (measure them with `aegaeon profile --tp N`); tagged `tp<N>`."
 )
 @click.option(
     "--prefill-instances",
