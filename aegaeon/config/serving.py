@@ -158,6 +158,11 @@ class NodeConfig:
                 "no model to serve: name at least one (a path, NAME=PATH, or --config pool.yaml)"
             )
         tp = self.engine.tp_size
+        if tp > 1 and self.device.startswith("cuda") and not self.devices:
+            raise ConfigError(
+                f"--tp {tp} on GPUs needs --devices ({tp} per instance, {self.num_instances * tp} in "
+                f"all): every rank of an instance runs on a GPU of its own"
+            )
         if self.devices and len(self.devices) != self.num_instances * tp:
             raise ConfigError(
                 f"{len(self.devices)} devices given for {self.num_instances} instances of --tp {tp}: "

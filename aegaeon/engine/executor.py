@@ -264,12 +264,13 @@ class StepExecutor:
         self.entry(model)
         return self.runner.switch_to(model)
 
-    def prefetch(self, model: str) -> bool:
+    def prefetch(self, model: str, wait: bool = False) -> bool:
         """Start copying `model`'s weights beside the bound model's (with EngineConfig.prefetch); False when
-        it cannot be now. A later `switch_to(model)` then only waits for the rest of the copy."""
+        it cannot be now (`wait`: unless only a copy in flight or the host cache is in the way, which it
+        waits for). A later `switch_to(model)` then only waits for the rest of the copy."""
         if model in self.unavailable or model not in self.runner.entries:
             return False
-        return self.runner.prefetch(model)
+        return self.runner.prefetch(model, wait)
 
     def fail_model(self, model: str, reason: str) -> list[SeqUpdate]:
         """`model` cannot be served any more: fail its requests; returns their updates."""

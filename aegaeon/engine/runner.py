@@ -126,21 +126,24 @@ class ModelRunner:
         if self.arena.device.type == "cuda":
             self.copy_stream = torch.cuda.Stream(device=self.arena.device)
 
-    def prefetch(self, name: str) -> bool:
+    def prefetch(self, name: str, wait: bool = False) -> bool:
         """Start copying `name`'s weights into the free slot; False when it cannot now (no staging slot, not
-        in the host cache yet, too large for the free slot, or already bound)."""
+        in the host cache yet, too large for the free slot, or already bound). With `wait` (a follower rank
+        doing what rank 0 decided) a copy in flight and the host cache's load are waited for instead."""
         if self.staging is None or name == self.active or name not in self.entries:
             return False
         if self.pending is not None:
             if self.pending.model == name:
                 return True
-            if not self.pending.done.is_set():
+            if not self.pending.done.is_set() and not wait:
                 return (
                     False  # one copy at a time, and the decode loop never waits for one it dropped
                 )
             self._land_pending()
             self.pending = None
-        if not self.host_cache.is_ready(name):
+        if wait:
+            self.host_cache.wait(name)
+        elif not self.host_cache.is_ready(name):
             return False
         nbytes = self.entries[name].weights.total_bytes
         if self.slot_model[self._free_slot()] == name:  # still there from its last turn: no copy

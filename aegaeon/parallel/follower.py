@@ -20,7 +20,7 @@ import torch
 from aegaeon.engine.executor import StepExecutor
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.parallel.group import TensorParallelGroup
-from aegaeon.parallel.instance import SYNCHRONOUS, FollowerSpec, HostRef
+from aegaeon.parallel.instance import SAME_MODELS, FollowerSpec, HostRef
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -36,12 +36,18 @@ def follow(executor: StepExecutor, group: TensorParallelGroup, host: dict[str, o
         args = tuple(host[a.name] if isinstance(a, HostRef) else a for a in args)
         kwargs = {k: host[v.name] if isinstance(v, HostRef) else v for k, v in kwargs.items()}
         try:
-            getattr(executor, name)(*args, **kwargs)
-        except Exception as err:  # rank 0 meets the same failure and reports it
-            log.debug("rank %d: %s failed as it does on rank 0: %s", group.rank, name, err)
-        finally:
-            if name in SYNCHRONOUS:
-                group.barrier()
+            if name == SAME_MODELS:
+                ok = sorted(executor.unavailable) == list(args[0])
+            else:
+                result = getattr(executor, name)(*args, **kwargs)
+                # a prefetch rank 0 started must start here too (False would leave this rank's slots behind)
+                ok = not (name == "prefetch" and result is False)
+        except Exception as err:  # rank 0 should meet the same failure and report it
+            log.info("rank %d: %s failed: %s", group.rank, name, err)
+            ok = False
+        if group.succeeded(ok) not in (0, group.size):
+            log.error("rank %d: the ranks disagree on %s: the instance is lost", group.rank, name)
+            return
 
 
 def _die_with_parent(leader_pid: int) -> None:

@@ -20,8 +20,12 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-# a rank that has not joined (or answered) within this long is gone; the node then replaces the group
+# a rank that has not joined, or not met the others in a model collective, within this long is gone; the
+# node then replaces the group
 DEFAULT_TIMEOUT_S = 120.0
+# followers wait for rank 0's next call on the control group for as long as the instance is idle: they
+# notice a dead leader by its closed connections (and die with it: the parent-death signal), not by a timeout
+CONTROL_TIMEOUT = timedelta(days=365)
 
 
 class GroupLost(BaseException):
@@ -73,8 +77,9 @@ class TensorParallelGroup:
                 world_size=size,
                 timeout=timedelta(seconds=timeout_s),
             )
-            # objects (step decisions) on gloo even when tensors go over NCCL
-            self.control = dist.new_group(backend="gloo") if backend == "nccl" else None
+            # step decisions on a gloo group of their own (even beside NCCL): a collective of the model can
+            # never pair with one of control, and an idle instance's followers wait without a timeout
+            self.control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
         except Exception as err:
             raise GroupLost(
                 f"tensor-parallel rank {rank}/{size} could not join the group at "
@@ -122,6 +127,15 @@ class TensorParallelGroup:
             dist.barrier(group=self.control)
         except Exception as err:
             raise GroupLost(f"a rank is gone (barrier on rank {self.rank}): {err}") from err
+
+    def succeeded(self, ok: bool) -> int:
+        """How many ranks made the call just broadcast without an error (every rank says, on control)."""
+        count = torch.tensor([int(ok)], dtype=torch.int64)
+        try:
+            dist.all_reduce(count, group=self.control)
+        except Exception as err:
+            raise GroupLost(f"a rank is gone (rank {self.rank}): {err}") from err
+        return int(count.item())
 
     def close(self) -> None:
         if dist.is_initialized():

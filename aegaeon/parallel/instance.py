@@ -6,8 +6,11 @@ removed, a step, a switch, a KV move, a model added) is first broadcast to the f
 call on their own shard (aegaeon.parallel.follower), so every rank holds the same sequences in the same
 order and enters the model's collectives together; tokens agree because every rank samples from the same
 gathered logits with the same random state (an unseeded sampled request is given one seed for the group).
-Calls whose effect leaves the group (a KV handoff through host memory, a model added or removed) and switches
-end on a barrier, so the proxy hears of them, and a switch is timed, only once every rank is done. Reads are rank 0's alone.
+Every broadcast call ends with the ranks counting who made it without an error (`TensorParallelGroup.
+succeeded`): so the proxy hears of a KV handoff or a model change, and a switch is timed, only once every rank
+is done, and ranks that disagree (one failed where another did not: their states have diverged) lose the
+instance (GroupLost) instead of computing on. A prefetch is decided by rank 0 alone (whether a copy can
+start now depends on timing), then made on every rank, waiting for what it needs. Reads are rank 0's alone.
 
 The followers are child processes of rank 0: a node supervises the instance as one worker, and losing any
 rank loses the instance (GroupLost), which the node replaces whole.
@@ -28,7 +31,7 @@ from aegaeon.config.serving import EngineConfig
 from aegaeon.engine.executor import KvImport, StepExecutor
 from aegaeon.errors import IntegrityError
 from aegaeon.models.sampler import GREEDY_BELOW, SamplingParams
-from aegaeon.parallel.group import GroupAddress, TensorParallelGroup, free_address
+from aegaeon.parallel.group import GroupAddress, GroupLost, TensorParallelGroup, free_address
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,10 @@ BROADCAST = frozenset(
     "add import_kv export_kv reserve_kv swap_out swap_in remove step switch_to prefetch add_model "
     "remove_model fail_model".split()
 )
-# calls whose effect is seen outside the group, and switches (a switch takes as long as its slowest rank's
-# copy; timed on rank 0 alone it would hide that): every rank has finished before rank 0 returns
-SYNCHRONOUS = frozenset("import_kv export_kv add_model remove_model switch_to".split())
 FOLLOWER_JOIN_S = 10.0
+SAME_MODELS = (
+    "_same_models"  # not a call: the followers check that they serve the models rank 0 serves
+)
 
 
 @dataclass(frozen=True)
@@ -107,16 +110,37 @@ class LeaderExecutor:
             return attr
 
         def collective(*args: Any, **kwargs: Any) -> Any:
+            if name == "prefetch":
+                return self._prefetch(*args, **kwargs)
             args, kwargs = self._portable(name, args, kwargs)
             shared_args, shared_kwargs = self._refs(name, args), self._refs(name, kwargs)
             self.group.broadcast_op((name, shared_args, shared_kwargs))
             try:
-                return attr(*args, **kwargs)
-            finally:
-                if name in SYNCHRONOUS:
-                    self.group.barrier()
+                result = attr(*args, **kwargs)
+            except Exception:
+                self._agree(name, False)
+                raise
+            self._agree(name, True)
+            return result
 
         return collective
+
+    def _prefetch(self, model: str) -> bool:
+        """Rank 0 decides whether a copy starts now; the followers then start theirs, waiting for their copy
+        in flight if it has not landed yet, so that every rank holds the same slots."""
+        if not self._executor.prefetch(model):
+            return False
+        self.group.broadcast_op(("prefetch", (model,), {"wait": True}))
+        self._agree("prefetch", True)
+        return True
+
+    def _agree(self, name: str, ok: bool) -> None:
+        done = self.group.succeeded(ok)
+        if done not in (0, self.group.size):
+            raise GroupLost(
+                f"{name}: {done} of {self.group.size} tensor-parallel ranks made it, the others failed: "
+                f"their states have diverged, so the instance is lost"
+            )
 
     @staticmethod
     def _portable(name: str, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -225,6 +249,10 @@ def start_group(
             tp_group=group,
         )
         group.barrier()  # every follower has built its executor
+        leader = LeaderExecutor(executor, group, followers, host_tensors or {})
+        unavailable = sorted(executor.unavailable)
+        group.broadcast_op((SAME_MODELS, (unavailable,), {}))
+        leader._agree("opening the models (the same ones unavailable on every rank)", True)
     except BaseException:
         for follower in followers:
             follower.kill()
@@ -233,7 +261,7 @@ def start_group(
     log.info(
         "tensor-parallel instance of %d ranks is up (rendezvous %s)", size, address.init_method
     )
-    return LeaderExecutor(executor, group, followers, host_tensors or {})
+    return leader
 
 
 def standalone_instance(

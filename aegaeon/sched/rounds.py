@@ -164,31 +164,45 @@ class WeightedRoundRobin:
         live: Sequence[DecodeCandidate],
     ) -> float:
         """SLO-aware rounds: the turn about to run gives up what a later turn of the round needs to make its
-        first step before the earliest first decode deadline among its waiting requests, down to one step of
-        its own; the planned quota when no deadline is at risk. (Decided again at every turn, so each turn
-        makes room for the deadlines after it.)"""
+        first step before the earliest first decode deadline among the requests that turn will decode, down
+        to one step of its own; a deadline that even one step could not save does not count (a late token
+        restarts the schedule from its own time, so cutting for it gains nothing). The planned quota when no
+        deadline can be saved. (Decided again at every turn, so each turn makes room for the ones after.)"""
         slack: dict[str, float] = {}
-        for cand in live:
-            if cand.first_decode_slack is not None and cand.model != model:
-                slack[cand.model] = min(
-                    slack.get(cand.model, cand.first_decode_slack), cand.first_decode_slack
-                )
+        for later, _ in self.turns:  # the requests each later turn decodes (its first max_batch)
+            members = set(first_of_model(later, live, self.config.max_batch))
+            for cand in live:
+                if cand.request_id in members and cand.first_decode_slack is not None:
+                    slack[later] = min(
+                        slack.get(later, cand.first_decode_slack), cand.first_decode_slack
+                    )
+        slack.pop(model, None)  # the turn's own requests decode now
         if not slack or not self.turns:
             return quota
-        end = self._exposed(self.loaded, model, None) + quota  # when this turn's decoding would end
-        shortfall, previous, previous_quota = 0.0, model, quota
-        for later, later_quota in self.turns:
-            end += self._exposed(previous, later, previous_quota)
-            if later in slack:
-                step = self._step_time(
-                    later, first_of_model(later, live, self.config.max_batch), live
-                )
-                shortfall = max(shortfall, end + step - slack.pop(later))
-            end += later_quota
-            previous, previous_quota = later, later_quota
-        if shortfall <= 0:
+        own_step = self._step_time(model, batch, live)
+        # with prefetch this turn's model was copied during the turn before (the policy named it)
+        switch = 0.0 if self.config.prefetch else self.cost.switch_time(self.loaded, model)
+
+        def shortfall(own_quota: float) -> float:
+            """How much sooner this turn must end for every deadline one step could still save."""
+            end, previous, previous_quota, worst = switch + own_quota, model, own_quota, 0.0
+            for later, later_quota in self.turns:
+                end += self._exposed(previous, later, previous_quota)
+                if later in slack:
+                    ids = first_of_model(later, live, self.config.max_batch)
+                    needed = end + self._step_time(later, ids, live) - slack[later]
+                    if needed <= own_quota - own_step:  # a shorter turn saves it
+                        worst = max(worst, needed)
+                end += later_quota
+                previous, previous_quota = later, later_quota
+            return worst
+
+        cut = shortfall(quota)
+        if cut <= 0:
             return quota
-        return max(self._step_time(model, batch, live), quota - shortfall)
+        # a shorter turn hides less of the next copy (prefetch): measure again at the shortened quota
+        cut = max(cut, shortfall(quota - cut))
+        return min(quota, max(own_step, quota - cut))
 
     def _exposed(self, before: str | None, after: str, before_quota: float | None) -> float:
         """The switch a turn of `after` pays after one of `before` (with prefetch, what that turn's quota

@@ -81,6 +81,9 @@ class PrefillWorker(WorkerLoop):
         wanted = self.prefetch_wanted
         if wanted is None or wanted == self.executor.bound_model:
             return
+        if wanted not in self.executor.models or wanted in self.executor.unavailable:
+            self.prefetch_wanted = None  # removed meanwhile, or never servable here
+            return
         try:
             if self.executor.prefetch(wanted):
                 self.prefetch_wanted = None
@@ -125,6 +128,8 @@ class PrefillWorker(WorkerLoop):
             self.prefetch_wanted = None  # it is bound now
         for request_id in pending:
             self.drain(0)  # a Prefetch (or a cancel) that came meanwhile
+            if not self.running:  # told to shut down: what is left is re-run elsewhere, or never
+                break
             self.start_prefetch()
             if not self.executor.has(request_id):  # cancelled meanwhile
                 continue

@@ -123,3 +123,27 @@ def test_the_tp_bench_times_every_degree_and_only_groups_spend_time_in_collectiv
     assert points[0].comm_share == 0 and 0 < points[1].comm_share < 1
     with pytest.raises(ConfigError, match="use --tp among"):
         bench_tp(models, (1, 3))
+
+
+def test_ranks_that_disagree_on_a_call_lose_the_instance_and_gpu_ranks_need_devices(market):
+    from aegaeon.parallel.group import GroupLost
+    from aegaeon.parallel.instance import LeaderExecutor
+
+    class OneOfTwo:  # a group where the follower failed the call rank 0 made
+        size = 2
+
+        def broadcast_op(self, op):
+            pass
+
+        def succeeded(self, ok):
+            return 1
+
+    class Executor:
+        def remove(self, request_id):
+            pass
+
+    leader = LeaderExecutor(Executor(), OneOfTwo(), [], {})
+    with pytest.raises(GroupLost, match="remove: 1 of 2 tensor-parallel ranks made it"):
+        leader.remove(7)
+    with pytest.raises(ConfigError, match="--tp 2 on GPUs needs --devices"):
+        NodeConfig(market, device="cuda", engine=EngineConfig(device="cuda", tp_size=2)).validate()

@@ -194,7 +194,8 @@ def test_slo_aware_rounds_shorten_a_turn_only_for_a_deadline_a_later_turn_would_
     assert _slo_aware({"b": 3.0}).quota == pytest.approx(0.8)  # b's is met anyway
     assert _slo_aware({"b": 2.5}).quota == pytest.approx(0.8 - 0.32)  # gives b what it lacks
     assert _slo_aware({"c": 5.0}).quota == pytest.approx(0.8 - 0.45)  # and a deadline further on
-    assert _slo_aware({"b": 1.5}).quota == pytest.approx(0.01)  # never below one step of its own
+    assert _slo_aware({"b": 2.05}).quota == pytest.approx(0.03)  # down to near one step of its own
+    assert _slo_aware({"b": 1.5}).quota == pytest.approx(0.8)  # one step would not save it: no cut
     assert _slo_aware({"a": 0.0}).quota == pytest.approx(0.8)  # the turn's own requests: not a wait
     assert _slo_aware({"b": 1.5}, aware=False).quota == pytest.approx(0.8)  # off: the paper's rule
 
