@@ -26,7 +26,9 @@ from aegaeon.plot_backend import outside_legend, pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
-SWITCH_STAGES = ("wait_weights", "evict_kv", "copy_weights", "bind")
+# a switch's stages (aegaeon.engine.runner.SwitchRecord): a prefetched one waits for the rest of its copy
+# (wait_prefetch) instead of copying, a resident one only re-binds; each switch has some of them
+SWITCH_STAGES = ("wait_weights", "evict_kv", "copy_weights", "wait_prefetch", "resident", "bind")
 SWAP_KINDS = {
     "export": "prefill -> host (export)",
     "import": "host -> decode (import)",
@@ -59,8 +61,9 @@ def load_traced_runs(paths: Iterable[Path], policy: str | None = None) -> list[T
             raise ConfigError(f"{path}: not a readable result JSON ({exc})") from None
         if "trace" not in result or (policy is not None and result.get("policy") != policy):
             continue
+        system = result["policy"] + (f" ({result['variant']})" if result.get("variant") else "")
         label = (
-            f"{result['policy']} {result['num_models']}m {result['arrival_rate']:g}r/s"
+            f"{system} {result['num_models']}m {result['arrival_rate']:g}r/s"
             f" in x{result['inlen_scale']:g} out x{result['outlen_scale']:g}"
         )
         runs.append(TracedRun(label, result))
@@ -132,7 +135,8 @@ def plot_breakdown(runs: list[TracedRun], out_dir: Path) -> tuple[list[Path], st
             left += mean * 1000.0
         switches = run.trace["switches"]
         stage_means = [
-            float(np.mean([s[k] for s in switches])) if switches else 0.0 for k in SWITCH_STAGES
+            float(np.mean([s.get(k, 0.0) for s in switches])) if switches else 0.0
+            for k in SWITCH_STAGES
         ]
         left = 0.0
         for k, mean in zip(SWITCH_STAGES, stage_means):

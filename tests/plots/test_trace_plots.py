@@ -186,3 +186,26 @@ def test_cross_node_handoffs_count_requests_whose_kv_changed_node():
         cross_node_handoffs(trace)
         == "KV handoffs across nodes: 1 of 2 (local -> local 1, local -> node1 1)"
     )
+
+
+def test_the_breakdown_counts_prefetched_and_resident_switches_and_names_the_variant(tmp_path):
+    result = traced_result()
+    result["variant"] = "prefetch"
+    stages = [
+        {
+            "wait_prefetch": 0.002,
+            "bind": 0.001,
+        },  # copied during the turn before: waited for the rest
+        {"resident": 0.0, "bind": 0.001},  # still in the other slot: only re-bound
+    ]
+    for switch, extra in zip(result["trace"]["switches"], stages * 5):
+        for key in ("wait_weights", "evict_kv", "copy_weights"):
+            del switch[key]
+        switch.update(extra)
+    (tmp_path / "live-aegaeon_prefetch.json").write_text(json.dumps(result))
+    out = CliRunner().invoke(
+        main, ["plot", "breakdown", "--json", str(tmp_path), "--out", str(tmp_path / "out")]
+    )
+    assert out.exit_code == 0, out.output
+    assert "aegaeon (prefetch) 4m" in out.output
+    assert "copy_weights 0.000, wait_prefetch 1.000, resident 0.000, bind 1.000" in out.output
