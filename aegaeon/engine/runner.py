@@ -132,30 +132,35 @@ class ModelRunner:
         doing what rank 0 decided) a copy in flight and the host cache's load are waited for instead."""
         if self.staging is None or name == self.active or name not in self.entries:
             return False
+        if self.pending is not None and self.pending.model == name:
+            return True
+        if self.pending is not None and not self.pending.done.is_set() and not wait:
+            return False  # one copy at a time, and the decode loop never waits for one it dropped
+        if not wait and not self.host_cache.is_ready(name):
+            return False
+        nbytes = self.entries[name].weights.total_bytes
+        resident = self.slot_model[self._free_slot()] == name  # still there from its last turn
+        if not resident and self.active_slot == "arena" and nbytes > self.staging.numel():
+            return False
+        if (
+            not resident
+            and self.active_slot != "arena"
+            and nbytes > self.arena.allocator.reserved_boundary * self.arena.slab_bytes
+        ):
+            return False  # growing the region would move KV: not for a prefetch
+        # every check is made before the copy in flight is dropped: a refusal changes nothing (ranks of a
+        # tensor-parallel instance stay alike when rank 0 refuses and the others are not asked)
         if self.pending is not None:
-            if self.pending.model == name:
-                return True
-            if not self.pending.done.is_set() and not wait:
-                return (
-                    False  # one copy at a time, and the decode loop never waits for one it dropped
-                )
             self._land_pending()
             self.pending = None
         if wait:
             self.host_cache.wait(name)
-        elif not self.host_cache.is_ready(name):
-            return False
-        nbytes = self.entries[name].weights.total_bytes
-        if self.slot_model[self._free_slot()] == name:  # still there from its last turn: no copy
+        if resident:  # no copy
             self.pending = self._resident_job(name, nbytes)
             return True
         if self.active_slot == "arena":
-            if nbytes > self.staging.numel():
-                return False
             slot, region = "staging", self.staging[:nbytes]
         else:
-            if nbytes > self.arena.allocator.reserved_boundary * self.arena.slab_bytes:
-                return False  # growing the region would move KV: not for a prefetch
             if nbytes > self.arena.weight_bytes:
                 # the region was last placed for a smaller model: widen it within the slabs it holds
                 # (no KV moves; the slot's old contents are overwritten from now on anyway)

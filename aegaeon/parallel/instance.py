@@ -98,6 +98,7 @@ class LeaderExecutor:
             tensor.data_ptr(): HostRef(name) for name, tensor in host_tensors.items()
         }
         self._closed = False
+        self._broken = False  # a call was cut short by GroupLost: the ranks are out of step
         self.owned: list[Any] = []  # closed after the group (a standalone instance's host cache)
 
     @property
@@ -110,25 +111,57 @@ class LeaderExecutor:
             return attr
 
         def collective(*args: Any, **kwargs: Any) -> Any:
+            if self._broken:
+                raise GroupLost(f"{name}: the tensor-parallel instance was lost")
             if name == "prefetch":
-                return self._prefetch(*args, **kwargs)
+                return self._guarded(self._prefetch, *args, **kwargs)
             args, kwargs = self._portable(name, args, kwargs)
-            shared_args, shared_kwargs = self._refs(name, args), self._refs(name, kwargs)
-            self.group.broadcast_op((name, shared_args, shared_kwargs))
+            op = (name, self._refs(name, args), self._refs(name, kwargs))
             try:
-                result = attr(*args, **kwargs)
-            except Exception:
-                self._agree(name, False)
-                raise
-            self._agree(name, True)
-            return result
+                pickle.dumps(op)  # an argument that cannot travel fails this call, not the instance
+            except Exception as err:
+                raise IntegrityError(
+                    f"{name}: its arguments cannot be sent to the other ranks: {err}"
+                )
+            return self._guarded(self._call, attr, op, *args, **kwargs)
 
         return collective
 
+    def _guarded(self, fn, *args: Any, **kwargs: Any) -> Any:
+        """A GroupLost (or any non-Exception) mid-call leaves the ranks out of step: no collective of control
+        may follow it (a follower may be waiting in a different one), so close() then only kills them."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            raise
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _call(self, attr, op: tuple, *args: Any, **kwargs: Any) -> Any:
+        self.group.broadcast_op(op)
+        try:
+            result = attr(*args, **kwargs)
+        except Exception:
+            self._agree(op[0], False)
+            raise
+        self._agree(op[0], True)
+        return result
+
     def _prefetch(self, model: str) -> bool:
         """Rank 0 decides whether a copy starts now; the followers then start theirs, waiting for their copy
-        in flight if it has not landed yet, so that every rank holds the same slots."""
-        if not self._executor.prefetch(model):
+        in flight if it has not landed yet, so that every rank holds the same slots. A call that changes
+        nothing on rank 0 (its copy of `model` is already pending) is not sent."""
+        pending = self._executor.runner.pending
+        if pending is not None and pending.model == model:
+            return True
+        try:
+            started = self._executor.prefetch(model)
+        except (
+            Exception
+        ) as err:  # rank 0 may have dropped its copy in flight: its slots are not the others'
+            raise GroupLost(f"prefetch of {model} failed on rank 0: {err}") from err
+        if not started:
             return False
         self.group.broadcast_op(("prefetch", (model,), {"wait": True}))
         self._agree("prefetch", True)
@@ -184,13 +217,14 @@ class LeaderExecutor:
         if self._closed:
             return
         self._closed = True
-        try:
-            self.group.broadcast_op(None)
-        except BaseException:  # followers already gone: nothing to tell them
-            log.debug("followers did not hear the close", exc_info=True)
+        if not self._broken:
+            try:
+                self.group.broadcast_op(None)
+            except BaseException:  # followers already gone: nothing to tell them
+                log.debug("followers did not hear the close", exc_info=True)
         for follower in self._followers:
             try:
-                follower.wait(FOLLOWER_JOIN_S)
+                follower.wait(0 if self._broken else FOLLOWER_JOIN_S)
             except subprocess.TimeoutExpired:
                 follower.kill()
                 follower.wait()

@@ -35,6 +35,7 @@ from aegaeon.sched.decode import (
 )
 
 UNBOUNDED_KV = 2**62
+DEADLINE_SEARCH_STEPS = 48  # bisections for an SLO-aware turn's quota: far below a microsecond
 
 
 class Arrival(enum.Enum):
@@ -163,11 +164,11 @@ class WeightedRoundRobin:
         batch: tuple[int, ...],
         live: Sequence[DecodeCandidate],
     ) -> float:
-        """SLO-aware rounds: the turn about to run gives up what a later turn of the round needs to make its
-        first step before the earliest first decode deadline among the requests that turn will decode, down
-        to one step of its own; a deadline that even one step could not save does not count (a late token
-        restarts the schedule from its own time, so cutting for it gains nothing). The planned quota when no
-        deadline can be saved. (Decided again at every turn, so each turn makes room for the ones after.)"""
+        """SLO-aware rounds: the turn about to run decodes for the longest quota (at most the planned one, at
+        least one step of its own) with which every later turn of the round makes its first step before the
+        earliest first decode deadline among the requests it will decode. A deadline that even one step
+        could not save does not count (a late token restarts the schedule from its own time, so cutting for
+        it gains nothing). Decided again at every turn, so each turn makes room for the ones after it."""
         slack: dict[str, float] = {}
         for later, _ in self.turns:  # the requests each later turn decodes (its first max_batch)
             members = set(first_of_model(later, live, self.config.max_batch))
@@ -179,30 +180,36 @@ class WeightedRoundRobin:
         slack.pop(model, None)  # the turn's own requests decode now
         if not slack or not self.turns:
             return quota
-        own_step = self._step_time(model, batch, live)
+        own_step = min(quota, self._step_time(model, batch, live))
         # with prefetch this turn's model was copied during the turn before (the policy named it)
         switch = 0.0 if self.config.prefetch else self.cost.switch_time(self.loaded, model)
 
-        def shortfall(own_quota: float) -> float:
-            """How much sooner this turn must end for every deadline one step could still save."""
-            end, previous, previous_quota, worst = switch + own_quota, model, own_quota, 0.0
+        def misses(own_quota: float) -> dict[str, float]:
+            """Per later model with a deadline: how late its first step would be (<= 0: on time) if this
+            turn decoded for `own_quota`. Never decreasing in `own_quota`, with prefetch too: a longer turn
+            ends later by more than it hides of the next copy."""
+            late, end, previous, previous_quota = {}, switch + own_quota, model, own_quota
             for later, later_quota in self.turns:
                 end += self._exposed(previous, later, previous_quota)
-                if later in slack:
+                if later in slack and later not in late:
                     ids = first_of_model(later, live, self.config.max_batch)
-                    needed = end + self._step_time(later, ids, live) - slack[later]
-                    if needed <= own_quota - own_step:  # a shorter turn saves it
-                        worst = max(worst, needed)
+                    late[later] = end + self._step_time(later, ids, live) - slack[later]
                 end += later_quota
                 previous, previous_quota = later, later_quota
-            return worst
+            return late
 
-        cut = shortfall(quota)
-        if cut <= 0:
+        savable = [m for m, late in misses(own_step).items() if late <= 0]
+        on_time = lambda q: all(misses(q)[m] <= 0 for m in savable)  # noqa: E731
+        if not savable or on_time(quota):
             return quota
-        # a shorter turn hides less of the next copy (prefetch): measure again at the shortened quota
-        cut = max(cut, shortfall(quota - cut))
-        return min(quota, max(own_step, quota - cut))
+        low, high = (
+            own_step,
+            quota,
+        )  # on time at low, late at high: the longest turn that is on time
+        for _ in range(DEADLINE_SEARCH_STEPS):
+            middle = (low + high) / 2
+            low, high = (middle, high) if on_time(middle) else (low, middle)
+        return low
 
     def _exposed(self, before: str | None, after: str, before_quota: float | None) -> float:
         """The switch a turn of `after` pays after one of `before` (with prefetch, what that turn's quota

@@ -128,8 +128,10 @@ class PrefillWorker(WorkerLoop):
             self.prefetch_wanted = None  # it is bound now
         for request_id in pending:
             self.drain(0)  # a Prefetch (or a cancel) that came meanwhile
-            if not self.running:  # told to shut down: what is left is re-run elsewhere, or never
-                break
+            if not self.running:  # the node is stopping: what is left of the group will not run
+                self.fail(request_id, f"worker {self.spec.worker_id} is shutting down")
+                self.executor.remove(request_id)
+                continue
             self.start_prefetch()
             if not self.executor.has(request_id):  # cancelled meanwhile
                 continue

@@ -181,8 +181,9 @@ def test_the_registry_names_every_policy_once_and_says_which_run_live():
         policy("muxserve").decode_policy(FixedCost(), RoundConfig(0.1))
 
 
-def _slo_aware(slacks: dict[str, float | None], aware: bool = True):
-    policy = WeightedRoundRobin(FixedCost(), RoundConfig(0.1, 4.0, 64, slo_aware=aware), 10**9)
+def _slo_aware(slacks: dict[str, float | None], aware: bool = True, prefetch: bool = False):
+    config = RoundConfig(0.1, 4.0, 64, prefetch, slo_aware=aware)
+    policy = WeightedRoundRobin(FixedCost(), config, 10**9)
     live = [C(i, m, 10, slacks.get(m)) for i, m in enumerate("abc")]
     return policy.next_turn(live)
 
@@ -207,3 +208,13 @@ def test_next_token_deadline_follows_the_restarting_schedule():
     assert next_token_deadline(5.0, [], slo) == pytest.approx(6.0)
     assert next_token_deadline(5.0, [5.5], slo) == pytest.approx(6.1)  # on time: D1 + tpot
     assert next_token_deadline(5.0, [7.0], slo) == pytest.approx(7.1)  # late: from its own time
+
+
+def test_with_prefetch_a_turn_is_not_cut_for_a_deadline_the_next_copy_decides():
+    # prefetch quotas 0.8, 1.6, 4 s; this turn's model was prefetched (no switch), and b's first step lands
+    # at max(q, 1 s copy) + 0.02 s whatever a's quota q <= 1 s: a deadline before 1.02 s cannot be saved
+    assert _slo_aware({}, prefetch=True).quota == pytest.approx(0.8)
+    assert _slo_aware({"b": 1.0}, prefetch=True).quota == pytest.approx(0.8)
+    assert _slo_aware({"c": 2.6}, prefetch=True).quota == pytest.approx(
+        0.8
+    )  # b's 1.6 s hides c's copy
