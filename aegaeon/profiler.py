@@ -28,7 +28,7 @@ from aegaeon.engine.executor import StepExecutor
 from aegaeon.errors import ConfigError
 from aegaeon.models.config import ArchConfig
 from aegaeon.models.sampler import SamplingParams
-from aegaeon.parallel.instance import standalone_instance
+from aegaeon.parallel.launch import standalone_instance
 from aegaeon.profiles import TablePoint, build_profile
 from aegaeon.sched.cost import LinkCost
 

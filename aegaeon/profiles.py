@@ -1,4 +1,5 @@
-"""Profiles: measured latency tables, the cost-model fit, and the JSON files under profiles/.
+"""Profiles: measured latency tables, the cost-model fit, and the JSON files under profiles/ (past 300
+lines: the schema, its fit and its loading are one file format and change together).
 
 Schema (`aegaeon-profile/1`), one file per device and model, profiles/<device>/<model>.json, and for an
 instance of N devices (tensor parallelism) profiles/<device>/tp<N>/<model>.json:

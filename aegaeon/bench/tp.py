@@ -19,7 +19,7 @@ from aegaeon.config.serving import EngineConfig
 from aegaeon.models.config import ArchConfig
 from aegaeon.models.maker import config_for, make_model
 from aegaeon.models.sampler import SamplingParams
-from aegaeon.parallel.instance import standalone_instance
+from aegaeon.parallel.launch import standalone_instance
 from aegaeon.parallel.shard import check_degree
 from aegaeon.profiler import sync
 

@@ -1,5 +1,6 @@
 """`aegaeon workload gen` and `aegaeon sim`: the paper's synthetic workloads and the simulated
-sweeps run over them."""
+sweeps run over them. (Past 300 lines: most of it is `sim`'s options, each documented where it is
+declared.)"""
 
 from __future__ import annotations
 

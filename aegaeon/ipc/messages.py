@@ -1,4 +1,5 @@
-"""Every message that crosses a process boundary, in one place.
+"""Every message that crosses a process boundary, in one place (past 300 lines on purpose: one table of
+tags, one file to read the wire protocol in).
 
 Messages are frozen dataclasses of plain fields. `encode` writes a msgpack
 array `[type tag, field values...]`; `decode` checks the tag and the field

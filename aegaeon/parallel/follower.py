@@ -20,7 +20,8 @@ import torch
 from aegaeon.engine.executor import StepExecutor
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.parallel.group import TensorParallelGroup
-from aegaeon.parallel.instance import SAME_MODELS, FollowerSpec, HostRef
+from aegaeon.parallel.instance import SAME_MODELS, HostRef
+from aegaeon.parallel.launch import FollowerSpec
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1

@@ -1,4 +1,5 @@
-"""Decode policies as state machines: which model's batch an instance decodes next, and for how long.
+"""Decode policies as state machines: which model's batch an instance decodes next, and for how long
+(past 300 lines: the three policies share one protocol, Turn and Arrival, and its helpers).
 
 One policy object per decode instance. The executor (a live decode worker, or the simulator's decode
 instance) tells it what happens and asks it what to do; it never decides itself:

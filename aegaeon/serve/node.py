@@ -1,4 +1,5 @@
-"""One node of a cluster: its shared memory, its worker processes and its proxy.
+"""One node of a cluster: its shared memory, its worker processes and its proxy (past 300 lines: start,
+worker spawning and the link's handlers share the node's state).
 
 `Node.start()` claims the cluster's shm namespace (removing a crashed run's
 leftovers), loads every model into the host weight cache (workers attach it),

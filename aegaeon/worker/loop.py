@@ -31,7 +31,8 @@ from aegaeon.ipc.messages import (
 )
 from aegaeon.ipc.ring import Ring, RingEmptyError, RingFullError
 from aegaeon.ipc.shm import ShmNamespace
-from aegaeon.parallel.instance import LeaderExecutor, start_group
+from aegaeon.parallel.instance import LeaderExecutor
+from aegaeon.parallel.launch import start_group
 from aegaeon.worker.spec import KV_SEGMENT, WorkerSpec, inbox_name, outbox_name
 
 log = logging.getLogger(__name__)

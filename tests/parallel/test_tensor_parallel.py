@@ -14,7 +14,7 @@ from aegaeon.errors import ConfigError
 from aegaeon.ipc.shm import ShmNamespace
 from aegaeon.models.maker import config_for, make_model
 from aegaeon.models.sampler import SamplingParams
-from aegaeon.parallel.instance import start_group
+from aegaeon.parallel.launch import start_group
 from aegaeon.parallel.shard import (
     check_degree,
     open_shard,
