@@ -34,7 +34,9 @@ DEFAULT_SHAPE = config_for(
 @dataclass(frozen=True)
 class TpPoint:
     tp: int
-    weight_mib: float  # the whole model; each rank holds 1/tp of it
+    weight_mib: (
+        float  # the ranks' shards together (the whole model, plus a padded vocabulary's rows)
+    )
     decode_step_s: tuple[float, ...]  # every timed step
     switch_s: tuple[float, ...]  # every timed switch
     comm_share: float  # collectives' seconds / decode seconds, rank 0
@@ -86,7 +88,6 @@ def bench_tp(
 
 
 def _measure(models, tp, batch, steps, switches, threads, config, arch) -> TpPoint:
-    weight_bytes = sum(n for n in _parameter_bytes(arch))
     kv_bytes = 2 * batch * 64 * arch.num_layers * arch.num_kv_heads * arch.head_dim * 4 + 16 * 2**20
     engine_config = replace(config, tp_size=tp, kv_bytes=kv_bytes, max_batch_size=batch)
     first, second = list(models)
@@ -94,6 +95,7 @@ def _measure(models, tp, batch, steps, switches, threads, config, arch) -> TpPoi
         for name in models:
             instance.host_cache.wait(name)
         instance.switch_to(first)
+        weight_bytes = instance.entry(first).weights.total_bytes * tp  # every rank's shard
         ids = list(range(batch))
         for request_id in ids:
             instance.add(
@@ -128,10 +130,3 @@ def _measure(models, tp, batch, steps, switches, threads, config, arch) -> TpPoi
     return TpPoint(
         tp, weight_bytes / 2**20, tuple(step_times), tuple(switch_times), comm / sum(step_times)
     )
-
-
-def _parameter_bytes(arch: ArchConfig):
-    import math
-
-    for shape in arch.parameter_shapes().values():
-        yield math.prod(shape) * 4

@@ -109,10 +109,8 @@ class LeaderExecutor:
         may follow it (a follower may be waiting in a different one), so close() then only kills them."""
         try:
             return fn(*args, **kwargs)
-        except Exception:
-            raise
-        except BaseException:
-            self._broken = True
+        except BaseException as err:
+            self._broken = self._broken or not isinstance(err, Exception)
             raise
 
     def _call(self, attr, op: tuple, *args: Any, **kwargs: Any) -> Any:

@@ -212,11 +212,11 @@ class WeightedRoundRobin:
             low, high = (middle, high) if on_time(middle) else (low, middle)
         return low
 
-    def _exposed(self, before: str | None, after: str, before_quota: float | None) -> float:
+    def _exposed(self, before: str, after: str, before_quota: float) -> float:
         """The switch a turn of `after` pays after one of `before` (with prefetch, what that turn's quota
         could not hide)."""
         copy = self.cost.switch_time(before, after)
-        if self.config.prefetch and before_quota is not None:
+        if self.config.prefetch:
             return max(0.0, copy - before_quota)
         return copy
 
