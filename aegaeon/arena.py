@@ -47,7 +47,10 @@ class ArenaUsage:
     weight_bytes: int
     weight_region_bytes: int
     kv_used_bytes: int
-    kv_free_bytes: int
+    kv_free_bytes: (
+        int  # includes resident_bytes: resident weights give way to KV on demand (KV has priority)
+    )
+    resident_bytes: int  # slabs holding resident models' weights
     internal_fragmentation_bytes: int
     external_fragmentation_bytes: int
     slabs_per_block_size: dict[int, int]
@@ -110,6 +113,21 @@ class Arena:
             f"weight at offset {offset}",
         )
 
+    def slabs_for(self, nbytes: int) -> int:
+        return max(1, -(-int(nbytes) // self.slab_bytes))
+
+    def claim_run(self, nbytes: int) -> int:
+        """Claim contiguous free slabs for `nbytes` of resident weights; returns the run's first slab.
+        Raises OutOfBlocksError (nothing claimed) when no such run is free."""
+        return self.allocator.claim_run(self.slabs_for(nbytes))
+
+    def release_run(self, first_slab: int, nbytes: int) -> None:
+        self.allocator.release_run(int(first_slab), self.slabs_for(nbytes))
+
+    def run_view(self, first_slab: int, nbytes: int) -> torch.Tensor:
+        """A byte view of the first `nbytes` of the resident run at `first_slab`."""
+        return self._core.run_bytes_view(int(first_slab), int(nbytes))
+
     def allocate_block(self, block_bytes: int) -> int:
         return self._core.allocate_block(int(block_bytes))
 
@@ -142,6 +160,7 @@ class Arena:
             weight_region_bytes=region,
             kv_used_bytes=st["used_bytes"],
             kv_free_bytes=kv_capacity - st["used_bytes"],
+            resident_bytes=st["resident_slabs"] * st["slab_bytes"],
             internal_fragmentation_bytes=st["internal_fragmentation_bytes"],
             external_fragmentation_bytes=st["external_fragmentation_bytes"],
             slabs_per_block_size={

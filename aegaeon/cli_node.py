@@ -34,6 +34,7 @@ FLAG_KEYS: dict[str, tuple[str | None, str]] = {
     "dtype": ("engine", "dtype"),
     "link_gbps": ("engine", "link_gbps"),
     "prefetch": ("engine", "prefetch"),
+    "residency": ("engine", "residency"),
     "host": ("api", "host"),
     "port": ("api", "port"),
     "api_key": ("api", "api_key"),
@@ -143,6 +144,14 @@ _OPTIONS = [
         help="Decode workers copy the next turn's weights while the current turn decodes (and plan "
         "rounds on the exposed switch), prefill workers the next group's while a group computes (a "
         "second weight slot of the largest model's size per worker).",
+    ),
+    click.option(
+        "--residency",
+        is_flag=True,
+        default=None,
+        help="Beyond the paper: workers keep models' weights in arena memory the KV cache is not using "
+        "after their turns, so a switch back re-binds without a copy; KV has priority (a resident model "
+        "is evicted before KV is swapped out). With --prefetch, copies go there too (no second slot).",
     ),
     click.option(
         "--max-requests", type=int, default=None, help="Requests held at once before 429s [1024]."

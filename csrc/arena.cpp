@@ -2,6 +2,7 @@
 
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <sstream>
 
 namespace aegaeon {
@@ -68,6 +69,20 @@ at::Tensor Arena::weight_bytes_view(int64_t offset, int64_t nbytes) const {
     throw std::runtime_error("the weight region still overlaps live KV blocks: relocate or swap them out first");
   }
   return buffer_.narrow(0, offset, nbytes);
+}
+
+at::Tensor Arena::run_bytes_view(int64_t first_slab, int64_t nbytes) const {
+  const int64_t slab = allocator_.slab_bytes();
+  const int64_t slabs = (nbytes + slab - 1) / slab;
+  for (int64_t j = first_slab; j < first_slab + std::max<int64_t>(slabs, 1); ++j) {
+    if (!allocator_.is_resident(j)) {
+      std::ostringstream msg;
+      msg << "run view [slab " << first_slab << ", " << nbytes << " bytes): slab " << j
+          << " is not resident (claim the run first)";
+      throw std::out_of_range(msg.str());
+    }
+  }
+  return buffer_.narrow(0, first_slab * slab, nbytes);
 }
 
 at::Tensor Arena::block_bytes_view(int64_t handle) const {

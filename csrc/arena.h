@@ -36,6 +36,10 @@ class Arena {
   // A byte view of [offset, offset + nbytes) of the weight region.
   at::Tensor weight_bytes_view(int64_t offset, int64_t nbytes) const;
 
+  // A byte view of the first nbytes of the resident run starting at first_slab
+  // (claimed with allocator().claim_run); throws unless those slabs are resident.
+  at::Tensor run_bytes_view(int64_t first_slab, int64_t nbytes) const;
+
   int64_t allocate_block(int64_t block_bytes) { return allocator_.allocate(block_bytes); }
   void free_block(int64_t handle) { allocator_.free(handle); }
   // A byte view of one live block.

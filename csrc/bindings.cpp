@@ -43,6 +43,7 @@ py::dict stats_to_dict(const aegaeon::AllocatorStats& st) {
   d["free_slabs"] = st.free_slabs;
   d["reserved_slabs"] = st.reserved_slabs;
   d["draining_slabs"] = st.draining_slabs;
+  d["resident_slabs"] = st.resident_slabs;
   d["used_bytes"] = st.used_bytes;
   d["internal_fragmentation_bytes"] = st.internal_fragmentation_bytes;
   d["external_fragmentation_bytes"] = st.external_fragmentation_bytes;
@@ -97,6 +98,10 @@ Each slab serves one block size at a time and returns to the pool when empty.
       .def_property_readonly("reserved_boundary", &SlabAllocator::reserved_boundary)
       .def("draining_handles", &SlabAllocator::draining_handles)
       .def("handles_in_slab", &SlabAllocator::handles_in_slab, py::arg("slab"))
+      .def("claim_run", &SlabAllocator::claim_run, py::arg("num_slabs"),
+           "Claim the lowest run of num_slabs contiguous free slabs for resident weights; returns its first slab.")
+      .def("release_run", &SlabAllocator::release_run, py::arg("first_slab"), py::arg("num_slabs"))
+      .def("is_resident", &SlabAllocator::is_resident, py::arg("slab"))
       .def("stats", [](const SlabAllocator& a) { return stats_to_dict(a.stats()); },
            "Counters: slabs, used bytes, fragmentation, per block size.")
       .def("check_integrity", &SlabAllocator::check_integrity,
@@ -116,6 +121,7 @@ Each slab serves one block size at a time and returns to the pool when empty.
       .def("allocate_block", &Arena::allocate_block, py::arg("block_bytes"))
       .def("free_block", &Arena::free_block, py::arg("handle"))
       .def("block_bytes_view", &Arena::block_bytes_view, py::arg("handle"))
+      .def("run_bytes_view", &Arena::run_bytes_view, py::arg("first_slab"), py::arg("nbytes"))
       .def_property_readonly("allocator", py::overload_cast<>(&Arena::allocator), py::return_value_policy::reference_internal)
       .def_property_readonly("buffer", &Arena::buffer)
       .def_property_readonly("weight_bytes", &Arena::weight_bytes)

@@ -174,6 +174,12 @@ int64_t SlabAllocator::set_reserved_slabs(int64_t num_slabs) {
                                     " slabs"));
   }
   const auto target = static_cast<int32_t>(num_slabs);
+  for (int32_t i = static_cast<int32_t>(boundary_); i < target; ++i) {  // checked before any change
+    if (slabs_[i].state == SlabState::kResident) {
+      throw InvalidHandleError(concat("weight region of ", num_slabs, " slabs would cover slab ", i,
+                                      ", which holds resident weights: release that run first"));
+    }
+  }
   for (int32_t i = target; i < boundary_; ++i) {  // shrinking
     Slab& s = slabs_[i];
     if (s.state == SlabState::kReserved) {
@@ -198,6 +204,49 @@ int64_t SlabAllocator::set_reserved_slabs(int64_t num_slabs) {
   int64_t draining = 0;
   for (int32_t i = 0; i < target; ++i) draining += slabs_[i].state == SlabState::kDraining;
   return draining;
+}
+
+int64_t SlabAllocator::claim_run(int64_t num_slabs) {
+  if (num_slabs < 1 || num_slabs > static_cast<int64_t>(slabs_.size())) {
+    throw InvalidHandleError(concat("a resident run of ", num_slabs, " slabs is invalid: the arena has ",
+                                    slabs_.size(), " slabs"));
+  }
+  // first fit from the lowest free slab: KV takes the highest ones, so runs and KV meet last
+  int32_t start = kNone;
+  int32_t previous = kNone;
+  for (int32_t i : free_slabs_) {  // ascending
+    if (start == kNone || i != previous + 1) start = i;
+    previous = i;
+    if (i - start + 1 == num_slabs) {
+      for (int32_t j = start; j <= i; ++j) {
+        slabs_[j].state = SlabState::kResident;
+        free_slabs_.erase(j);
+      }
+      return start;
+    }
+  }
+  throw OutOfBlocksError(concat("no run of ", num_slabs, " contiguous free slabs for resident weights"));
+}
+
+void SlabAllocator::release_run(int64_t first_slab, int64_t num_slabs) {
+  if (num_slabs < 1 || first_slab < 0 || first_slab + num_slabs > static_cast<int64_t>(slabs_.size())) {
+    throw InvalidHandleError(concat("run [", first_slab, ", ", first_slab + num_slabs, ") is outside the arena of ",
+                                    slabs_.size(), " slabs"));
+  }
+  for (int64_t j = first_slab; j < first_slab + num_slabs; ++j) {
+    if (slabs_[j].state != SlabState::kResident) {
+      throw InvalidHandleError(concat("slab ", j, " of run [", first_slab, ", ", first_slab + num_slabs,
+                                      ") is not resident: it was never claimed or is already released"));
+    }
+  }
+  for (int64_t j = first_slab; j < first_slab + num_slabs; ++j) {
+    slabs_[j].state = SlabState::kFree;
+    free_slabs_.insert(static_cast<int32_t>(j));
+  }
+}
+
+bool SlabAllocator::is_resident(int64_t slab) const noexcept {
+  return slab >= 0 && slab < static_cast<int64_t>(slabs_.size()) && slabs_[slab].state == SlabState::kResident;
 }
 
 std::vector<int64_t> SlabAllocator::handles_in_slab(int64_t slab) const {
@@ -231,6 +280,7 @@ AllocatorStats SlabAllocator::stats() const {
   for (const Slab& s : slabs_) {
     st.reserved_slabs += s.state == SlabState::kReserved;
     st.draining_slabs += s.state == SlabState::kDraining;
+    st.resident_slabs += s.state == SlabState::kResident;
     if (s.state == SlabState::kActive || s.state == SlabState::kDraining) {
       st.internal_fragmentation_bytes += slab_bytes_ - s.capacity * s.block_bytes;
       st.external_fragmentation_bytes += static_cast<int64_t>(s.capacity - s.used) * s.block_bytes;
@@ -256,6 +306,7 @@ void SlabAllocator::check_integrity() const {
     if ((s.state == SlabState::kFree) != in_free_set) fail(concat("slab ", i, " free-set membership disagrees with state"));
     if (below && (s.state == SlabState::kFree || s.state == SlabState::kActive)) fail(concat("slab ", i, " below boundary is not reserved/draining"));
     if (!below && (s.state == SlabState::kReserved || s.state == SlabState::kDraining)) fail(concat("slab ", i, " above boundary is reserved/draining"));
+    if (below && s.state == SlabState::kResident) fail(concat("resident slab ", i, " is below the boundary"));
     if (s.state != SlabState::kActive && s.state != SlabState::kDraining) {
       if (s.in_partial_list) fail(concat("unassigned slab ", i, " is in a partial list"));
       continue;

@@ -17,6 +17,12 @@
 // Slabs below the reservation boundary belong to the weight region. Growing the
 // boundary over slabs that still hold blocks marks them "draining": they take
 // no new blocks and join the weight region when their last block is freed.
+//
+// Resident runs: a contiguous run of free slabs above the boundary can be
+// claimed for a model's weights kept in device memory (a resident model). Its
+// slabs take no blocks until the run is released; the caller releases runs
+// when KV needs the room (KV has priority) and before growing the weight
+// region over them (that throws otherwise).
 #pragma once
 
 #include <cstdint>
@@ -55,6 +61,7 @@ struct AllocatorStats {
   int64_t free_slabs = 0;      // in the pool, usable by any size
   int64_t reserved_slabs = 0;  // below the boundary and empty (weight region)
   int64_t draining_slabs = 0;  // below the boundary, still holding blocks
+  int64_t resident_slabs = 0;  // in claimed runs (resident model weights)
   int64_t used_bytes = 0;      // sum of allocated block bytes
   // Bytes at the tail of assigned slabs that no block of their size can use.
   int64_t internal_fragmentation_bytes = 0;
@@ -90,6 +97,16 @@ class SlabAllocator {
   // Live handles of one slab, in ascending order.
   std::vector<int64_t> handles_in_slab(int64_t slab) const;
 
+  // Claims the lowest run of `num_slabs` contiguous free slabs for resident
+  // weights and returns its first slab. Throws OutOfBlocksError when no such
+  // run exists and InvalidHandleError for num_slabs < 1; the state is then
+  // unchanged.
+  int64_t claim_run(int64_t num_slabs);
+  // Returns a run claimed by claim_run to the pool. Throws InvalidHandleError
+  // unless [first_slab, first_slab + num_slabs) are all resident slabs.
+  void release_run(int64_t first_slab, int64_t num_slabs);
+  bool is_resident(int64_t slab) const noexcept;
+
   AllocatorStats stats() const;
   // Recomputes every counter from the per-slab state and throws
   // std::logic_error naming the first inconsistency.
@@ -101,7 +118,7 @@ class SlabAllocator {
  private:
   static constexpr int32_t kNone = -1;
 
-  enum class SlabState : uint8_t { kFree, kActive, kDraining, kReserved };
+  enum class SlabState : uint8_t { kFree, kActive, kDraining, kReserved, kResident };
 
   struct SizeClass;
 

@@ -58,7 +58,15 @@ NODE_KEYS = (
     "engine",
     "api",
 )
-ENGINE_KEYS = ("kv_mib", "dtype", "link_gbps", "prefetch", "slab_kib", "block_size")
+ENGINE_KEYS = (
+    "kv_mib",
+    "dtype",
+    "link_gbps",
+    "prefetch",
+    "residency",
+    "slab_kib",
+    "block_size",
+)
 API_KEYS = (
     "host",
     "port",

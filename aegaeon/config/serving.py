@@ -38,6 +38,10 @@ class EngineConfig:
     # decode turns copy the next turn's weights while they decode (aegaeon.engine.runner): a staging slot of
     # the largest model's size beside the arena
     prefetch: bool = False
+    # beyond the paper: models' weights stay in arena slabs the KV cache is not using after their turn, so a
+    # switch back to one only re-binds (aegaeon.engine.resident); with it, prefetches copy into such slabs
+    # too (no staging slot). KV always has priority: a resident model is evicted before KV is swapped out.
+    residency: bool = False
     # tensor parallelism (aegaeon.parallel): this executor is rank `tp_rank` of a group of `tp_size`, whose
     # ranks run on `tp_devices` (rank 0's is `device`; empty: every rank on `device`)
     tp_size: int = 1
@@ -53,6 +57,11 @@ class EngineConfig:
         if self.tp_devices and len(self.tp_devices) != self.tp_size:
             raise ConfigError(
                 f"--tp {self.tp_size} needs {self.tp_size} devices per group, got {list(self.tp_devices)}"
+            )
+        if self.residency and self.tp_size > 1:
+            raise ConfigError(
+                "--residency with --tp > 1 is not built yet: the ranks of a group would have to agree on "
+                "every eviction; use one of them"
             )
         if self.link_gbps is not None and not self.device.startswith("cpu"):
             raise ConfigError(

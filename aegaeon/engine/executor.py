@@ -127,7 +127,9 @@ class StepExecutor:
             self.runner = ModelRunner(self.arena, self.host_cache, self.kv, self.link)
             for ckpt in checkpoints:
                 self._register(ckpt)
-            if config.prefetch:
+            if config.residency:
+                self.runner.enable_residency()  # prefetches copy into resident runs
+            elif config.prefetch:
                 self.runner.enable_prefetch(self.largest_weights)
         except BaseException:
             if hasattr(self, "host_cache"):
@@ -271,6 +273,14 @@ class StepExecutor:
         if model in self.unavailable or model not in self.runner.entries:
             return False
         return self.runner.prefetch(model, wait)
+
+    def set_upcoming(self, models: list[str]) -> None:
+        """With residency: the models expected next, soonest first (eviction keeps them longest)."""
+        self.runner.set_upcoming(models)
+
+    def resident_models(self) -> list[str]:
+        """Models whose weights are resident in the arena now (with residency), the bound one included."""
+        return self.runner.resident.resident_models() if self.runner.resident is not None else []
 
     def fail_model(self, model: str, reason: str) -> list[SeqUpdate]:
         """`model` cannot be served any more: fail its requests; returns their updates."""

@@ -15,6 +15,13 @@ a prefetch never moves or swaps out KV (KV has priority). A model whose weights 
 slot (it ran the turn before last) is resident: switching back to it only re-binds, and a prefetch of it
 copies nothing; the next copy into that slot evicts it (the slot goes to the model of the next turn).
 
+Residency (`enable_residency`, beyond the paper): instead of one weight region and a staging slot, each
+model's weights are copied into a run of arena slabs the KV cache is not using (aegaeon.engine.resident) and
+stay there after its turn, so switching back to any of them only re-binds. Prefetches copy into runs too.
+The weight region is used only when no run can be made even after evicting every resident model (then KV is
+moved or swapped out as without residency). KV has priority: when a block cannot be allocated, a resident
+model is evicted first (`KVCacheManager.reclaim`).
+
 Longer than 300 lines, on purpose: switching, prefetching and the two slots' residency read and write the
 same state (the bound model, which slot holds which model, the copy in flight), which one class keeps
 consistent.
@@ -32,6 +39,7 @@ import torch
 
 from aegaeon.arena import Arena
 from aegaeon.device_link import DeviceLink
+from aegaeon.engine.resident import ResidentWeights
 from aegaeon.errors import IntegrityError
 from aegaeon.kv.batch import SeqChunk, build_step
 from aegaeon.kv.layout import KVLayout
@@ -83,7 +91,7 @@ class _Prefetch:
 
     model: str
     region: torch.Tensor  # where the weights land
-    slot: str  # "staging" or "arena"
+    slot: str  # "staging", "arena", or "run" (a resident run, with residency)
     done: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     event: Any = None  # a CUDA event on the copy stream
@@ -115,6 +123,147 @@ class ModelRunner:
         self.pending: _Prefetch | None = None
         self.copy_stream = None
         self.slot_model: dict[str, str | None] = {"arena": None, "staging": None}  # intact weights
+        self.resident: ResidentWeights | None = None  # with residency
+
+    # ---- residency ---------------------------------------------------------------------------------------
+
+    def enable_residency(self) -> None:
+        """Keep models' weights in free arena slabs after their turns (prefetches copy there too)."""
+        self.resident = ResidentWeights(self.arena)
+        self.kv.reclaim = self._reclaim_for_kv
+        if self.arena.device.type == "cuda" and self.copy_stream is None:
+            self.copy_stream = torch.cuda.Stream(device=self.arena.device)
+
+    def set_upcoming(self, models: list[str]) -> None:
+        """The models the instance expects to run next, soonest first: what eviction keeps longest."""
+        if self.resident is not None:
+            self.resident.set_upcoming(models)
+
+    def _protected(self) -> set[str]:
+        """Resident models that cannot give up their run now: the bound one and the one being copied."""
+        kept = {self.pending.model} if self.pending is not None else set()
+        if self.active is not None and self.active_slot == "run":
+            kept.add(self.active)
+        return kept
+
+    def _reclaim_for_kv(self) -> bool:
+        """A KV block found no free slab: give it a resident model's slabs (False: none can go)."""
+        if self.resident.evict_one(self._protected()):
+            return True
+        job = self.pending
+        if job is not None and job.slot == "run":  # last: the copy for the next turn
+            self._land_pending()
+            self.pending = None
+            self.resident.drop(job.model)
+            return True
+        return False
+
+    def _retire_pending(self) -> None:
+        """Let the copy in flight land and forget it; a copy into a run leaves its model resident."""
+        job = self.pending
+        if job is None:
+            return
+        self._land_pending()
+        self.pending = None
+        if job.slot == "run" and self.resident is not None:
+            if job.error is None:
+                self.resident.mark_intact(job.model)
+            else:
+                self.resident.drop(job.model)
+
+    def _region_to_run(self) -> None:
+        """The bound model is in the weight region (placed there when no run could be made): turn the region
+        into a resident run of the same slabs, so it stays resident and the region's slabs serve KV too."""
+        if self.active is None or self.active_slot != "arena" or self.arena.weight_bytes == 0:
+            return
+        nbytes = self.entries[self.active].weights.total_bytes
+        self.arena.place_weights(0)
+        self.slot_model["arena"] = None
+        first = self.arena.claim_run(nbytes)  # the lowest free run: the slabs just released
+        if first != 0:  # not the same bytes: the weights are not there
+            self.arena.release_run(first, nbytes)
+            return
+        self.resident.adopt(self.active, first, nbytes)
+        self.active_slot = "run"
+
+    def _prefetch_into_run(self, name: str, wait: bool) -> bool:
+        if self.pending is not None and self.pending.model == name:
+            return True
+        if self.pending is not None and not self.pending.done.is_set() and not wait:
+            return False
+        if not wait and not self.host_cache.is_ready(name):
+            return False
+        self._retire_pending()
+        nbytes = self.entries[name].weights.total_bytes
+        if name in self.resident:
+            job = _Prefetch(name, self.resident.view(name), "run", resident=True)
+            job.done.set()
+            self.pending = job
+            return True
+        if wait:
+            self.host_cache.wait(name)
+        region = self.resident.claim(name, nbytes, self._protected())
+        if region is None:
+            return False  # KV leaves no room: the switch will copy
+        self._start_copy(_Prefetch(name, region, "run"), nbytes)
+        return True
+
+    def _switch_resident(self, entry: ModelEntry) -> SwitchRecord | None:
+        """Switch with residency: re-bind a resident model, else copy into a new run; None when no run can
+        be made (the caller places the weights in the weight region)."""
+        name, nbytes = entry.name, entry.weights.total_bytes
+        start = time.perf_counter()
+        if name in self.resident:
+            view = self.resident.view(name)
+            bound_at = time.perf_counter()
+            entry.model.bind(entry.weights.views(view))
+            self.active, self.active_slot = name, "run"
+            self.resident.touch(name)
+            bound = time.perf_counter()
+            record = SwitchRecord(
+                name,
+                bound - start,
+                0,
+                0,
+                0,
+                {"resident": bound_at - start, "bind": bound - bound_at},
+                resident=True,
+            )
+            self.switches.append(record)
+            return record
+        self.host_cache.wait(name)
+        waited = time.perf_counter()
+        self._region_to_run()
+        protected = {self.pending.model} if self.pending is not None else set()
+        region = self.resident.claim(name, nbytes, protected)
+        if region is None:
+            return None
+        claimed = time.perf_counter()
+        self.active = None  # the model object's views are re-pointed below
+        source = self.host_cache.region(name)
+        self.link.transfer(
+            nbytes, lambda: region.copy_(source, non_blocking=self.arena.device.type == "cuda")
+        )
+        copied = time.perf_counter()
+        entry.model.bind(entry.weights.views(region))
+        self.active, self.active_slot = name, "run"
+        self.resident.mark_intact(name)
+        bound = time.perf_counter()
+        record = SwitchRecord(
+            name,
+            bound - waited,
+            nbytes,
+            0,
+            0,
+            {
+                "wait_weights": waited - start,
+                "evict_kv": claimed - waited,  # resident models given up for this one
+                "copy_weights": copied - claimed,
+                "bind": bound - copied,
+            },
+        )
+        self.switches.append(record)
+        return record
 
     # ---- prefetch ----------------------------------------------------------------------------------------
 
@@ -130,7 +279,11 @@ class ModelRunner:
         """Start copying `name`'s weights into the free slot; False when it cannot now (no staging slot, not
         in the host cache yet, too large for the free slot, or already bound). With `wait` (a follower rank
         doing what rank 0 decided) a copy in flight and the host cache's load are waited for instead."""
-        if self.staging is None or name == self.active or name not in self.entries:
+        if name == self.active or name not in self.entries:
+            return False
+        if self.resident is not None:
+            return self._prefetch_into_run(name, wait)
+        if self.staging is None:
             return False
         if self.pending is not None and self.pending.model == name:
             return True
@@ -166,9 +319,14 @@ class ModelRunner:
                 # (no KV moves; the slot's old contents are overwritten from now on anyway)
                 self.arena.place_weights(nbytes)
             slot, region = "arena", self.arena.weight_view(0, torch.uint8, (nbytes,))
-        source = self.host_cache.region(name)
-        job = _Prefetch(name, region, slot)
         self.slot_model[slot] = None  # overwritten from now on
+        self._start_copy(_Prefetch(name, region, slot), nbytes)
+        return True
+
+    def _start_copy(self, job: _Prefetch, nbytes: int) -> None:
+        """Start `job`'s copy from the host cache (a copy stream on a GPU, a thread on CPU); it is pending."""
+        source = self.host_cache.region(job.model)
+        region = job.region
         if self.copy_stream is not None:
             # the copy must not overwrite weights that kernels queued on the compute stream still read
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.arena.device))
@@ -183,7 +341,6 @@ class ModelRunner:
             )
             job.thread.start()
         self.pending = job
-        return True
 
     def _free_slot(self) -> str:
         return "staging" if self.active_slot == "arena" else "arena"
@@ -205,12 +362,13 @@ class ModelRunner:
         for slot, model in self.slot_model.items():
             if model == name:
                 self.slot_model[slot] = None
+        if self.resident is not None:
+            self.resident.drop(name)
 
     def cancel_prefetch(self, name: str | None = None) -> None:
         """Let the copy in flight land and forget it (only if it is `name`'s, when given)."""
         if self.pending is not None and name in (None, self.pending.model):
-            self._land_pending()
-            self.pending = None
+            self._retire_pending()
 
     def _copy(self, job: _Prefetch, source: torch.Tensor, nbytes: int) -> None:
         try:
@@ -240,9 +398,14 @@ class ModelRunner:
         if job.error is not None:
             raise IntegrityError(f"prefetching {entry.name} failed: {job.error}") from job.error
         landed = time.perf_counter()
+        if job.slot == "run":
+            self._region_to_run()  # before `active` changes: the region's model stays resident
         entry.model.bind(entry.weights.views(job.region))
         self.active, self.active_slot = entry.name, job.slot
-        self.slot_model[job.slot] = entry.name
+        if job.slot == "run":
+            self.resident.mark_intact(entry.name)
+        else:
+            self.slot_model[job.slot] = entry.name
         bound = time.perf_counter()
         record = SwitchRecord(
             entry.name,
@@ -288,6 +451,14 @@ class ModelRunner:
         entry = self.entries[name]
         if self.pending is not None and self.pending.model == name:
             return self._switch_to_prefetched(entry)
+        if self.resident is not None:
+            record = self._switch_resident(entry)
+            if record is not None:
+                return record
+            # no run even with every other resident model evicted: the weight region, as without residency
+            self._retire_pending()
+            self.resident.drop_all()
+            self.active_slot = "arena"
         self._land_pending()  # a copy of another model may be writing the region this one takes
         self.pending = None
         free = self._free_slot()

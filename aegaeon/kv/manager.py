@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,9 @@ class KVCacheManager:
         self.swapped_bytes = 0
         self._in_flight: list[tuple[str, Sequence, SwapTicket]] = []
         self._finished: deque[SwapRecord] = deque(maxlen=SWAP_LOG_LENGTH)
+        # with residency (aegaeon.engine.runner): frees slabs held by resident weights when no block is free,
+        # returning False when nothing more can go; KV has priority over resident models
+        self.reclaim: Callable[[], bool] | None = None
 
     def finished_swaps(self) -> list[SwapRecord]:
         """Swaps whose copies have completed since the last call, with their measured copy times."""
@@ -87,8 +91,12 @@ class KVCacheManager:
         needed = layout.blocks_needed(num_tokens) - len(seq.blocks)
         taken: list[int] = []
         try:
-            for _ in range(needed):
-                taken.append(self.arena.allocate_block(layout.block_bytes))
+            while len(taken) < needed:
+                try:
+                    taken.append(self.arena.allocate_block(layout.block_bytes))
+                except OutOfBlocksError:
+                    if self.reclaim is None or not self.reclaim():
+                        raise
         except OutOfBlocksError:
             for handle in taken:
                 self.arena.free_block(handle)

@@ -34,6 +34,7 @@ from aegaeon.sched.decode import (
     plan_round,
     rotate_to_loaded,
 )
+from aegaeon.sched.residency import upcoming_models
 
 UNBOUNDED_KV = 2**62
 DEADLINE_SEARCH_STEPS = 48  # bisections for an SLO-aware turn's quota: far below a microsecond
@@ -149,14 +150,21 @@ class WeightedRoundRobin:
     def turn_batch(self, live: Sequence[DecodeCandidate]) -> tuple[int, ...]:
         return first_of_model(self.running, live, self.config.max_batch) if self.running else ()
 
+    def upcoming(self, live: Sequence[DecodeCandidate]) -> list[str]:
+        """The models the instance will run after the running turn, soonest first: this round's later turns,
+        then the models waiting (FCFS), which the next round takes (what resident-model eviction keeps)."""
+        waiting = [c.model for c in live]
+        return [
+            m for m in upcoming_models([m for m, _ in self.turns], waiting) if m != self.running
+        ]
+
     def prefetch_target(self, live: Sequence[DecodeCandidate]) -> str | None:
         """With prefetch: the model whose weights the instance copies while the running turn decodes: the
         next turn's of this round, else (the round's last turn) the first other model waiting, which the next
         round runs right after the loaded one, or first when the loaded one's requests are done."""
         if not self.config.prefetch:
             return None
-        upcoming = [model for model, _ in self.turns] + [c.model for c in live]
-        return next((m for m in upcoming if m != self.running), None)
+        return next(iter(self.upcoming(live)), None)
 
     def _quota_for_deadlines(
         self,
@@ -265,6 +273,10 @@ class RequestLevel:
 
     def arrive(self, request: DecodeCandidate, live: Sequence[DecodeCandidate]) -> Arrival:
         return Arrival.START if self.running is None else Arrival.WAIT
+
+    def upcoming(self, live: Sequence[DecodeCandidate]) -> list[str]:
+        """The models after the running one, in the order their oldest requests arrived."""
+        return [m for m in upcoming_models([], [c.model for c in live]) if m != self.running]
 
     def next_turn(self, live: Sequence[DecodeCandidate]) -> Turn | None:
         if not live:

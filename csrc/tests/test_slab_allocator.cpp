@@ -121,12 +121,32 @@ static void test_random_operations() {
   }
 }
 
+static void test_resident_runs() {
+  SlabAllocator a(8, 1024);
+  const int64_t top = a.allocate(512);  // KV takes the highest slab
+  CHECK(top / 1024 == 7);
+  const int64_t run = a.claim_run(3);  // runs take the lowest
+  CHECK(run == 0);
+  CHECK(a.is_resident(0) && a.is_resident(2) && !a.is_resident(3));
+  CHECK(a.stats().resident_slabs == 3 && a.stats().free_slabs == 4);
+  CHECK(throws<OutOfBlocksError>([&] { a.claim_run(5); }));  // only 4 free, and not all contiguous
+  CHECK(a.claim_run(4) == 3);
+  CHECK(throws<OutOfBlocksError>([&] { a.allocate(512); a.allocate(512); }));  // slab 7 has 2 blocks
+  CHECK(throws<InvalidHandleError>([&] { a.set_reserved_slabs(1); }));  // a run is in the way
+  CHECK(a.reserved_boundary() == 0);
+  a.release_run(0, 3);
+  CHECK(throws<InvalidHandleError>([&] { a.release_run(0, 3); }));
+  CHECK(a.set_reserved_slabs(2) == 0);
+  a.check_integrity();
+}
+
 int main() {
   test_one_size_per_slab();
   test_exhaustion_leaves_state_intact();
   test_bad_handles_rejected();
   test_reservation_drains_and_releases();
   test_random_operations();
+  test_resident_runs();
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

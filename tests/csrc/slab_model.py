@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class _Slab:
-    state: str = "free"  # free | active | draining | reserved
+    state: str = "free"  # free | active | draining | reserved | resident
     block_bytes: int = 0
     capacity: int = 0
     bump: int = 0
@@ -73,7 +73,28 @@ class SlabModel:
         elif slab.state == "active" and sid not in room:
             room.insert(0, sid)
 
+    def claim_run(self, count: int) -> int:
+        """The lowest run of `count` contiguous free slabs becomes resident."""
+        for first in range(len(self.slabs) - count + 1):
+            if all(sid in self.free_slabs for sid in range(first, first + count)):
+                for sid in range(first, first + count):
+                    self.free_slabs.remove(sid)
+                    self.slabs[sid].state = "resident"
+                return first
+        raise MemoryError("no run")
+
+    def release_run(self, first: int, count: int) -> None:
+        if first < 0 or count < 1 or first + count > len(self.slabs):
+            raise ValueError("out of range")
+        if any(self.slabs[sid].state != "resident" for sid in range(first, first + count)):
+            raise ValueError("not resident")
+        for sid in range(first, first + count):
+            self.slabs[sid] = _Slab()
+            self.free_slabs.add(sid)
+
     def set_reserved_slabs(self, count: int) -> int:
+        if any(s.state == "resident" for s in self.slabs[self.boundary : count]):
+            raise ValueError("resident slab in the way")
         for sid in range(count, self.boundary):
             slab = self.slabs[sid]
             if slab.state == "reserved":
@@ -111,6 +132,7 @@ class SlabModel:
             "free_slabs": len(self.free_slabs),
             "reserved_slabs": sum(s.state == "reserved" for s in self.slabs),
             "draining_slabs": sum(s.state == "draining" for s in self.slabs),
+            "resident_slabs": sum(s.state == "resident" for s in self.slabs),
             "used_bytes": sum(len(s.live) * s.block_bytes for s in assigned),
             "internal_fragmentation_bytes": sum(
                 self.slab_bytes - s.capacity * s.block_bytes for s in assigned

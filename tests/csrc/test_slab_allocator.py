@@ -107,6 +107,7 @@ def test_random_operations_match_the_python_model(seed):
     num_slabs, sizes = 12, [128, 200, 1024, 1500, 4096]
     alloc, model = _C.SlabAllocator(num_slabs, SLAB), SlabModel(num_slabs, SLAB)
     live: list[int] = []
+    runs: list[tuple[int, int]] = []  # resident runs (first slab, slabs)
     for step in range(3000):
         roll = rng.random()
         if roll < 0.45:
@@ -128,10 +129,36 @@ def test_random_operations_match_the_python_model(seed):
             if bogus not in live:
                 with pytest.raises(InvalidHandleError):
                     alloc.free(bogus)
-        else:
+        elif roll < 0.97:
             count = rng.randrange(0, 4)
-            assert alloc.set_reserved_slabs(count) == model.set_reserved_slabs(count)
-            assert sorted(alloc.draining_handles()) == sorted(h for h in live if h // SLAB < count)
+            try:
+                expected = model.set_reserved_slabs(count)
+            except ValueError:  # a resident run is in the way
+                before = alloc.stats()
+                with pytest.raises(InvalidHandleError, match="resident"):
+                    alloc.set_reserved_slabs(count)
+                assert alloc.stats() == before
+            else:
+                assert alloc.set_reserved_slabs(count) == expected
+            assert sorted(alloc.draining_handles()) == sorted(
+                h for h in live if h // SLAB < model.boundary
+            )
+        elif roll < 0.985 or not runs:
+            count = rng.randrange(1, 4)
+            try:
+                expected = model.claim_run(count)
+            except MemoryError:
+                with pytest.raises(OutOfBlocksError):
+                    alloc.claim_run(count)
+            else:
+                assert alloc.claim_run(count) == expected, f"step {step}"
+                runs.append((expected, count))
+        else:
+            first, count = runs.pop(rng.randrange(len(runs)))
+            model.release_run(first, count)
+            alloc.release_run(first, count)
+            with pytest.raises(InvalidHandleError, match="not resident"):
+                alloc.release_run(first, count)  # twice
         assert alloc.stats() == model.stats(), f"step {step}"
         if step % 100 == 0:
             alloc.check_integrity()

@@ -85,6 +85,9 @@ class RecordedExecutor:
         self.bound = model
         return SwitchRecord(model, seconds, 0, 0, 0)
 
+    def set_upcoming(self, models):
+        self.upcoming = list(models)  # no residency here: every switch costs its recorded time
+
     def step(self, model, request_ids):
         self.clock.now += self.cost.decode_time(model, len(request_ids), 0)
         updates = []

@@ -1,0 +1,191 @@
+"""Resident models (EngineConfig.residency): weights stay in free arena slabs after their turn, so a switch
+back re-binds without a copy; KV has priority (a resident model is evicted before a request's KV is swapped
+out), and greedy outputs are the same as without residency."""
+
+import random
+
+import pytest
+
+from aegaeon.config.serving import EngineConfig
+from aegaeon.engine.executor import StepExecutor
+from aegaeon.errors import ConfigError
+from aegaeon.models.maker import make_model
+from aegaeon.models.sampler import SamplingParams
+from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
+
+SLAB = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    root = tmp_path_factory.mktemp("residency")
+    return {
+        "big": str(make_model(root / "big", LARGE_SHAPE, seed=1)),
+        "small": str(make_model(root / "small", SMALL_SHAPE, seed=2)),
+        "small2": str(make_model(root / "small2", SMALL_SHAPE, seed=3)),
+        "small3": str(make_model(root / "small3", SMALL_SHAPE, seed=4)),
+    }
+
+
+def _rotate(executor: StepExecutor, models: list[str], turns: int, prefetch: bool, max_tokens=40):
+    """One request per model, decoded in turns of two steps, the models in rotation."""
+    executor.host_cache.join()
+    for i, model in enumerate(models):
+        executor.add(i, model, [3, 5, 7, 11 + i], SamplingParams(max_tokens=max_tokens))
+    outputs = {i: [] for i in range(len(models))}
+    records = []
+    for turn in range(turns):
+        index = turn % len(models)
+        model = models[index]
+        executor.set_upcoming([models[(turn + k) % len(models)] for k in range(1, len(models))])
+        records.append(executor.switch_to(model))
+        if prefetch:
+            executor.prefetch(models[(turn + 1) % len(models)])
+        for _ in range(2):
+            for update in executor.step(model, [index]):
+                outputs[update.request_id] += update.new_tokens
+        _check_books(executor)
+    return outputs, records
+
+
+def _check_books(executor: StepExecutor) -> None:
+    """The allocator is consistent, resident runs hold no KV block and do not overlap each other."""
+    arena = executor.arena
+    arena.allocator.check_integrity()
+    resident = executor.runner.resident
+    if resident is None:
+        return
+    slabs: set[int] = set()
+    for run in resident.runs.values():
+        span = set(range(run.first_slab, run.first_slab + arena.slabs_for(run.nbytes)))
+        assert not slabs & span, "two resident runs share a slab"
+        slabs |= span
+        assert all(arena.allocator.is_resident(s) for s in span)
+    for seq in executor._seqs.values():
+        assert not {h // arena.slab_bytes for h in seq.blocks} & slabs, (
+            "a KV block in a resident run"
+        )
+    assert arena.allocator.stats()["resident_slabs"] == len(slabs)
+
+
+def test_every_model_stays_resident_and_later_turns_copy_nothing(four):
+    models = list(four)
+    config = EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20)
+    with StepExecutor(four, config) as plain:
+        expected, _ = _rotate(plain, models, 12, prefetch=False)
+    with StepExecutor(
+        four, EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20, residency=True)
+    ) as ex:
+        outputs, records = _rotate(ex, models, 12, prefetch=False)
+        assert sorted(ex.resident_models()) == sorted(models)
+        assert ex.usage().resident_bytes > 0
+    assert outputs == expected
+    copied = [r.bytes_copied for r in records]
+    assert all(c > 0 for c in copied[:4]) and copied[4:] == [0] * 8, copied
+    assert all(r.resident and r.kv_swapped_out == 0 for r in records[4:])
+
+
+def test_prefetch_with_residency_copies_into_runs_and_keeps_the_outputs(four):
+    models = list(four)
+    with StepExecutor(four, EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20)) as plain:
+        expected, _ = _rotate(plain, models, 12, prefetch=False)
+    config = EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20, residency=True, prefetch=True)
+    with StepExecutor(four, config) as ex:
+        outputs, records = _rotate(ex, models, 12, prefetch=True)
+        assert ex.runner.staging is None  # the runs replace the staging slot
+    assert outputs == expected
+    # the first switch copies; the next three were prefetched into runs; then all are resident
+    assert records[0].bytes_copied > 0
+    assert all("wait_prefetch" in r.stages for r in records[1:4])
+    assert all(r.resident for r in records[4:])
+
+
+def test_kv_has_priority_resident_models_are_evicted_before_any_swap_out(four):
+    """An arena that holds all four models with two slabs to spare: long requests need the slabs the
+    resident models hold; they get them (no swap-out while a resident model is left), outputs unchanged."""
+    models = list(four)
+    with StepExecutor(four, EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20)) as probe:
+        weights = {m: probe.entry(m).weights.total_bytes for m in models}
+    arena_bytes = sum(weights.values()) + 2 * SLAB  # all four resident leave KV two slabs
+    plain_config = EngineConfig(slab_bytes=SLAB, arena_bytes=arena_bytes + 64 * SLAB)
+    with StepExecutor(four, plain_config) as plain:
+        expected, _ = _rotate(plain, models, 24, prefetch=False, max_tokens=120)
+    config = EngineConfig(slab_bytes=SLAB, arena_bytes=arena_bytes, residency=True)
+    with StepExecutor(four, config) as ex:
+        _no_swap_out_while_a_resident_model_could_go(ex)
+        outputs, records = _rotate(ex, models, 24, prefetch=False, max_tokens=120)
+        evictions = ex.runner.resident.evictions
+    assert outputs == expected
+    assert evictions > 0  # KV took resident models' slabs
+
+
+def _no_swap_out_while_a_resident_model_could_go(ex: StepExecutor) -> None:
+    runner, swap_out = ex.runner, ex.kv.swap_out
+
+    def checked(seq, layout):
+        evictable = set(runner.resident.runs) - runner._protected()
+        assert not evictable, f"KV of seq {seq.seq_id} swapped out while {evictable} stay resident"
+        return swap_out(seq, layout)
+
+    ex.kv.swap_out = checked
+
+
+@pytest.mark.parametrize("spare_slabs", [0, 2, 5])
+def test_random_operation_sequences_keep_the_books_and_the_outputs(four, spare_slabs):
+    """Random switches, prefetches, hints, arrivals and removals on a small arena: the allocator and the
+    resident runs stay consistent after every operation, and each request's greedy tokens are those of a
+    run without residency on a large arena."""
+    models = list(four)
+    rng = random.Random(7)
+    script = []
+    for step in range(60):
+        script.append(
+            (
+                rng.choice(models),
+                rng.choice(models),
+                rng.random() < 0.5,
+                rng.sample(models, k=rng.randint(0, 4)),
+            )
+        )
+
+    def play(ex: StepExecutor) -> dict:
+        ex.host_cache.join()
+        outputs = {}
+        next_id = 0
+        live: dict[int, str] = {}
+        for model, other, do_prefetch, hint in script:
+            if len(live) < 6:
+                live[next_id] = model
+                ex.add(next_id, model, [2, 3, next_id % 50 + 1], SamplingParams(max_tokens=50))
+                outputs[next_id] = []
+                next_id += 1
+            ex.set_upcoming(hint)
+            ex.switch_to(model)
+            if do_prefetch:
+                ex.prefetch(other)
+            batch = [i for i, m in live.items() if m == model]
+            if batch:
+                for update in ex.step(model, batch):
+                    outputs[update.request_id] += update.new_tokens
+                    if update.done:
+                        live.pop(update.request_id)
+            _check_books(ex)
+        return outputs
+
+    with StepExecutor(four, EngineConfig(slab_bytes=SLAB, kv_bytes=32 * 2**20)) as plain:
+        expected = play(plain)
+    with StepExecutor(four, EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20)) as probe:
+        small_arena = probe.largest_weights + 2 * probe.entry("small").weights.total_bytes
+    # room for three of the four models and `spare_slabs` of KV: models are evicted for models and for KV
+    config = EngineConfig(
+        slab_bytes=SLAB, arena_bytes=small_arena + spare_slabs * SLAB, residency=True
+    )
+    with StepExecutor(four, config) as ex:
+        _no_swap_out_while_a_resident_model_could_go(ex)
+        assert play(ex) == expected
+        assert ex.runner.resident.evictions > 0
+
+
+def test_residency_with_tensor_parallelism_is_refused_with_a_clear_error():
+    with pytest.raises(ConfigError, match="--residency with --tp"):
+        EngineConfig(residency=True, tp_size=2)
