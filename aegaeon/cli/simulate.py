@@ -150,6 +150,12 @@ def workload_gen(
     "round would otherwise miss its first decode deadline (simulated only); tagged `sloround`.",
 )
 @click.option(
+    "--residency",
+    is_flag=True,
+    help="Aegaeon, beyond the paper: every instance keeps the models it ran in device memory the KV in use "
+    "leaves free, evicting the one needed last (as `aegaeon serve --residency`); tagged `resident`.",
+)
+@click.option(
     "--replay-seconds",
     type=click.FloatRange(0),
     default=120.0,
@@ -211,6 +217,7 @@ def sim(
     prefetch: bool,
     prefill_prefetch: bool,
     slo_aware_rounds: bool,
+    residency: bool,
     replay_seconds: float,
     ae_latency: str,
     resample_lengths: bool,
@@ -271,6 +278,7 @@ def sim(
         prefetch=prefetch,
         prefill_prefetch=prefill_prefetch,
         slo_aware_rounds=slo_aware_rounds,
+        residency=residency,
         artifact_latency=ae_latency == "artifact",
         resample_lengths=resample_lengths,
     )

@@ -31,6 +31,9 @@ class SimConfig:
     # aegaeon, beyond the paper: a decode turn is shortened when a request waiting for a later turn of the
     # round would otherwise miss its first decode deadline (aegaeon.sched.rounds.RoundConfig.slo_aware)
     slo_aware_rounds: bool = False
+    # aegaeon, beyond the paper: every instance keeps the weights of the models it ran in device memory the
+    # KV in use leaves free, evicting by next use in the round (live: `serve --residency`)
+    residency: bool = False
     queue_size: int = 4  # sllm / sllm+ QS
     muxserve_kv_reserve_bytes: int = 20 * 2**30  # KV room each MuxServe model is placed with
     horizon_factor: float = 4.0  # stop simulating at this multiple of the workload span

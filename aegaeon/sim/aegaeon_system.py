@@ -20,6 +20,7 @@ from aegaeon.sched.rounds import RoundConfig, WeightedRoundRobin
 from aegaeon.sched.slo import SLO
 from aegaeon.sim.core import EventLoop
 from aegaeon.sim.decode_instance import SimDecodeInstance
+from aegaeon.sim.resident import SimResidentSet
 
 
 def split_instances(config: SimConfig) -> tuple[int, int]:
@@ -38,6 +39,12 @@ class _PrefillExecutor:
         0.0  # when the instance's own switch copy ends (a prefetch starts after it)
     )
     exposed_switches: list[float] = field(default_factory=list)
+    resident: SimResidentSet | None = (
+        None  # with residency: the models whose weights it still holds
+    )
+    group_kv: int = (
+        0  # bytes of KV the running group's prompts fill (resident weights leave room for it)
+    )
 
 
 class AegaeonSystem:
@@ -55,7 +62,14 @@ class AegaeonSystem:
         self.loop, self.cost, self.slo, self.config = loop, cost, slo, config
         num_prefill, num_decode = split_instances(config)
         self.dispatcher = PrefillDispatcher(num_prefill, cost, config.max_group_size)
-        self.prefill = [_PrefillExecutor() for _ in range(num_prefill)]
+        self.prefill = [
+            _PrefillExecutor(
+                resident=SimResidentSet(config.device_memory_bytes, cost.weight_bytes)
+                if config.residency
+                else None
+            )
+            for _ in range(num_prefill)
+        ]
         capacity = kv_capacity_bytes(
             config.device_memory_bytes, [cost.weight_bytes(m) for m in models]
         )
@@ -70,6 +84,7 @@ class AegaeonSystem:
                 config.record_turns,
                 config.device_memory_bytes,
                 slo if config.slo_aware_rounds else None,
+                config.residency,
             )
             for _ in range(num_decode)
         ]
@@ -85,6 +100,12 @@ class AegaeonSystem:
     def exposed_switches(self) -> list[float]:
         """The switch time every decode turn paid (all of its copy, or what prefetch left exposed)."""
         return [t for d in self.decode for t in d.exposed_switches]
+
+    def resident_evictions(self) -> int:
+        """Resident models evicted, over every instance (with residency)."""
+        return sum(p.resident.evictions for p in self.prefill) + sum(
+            d.resident.evictions for d in self.decode
+        )
 
     def instance_load(self, duration: float) -> dict[str, float]:
         """Busy seconds per instance per second of workload, by role. Decode instances decode ahead of the
@@ -111,6 +132,15 @@ class AegaeonSystem:
         upcoming = self.dispatcher.prefetch_target(instance)
         if executor.prefetching is not None or upcoming is None:
             return
+        if executor.resident is not None:
+            if upcoming in executor.resident:
+                executor.prefetching = (upcoming, float("-inf"))  # nothing to copy
+            elif executor.resident.make_room(
+                executor.group_kv, {executor.loaded}, self.cost.weight_bytes(upcoming)
+            ):
+                executor.resident.touch(upcoming)
+                executor.prefetching = (upcoming, max(self.loop.now, executor.copy_free_at))
+            return
         weights = self.cost.weight_bytes(executor.loaded) + self.cost.weight_bytes(upcoming)
         if weights <= self.config.device_memory_bytes:
             executor.prefetching = (upcoming, max(self.loop.now, executor.copy_free_at))
@@ -122,6 +152,10 @@ class AegaeonSystem:
         switch = self.cost.switch_time(executor.loaded, start.model)
         if executor.prefetching is not None and executor.prefetching[0] == start.model:
             switch = max(0.0, switch - max(0.0, self.loop.now - executor.prefetching[1]))
+        elif executor.resident is not None and start.model in executor.resident:
+            switch = 0.0  # resident: re-bind only
+        if executor.resident is not None:
+            self._keep_resident(executor, start)
         executor.prefetching = None
         executor.exposed_switches.append(switch)
         t = self.loop.now + switch
@@ -141,6 +175,22 @@ class AegaeonSystem:
                 self.loop.at(t + handoff, lambda s=state: self._to_decode(s))
         self.prefill_busy += t - self.loop.now
         self.loop.at(t, lambda: self._group_done(start.instance))
+
+    def _keep_resident(self, executor: _PrefillExecutor, start: GroupStart) -> None:
+        """The group's model takes a run of free memory beside its prompts' KV, evicting the models used
+        longest ago (prefill instances have no round to predict from); none left if even that is short."""
+        resident = executor.resident
+        pending = executor.prefetching
+        if pending is not None and pending[0] != start.model:
+            if self.loop.now < pending[1] + self.cost.switch_time(None, pending[0]):
+                resident.drop(pending[0])  # its copy never completed
+        kv = executor.group_kv = sum(
+            spec.input_len * self.cost.kv_bytes_per_token(spec.model) for spec in start.requests
+        )
+        extra = 0 if start.model in resident else self.cost.weight_bytes(start.model)
+        if not resident.make_room(kv, {start.model}, extra):
+            resident.last_used.clear()
+        resident.touch(start.model)
 
     def _group_done(self, instance: int) -> None:
         start = self.dispatcher.group_done(instance, self.loop.now)

@@ -20,6 +20,7 @@ from aegaeon.sched.request import RequestState
 from aegaeon.sched.rounds import Arrival, DecodePolicy, Turn
 from aegaeon.sched.slo import SLO, next_token_deadline
 from aegaeon.sim.core import EventLoop, decode_segment
+from aegaeon.sim.resident import SimResidentSet
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SimDecodeInstance:
         record_turns: bool = False,
         device_memory_bytes: int | None = None,
         slo: SLO | None = None,
+        residency: bool = False,
     ):
         self.loop, self.cost, self.policy = loop, cost, policy
         self.slo = slo  # with it, candidates carry their first decode deadline (SLO-aware rounds)
@@ -44,7 +46,13 @@ class SimDecodeInstance:
         self.prefetching: tuple[str, float] | None = None  # (model, when its copy began)
         # with prefetch the instance has two weight slots (as the live engine): `other` is the model whose
         # weights are still intact in the slot not bound, so switching back to it costs nothing
-        self.two_slots = bool(getattr(getattr(policy, "config", None), "prefetch", False))
+        # with residency (beyond the paper) every model whose weights still fit beside the KV in use stays in
+        # device memory instead (prefetches copy there too), as the live engine with --residency
+        self.resident = (
+            SimResidentSet(device_memory_bytes, cost.weight_bytes) if residency else None
+        )
+        prefetch = bool(getattr(getattr(policy, "config", None), "prefetch", False))
+        self.two_slots = prefetch and not residency
         self.other: str | None = None
         self.exposed_switches: list[float] = []  # the switch time each turn paid
         self.requests: list[RequestState] = []  # in the order they arrived here
@@ -108,14 +116,20 @@ class SimDecodeInstance:
             return
         if self.turn_log is not None:
             self.turn_log.append((self.loop.now, turn))
+        if self.resident is not None:
+            self.resident.set_upcoming(self.policy.upcoming(self.candidates()))
         switch = self.cost.switch_time(self.loaded, turn.model)
         if self.prefetching is not None and self.prefetching[0] == turn.model:
             switch = max(0.0, switch - (self.loop.now - self.prefetching[1]))  # copied meanwhile
+        elif self.resident is not None and turn.model in self.resident:
+            switch = 0.0  # resident: re-bind only
         elif self.two_slots and self.other == turn.model and self._room_to_prefetch(turn.model):
             switch = 0.0  # still intact in the other slot (KV left room for it): re-bind only
         if (
             turn.model != self.loaded
         ):  # a turn of the loaded model keeps what was prefetched for later
+            if self.resident is not None:
+                self._keep_resident(turn.model)
             self.prefetching = None
             if self.two_slots:  # the model switched away from stays intact in its slot
                 self.other = self.loaded
@@ -124,6 +138,39 @@ class SimDecodeInstance:
         self.loaded = turn.model
         self.busy_seconds += switch
         self.loop.at(self.loop.now + switch, self._start_decoding)
+
+    def _kv_in_use(self) -> int:
+        return sum(
+            (s.spec.input_len + len(s.token_times)) * self.cost.kv_bytes_per_token(s.model)
+            for s in self.live_states()
+        )
+
+    def _prefetch_landed(self) -> bool:
+        model, began = self.prefetching
+        return self.loop.now >= began + self.cost.switch_time(None, model)
+
+    def _keep_resident(self, model: str) -> None:
+        """With residency, switching to `model`: it takes a run of free memory, evicting the models needed
+        last; when none can be made it takes the weight region and no other model stays (as live)."""
+        pending = self.prefetching
+        if pending is not None and pending[0] != model and not self._prefetch_landed():
+            self.resident.drop(pending[0])  # cut short: its copy never completed
+        if model not in self.resident:
+            kv = self._kv_in_use()
+            if not self.resident.make_room(kv, {model}, self.cost.weight_bytes(model)):
+                self.resident.last_used.clear()
+        self.resident.touch(model)
+
+    def _fit_kv(self) -> None:
+        """KV has priority: evict resident models the KV in use now needs the room of (the bound one stays;
+        the model being prefetched goes last, its copy given up)."""
+        protected = {self.loaded} | ({self.prefetching[0]} if self.prefetching else set())
+        kv = self._kv_in_use()
+        if not self.resident.make_room(kv, protected) and self.prefetching is not None:
+            if self.prefetching[0] != self.loaded:
+                self.resident.drop(self.prefetching[0])
+            self.prefetching = None
+            self.resident.make_room(kv, {self.loaded})
 
     def _start_decoding(self) -> None:
         self.decode_start = self.loop.now
@@ -137,31 +184,42 @@ class SimDecodeInstance:
         if target is None or target == self.loaded:
             return
         if self.prefetching is not None:
-            model, began = self.prefetching
-            in_flight = self.loop.now < began + self.cost.switch_time(None, model)
-            if model == target or in_flight:
+            if self.prefetching[0] == target or not self._prefetch_landed():
                 return
-        if self.two_slots and self.other == target and self._room_to_prefetch(target):
+        if self.resident is not None:
+            self._prefetch_resident(target)
+        elif self.two_slots and self.other == target and self._room_to_prefetch(target):
             self.prefetching = (target, float("-inf"))  # resident: nothing to copy
         elif self._room_to_prefetch(target):
             self.prefetching = (target, self.loop.now)
             self.other = None  # the other slot is being overwritten
+
+    def _prefetch_resident(self, target: str) -> None:
+        """With residency a prefetch copies into a run of free memory, evicting models needed later; a
+        resident target copies nothing."""
+        if target in self.resident:
+            self.prefetching = (target, float("-inf"))
+            return
+        self._fit_kv()
+        kv = self._kv_in_use()
+        if self.resident.make_room(kv, {self.loaded}, self.cost.weight_bytes(target)):
+            self.resident.touch(target)
+            self.prefetching = (target, self.loop.now)
 
     def _room_to_prefetch(self, model: str) -> bool:
         """A prefetch needs the next model's weights to fit beside the loaded ones and the KV in use (KV
         has priority: without room, the switch is paid in full)."""
         if self.device_memory_bytes is None:
             return True
-        kv = sum(
-            (s.spec.input_len + len(s.token_times)) * self.cost.kv_bytes_per_token(s.model)
-            for s in self.live_states()
-        )
+        kv = self._kv_in_use()
         weights = self.cost.weight_bytes(self.loaded) + self.cost.weight_bytes(model)
         return kv + weights <= self.device_memory_bytes
 
     def _decode(self) -> None:
         """Decode the turn's batch, as the policy forms it now, for what is left of its quota."""
         left = self.turn.quota - (self.loop.now - self.decode_start)
+        if self.resident is not None:
+            self._fit_kv()
         batch = [self.by_id[i] for i in self.policy.turn_batch(self.candidates())]
         if not batch or left <= 0:
             self._next_turn()

@@ -111,12 +111,14 @@ def simulate(
                     "prefetch" if config.prefetch else "",
                     "pfprefill" if config.prefill_prefetch else "",
                     "sloround" if config.slo_aware_rounds else "",
+                    "resident" if config.residency else "",
                 )
                 if p
             ),
             decode_exposed_switch_mean=float(np.mean(exposed)) if exposed else None,
             decode_exposed_switch_p50=float(np.percentile(exposed, 50)) if exposed else None,
             decode_exposed_switch_p99=float(np.percentile(exposed, 99)) if exposed else None,
+            resident_evictions=system.resident_evictions() if config.residency else None,
         )
     return states, extra
 
