@@ -81,6 +81,11 @@ class E2ERun:
         False  # decode workers prefetch the next turn's weights (EngineConfig.prefetch)
     )
     tp: int = 1  # worker ranks per instance (tensor parallelism)
+    # workers keep the models they ran in the arena the KV leaves free (EngineConfig.residency)
+    residency: bool = False
+    kv_mib: int = (
+        32  # each worker's arena beside the largest model's weights (EngineConfig.kv_bytes)
+    )
 
     @property
     def label(self) -> RunLabel:
@@ -91,6 +96,8 @@ class E2ERun:
             raise ConfigError(
                 "--num-models, --arrival-rate, --duration and --nnodes must be positive"
             )
+        if self.kv_mib < 1:
+            raise ConfigError(f"--kv-mib must be at least 1, not {self.kv_mib}")
 
 
 def market_models(num_models: int, root: Path) -> dict[str, str]:
@@ -134,7 +141,11 @@ def node_config(run: E2ERun, models: dict[str, str], **link: object) -> NodeConf
         run.prefill_instances,
         cluster_id=f"e2e{run.seed}",
         engine=EngineConfig(
-            kv_bytes=32 * 2**20, link_gbps=run.link_gbps, prefetch=run.prefetch, tp_size=run.tp
+            kv_bytes=run.kv_mib * 2**20,
+            link_gbps=run.link_gbps,
+            prefetch=run.prefetch,
+            residency=run.residency,
+            tp_size=run.tp,
         ),
         host_kv_bytes=128 * 2**20,
         policy=run.policy,
@@ -212,9 +223,15 @@ def run_e2e(
         "seed": run.seed,
         "link_gbps": run.link_gbps,
         "tp": run.tp,
+        "kv_mib": run.kv_mib,
         "variant": "_".join(
             tag
-            for tag in ("prefetch" if run.prefetch else "", f"tp{run.tp}" if run.tp > 1 else "")
+            for tag in (
+                "prefetch" if run.prefetch else "",
+                "resident" if run.residency else "",
+                f"kv{run.kv_mib}" if run.kv_mib != E2ERun.kv_mib else "",
+                f"tp{run.tp}" if run.tp > 1 else "",
+            )
             if tag
         ),
         **decode_switch_figures(events, run.prefill_instances, run.instances),

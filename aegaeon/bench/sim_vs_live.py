@@ -91,16 +91,19 @@ def simulate_like_live(
     node = node_config(run, {})
     largest = max(c.weight_bytes for c in market.costs.values())
     # the live decode workers' arena (largest weights + KV, and with prefetch the staging slot of the
-    # largest model's size beside it), batch cap and quota cap
+    # largest model's size beside it, unless residency makes prefetches copy into the KV's free slabs),
+    # batch cap and quota cap
+    staging = run.prefetch and not run.residency
     config = SimConfig(
         num_gpus=run.instances,
-        device_memory_bytes=largest * (2 if run.prefetch else 1) + node.engine.kv_bytes,
+        device_memory_bytes=largest * (2 if staging else 1) + node.engine.kv_bytes,
         prefill_instances=run.prefill_instances,
         max_batch=node.max_batch,
         max_quota=node.max_quota,
         replay_seconds=None,  # the live run replays all of its workload
         prefetch=run.prefetch,  # live --prefetch: decode workers and prefill workers both prefetch
         prefill_prefetch=run.prefetch,
+        residency=run.residency,
     )
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {

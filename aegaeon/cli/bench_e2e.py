@@ -80,6 +80,20 @@ if TYPE_CHECKING:
     help="Pace the workers' weight copies and KV swaps to an emulated link of this many GB/s.",
 )
 @click.option(
+    "--residency",
+    is_flag=True,
+    help="Workers keep the models they ran in the arena the KV leaves free (the node's --residency); "
+    "tagged `resident`.",
+)
+@click.option(
+    "--kv-mib",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Each worker's arena beside the largest model's weights, in MiB (the node's --kv-mib): with "
+    "--residency it decides how many models stay resident. Tagged `kv<N>` when not the default.",
+)
+@click.option(
     "--prefetch",
     is_flag=True,
     help="Workers prefetch: decode the next turn's weights, prefill the next group's (the node's --prefetch); tagged `prefetch`.",
@@ -112,6 +126,8 @@ def bench_e2e_cmd(
     out_dir: str,
     link_gbps: float | None,
     prefetch: bool,
+    residency: bool,
+    kv_mib: int,
     tp: int,
     link_like: str | None,
 ) -> None:
@@ -166,6 +182,8 @@ def bench_e2e_cmd(
                     link_gbps,
                     prefetch,
                     tp,
+                    residency=residency,
+                    kv_mib=kv_mib,
                 )
                 with _request_progress(f"{policy} {count} models rate {rate:g}") as advance:
                     result = run_e2e(run, aegaeon_home() / "market", Path(workloads_dir), advance)

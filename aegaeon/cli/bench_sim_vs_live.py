@@ -81,6 +81,20 @@ from aegaeon.cli.root import _request_progress, slo_options
     help="Run the live node behind an emulated link of this many GB/s; the simulator models it at G.",
 )
 @click.option(
+    "--residency",
+    is_flag=True,
+    help="Workers keep the models they ran in the arena the KV leaves free (the node's --residency); "
+    "tagged `resident`.",
+)
+@click.option(
+    "--kv-mib",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Each worker's arena beside the largest model's weights, in MiB (the node's --kv-mib): with "
+    "--residency it decides how many models stay resident. Tagged `kv<N>` when not the default.",
+)
+@click.option(
     "--prefetch",
     is_flag=True,
     help="Live decode workers prefetch the next turn's weights (`serve --prefetch`), and the simulator "
@@ -111,6 +125,8 @@ def bench_sim_vs_live_cmd(
     out_dir: str,
     link_gbps: float | None,
     prefetch: bool,
+    residency: bool,
+    kv_mib: int,
     link_like: str | None,
 ) -> None:
     """Profile this machine, then run each workload live and in the simulator fed with that profile;
@@ -159,6 +175,8 @@ def bench_sim_vs_live_cmd(
         slo,
         link_gbps=link_gbps,
         prefetch=prefetch,
+        residency=residency,
+        kv_mib=kv_mib,
     )
     base.validate()
     market = profile_market(

@@ -157,3 +157,44 @@ def test_behind_an_emulated_link_the_simulator_copies_at_exactly_its_rate(monkey
     assert cost.swap_time(4 * 10**6) == pytest.approx(4 * 10**6 / 0.02e9, rel=1e-12)
     svl.simulate_like_live(E2ERun(num_models=2, instances=2), requests, MARKET)
     assert seen["cost"].link == MARKET.link  # without the option, the measured link
+
+
+@pytest.mark.parametrize(
+    "prefetch, residency, kv_mib, slots",
+    [(False, False, 32, 1), (True, False, 32, 2), (True, True, 8, 1), (False, True, 32, 1)],
+)
+def test_the_simulated_device_is_the_live_workers_arena(
+    monkeypatch, prefetch, residency, kv_mib, slots
+):
+    """Largest weights plus the KV room, and a second weight slot only with prefetch without residency
+    (residency copies prefetches into the KV's free slabs); the simulator runs what the node runs."""
+    import aegaeon.bench.sim_vs_live as svl
+    from aegaeon.bench.e2e import E2ERun
+    from aegaeon.sched.request import RequestSpec
+
+    seen = {}
+
+    def fake_simulate(policy, requests, cost, slo, config, duration):
+        seen["config"] = config
+        return [], {}
+
+    monkeypatch.setattr(svl, "simulate", fake_simulate)
+    monkeypatch.setattr(svl, "result_record", lambda *args, source: args[6])
+    run = E2ERun(num_models=2, instances=2, prefetch=prefetch, residency=residency, kv_mib=kv_mib)
+    svl.simulate_like_live(run, [RequestSpec(0, "synth_model_00", 0.0, 8, 4)], MARKET)
+    config = seen["config"]
+    largest = max(c.weight_bytes for c in MARKET.costs.values())
+    assert config.device_memory_bytes == slots * largest + kv_mib * 2**20
+    assert (config.prefetch, config.prefill_prefetch, config.residency) == (
+        prefetch,
+        prefetch,
+        residency,
+    )
+
+
+def test_a_run_without_kv_room_is_refused():
+    from aegaeon.bench.e2e import E2ERun
+    from aegaeon.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--kv-mib"):
+        E2ERun(kv_mib=0).validate()
