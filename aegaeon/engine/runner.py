@@ -180,9 +180,12 @@ class ModelRunner:
         self.arena.place_weights(0)
         self.slot_model["arena"] = None
         first = self.arena.claim_run(nbytes)  # the lowest free run: the slabs just released
-        if first != 0:  # not the same bytes: the weights are not there
+        if first != 0:
+            # the region's slabs [0, k) were reserved a moment ago, so first-fit must return them
             self.arena.release_run(first, nbytes)
-            return
+            raise IntegrityError(
+                f"the weight region of {self.active} did not become a run at slab 0 (got {first})"
+            )
         self.resident.adopt(self.active, first, nbytes)
         self.active_slot = "run"
 
@@ -214,6 +217,7 @@ class ModelRunner:
         name, nbytes = entry.name, entry.weights.total_bytes
         start = time.perf_counter()
         if name in self.resident:
+            self._region_to_run()  # the model bound in the region stays resident and the region frees
             view = self.resident.view(name)
             bound_at = time.perf_counter()
             entry.model.bind(entry.weights.views(view))
@@ -364,6 +368,10 @@ class ModelRunner:
                 self.slot_model[slot] = None
         if self.resident is not None:
             self.resident.drop(name)
+            if name == self.active and self.active_slot == "arena":
+                # bound in the weight region: give its slabs back to KV (nothing else uses the region)
+                self.arena.place_weights(0)
+                self.slot_model["arena"] = None
 
     def cancel_prefetch(self, name: str | None = None) -> None:
         """Let the copy in flight land and forget it (only if it is `name`'s, when given)."""

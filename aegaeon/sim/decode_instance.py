@@ -118,6 +118,7 @@ class SimDecodeInstance:
             self.turn_log.append((self.loop.now, turn))
         if self.resident is not None:
             self.resident.set_upcoming(self.policy.upcoming(self.candidates()))
+            self._fit_kv()  # the KV the last turn added may have evicted models
         switch = self.cost.switch_time(self.loaded, turn.model)
         if self.prefetching is not None and self.prefetching[0] == turn.model:
             switch = max(0.0, switch - (self.loop.now - self.prefetching[1]))  # copied meanwhile
@@ -130,7 +131,10 @@ class SimDecodeInstance:
         ):  # a turn of the loaded model keeps what was prefetched for later
             if self.resident is not None:
                 self._keep_resident(turn.model)
-            self.prefetching = None
+                if self.prefetching is not None and self.prefetching[0] == turn.model:
+                    self.prefetching = None  # used; a copy of another model goes on
+            else:
+                self.prefetching = None
             if self.two_slots:  # the model switched away from stays intact in its slot
                 self.other = self.loaded
         self.exposed_switches.append(switch)
@@ -140,8 +144,11 @@ class SimDecodeInstance:
         self.loop.at(self.loop.now + switch, self._start_decoding)
 
     def _kv_in_use(self) -> int:
+        """KV bytes of the live requests as of now (a running segment's laid-out tokens do not count yet)."""
+        now = self.loop.now
         return sum(
-            (s.spec.input_len + len(s.token_times)) * self.cost.kv_bytes_per_token(s.model)
+            (s.spec.input_len + bisect_right(s.token_times, now))
+            * self.cost.kv_bytes_per_token(s.model)
             for s in self.live_states()
         )
 
@@ -151,14 +158,14 @@ class SimDecodeInstance:
 
     def _keep_resident(self, model: str) -> None:
         """With residency, switching to `model`: it takes a run of free memory, evicting the models needed
-        last; when none can be made it takes the weight region and no other model stays (as live)."""
-        pending = self.prefetching
-        if pending is not None and pending[0] != model and not self._prefetch_landed():
-            self.resident.drop(pending[0])  # cut short: its copy never completed
+        last (not the one a copy in flight is for, which goes on); when none can be made it takes the weight
+        region and no other model stays (as live)."""
         if model not in self.resident:
+            kept = {model} | ({self.prefetching[0]} if self.prefetching else set())
             kv = self._kv_in_use()
-            if not self.resident.make_room(kv, {model}, self.cost.weight_bytes(model)):
+            if not self.resident.make_room(kv, kept, self.cost.weight_bytes(model)):
                 self.resident.last_used.clear()
+                self.prefetching = None
         self.resident.touch(model)
 
     def _fit_kv(self) -> None:
@@ -197,6 +204,7 @@ class SimDecodeInstance:
     def _prefetch_resident(self, target: str) -> None:
         """With residency a prefetch copies into a run of free memory, evicting models needed later; a
         resident target copies nothing."""
+        self.prefetching = None  # landed: its model is simply resident now
         if target in self.resident:
             self.prefetching = (target, float("-inf"))
             return

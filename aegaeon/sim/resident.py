@@ -3,9 +3,9 @@
 The live engine keeps models' weights in arena slabs the KV cache is not using (aegaeon.engine.resident);
 this is the same book in bytes: the resident models' weights plus the KV in use must fit the device's
 memory, KV has priority, and the model to evict is `aegaeon.sched.residency.choose_eviction`'s choice on the
-instance's upcoming models. The live arena also needs each model's run of slabs to be contiguous; the
-simulator does not model fragmentation, so it can keep a model resident where the live engine would have
-to evict one more.
+instance's upcoming models. The live arena also rounds each model's weights up to whole slabs and needs
+each run of slabs to be contiguous; the simulator models neither, so it can keep a model resident where the
+live engine would have to evict one more.
 """
 
 from __future__ import annotations

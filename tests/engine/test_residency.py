@@ -27,23 +27,37 @@ def four(tmp_path_factory):
     }
 
 
-def _rotate(executor: StepExecutor, models: list[str], turns: int, prefetch: bool, max_tokens=40):
-    """One request per model, decoded in turns of two steps, the models in rotation."""
+def _rotate(
+    executor: StepExecutor,
+    models: list[str],
+    turns: int,
+    prefetch: bool,
+    max_tokens=40,
+    per_model=1,
+    steps=2,
+):
+    """`per_model` requests per model, decoded in turns of `steps` steps, the models in rotation."""
     executor.host_cache.join()
-    for i, model in enumerate(models):
-        executor.add(i, model, [3, 5, 7, 11 + i], SamplingParams(max_tokens=max_tokens))
-    outputs = {i: [] for i in range(len(models))}
+    owner = {}
+    for i in range(len(models) * per_model):
+        owner[i] = models[i % len(models)]
+        executor.add(i, owner[i], [3, 5, 7, 11 + i], SamplingParams(max_tokens=max_tokens))
+    outputs = {i: [] for i in owner}
+    finished: set[int] = set()
     records = []
     for turn in range(turns):
-        index = turn % len(models)
-        model = models[index]
+        model = models[turn % len(models)]
         executor.set_upcoming([models[(turn + k) % len(models)] for k in range(1, len(models))])
         records.append(executor.switch_to(model))
         if prefetch:
             executor.prefetch(models[(turn + 1) % len(models)])
-        for _ in range(2):
-            for update in executor.step(model, [index]):
-                outputs[update.request_id] += update.new_tokens
+        for _ in range(steps):
+            batch = [i for i, m in owner.items() if m == model and i not in finished]
+            if batch:
+                for update in executor.step(model, batch):
+                    outputs[update.request_id] += update.new_tokens
+                    if update.done:
+                        finished.add(update.request_id)
         _check_books(executor)
     return outputs, records
 
@@ -66,6 +80,44 @@ def _check_books(executor: StepExecutor) -> None:
             "a KV block in a resident run"
         )
     assert arena.allocator.stats()["resident_slabs"] == len(slabs)
+    runner = executor.runner
+    if runner.active is not None and runner.active_slot == "run":
+        assert runner.active in resident.intact, "the bound model has no intact run"
+    # the weight region is only ever the bound model's (a stranded region would keep slabs from KV)
+    if runner.active_slot != "arena" or runner.active is None:
+        assert arena.weight_bytes == 0, f"a weight region of {arena.weight_bytes} bytes nobody uses"
+    else:
+        assert arena.weight_bytes >= runner.entries[runner.active].weights.total_bytes
+
+
+def _count_paths(ex: StepExecutor) -> dict:
+    """Counts how often KV took a resident model's slabs, a switch fell back to the weight region, and the
+    region became a run."""
+    runner, counts = ex.runner, {"kv_evictions": 0, "fallbacks": 0, "region_to_run": 0}
+    reclaim, switch, region_to_run = (
+        runner.kv.reclaim,
+        runner._switch_resident,
+        runner._region_to_run,
+    )
+
+    def counted_reclaim():
+        took = reclaim()
+        counts["kv_evictions"] += took
+        return took
+
+    def counted_switch(entry):
+        record = switch(entry)
+        counts["fallbacks"] += record is None
+        return record
+
+    def counted_region_to_run():
+        was_region = runner.active is not None and runner.active_slot == "arena"
+        region_to_run()
+        counts["region_to_run"] += was_region and runner.active_slot == "run"
+
+    runner.kv.reclaim, runner._switch_resident = counted_reclaim, counted_switch
+    runner._region_to_run = counted_region_to_run
+    return counts
 
 
 def test_every_model_stays_resident_and_later_turns_copy_nothing(four):
@@ -101,22 +153,30 @@ def test_prefetch_with_residency_copies_into_runs_and_keeps_the_outputs(four):
 
 
 def test_kv_has_priority_resident_models_are_evicted_before_any_swap_out(four):
-    """An arena that holds all four models with two slabs to spare: long requests need the slabs the
-    resident models hold; they get them (no swap-out while a resident model is left), outputs unchanged."""
-    models = list(four)
-    with StepExecutor(four, EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20)) as probe:
-        weights = {m: probe.entry(m).weights.total_bytes for m in models}
-    arena_bytes = sum(weights.values()) + 2 * SLAB  # all four resident leave KV two slabs
+    """An arena that holds the three small models with two slabs to spare: nine growing requests need the
+    slabs the resident models hold; they get them (no swap-out while a resident model is left), outputs
+    unchanged. (Models of one size, so that no run is refused for want of contiguous slabs.)"""
+    three = {m: four[m] for m in ("small", "small2", "small3")}
+    models = list(three)
+    with StepExecutor(three, EngineConfig(slab_bytes=SLAB, kv_bytes=8 * 2**20)) as probe:
+        run_bytes = SLAB * probe.arena.slabs_for(probe.entry("small").weights.total_bytes)
+    arena_bytes = 3 * run_bytes + 2 * SLAB  # all three resident leave KV two slabs
     plain_config = EngineConfig(slab_bytes=SLAB, arena_bytes=arena_bytes + 64 * SLAB)
-    with StepExecutor(four, plain_config) as plain:
-        expected, _ = _rotate(plain, models, 24, prefetch=False, max_tokens=120)
+    with StepExecutor(three, plain_config) as plain:
+        expected, _ = _rotate(
+            plain, models, 18, prefetch=False, max_tokens=120, per_model=3, steps=10
+        )
     config = EngineConfig(slab_bytes=SLAB, arena_bytes=arena_bytes, residency=True)
-    with StepExecutor(four, config) as ex:
+    with StepExecutor(three, config) as ex:
         _no_swap_out_while_a_resident_model_could_go(ex)
-        outputs, records = _rotate(ex, models, 24, prefetch=False, max_tokens=120)
-        evictions = ex.runner.resident.evictions
+        counts = _count_paths(ex)
+        outputs, records = _rotate(
+            ex, models, 18, prefetch=False, max_tokens=120, per_model=3, steps=10
+        )
     assert outputs == expected
-    assert evictions > 0  # KV took resident models' slabs
+    assert counts["kv_evictions"] > 0  # KV took resident models' slabs
+    assert all(r.bytes_copied > 0 for r in records[:3])
+    assert any(r.bytes_copied > 0 for r in records[3:])  # evicted models were copied again
 
 
 def _no_swap_out_while_a_resident_model_could_go(ex: StepExecutor) -> None:
@@ -182,8 +242,11 @@ def test_random_operation_sequences_keep_the_books_and_the_outputs(four, spare_s
     )
     with StepExecutor(four, config) as ex:
         _no_swap_out_while_a_resident_model_could_go(ex)
+        counts = _count_paths(ex)
         assert play(ex) == expected
         assert ex.runner.resident.evictions > 0
+    if spare_slabs == 0:  # the tightest arena falls back to the weight region and back to runs
+        assert counts["fallbacks"] and counts["region_to_run"], counts
 
 
 def test_residency_with_tensor_parallelism_is_refused_with_a_clear_error():
