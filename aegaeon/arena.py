@@ -121,6 +121,15 @@ class Arena:
         Raises OutOfBlocksError (nothing claimed) when no such run is free."""
         return self.allocator.claim_run(self.slabs_for(nbytes))
 
+    def run_fits_after_release(self, nbytes: int, runs: list[tuple[int, int]]) -> bool:
+        """Whether a run for `nbytes` could be claimed once the resident runs `(first_slab, nbytes)` were
+        released (nothing is released)."""
+        return self.allocator.run_fits_after_release(
+            self.slabs_for(nbytes),
+            [int(first) for first, _ in runs],
+            [self.slabs_for(size) for _, size in runs],
+        )
+
     def release_run(self, first_slab: int, nbytes: int) -> None:
         self.allocator.release_run(int(first_slab), self.slabs_for(nbytes))
 

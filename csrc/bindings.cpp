@@ -102,6 +102,8 @@ Each slab serves one block size at a time and returns to the pool when empty.
            "Claim the lowest run of num_slabs contiguous free slabs for resident weights; returns its first slab.")
       .def("release_run", &SlabAllocator::release_run, py::arg("first_slab"), py::arg("num_slabs"))
       .def("is_resident", &SlabAllocator::is_resident, py::arg("slab"))
+      .def("run_fits_after_release", &SlabAllocator::run_fits_after_release, py::arg("num_slabs"),
+           py::arg("first_slabs"), py::arg("run_slabs"))
       .def("stats", [](const SlabAllocator& a) { return stats_to_dict(a.stats()); },
            "Counters: slabs, used bytes, fragmentation, per block size.")
       .def("check_integrity", &SlabAllocator::check_integrity,

@@ -228,6 +228,29 @@ int64_t SlabAllocator::claim_run(int64_t num_slabs) {
   throw OutOfBlocksError(concat("no run of ", num_slabs, " contiguous free slabs for resident weights"));
 }
 
+bool SlabAllocator::run_fits_after_release(int64_t num_slabs, const std::vector<int64_t>& first_slabs,
+                                           const std::vector<int64_t>& run_slabs) const {
+  if (first_slabs.size() != run_slabs.size()) {
+    throw InvalidHandleError(concat("run_fits_after_release: ", first_slabs.size(), " first slabs for ",
+                                    run_slabs.size(), " run lengths"));
+  }
+  if (num_slabs < 1) return false;
+  std::vector<char> released(slabs_.size(), 0);
+  for (size_t r = 0; r < first_slabs.size(); ++r) {
+    const int64_t end = std::min<int64_t>(first_slabs[r] + run_slabs[r], static_cast<int64_t>(slabs_.size()));
+    for (int64_t j = std::max<int64_t>(first_slabs[r], 0); j < end; ++j) {
+      released[j] = slabs_[j].state == SlabState::kResident;
+    }
+  }
+  int64_t length = 0;
+  for (size_t j = 0; j < slabs_.size(); ++j) {
+    const bool free = slabs_[j].state == SlabState::kFree || released[j];
+    length = free ? length + 1 : 0;
+    if (length == num_slabs) return true;
+  }
+  return false;
+}
+
 void SlabAllocator::release_run(int64_t first_slab, int64_t num_slabs) {
   if (num_slabs < 1 || first_slab < 0 || first_slab + num_slabs > static_cast<int64_t>(slabs_.size())) {
     throw InvalidHandleError(concat("run [", first_slab, ", ", first_slab + num_slabs, ") is outside the arena of ",

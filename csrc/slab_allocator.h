@@ -106,6 +106,11 @@ class SlabAllocator {
   // unless [first_slab, first_slab + num_slabs) are all resident slabs.
   void release_run(int64_t first_slab, int64_t num_slabs);
   bool is_resident(int64_t slab) const noexcept;
+  // Whether claim_run(num_slabs) would succeed once the resident runs `first_slabs[i]`,
+  // `run_slabs[i]` were released (nothing changes): lets the caller evict only when
+  // evicting can make a run, since KV blocks between runs can leave none.
+  bool run_fits_after_release(int64_t num_slabs, const std::vector<int64_t>& first_slabs,
+                              const std::vector<int64_t>& run_slabs) const;
 
   AllocatorStats stats() const;
   // Recomputes every counter from the per-slab state and throws

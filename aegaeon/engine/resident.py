@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from aegaeon.arena import Arena
-from aegaeon.errors import OutOfBlocksError
+from aegaeon.errors import IntegrityError, OutOfBlocksError
 from aegaeon.sched.residency import choose_eviction
 
 log = logging.getLogger(__name__)
@@ -59,19 +59,42 @@ class ResidentWeights:
         self.touch(model)
 
     def claim(self, model: str, nbytes: int, protected: Collection[str]) -> torch.Tensor | None:
-        """A run for `model`'s `nbytes` of weights (not yet copied), evicting resident models the policy
-        gives up (never those in `protected`) until one fits; None when none can be made. KV blocks are never
-        moved for it."""
+        """A run for `model`'s `nbytes` of weights (not yet copied), evicting the resident models the policy
+        gives up first (never those in `protected`), as few as make a run of contiguous slabs; None, with
+        nothing evicted, when no eviction can (KV blocks between the runs). KV blocks are never moved for it."""
         self.drop(model)
-        while True:
+        try:
+            first = self.arena.claim_run(nbytes)
+        except OutOfBlocksError:
+            victims = self._victims_for(nbytes, protected)
+            if victims is None:
+                return None
+            for victim in victims:
+                log.debug("evicting resident model %s for %s", victim, model)
+                self.drop(victim)
+                self.evictions += 1
             try:
                 first = self.arena.claim_run(nbytes)
-            except OutOfBlocksError:
-                if not self.evict_one(protected):
-                    return None
-                continue
-            self.runs[model] = Run(first, nbytes)
-            return self.arena.run_view(first, nbytes)
+            except OutOfBlocksError as err:
+                raise IntegrityError(
+                    f"evicting {victims} should have made a run for {model}: {err}"
+                ) from err
+        self.runs[model] = Run(first, nbytes)
+        return self.arena.run_view(first, nbytes)
+
+    def _victims_for(self, nbytes: int, protected: Collection[str]) -> list[str] | None:
+        """The shortest prefix of the policy's eviction order whose runs, released, make room for `nbytes`."""
+        remaining = {m: self.last_used.get(m, 0) for m in self.runs}
+        order: list[str] = []
+        while True:
+            victim = choose_eviction(remaining, self.upcoming, protected)
+            if victim is None:
+                return None
+            order.append(victim)
+            del remaining[victim]
+            released = [(self.runs[m].first_slab, self.runs[m].nbytes) for m in order]
+            if self.arena.run_fits_after_release(nbytes, released):
+                return order
 
     def adopt(self, model: str, first_slab: int, nbytes: int) -> None:
         """`model`'s weights already lie in the run at `first_slab` (claimed by the caller)."""

@@ -129,7 +129,11 @@ static void test_resident_runs() {
   CHECK(run == 0);
   CHECK(a.is_resident(0) && a.is_resident(2) && !a.is_resident(3));
   CHECK(a.stats().resident_slabs == 3 && a.stats().free_slabs == 4);
-  CHECK(throws<OutOfBlocksError>([&] { a.claim_run(5); }));  // only 4 free, and not all contiguous
+  CHECK(throws<OutOfBlocksError>([&] { a.claim_run(5); }));  // only 4 free (3-6)
+  CHECK(!a.run_fits_after_release(5, {}, {}));
+  CHECK(a.run_fits_after_release(7, {0}, {3}));  // 0-6; slab 7 holds KV
+  CHECK(!a.run_fits_after_release(8, {0}, {3}));
+  CHECK(a.stats().resident_slabs == 3);  // nothing released
   CHECK(a.claim_run(4) == 3);
   CHECK(throws<OutOfBlocksError>([&] { a.allocate(512); a.allocate(512); }));  // slab 7 has 2 blocks
   CHECK(throws<InvalidHandleError>([&] { a.set_reserved_slabs(1); }));  // a run is in the way

@@ -1,5 +1,6 @@
 """The C++ slab allocator through its Python binding, against a pure-Python model."""
 
+import copy
 import random
 
 import pytest
@@ -160,6 +161,25 @@ def test_random_operations_match_the_python_model(seed):
             with pytest.raises(InvalidHandleError, match="not resident"):
                 alloc.release_run(first, count)  # twice
         assert alloc.stats() == model.stats(), f"step {step}"
+        if (
+            step % 10 == 0
+        ):  # would a run fit once some runs were released? (the model: release, then claim)
+            released = rng.sample(runs, k=rng.randint(0, len(runs)))
+            count = rng.randrange(1, 6)
+            trial = copy.deepcopy(model)
+            for first, length in released:
+                trial.release_run(first, length)
+            try:
+                trial.claim_run(count)
+                expected = True
+            except MemoryError:
+                expected = False
+            before = alloc.stats()
+            fits = alloc.run_fits_after_release(
+                count, [f for f, _ in released], [n for _, n in released]
+            )
+            assert fits == expected, f"step {step}"
+            assert alloc.stats() == before  # nothing released
         if step % 100 == 0:
             alloc.check_integrity()
     alloc.check_integrity()
@@ -177,3 +197,17 @@ def test_the_extension_names_the_torch_it_was_built_against_and_a_mismatch_is_re
         ConfigError, match="built against torch 2.12.0, but torch 2.13.0 is installed"
     ):
         check_torch_release("2.12.0", "2.13.0")
+
+
+def test_a_run_fits_after_release_only_where_the_released_slabs_are_contiguous():
+    alloc = _C.SlabAllocator(6, SLAB)
+    a = alloc.claim_run(2)  # slabs 0-1
+    block = alloc.allocate(256)  # KV takes the highest slab, 5
+    b = alloc.claim_run(2)  # slabs 2-3; slab 4 stays free
+    assert (a, b) == (0, 2) and alloc.handles_in_slab(5) == [block]
+    assert not alloc.run_fits_after_release(2, [], [])  # one free slab
+    assert not alloc.run_fits_after_release(3, [a], [2])  # 0-1 and 4 are apart
+    assert alloc.run_fits_after_release(3, [b], [2])  # 2-4
+    assert alloc.run_fits_after_release(5, [a, b], [2, 2])  # 0-4
+    assert not alloc.run_fits_after_release(6, [a, b], [2, 2])  # the KV slab stays
+    assert alloc.stats()["resident_slabs"] == 4  # nothing was released

@@ -252,3 +252,24 @@ def test_random_operation_sequences_keep_the_books_and_the_outputs(four, spare_s
 def test_residency_with_tensor_parallelism_is_refused_with_a_clear_error():
     with pytest.raises(ConfigError, match="--residency with --tp"):
         EngineConfig(residency=True, tp_size=2)
+
+
+def test_a_claim_evicts_only_what_makes_a_run_and_nothing_when_nothing_can():
+    from aegaeon.arena import Arena
+    from aegaeon.engine.resident import ResidentWeights
+
+    arena = Arena(6 * SLAB, SLAB)
+    books = ResidentWeights(arena)
+    for model in ("a", "b"):  # a at slabs 0-1, b at 2-3
+        assert books.claim(model, 2 * SLAB, ()) is not None
+        books.mark_intact(model)
+    arena.allocate_block(256)  # KV at slab 5; slab 4 free
+    books.set_upcoming(["b"])  # a is needed last: the policy gives it up first
+    # three slabs: the policy gives a up first, but 0-1 are not next to the free slab 4, so b goes too (the
+    # shortest prefix of the policy's order that makes a run; b alone would, but b is needed next)
+    assert books.claim("c", 3 * SLAB, ()) is not None
+    assert books.evictions == 2 and set(books.runs) == {"c"}
+    books.mark_intact("c")
+    # c (0-2) protected, free 3-4: four slabs can never be made, so nothing is evicted
+    assert books.claim("d", 4 * SLAB, {"c"}) is None
+    assert books.evictions == 2 and "c" in books
