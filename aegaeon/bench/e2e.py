@@ -77,9 +77,7 @@ class E2ERun:
     slo: SLO = field(default_factory=SLO)
     nnodes: int = 1
     link_gbps: float | None = None  # CPU workers' emulated host<->device link (aegaeon.device_link)
-    prefetch: bool = (
-        False  # decode workers prefetch the next turn's weights (EngineConfig.prefetch)
-    )
+    prefetch: bool = False  # workers prefetch their next weights (EngineConfig.prefetch)
     tp: int = 1  # worker ranks per instance (tensor parallelism)
     # workers keep the models they ran in the arena the KV leaves free (EngineConfig.residency)
     residency: bool = False

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _request_progress, slo_options, tp_option
+from aegaeon.cli.root import _request_progress, residency_options, slo_options, tp_option
 
 if TYPE_CHECKING:
     from aegaeon.bench.link_like import LinkLike
@@ -79,20 +79,7 @@ if TYPE_CHECKING:
     default=None,
     help="Pace the workers' weight copies and KV swaps to an emulated link of this many GB/s.",
 )
-@click.option(
-    "--residency",
-    is_flag=True,
-    help="Workers keep the models they ran in the arena the KV leaves free (the node's --residency); "
-    "tagged `resident`.",
-)
-@click.option(
-    "--kv-mib",
-    default=32,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Each worker's arena beside the largest model's weights, in MiB (the node's --kv-mib): with "
-    "--residency it decides how many models stay resident. Tagged `kv<N>` when not the default.",
-)
+@residency_options
 @click.option(
     "--prefetch",
     is_flag=True,

@@ -10,7 +10,7 @@ import click
 
 from aegaeon.cli.bench_e2e import measure_link_like
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _request_progress, slo_options
+from aegaeon.cli.root import _request_progress, residency_options, slo_options
 
 
 @bench.command("sim-vs-live")
@@ -80,20 +80,7 @@ from aegaeon.cli.root import _request_progress, slo_options
     default=None,
     help="Run the live node behind an emulated link of this many GB/s; the simulator models it at G.",
 )
-@click.option(
-    "--residency",
-    is_flag=True,
-    help="Workers keep the models they ran in the arena the KV leaves free (the node's --residency); "
-    "tagged `resident`.",
-)
-@click.option(
-    "--kv-mib",
-    default=32,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Each worker's arena beside the largest model's weights, in MiB (the node's --kv-mib): with "
-    "--residency it decides how many models stay resident. Tagged `kv<N>` when not the default.",
-)
+@residency_options
 @click.option(
     "--prefetch",
     is_flag=True,

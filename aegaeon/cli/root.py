@@ -154,6 +154,24 @@ def tp_option(help_text: str):
     )
 
 
+def residency_options(command):
+    """--residency and --kv-mib, as the live benchmarks take them (aegaeon.bench.e2e.E2ERun)."""
+    command = click.option(
+        "--kv-mib",
+        default=32,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Each worker's arena beside the largest model's weights, in MiB (the node's --kv-mib): with "
+        "--residency it decides how many models stay resident. Tagged `kv<N>` when not the default.",
+    )(command)
+    return click.option(
+        "--residency",
+        is_flag=True,
+        help="Workers keep the models they ran in the arena the KV leaves free (the node's --residency); "
+        "tagged `resident`.",
+    )(command)
+
+
 def slo_options(command):
     """--ttft-slo and --tpot-slo, as the study and benchmark commands take them (None: the environment's
     or the default, aegaeon.sched.slo.SLO.from_env)."""
