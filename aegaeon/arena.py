@@ -47,9 +47,8 @@ class ArenaUsage:
     weight_bytes: int
     weight_region_bytes: int
     kv_used_bytes: int
-    kv_free_bytes: (
-        int  # includes resident_bytes: resident weights give way to KV on demand (KV has priority)
-    )
+    # includes resident_bytes: resident weights give way to KV on demand (KV has priority)
+    kv_free_bytes: int
     resident_bytes: int  # slabs holding resident models' weights
     internal_fragmentation_bytes: int
     external_fragmentation_bytes: int

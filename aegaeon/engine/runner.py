@@ -18,13 +18,14 @@ copies nothing; the next copy into that slot evicts it (the slot goes to the mod
 Residency (`enable_residency`, beyond the paper): instead of one weight region and a staging slot, each
 model's weights are copied into a run of arena slabs the KV cache is not using (aegaeon.engine.resident) and
 stay there after its turn, so switching back to any of them only re-binds. Prefetches copy into runs too.
-The weight region is used only when no run can be made even after evicting every resident model (then KV is
-moved or swapped out as without residency). KV has priority: when a block cannot be allocated, a resident
-model is evicted first (`KVCacheManager.reclaim`).
+A new run evicts the fewest resident models that make enough contiguous slabs; the weight region is used
+only when no eviction can (KV blocks between the runs; then KV is moved or swapped out as without
+residency), and it becomes a run again at the next switch. KV has priority: when a block cannot be
+allocated, a resident model is evicted first (`KVCacheManager.reclaim`).
 
-Longer than 300 lines, on purpose: switching, prefetching and the two slots' residency read and write the
-same state (the bound model, which slot holds which model, the copy in flight), which one class keeps
-consistent.
+Longer than 300 lines, on purpose: switching, prefetching, the two slots and the resident runs read and
+write the same state (the bound model and where it lies, which slot or run holds which model, the copy in
+flight), which one class keeps consistent.
 """
 
 from __future__ import annotations
