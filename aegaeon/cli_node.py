@@ -35,6 +35,7 @@ FLAG_KEYS: dict[str, tuple[str | None, str]] = {
     "link_gbps": ("engine", "link_gbps"),
     "prefetch": ("engine", "prefetch"),
     "residency": ("engine", "residency"),
+    "layerwise": ("engine", "layerwise"),
     "host": ("api", "host"),
     "port": ("api", "port"),
     "api_key": ("api", "api_key"),
@@ -152,6 +153,14 @@ _OPTIONS = [
         help="Beyond the paper: workers keep models' weights in arena memory the KV cache is not using "
         "after their turns, so a switch back re-binds without a copy; KV has priority (a resident model "
         "is evicted before KV is swapped out). With --prefetch, copies go there too (no second slot).",
+    ),
+    click.option(
+        "--layerwise",
+        is_flag=True,
+        default=None,
+        help="Weights are copied layer by layer and a model's first forward after a switch starts before "
+        "its copy has landed, waiting before each layer for that layer's weights (the rest of the copy "
+        "overlaps the forward; pays where one forward is comparable to a copy: long prompts).",
     ),
     click.option(
         "--max-requests", type=int, default=None, help="Requests held at once before 429s [1024]."

@@ -81,6 +81,9 @@ class E2ERun:
     tp: int = 1  # worker ranks per instance (tensor parallelism)
     # workers keep the models they ran in the arena the KV leaves free (EngineConfig.residency)
     residency: bool = False
+    layerwise: bool = (
+        False  # forwards start before a switch's copy has landed (EngineConfig.layerwise)
+    )
     kv_mib: int = (
         32  # each worker's arena beside the largest model's weights (EngineConfig.kv_bytes)
     )
@@ -143,6 +146,7 @@ def node_config(run: E2ERun, models: dict[str, str], **link: object) -> NodeConf
             link_gbps=run.link_gbps,
             prefetch=run.prefetch,
             residency=run.residency,
+            layerwise=run.layerwise,
             tp_size=run.tp,
         ),
         host_kv_bytes=128 * 2**20,
@@ -227,6 +231,7 @@ def run_e2e(
             for tag in (
                 "prefetch" if run.prefetch else "",
                 "resident" if run.residency else "",
+                "layerwise" if run.layerwise else "",
                 f"kv{run.kv_mib}" if run.kv_mib != E2ERun.kv_mib else "",
                 f"tp{run.tp}" if run.tp > 1 else "",
             )

@@ -4,6 +4,7 @@ from aegaeon.cli import (  # noqa: F401  (they register the commands)
     bench_disruption,
     bench_e2e,
     bench_engine,
+    bench_layerwise,
     bench_parts,
     bench_sim_vs_live,
     bench_tp,

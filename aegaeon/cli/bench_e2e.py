@@ -114,6 +114,7 @@ def bench_e2e_cmd(
     link_gbps: float | None,
     prefetch: bool,
     residency: bool,
+    layerwise: bool,
     kv_mib: int,
     tp: int,
     link_like: str | None,
@@ -170,6 +171,7 @@ def bench_e2e_cmd(
                     prefetch,
                     tp,
                     residency=residency,
+                    layerwise=layerwise,
                     kv_mib=kv_mib,
                 )
                 with _request_progress(f"{policy} {count} models rate {rate:g}") as advance:

@@ -113,6 +113,7 @@ def bench_sim_vs_live_cmd(
     link_gbps: float | None,
     prefetch: bool,
     residency: bool,
+    layerwise: bool,
     kv_mib: int,
     link_like: str | None,
 ) -> None:
@@ -163,6 +164,7 @@ def bench_sim_vs_live_cmd(
         link_gbps=link_gbps,
         prefetch=prefetch,
         residency=residency,
+        layerwise=layerwise,
         kv_mib=kv_mib,
     )
     base.validate()

@@ -155,7 +155,13 @@ def tp_option(help_text: str):
 
 
 def residency_options(command):
-    """--residency and --kv-mib, as the live benchmarks take them (aegaeon.bench.e2e.E2ERun)."""
+    """--residency, --layerwise and --kv-mib, as the live benchmarks take them (aegaeon.bench.e2e.E2ERun)."""
+    command = click.option(
+        "--layerwise",
+        is_flag=True,
+        help="A forward after a switch starts before the copy has landed, waiting for each layer's weights "
+        "(the node's --layerwise); tagged `layerwise`.",
+    )(command)
     command = click.option(
         "--kv-mib",
         default=32,

@@ -64,6 +64,7 @@ ENGINE_KEYS = (
     "link_gbps",
     "prefetch",
     "residency",
+    "layerwise",
     "slab_kib",
     "block_size",
 )

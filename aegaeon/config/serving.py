@@ -42,6 +42,9 @@ class EngineConfig:
     # switch back to one only re-binds (aegaeon.engine.resident); with it, prefetches copy into such slabs
     # too (no staging slot). KV always has priority: a resident model is evicted before KV is swapped out.
     residency: bool = False
+    # a forward starts before the bound model's weights have all landed, waiting before each layer for its
+    # bytes (aegaeon.engine.layerwise): the rest of a switch's copy overlaps its first forward
+    layerwise: bool = False
     # tensor parallelism (aegaeon.parallel): this executor is rank `tp_rank` of a group of `tp_size`, whose
     # ranks run on `tp_devices` (rank 0's is `device`; empty: every rank on `device`)
     tp_size: int = 1
@@ -62,6 +65,10 @@ class EngineConfig:
             raise ConfigError(
                 "--residency with --tp > 1 is not built yet: the ranks of a group would have to agree on "
                 "every eviction; use one of them"
+            )
+        if self.layerwise and self.tp_size > 1:
+            raise ConfigError(
+                "--layerwise with --tp > 1 is not built yet: each rank would wait on its own copy; use one"
             )
         if self.link_gbps is not None and not self.device.startswith("cpu"):
             raise ConfigError(

@@ -127,6 +127,8 @@ class StepExecutor:
             self.runner = ModelRunner(self.arena, self.host_cache, self.kv, self.link)
             for ckpt in checkpoints:
                 self._register(ckpt)
+            if config.layerwise:
+                self.runner.enable_layerwise()
             if config.residency:
                 self.runner.enable_residency()  # prefetches copy into resident runs
             elif config.prefetch:
@@ -265,6 +267,11 @@ class StepExecutor:
         """Bind `model` (None when it already is); raises AegaeonError when it cannot be bound."""
         self.entry(model)
         return self.runner.switch_to(model)
+
+    def take_weight_wait(self) -> float:
+        """Seconds the steps since the last call blocked on weights still copying (layer-wise readiness):
+        switch time that ran inside a step, which callers count as the switch's, not as compute."""
+        return self.runner.take_weight_wait()
 
     def prefetch(self, model: str, wait: bool = False) -> bool:
         """Start copying `model`'s weights beside the bound model's (with EngineConfig.prefetch); False when

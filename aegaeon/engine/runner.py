@@ -40,6 +40,7 @@ import torch
 
 from aegaeon.arena import Arena
 from aegaeon.device_link import DeviceLink
+from aegaeon.engine.layerwise import CopyProgress, copy_chunks, stage_ends
 from aegaeon.engine.resident import ResidentWeights
 from aegaeon.errors import IntegrityError
 from aegaeon.kv.batch import SeqChunk, build_step
@@ -84,6 +85,9 @@ class SwitchRecord:
     # what the switch still waited): what the round planner must count as the model's copy
     copy_seconds: float | None = None
     resident: bool = False  # the model was still in the other slot: nothing was copied
+    # layer-wise readiness: the copy is still landing under the first forward, which waits before each layer
+    # for its bytes; when it has landed, the wait joins `seconds` (stage "wait_layers") and this turns False
+    landing: bool = False
 
 
 @dataclass
@@ -99,6 +103,7 @@ class _Prefetch:
     copy_seconds: float = 0.0
     error: BaseException | None = None
     resident: bool = False  # its weights were already there (from its last turn): no copy
+    progress: CopyProgress | None = None  # how much has landed, stage by stage
 
 
 class ModelRunner:
@@ -125,6 +130,79 @@ class ModelRunner:
         self.copy_stream = None
         self.slot_model: dict[str, str | None] = {"arena": None, "staging": None}  # intact weights
         self.resident: ResidentWeights | None = None  # with residency
+        self.layerwise = False  # a forward may start before the bound model's copy has landed
+        # with layer-wise readiness: the copy into the bound model's weights that its forwards still wait on
+        self.landing: tuple[_Prefetch, SwitchRecord, ModelEntry] | None = None
+        self._weight_wait = (
+            0.0  # seconds forwards blocked on weights still copying, since the last take
+        )
+        self._stage_ends: dict[str, list[int]] = {}
+
+    # ---- layer-wise readiness ----------------------------------------------------------------------------
+
+    def enable_layerwise(self) -> None:
+        """Copy weights stage by stage (aegaeon.engine.layerwise) and bind a model before its copy has landed:
+        its first forward waits before each layer only for that layer's bytes."""
+        self.layerwise = True
+        if self.arena.device.type == "cuda" and self.copy_stream is None:
+            self.copy_stream = torch.cuda.Stream(device=self.arena.device)
+
+    def take_weight_wait(self) -> float:
+        """Seconds forwards blocked on weights still copying since the last call (part of switches, not of
+        compute: the decode loop and the prefill worker count them as the switch's)."""
+        waited, self._weight_wait = self._weight_wait, 0.0
+        return waited
+
+    def _chunk_ends(self, name: str) -> list[int]:
+        entry = self.entries[name]
+        if not self.layerwise or not hasattr(entry.model, "weights_ready"):
+            return [entry.weights.total_bytes]
+        if name not in self._stage_ends:
+            self._stage_ends[name] = stage_ends(entry.weights, entry.checkpoint.config.num_layers)
+        return self._stage_ends[name]
+
+    def wait_landed(self) -> None:
+        """Wait until the bound model's weights have all landed (layer-wise readiness; else a no-op)."""
+        self._finish_landing(block=True)
+
+    def _stage_waiter(self, progress: CopyProgress):
+        def wait(stage: int) -> None:
+            before = progress.waited
+            progress.wait_stage(stage)
+            self._weight_wait += progress.waited - before
+
+        return wait
+
+    def _finish_landing(self, block: bool) -> None:
+        """The bound model's copy has landed (`block`: wait for it): complete its switch record."""
+        if self.landing is None:
+            return
+        job, record, entry = self.landing
+        if not block and not job.progress.awaited() and job.error is None:
+            return  # still copying: a later forward, or the next switch, finishes it
+        if job.thread is not None:
+            job.thread.join()  # at most the copy's tail (it has landed when not blocking)
+        if job.event is not None:
+            torch.cuda.current_stream(self.arena.device).wait_event(job.event)
+        self.landing = None
+        entry.model.weights_ready = None
+        waited = job.progress.waited
+        record.stages["wait_layers"] = waited
+        record.seconds += waited
+        record.copy_seconds = job.copy_seconds or record.copy_seconds
+        record.landing = False
+        if job.error is not None:
+            # the bound weights are incomplete: nothing may run on them, and a switch back copies again
+            log.error(
+                "the weight copy of %s failed while its forwards ran: %s", entry.name, job.error
+            )
+            if self.active == entry.name:
+                self.active = None
+            for slot, model in self.slot_model.items():
+                if model == entry.name:
+                    self.slot_model[slot] = None
+            if self.resident is not None:
+                self.resident.drop(entry.name)
 
     # ---- residency ---------------------------------------------------------------------------------------
 
@@ -209,7 +287,7 @@ class ModelRunner:
         region = self.resident.claim(name, nbytes, self._protected())
         if region is None:
             return False  # KV leaves no room: the switch will copy
-        self._start_copy(_Prefetch(name, region, "run"), nbytes)
+        self._start_copy(_Prefetch(name, region, "run"))
         return True
 
     def _switch_resident(self, entry: ModelEntry) -> SwitchRecord | None:
@@ -244,6 +322,12 @@ class ModelRunner:
         if region is None:
             return None
         claimed = time.perf_counter()
+        if self.layerwise:
+            before = SwitchRecord(
+                name, 0.0, 0, 0, 0, {"wait_weights": waited - start, "evict_kv": claimed - waited}
+            )
+            job = self._start_copy(_Prefetch(name, region, "run"), pending=False)
+            return self._switch_to_prefetched(entry, ahead=False, job=job, before=before)
         self.active = None  # the model object's views are re-pointed below
         source = self.host_cache.region(name)
         self.link.transfer(
@@ -325,27 +409,37 @@ class ModelRunner:
                 self.arena.place_weights(nbytes)
             slot, region = "arena", self.arena.weight_view(0, torch.uint8, (nbytes,))
         self.slot_model[slot] = None  # overwritten from now on
-        self._start_copy(_Prefetch(name, region, slot), nbytes)
+        self._start_copy(_Prefetch(name, region, slot))
         return True
 
-    def _start_copy(self, job: _Prefetch, nbytes: int) -> None:
-        """Start `job`'s copy from the host cache (a copy stream on a GPU, a thread on CPU); it is pending."""
+    def _start_copy(self, job: _Prefetch, pending: bool = True) -> _Prefetch:
+        """Start `job`'s copy from the host cache (a copy stream on a GPU, a thread on CPU), in stages with
+        layer-wise readiness; it is the pending prefetch unless `pending` is False (a switch's own copy)."""
         source = self.host_cache.region(job.model)
         region = job.region
+        job.progress = CopyProgress(self._chunk_ends(job.model), self.arena.device)
         if self.copy_stream is not None:
             # the copy must not overwrite weights that kernels queued on the compute stream still read
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.arena.device))
             with torch.cuda.stream(self.copy_stream):
-                region.copy_(source, non_blocking=True)
-                job.event = torch.cuda.Event()
-                job.event.record(self.copy_stream)
+                for start, end in copy_chunks(job.progress.ends):
+                    region[start:end].copy_(source[start:end], non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record(self.copy_stream)
+                    job.progress.events.append((end, event))
+            job.event = job.progress.events[-1][1]
+            job.progress.landed(
+                job.progress.total
+            )  # queued: the events say when each stage is there
             job.done.set()
         else:
             job.thread = threading.Thread(
-                target=self._copy, args=(job, source, nbytes), name="weight-prefetch", daemon=True
+                target=self._copy, args=(job, source), name="weight-copy", daemon=True
             )
             job.thread.start()
-        self.pending = job
+        if pending:
+            self.pending = job
+        return job
 
     def _free_slot(self) -> str:
         return "staging" if self.active_slot == "arena" else "arena"
@@ -363,6 +457,8 @@ class ModelRunner:
 
     def forget(self, name: str) -> None:
         """`name` is no longer served: drop its copy in flight and its resident weights."""
+        if self.landing is not None and self.landing[2].name == name:
+            self._finish_landing(block=True)
         self.cancel_prefetch(name)
         for slot, model in self.slot_model.items():
             if model == name:
@@ -379,11 +475,19 @@ class ModelRunner:
         if self.pending is not None and name in (None, self.pending.model):
             self._retire_pending()
 
-    def _copy(self, job: _Prefetch, source: torch.Tensor, nbytes: int) -> None:
+    def _copy(self, job: _Prefetch, source: torch.Tensor) -> None:
+        chunks = [
+            (
+                end - start,
+                lambda start=start, end=end: job.region[start:end].copy_(source[start:end]),
+            )
+            for start, end in copy_chunks(job.progress.ends)
+        ]
         try:
-            job.copy_seconds = self.link.transfer(nbytes, lambda: job.region.copy_(source))
-        except BaseException as err:  # reported when the switch needs it
+            job.copy_seconds = self.link.transfer_chunks(chunks, job.progress.landed)
+        except BaseException as err:  # reported when the switch or a forward needs it
             job.error = err
+            job.progress.failed(err)
         finally:
             job.done.set()
 
@@ -397,15 +501,30 @@ class ModelRunner:
         if job.event is not None:
             torch.cuda.current_stream(self.arena.device).wait_event(job.event)
 
-    def _switch_to_prefetched(self, entry: ModelEntry, ahead: bool = True) -> SwitchRecord:
-        """Bind the model the pending job holds: copied ahead (a prefetch), copied now (`ahead` False), or
-        resident (nothing copied)."""
-        job = self.pending
+    def _switch_to_prefetched(
+        self,
+        entry: ModelEntry,
+        ahead: bool = True,
+        job: _Prefetch | None = None,
+        before: SwitchRecord | None = None,
+    ) -> SwitchRecord:
+        """Bind the model `job` (default: the pending prefetch) holds: copied ahead (a prefetch), copied now
+        (`ahead` False), or resident (nothing copied). With layer-wise readiness the copy need not have
+        landed: the model's forwards wait for each layer's bytes. `before` carries what the switch did before
+        the copy (its stages, the KV it moved or swapped out)."""
+        if job is None:
+            job, self.pending = self.pending, None
         start = time.perf_counter()
-        self._land_pending()
-        self.pending = None
+        lazy = self.layerwise and not job.resident and hasattr(entry.model, "weights_ready")
+        if not lazy or job.done.is_set():
+            if job.thread is not None:
+                job.thread.join()
+            if job.event is not None and not lazy:
+                torch.cuda.current_stream(self.arena.device).wait_event(job.event)
         if job.error is not None:
-            raise IntegrityError(f"prefetching {entry.name} failed: {job.error}") from job.error
+            raise IntegrityError(
+                f"copying {entry.name}'s weights failed: {job.error}"
+            ) from job.error
         landed = time.perf_counter()
         if job.slot == "run":
             self._region_to_run()  # before `active` changes: the region's model stays resident
@@ -416,21 +535,30 @@ class ModelRunner:
         else:
             self.slot_model[job.slot] = entry.name
         bound = time.perf_counter()
+        stages = dict(before.stages) if before is not None else {}
+        stages["resident" if job.resident else "wait_prefetch" if ahead else "copy_weights"] = (
+            landed - start
+        )
+        stages["bind"] = bound - landed
         record = SwitchRecord(
             entry.name,
-            bound - start,
+            sum(stages.values()) - stages.get("wait_weights", 0.0),
             0 if job.resident else entry.weights.total_bytes,
-            0,
-            0,
-            {
-                "resident" if job.resident else "wait_prefetch" if ahead else "copy_weights": (
-                    landed - start
-                ),
-                "bind": bound - landed,
-            },
+            before.kv_moved if before is not None else 0,
+            before.kv_swapped_out if before is not None else 0,
+            stages,
             copy_seconds=job.copy_seconds or None,
             resident=job.resident,
         )
+        if lazy:
+            record.landing = True
+            entry.model.weights_ready = self._stage_waiter(job.progress)
+            self.landing = (job, record, entry)
+            self._finish_landing(block=False)  # it may have landed already, or failed
+            if job.error is not None:
+                raise IntegrityError(
+                    f"copying {entry.name}'s weights failed: {job.error}"
+                ) from job.error
         self.switches.append(record)
         return record
 
@@ -457,6 +585,9 @@ class ModelRunner:
         """Make `name` the bound model (no-op when it already is)."""
         if self.active == name:
             return None
+        self._finish_landing(
+            block=True
+        )  # the bound model's weights are whole before anything moves them
         entry = self.entries[name]
         if self.pending is not None and self.pending.model == name:
             return self._switch_to_prefetched(entry)
@@ -495,6 +626,17 @@ class ModelRunner:
                 )
         evicted = time.perf_counter()
         region = self.arena.weight_view(0, torch.uint8, (entry.weights.total_bytes,))
+        if self.layerwise:
+            before = SwitchRecord(
+                name,
+                0.0,
+                0,
+                len(placement.moved),
+                swapped,
+                {"wait_weights": start - waited, "evict_kv": evicted - start},
+            )
+            job = self._start_copy(_Prefetch(name, region, "arena"), pending=False)
+            return self._switch_to_prefetched(entry, ahead=False, job=job, before=before)
         # From the page-locked host cache this is one DMA on the compute stream: the
         # forward kernels queued after it are ordered behind it without a device sync.
         source = self.host_cache.region(name)
@@ -546,4 +688,7 @@ class ModelRunner:
             self.arena.device,
             self.ragged_decode,
         )
-        return entry.model.forward(step, entry.kv_units, entry.kv, all_logits=all_logits)
+        try:
+            return entry.model.forward(step, entry.kv_units, entry.kv, all_logits=all_logits)
+        finally:
+            self._finish_landing(block=False)  # the copy under this forward may have landed

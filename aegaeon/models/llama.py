@@ -14,6 +14,7 @@ logits of every shard are gathered). Without a group this is the whole model and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,10 @@ from aegaeon.models.layers import (
     rotary_tables,
     swiglu_mlp,
 )
+
+
+def _ready(stage: int) -> None:
+    """Every weight is in place (no copy is landing): nothing to wait for."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,9 @@ class LlamaModel:
         self.embed: torch.Tensor | None = None
         self.final_norm: torch.Tensor | None = None
         self.lm_head: torch.Tensor | None = None
+        # layer-wise readiness (aegaeon.engine.layerwise): while the weights are still being copied, called
+        # with a stage before the forward reads it (0 the embedding, i + 1 layer i, L + 1 the head)
+        self.weights_ready: Callable[[int], None] | None = None
 
     def bind(self, params: dict[str, torch.Tensor]) -> None:
         """Point the model at its parameters (any tensors with the checkpoint's names)."""
@@ -99,11 +107,14 @@ class LlamaModel:
         if self.embed is None:
             raise RuntimeError("LlamaModel.forward before bind(): place the model's weights first")
         cfg = self.config
+        ready = self.weights_ready or _ready
+        ready(0)
         x = self._embed(step.tokens)
         cos, sin = rotary_tables(
             step.positions, cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor, x.dtype
         )
         for index, layer in enumerate(self.layers):
+            ready(index + 1)
             x = x + self._reduce(
                 self._attention(
                     index,
@@ -126,6 +137,7 @@ class LlamaModel:
             )
         if not all_logits:
             x = x[torch.arange(x.shape[0], device=x.device), step.last]
+        ready(len(self.layers) + 1)
         logits = F.linear(rms_norm(x, self.final_norm, cfg.rms_norm_eps), self.lm_head)
         if self.group is None:
             return logits

@@ -2,7 +2,9 @@
 
 A new family is one module with a class built from an ArchConfig (`bind(params)` to place its weights,
 `forward(step, kv_units, layout, all_logits=False)` for a step; a second constructor argument, the
-tensor-parallel group, when it can run sharded) and one line in FAMILIES. The table stays
+tensor-parallel group, when it can run sharded) and one line in FAMILIES. A family whose model has a
+`weights_ready` attribute takes layer-wise readiness (aegaeon.engine.layerwise): the runner sets it to a
+callable while a copy is landing, and `forward` calls it with each stage before reading that stage's weights. The table stays
 torch-free (implementations are imported when a model is built), so configuration code can read it.
 """
 

@@ -135,11 +135,12 @@ class DecodeWorker(WorkerLoop):
 
     def switched(self, turn: Turn, record: SwitchRecord | None) -> None:
         self.quantum = TurnTotals(decode_start=time.perf_counter())
+
+    def switch_landed(self, turn: Turn, record: SwitchRecord) -> None:
         self.trace_switch(turn.model, record)
-        if record is not None:
-            for request_id in turn.request_ids:
-                if request_id in self.timings:
-                    self.timings[request_id].switch += record.seconds
+        for request_id in turn.request_ids:
+            if request_id in self.timings:
+                self.timings[request_id].switch += record.seconds
 
     def stepped(
         self,

@@ -30,6 +30,7 @@ class Executor(Protocol):
     def prefetch(self, model: str) -> bool: ...
     def set_upcoming(self, models: list[str]) -> None: ...
     def step(self, model: str, request_ids: Sequence[int]) -> list[SeqUpdate]: ...
+    def take_weight_wait(self) -> float: ...
     def context_len(self, request_id: int) -> int: ...
     def fail_model(self, model: str, reason: str) -> list[SeqUpdate]: ...
 
@@ -38,6 +39,8 @@ class DecodeHooks(Protocol):
     def poll(self) -> None: ...
     def turn_started(self, turn: Turn) -> None: ...
     def switched(self, turn: Turn, record: SwitchRecord | None) -> None: ...
+    # the switch's record is final: at once, or (layer-wise readiness) after the step its copy landed under
+    def switch_landed(self, turn: Turn, record: SwitchRecord) -> None: ...
     def stepped(
         self,
         model: str,
@@ -107,10 +110,10 @@ class DecodeLoop:
             self._apply(updates)
             self.hooks.stepped(turn.model, (), 0, 0.0, updates)
             return
-        switch_seconds = record.seconds if record else 0.0
-        if record is not None and not record.resident:  # rounds are planned on whole copies
-            self.cost.observe_switch(turn.model, record.copy_seconds or record.seconds)
         self.hooks.switched(turn, record)
+        landing = record is not None and record.landing
+        if record is not None and not landing:
+            self._switch_landed(turn, record)
         self.hooks.poll()  # what arrived during the switch joins the batch it forms now
         self._prefetch_next()
         start, steps = self.clock(), 0
@@ -119,15 +122,26 @@ class DecodeLoop:
             context = sum(self.executor.context_len(i) for i in batch)
             stepped = self.clock()
             updates = self.executor.step(turn.model, batch)
-            seconds = self.clock() - stepped
+            # a step that waited for weights still copying ran part of the switch: that part is not compute
+            seconds = self.clock() - stepped - self.executor.take_weight_wait()
             steps += 1
             self.cost.observe_step(turn.model, seconds)
             self._apply(updates)
             self.hooks.stepped(turn.model, batch, context, seconds, updates)
+            if landing and not record.landing:
+                self._switch_landed(turn, record)
+                landing = False
             self.hooks.poll()
             self._prefetch_next()  # an arrival may have given the round a next turn
             batch = self.policy.turn_batch(self.candidates())
-        self.hooks.turn_done(turn, steps, self.clock() - began, switch_seconds)
+        if landing:  # no step let the copy land: the record says what the switch waited so far
+            self._switch_landed(turn, record)
+        self.hooks.turn_done(turn, steps, self.clock() - began, record.seconds if record else 0.0)
+
+    def _switch_landed(self, turn: Turn, record: SwitchRecord) -> None:
+        if not record.resident:  # rounds are planned on whole copies
+            self.cost.observe_switch(turn.model, record.copy_seconds or record.seconds)
+        self.hooks.switch_landed(turn, record)
 
     def _prefetch_next(self) -> None:
         """Have the executor copy the policy's next model while this turn decodes (policies with prefetch)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from aegaeon.errors import AegaeonError, OutOfBlocksError
 from aegaeon.ipc.events import PrefillEvent
@@ -22,6 +23,9 @@ from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.models.sampler import SamplingParams
 from aegaeon.worker.loop import ParentGone, WorkerLoop
 from aegaeon.worker.spec import WorkerSpec
+
+if TYPE_CHECKING:
+    from aegaeon.engine.runner import SwitchRecord
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +117,7 @@ class PrefillWorker(WorkerLoop):
         started, started_wall = time.perf_counter(), time.time()
         pending = [self._admit(i) for i in group.request_ids]
         pending = [i for i in pending if i is not None]
-        switch_seconds = 0.0
+        record: SwitchRecord | None = None
         if pending:
             try:
                 record = self.executor.switch_to(group.model)
@@ -122,8 +126,8 @@ class PrefillWorker(WorkerLoop):
                     self.fail(request_id, f"model {group.model} cannot be loaded here: {err}")
                 pending = []
             else:
-                self.trace_switch(group.model, record)
-                switch_seconds = record.seconds if record else 0.0
+                if record is not None and not record.landing:
+                    self.trace_switch(group.model, record)
         if self.prefetch_wanted == group.model:
             self.prefetch_wanted = None  # it is bound now
         for request_id in pending:
@@ -136,7 +140,7 @@ class PrefillWorker(WorkerLoop):
             if not self.executor.has(request_id):  # cancelled meanwhile
                 continue
             try:
-                self._prefill(group.model, request_id, started_wall, switch_seconds)
+                self._prefill(group.model, request_id, started_wall, record)
             except ParentGone:
                 raise
             except Exception as err:  # one request's prefill that breaks fails it, never the worker
@@ -147,6 +151,11 @@ class PrefillWorker(WorkerLoop):
                     request_id,
                     f"worker {self.spec.worker_id}: the prefill of model {group.model} failed: {err}",
                 )
+        if (
+            record is not None and record.landing
+        ):  # no prefill let its copy land: what it waited so far
+            self.trace_switch(group.model, record)
+        switch_seconds = record.seconds if record else 0.0
         self.send(
             StepDone(group.model, int(bool(pending)), time.perf_counter() - started, switch_seconds)
         )
@@ -163,11 +172,18 @@ class PrefillWorker(WorkerLoop):
         return request_id
 
     def _prefill(
-        self, model: str, request_id: int, group_start: float, switch_seconds: float
+        self, model: str, request_id: int, group_start: float, record: SwitchRecord | None
     ) -> None:
+        landing = record is not None and record.landing
         began = time.perf_counter()
         updates = self.executor.step(model, [request_id])
-        compute = time.perf_counter() - began
+        # a prefill that waited for weights still copying (layer-wise readiness) ran part of the switch
+        compute = time.perf_counter() - began - self.executor.take_weight_wait()
+        if (
+            landing and not record.landing
+        ):  # its copy landed under this prefill: the record is final
+            self.trace_switch(model, record)
+        switch_seconds = record.seconds if record else 0.0
         if not updates:  # its prompt does not fit the arena even alone
             self.fail(request_id, f"model {model}: the prompt does not fit this worker's KV memory")
             return

@@ -88,6 +88,9 @@ class RecordedExecutor:
     def set_upcoming(self, models):
         self.upcoming = list(models)  # no residency here: every switch costs its recorded time
 
+    def take_weight_wait(self):
+        return 0.0  # switches are whole before the first step here
+
     def step(self, model, request_ids):
         self.clock.now += self.cost.decode_time(model, len(request_ids), 0)
         updates = []
@@ -125,6 +128,9 @@ class Arrivals:
         pass
 
     def switched(self, turn, record):
+        pass
+
+    def switch_landed(self, turn, record):
         pass
 
     def stepped(self, model, batch, context, seconds, updates):
