@@ -157,6 +157,7 @@ def fit_model_cost(
         spec.max_context,
         tuple(prefill_c),
         tuple(decode_c),
+        stages=spec.stage_shares(),
     )
     return cost, excluded
 
@@ -243,6 +244,7 @@ def load_profile(path: Path, tp: int = 1) -> tuple[ModelCost, LinkCost]:
             tuple(data["prefill_coefficients"]),
             tuple(data["decode_coefficients"]),
             artifact_sizes(data),
+            ModelSpec(**arch).stage_shares(),
         )
         link = LinkCost(**data["link"])
     except (KeyError, TypeError) as exc:

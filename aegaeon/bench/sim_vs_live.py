@@ -104,6 +104,7 @@ def simulate_like_live(
         prefetch=run.prefetch,  # live --prefetch: decode workers and prefill workers both prefetch
         prefill_prefetch=run.prefetch,
         residency=run.residency,
+        layerwise=run.layerwise,
     )
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {

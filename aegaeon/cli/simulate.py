@@ -156,6 +156,12 @@ def workload_gen(
     "leaves free, evicting the one needed last (as `aegaeon serve --residency`); tagged `resident`.",
 )
 @click.option(
+    "--layerwise",
+    is_flag=True,
+    help="Aegaeon, beyond the paper: a switch's first forward starts before its copy has landed, each "
+    "layer waiting for its own weights (as `aegaeon serve --layerwise`); tagged `layerwise`.",
+)
+@click.option(
     "--replay-seconds",
     type=click.FloatRange(0),
     default=120.0,
@@ -218,6 +224,7 @@ def sim(
     prefill_prefetch: bool,
     slo_aware_rounds: bool,
     residency: bool,
+    layerwise: bool,
     replay_seconds: float,
     ae_latency: str,
     resample_lengths: bool,
@@ -279,6 +286,7 @@ def sim(
         prefill_prefetch=prefill_prefetch,
         slo_aware_rounds=slo_aware_rounds,
         residency=residency,
+        layerwise=layerwise,
         artifact_latency=ae_latency == "artifact",
         resample_lengths=resample_lengths,
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aegaeon.sched.layerwise import StageShares
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -30,13 +32,25 @@ class ModelSpec:
         return self.head_size or self.hidden_size // self.num_heads
 
     @property
-    def num_parameters(self) -> int:
+    def layer_parameters(self) -> int:
+        """One decoder layer's: attention, MLP, the two norms."""
         h, m = self.hidden_size, self.intermediate_size
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         attention = 2 * h * q + 2 * h * kv + (q + 2 * kv if self.qkv_bias else 0)
-        layer = attention + 3 * h * m + 2 * h
-        embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
-        return self.num_layers * layer + embeddings + h
+        return attention + 3 * h * m + 2 * h
+
+    @property
+    def num_parameters(self) -> int:
+        embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+        return self.num_layers * self.layer_parameters + embeddings + self.hidden_size
+
+    def stage_shares(self) -> StageShares:
+        """Its forward's stages' shares of the weight copy and of the compute (layer-wise readiness)."""
+        h = self.hidden_size
+        head = (0 if self.tie_embeddings else self.vocab_size * h) + h  # the final norm with it
+        return StageShares.of_model(
+            self.num_layers, self.layer_parameters, self.vocab_size * h, head, self.tie_embeddings
+        )
 
     @property
     def weight_bytes(self) -> int:

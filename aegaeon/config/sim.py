@@ -34,6 +34,9 @@ class SimConfig:
     # aegaeon, beyond the paper: every instance keeps the weights of the models it ran in device memory the
     # KV in use leaves free, evicting by next use in the round (live: `serve --residency`)
     residency: bool = False
+    # aegaeon, beyond the paper: a switch's first forward starts before the copy has landed, each layer
+    # waiting for its own weights (aegaeon.sched.layerwise; live: `serve --layerwise`)
+    layerwise: bool = False
     queue_size: int = 4  # sllm / sllm+ QS
     muxserve_kv_reserve_bytes: int = 20 * 2**30  # KV room each MuxServe model is placed with
     horizon_factor: float = 4.0  # stop simulating at this multiple of the workload span

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Protocol, Sequence
 
 from aegaeon.errors import ConfigError
+from aegaeon.sched.layerwise import StageShares
 
 
 class CostModel(Protocol):
@@ -66,6 +67,8 @@ class ModelCost:
     prefill_coefficients: tuple[float, float, float]
     decode_coefficients: tuple[float, float, float]
     artifact: ArtifactSizes | None = None  # the artifact simulator's stated sizes (profile field)
+    # its forward's stages' shares of the copy and the compute (aegaeon.sched.layerwise), from its shape
+    stages: StageShares | None = None
 
     @property
     def _dense(self) -> float:
@@ -151,6 +154,16 @@ class TableCostModel:
 
     def swap_time(self, nbytes: int) -> float:
         return nbytes / (self.link.h2d_bandwidth * self.link.swap_efficiency)
+
+    def stage_shares(self, model: str) -> StageShares:
+        """How a layer-wise switch to `model` overlaps its copy with its first forward."""
+        stages = self.model(model).stages
+        if stages is None:
+            raise ConfigError(
+                f"model {model!r}: its cost carries no shape to split into stages; profile it again "
+                f"(aegaeon profile) so that its architecture is recorded"
+            )
+        return stages
 
     def weight_bytes(self, model: str) -> int:
         return self.model(model).weight_bytes

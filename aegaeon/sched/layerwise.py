@@ -74,3 +74,15 @@ def layerwise_exposed(
         ready.append(max(0.0, done - landed) * copy_seconds)
     finish = layered_finish(ready, [share * forward_seconds for share in shares.compute])
     return max(0.0, finish - forward_seconds)
+
+
+def switch_exposure(
+    whole_copy: float, remaining: float, forward_seconds: float, shares: StageShares
+) -> float:
+    """A layer-wise switch's exposed seconds when `remaining` of its `whole_copy` seconds are left to copy
+    at the switch (a prefetch copied the rest, in layout order) and its first forward takes
+    `forward_seconds`; never more than `remaining`, what waiting for the whole copy exposes."""
+    if remaining <= 0 or whole_copy <= 0:
+        return 0.0
+    landed = max(0.0, 1.0 - remaining / whole_copy)
+    return min(remaining, layerwise_exposed(whole_copy, forward_seconds, shares, landed))

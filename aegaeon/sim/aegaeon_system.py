@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aegaeon.config.sim import SimConfig
 from aegaeon.sched.cost import CostModel, kv_capacity_bytes
 from aegaeon.sched.decode import choose_decode_instance
+from aegaeon.sched.layerwise import switch_exposure
 from aegaeon.sched.prefill import GroupStart, PrefillDispatcher
 from aegaeon.sched.request import RequestState
 from aegaeon.sched.rounds import RoundConfig, WeightedRoundRobin
@@ -85,6 +86,7 @@ class AegaeonSystem:
                 config.device_memory_bytes,
                 slo if config.slo_aware_rounds else None,
                 config.residency,
+                config.layerwise,
             )
             for _ in range(num_decode)
         ]
@@ -157,9 +159,17 @@ class AegaeonSystem:
         if executor.resident is not None:
             self._keep_resident(executor, start)
         executor.prefetching = None
+        executor.copy_free_at = self.loop.now + switch
+        if self.config.layerwise and switch > 0:
+            first = start.requests[0]
+            switch = switch_exposure(
+                self.cost.switch_time(None, start.model),
+                switch,
+                self.cost.prefill_time(start.model, [first.input_len]),
+                self.cost.stage_shares(start.model),
+            )
         executor.exposed_switches.append(switch)
         t = self.loop.now + switch
-        executor.copy_free_at = t
         self.prefill_switches += executor.loaded != start.model
         executor.loaded = start.model
         if self.config.prefill_prefetch:

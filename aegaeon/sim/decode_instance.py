@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from aegaeon.sched.cost import CostModel
 from aegaeon.sched.decode import DecodeCandidate
+from aegaeon.sched.layerwise import switch_exposure
 from aegaeon.sched.request import RequestState
 from aegaeon.sched.rounds import Arrival, DecodePolicy, Turn
 from aegaeon.sched.slo import SLO, next_token_deadline
@@ -39,8 +40,13 @@ class SimDecodeInstance:
         device_memory_bytes: int | None = None,
         slo: SLO | None = None,
         residency: bool = False,
+        layerwise: bool = False,
     ):
         self.loop, self.cost, self.policy = loop, cost, policy
+        self.layerwise = layerwise  # a switch's first step overlaps the rest of its copy
+        self.copy_free_at = (
+            0.0  # when the running turn's own copy ends (a prefetch is queued behind it)
+        )
         self.slo = slo  # with it, candidates carry their first decode deadline (SLO-aware rounds)
         self.device_memory_bytes = device_memory_bytes
         self.prefetching: tuple[str, float] | None = None  # (model, when its copy began)
@@ -121,7 +127,8 @@ class SimDecodeInstance:
             self._fit_kv()  # the KV the last turn added may have evicted models
         switch = self.cost.switch_time(self.loaded, turn.model)
         if self.prefetching is not None and self.prefetching[0] == turn.model:
-            switch = max(0.0, switch - (self.loop.now - self.prefetching[1]))  # copied meanwhile
+            # copied meanwhile (a copy queued behind the turn before's own may not have begun)
+            switch = max(0.0, switch - max(0.0, self.loop.now - self.prefetching[1]))
         elif self.resident is not None and turn.model in self.resident:
             switch = 0.0  # resident: re-bind only
         elif self.two_slots and self.other == turn.model and self._room_to_prefetch(turn.model):
@@ -137,6 +144,18 @@ class SimDecodeInstance:
                 self.prefetching = None
             if self.two_slots:  # the model switched away from stays intact in its slot
                 self.other = self.loaded
+        self.copy_free_at = self.loop.now + switch
+        if self.layerwise and switch > 0:
+            batch = [self.by_id[i] for i in self.policy.turn_batch(self.candidates())]
+            first_step = self.cost.decode_time(
+                turn.model, len(batch), sum(s.context_len for s in batch)
+            )
+            switch = switch_exposure(
+                self.cost.switch_time(None, turn.model),
+                switch,
+                first_step,
+                self.cost.stage_shares(turn.model),
+            )
         self.exposed_switches.append(switch)
         self.switches += self.loaded != turn.model
         self.loaded = turn.model
@@ -198,7 +217,7 @@ class SimDecodeInstance:
         elif self.two_slots and self.other == target and self._room_to_prefetch(target):
             self.prefetching = (target, float("-inf"))  # resident: nothing to copy
         elif self._room_to_prefetch(target):
-            self.prefetching = (target, self.loop.now)
+            self.prefetching = (target, max(self.loop.now, self.copy_free_at))
             self.other = None  # the other slot is being overwritten
 
     def _prefetch_resident(self, target: str) -> None:
@@ -212,7 +231,7 @@ class SimDecodeInstance:
         kv = self._kv_in_use()
         if self.resident.make_room(kv, {self.loaded}, self.cost.weight_bytes(target)):
             self.resident.touch(target)
-            self.prefetching = (target, self.loop.now)
+            self.prefetching = (target, max(self.loop.now, self.copy_free_at))
 
     def _room_to_prefetch(self, model: str) -> bool:
         """A prefetch needs the next model's weights to fit beside the loaded ones and the KV in use (KV

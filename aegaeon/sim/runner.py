@@ -112,6 +112,7 @@ def simulate(
                     "pfprefill" if config.prefill_prefetch else "",
                     "sloround" if config.slo_aware_rounds else "",
                     "resident" if config.residency else "",
+                    "layerwise" if config.layerwise else "",
                 )
                 if p
             ),

@@ -116,14 +116,16 @@ class DecodeLoop:
             self._switch_landed(turn, record)
         self.hooks.poll()  # what arrived during the switch joins the batch it forms now
         self._prefetch_next()
-        start, steps = self.clock(), 0
+        start, steps, switch_tail = self.clock(), 0, 0.0
         batch = self.policy.turn_batch(self.candidates())
-        while batch and self._allows(turn, steps, self.clock() - start):
+        # the quota counts decoding only: what the first steps waited for weights still copying is switch
+        while batch and self._allows(turn, steps, self.clock() - start - switch_tail):
             context = sum(self.executor.context_len(i) for i in batch)
             stepped = self.clock()
             updates = self.executor.step(turn.model, batch)
-            # a step that waited for weights still copying ran part of the switch: that part is not compute
-            seconds = self.clock() - stepped - self.executor.take_weight_wait()
+            waited = self.executor.take_weight_wait()
+            switch_tail += waited
+            seconds = self.clock() - stepped - waited
             steps += 1
             self.cost.observe_step(turn.model, seconds)
             self._apply(updates)
