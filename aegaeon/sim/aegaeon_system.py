@@ -156,10 +156,19 @@ class AegaeonSystem:
             switch = max(0.0, switch - max(0.0, self.loop.now - executor.prefetching[1]))
         elif executor.resident is not None and start.model in executor.resident:
             switch = 0.0  # resident: re-bind only
+        queued = 0.0
+        if (
+            switch > 0
+            and executor.prefetching is not None
+            and executor.prefetching[0] != start.model
+        ):
+            # a copy of another model is in flight: live, this switch's copy waits for it (one link)
+            model, began = executor.prefetching
+            queued = max(0.0, began + self.cost.switch_time(None, model) - self.loop.now)
         if executor.resident is not None:
             self._keep_resident(executor, start)
         executor.prefetching = None
-        executor.copy_free_at = self.loop.now + switch
+        executor.copy_free_at = self.loop.now + queued + switch
         if self.config.layerwise and switch > 0:
             first = start.requests[0]
             switch = switch_exposure(
@@ -168,6 +177,7 @@ class AegaeonSystem:
                 self.cost.prefill_time(start.model, [first.input_len]),
                 self.cost.stage_shares(start.model),
             )
+        switch += queued
         executor.exposed_switches.append(switch)
         t = self.loop.now + switch
         self.prefill_switches += executor.loaded != start.model

@@ -133,6 +133,10 @@ class SimDecodeInstance:
             switch = 0.0  # resident: re-bind only
         elif self.two_slots and self.other == turn.model and self._room_to_prefetch(turn.model):
             switch = 0.0  # still intact in the other slot (KV left room for it): re-bind only
+        queued = 0.0
+        if switch > 0 and self.prefetching is not None and self.prefetching[0] != turn.model:
+            # a copy of another model is in flight: live, this switch's copy waits for it (one link)
+            queued = self._prefetch_left()
         if (
             turn.model != self.loaded
         ):  # a turn of the loaded model keeps what was prefetched for later
@@ -144,7 +148,7 @@ class SimDecodeInstance:
                 self.prefetching = None
             if self.two_slots:  # the model switched away from stays intact in its slot
                 self.other = self.loaded
-        self.copy_free_at = self.loop.now + switch
+        self.copy_free_at = self.loop.now + queued + switch
         if self.layerwise and switch > 0:
             batch = [self.by_id[i] for i in self.policy.turn_batch(self.candidates())]
             first_step = self.cost.decode_time(
@@ -156,6 +160,7 @@ class SimDecodeInstance:
                 first_step,
                 self.cost.stage_shares(turn.model),
             )
+        switch += queued
         self.exposed_switches.append(switch)
         self.switches += self.loaded != turn.model
         self.loaded = turn.model
@@ -172,8 +177,12 @@ class SimDecodeInstance:
         )
 
     def _prefetch_landed(self) -> bool:
+        return self._prefetch_left() <= 0
+
+    def _prefetch_left(self) -> float:
+        """Seconds until the copy in flight has landed (0 when it has)."""
         model, began = self.prefetching
-        return self.loop.now >= began + self.cost.switch_time(None, model)
+        return max(0.0, began + self.cost.switch_time(None, model) - self.loop.now)
 
     def _keep_resident(self, model: str) -> None:
         """With residency, switching to `model`: it takes a run of free memory, evicting the models needed

@@ -69,3 +69,21 @@ def test_a_prefill_switch_overlaps_the_first_prompt_and_the_variant_is_tagged():
         forward = cost.prefill_time(spec.model, [spec.input_len])
         exposed = switch_exposure(whole_copy, whole_copy, forward, cost.stage_shares(spec.model))
         assert gain == pytest.approx(whole_copy - exposed, rel=1e-6)
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_a_switch_to_another_model_waits_for_the_copy_in_flight(layerwise):
+    loop, cost = EventLoop(), StagedCost(step={"a": 0.5, "b": 0.5, "c": 0.5})
+    instance = SimDecodeInstance(
+        loop, cost, WeightedRoundRobin(cost, RoundConfig(0.1, 4.0)), layerwise=layerwise
+    )
+    instance.loaded = "a"
+    instance.prefetching = ("b", -0.3)  # b's 1 s copy began 0.3 s ago: 0.7 s left
+    state = RequestState(RequestSpec(0, "c", 0.0, 10, 3))
+    state.token_times.append(0.0)
+    instance.states = [state]
+    loop.at(0.0, lambda: instance.arrive(state))
+    loop.run(until=100)
+    own = switch_exposure(1.0, 1.0, 0.5, FOUR) if layerwise else 1.0
+    assert instance.exposed_switches[0] == pytest.approx(0.7 + own)
+    assert state.token_times[1] == pytest.approx(0.7 + own + 0.5)
