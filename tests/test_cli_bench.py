@@ -44,6 +44,25 @@ def test_engine_benchmarks_run_on_a_tiny_model(tmp_path):
         assert expect in result.output
 
 
+def test_layerwise_benchmark_measures_both_switches_beside_the_rule(tmp_path):
+    runner = CliRunner()
+    model = str(tmp_path / "tiny")
+    assert runner.invoke(main, ["make-model", model]).exit_code == 0
+    args = ["bench", "layerwise", "--model", model, "--prefills", "16", "--decode-batches", "2"]
+    result = runner.invoke(main, [*args, "--ratios", "2", "--trials", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    points = json.loads(result.output[result.output.index("[") :])
+    assert [(p["kind"], p["size"], p["ratio"]) for p in points] == [
+        ("prefill", 16, 2.0),
+        ("decode", 2, 2.0),
+    ]
+    for point in points:
+        assert point["copy_s"] > 0 and point["whole_copy_exposed_s"]["median"] > 0
+        assert 0 <= point["predicted_s"] <= point["copy_s"]
+    bad = runner.invoke(main, [*args, "--ratios", "0"])
+    assert bad.exit_code == 2 and "each positive" in bad.output
+
+
 def test_ipc_benchmark_reports_both_transports():
     result = CliRunner().invoke(main, ["bench", "ipc", "--round-trips", "200"])
     assert result.exit_code == 0, result.output
