@@ -24,6 +24,7 @@ FLAG_KEYS: dict[str, tuple[str | None, str]] = {
     "policy": (None, "policy"),
     "max_batch": (None, "max_batch"),
     "max_quota": (None, "max_quota"),
+    "slo_aware_rounds": (None, "slo_aware_rounds"),
     "host_kv_mib": (None, "host_kv_mib"),
     "ttft_slo": ("slo", "ttft"),
     "tpot_slo": ("slo", "tpot"),
@@ -116,6 +117,13 @@ _OPTIONS = [
         "--max-batch", type=int, default=None, help="Decode batch cap per model turn [64]."
     ),
     click.option("--max-quota", type=float, default=None, help="Longest decode turn, seconds [4]."),
+    click.option(
+        "--slo-aware-rounds",
+        is_flag=True,
+        default=None,
+        help="Beyond the paper: shorten a decode turn when a request waiting for a later turn of the "
+        "round would otherwise miss its first decode deadline (the simulator's --slo-aware-rounds).",
+    ),
     click.option(
         "--kv-mib", type=int, default=None, help="Device arena MiB beyond the largest model [64]."
     ),

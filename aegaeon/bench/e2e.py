@@ -81,9 +81,9 @@ class E2ERun:
     tp: int = 1  # worker ranks per instance (tensor parallelism)
     # workers keep the models they ran in the arena the KV leaves free (EngineConfig.residency)
     residency: bool = False
-    layerwise: bool = (
-        False  # forwards start before a switch's copy has landed (EngineConfig.layerwise)
-    )
+    # forwards start before a switch's copy has landed (EngineConfig.layerwise)
+    layerwise: bool = False
+    slo_aware_rounds: bool = False  # decode turns cut for first deadlines at risk (NodeConfig)
     kv_mib: int = (
         32  # each worker's arena beside the largest model's weights (EngineConfig.kv_bytes)
     )
@@ -152,6 +152,7 @@ def node_config(run: E2ERun, models: dict[str, str], **link: object) -> NodeConf
         host_kv_bytes=128 * 2**20,
         policy=run.policy,
         slo=run.slo,
+        slo_aware_rounds=run.slo_aware_rounds,
         **link,
     )
 
@@ -232,6 +233,7 @@ def run_e2e(
                 "prefetch" if run.prefetch else "",
                 "resident" if run.residency else "",
                 "layerwise" if run.layerwise else "",
+                "sloround" if run.slo_aware_rounds else "",
                 f"kv{run.kv_mib}" if run.kv_mib != E2ERun.kv_mib else "",
                 f"tp{run.tp}" if run.tp > 1 else "",
             )

@@ -105,6 +105,7 @@ def simulate_like_live(
         prefill_prefetch=run.prefetch,
         residency=run.residency,
         layerwise=run.layerwise,
+        slo_aware_rounds=run.slo_aware_rounds,
     )
     states, extra = simulate("aegaeon", requests, cost, run.slo, config, run.duration)
     extra = {

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _request_progress, residency_options, slo_options, tp_option
+from aegaeon.cli.root import _request_progress, mechanism_options, slo_options, tp_option
 
 if TYPE_CHECKING:
     from aegaeon.bench.link_like import LinkLike
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
     default=None,
     help="Pace the workers' weight copies and KV swaps to an emulated link of this many GB/s.",
 )
-@residency_options
+@mechanism_options
 @click.option(
     "--prefetch",
     is_flag=True,
@@ -115,6 +115,7 @@ def bench_e2e_cmd(
     prefetch: bool,
     residency: bool,
     layerwise: bool,
+    slo_aware_rounds: bool,
     kv_mib: int,
     tp: int,
     link_like: str | None,
@@ -172,6 +173,7 @@ def bench_e2e_cmd(
                     tp,
                     residency=residency,
                     layerwise=layerwise,
+                    slo_aware_rounds=slo_aware_rounds,
                     kv_mib=kv_mib,
                 )
                 with _request_progress(f"{policy} {count} models rate {rate:g}") as advance:

@@ -10,7 +10,7 @@ import click
 
 from aegaeon.cli.bench_e2e import measure_link_like
 from aegaeon.cli.bench_parts import bench
-from aegaeon.cli.root import _request_progress, residency_options, slo_options
+from aegaeon.cli.root import _request_progress, mechanism_options, slo_options
 
 
 @bench.command("sim-vs-live")
@@ -80,7 +80,7 @@ from aegaeon.cli.root import _request_progress, residency_options, slo_options
     default=None,
     help="Run the live node behind an emulated link of this many GB/s; the simulator models it at G.",
 )
-@residency_options
+@mechanism_options
 @click.option(
     "--prefetch",
     is_flag=True,
@@ -114,6 +114,7 @@ def bench_sim_vs_live_cmd(
     prefetch: bool,
     residency: bool,
     layerwise: bool,
+    slo_aware_rounds: bool,
     kv_mib: int,
     link_like: str | None,
 ) -> None:
@@ -165,6 +166,7 @@ def bench_sim_vs_live_cmd(
         prefetch=prefetch,
         residency=residency,
         layerwise=layerwise,
+        slo_aware_rounds=slo_aware_rounds,
         kv_mib=kv_mib,
     )
     base.validate()

@@ -154,8 +154,15 @@ def tp_option(help_text: str):
     )
 
 
-def residency_options(command):
-    """--residency, --layerwise and --kv-mib, as the live benchmarks take them (aegaeon.bench.e2e.E2ERun)."""
+def mechanism_options(command):
+    """--residency, --layerwise, --slo-aware-rounds and --kv-mib, as the live benchmarks take them
+    (aegaeon.bench.e2e.E2ERun)."""
+    command = click.option(
+        "--slo-aware-rounds",
+        is_flag=True,
+        help="Decode turns are shortened for requests whose first decode deadline is at risk (the node's "
+        "--slo-aware-rounds); tagged `sloround`.",
+    )(command)
     command = click.option(
         "--layerwise",
         is_flag=True,

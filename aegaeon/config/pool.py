@@ -49,6 +49,7 @@ NODE_KEYS = (
     "policy",
     "max_batch",
     "max_quota",
+    "slo_aware_rounds",
     "threads_per_worker",
     "host_kv_mib",
     "slo",
@@ -145,6 +146,7 @@ def build(values: dict[str, Any], where: str = "the configuration") -> tuple[Nod
             "policy",
             "max_batch",
             "max_quota",
+            "slo_aware_rounds",
             "threads_per_worker",
         )
         if values.get(k) is not None

@@ -152,6 +152,10 @@ class NodeConfig:
     policy: str = "aegaeon"  # decode scaling: a live policy of aegaeon.sched.policies
     max_batch: int = DEFAULT_MAX_BATCH  # decode batch cap, the simulator's too
     max_quota: float = DEFAULT_MAX_QUOTA
+    # beyond the paper: a decode turn is shortened when a request waiting for a later turn of the round would
+    # otherwise miss its first decode deadline (aegaeon.sched.rounds.RoundConfig.slo_aware; `sim
+    # --slo-aware-rounds` simulates the same rule)
+    slo_aware_rounds: bool = False
     max_group_size: int = DEFAULT_MAX_GROUP_SIZE
     limits: AdmissionLimits = AdmissionLimits()
     recovery: RecoveryConfig = RecoveryConfig()
@@ -211,6 +215,8 @@ class NodeConfig:
             )
         if self.num_instances < 1:
             raise ConfigError(f"--num-instances {self.num_instances} must be at least 1")
+        if not isinstance(self.slo_aware_rounds, bool):
+            raise ConfigError(f"slo_aware_rounds: {self.slo_aware_rounds!r} is not true or false")
         if self.host_kv_bytes < self.kv_partitions * self.kv_slab_bytes:
             raise ConfigError(
                 f"host KV cache of {self.host_kv_bytes} bytes is smaller than one slab per partition "

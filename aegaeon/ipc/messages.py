@@ -71,6 +71,9 @@ class _KvHandoff:
         b""  # the request's random generator, so seeded sampling continues exactly
     )
     block_bytes: int = 0  # size of each block (the model's KV block)
+    # seconds, as of sending, until the request's first decode token is due by its SLO (None: unknown);
+    # what SLO-aware rounds read (aegaeon.sched.rounds.RoundConfig.slo_aware)
+    first_decode_slack: float | None = None
 
 
 @dataclass(frozen=True)

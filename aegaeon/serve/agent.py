@@ -99,6 +99,8 @@ class NodeAgent:
                     payload.generated,
                     payload.sampler_state,
                     payload.block_bytes,
+                    # as the head sent it: the time it waited here for import room is not taken off
+                    payload.first_decode_slack,
                 )
             )
 

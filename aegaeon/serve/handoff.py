@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class KvRelay:
-    def __init__(self, imports: HostKvPartition | None, links: Callable[[int], WorkerLink | None]):
+    def __init__(
+        self,
+        imports: HostKvPartition | None,
+        links: Callable[[int], WorkerLink | None],
+        first_decode_slack: Callable[[LiveRequest], float | None] = lambda request: None,
+    ):
         self.imports, self.links = imports, links
+        self.first_decode_slack = first_decode_slack  # what each handoff tells the decode worker
         self.issued: dict[
             int, WorkerLink
         ] = {}  # a local prefill handle still out -> the incarnation that issued it
@@ -59,6 +65,7 @@ class KvRelay:
             swap.sampler_state,
             swap.block_bytes,
         )
+        slack = self.first_decode_slack(request)
         if target.remote:
             if local_blocks:  # the bytes travel; this node's blocks are free at once
                 data = self.imports.read(swap.host_handles, swap.block_bytes)
@@ -67,7 +74,11 @@ class KvRelay:
                 data = swap.data
             try:
                 target.send(request.run)
-                target.send(KvPayload(*fields, worker_id=target.worker_id, data=data))
+                target.send(
+                    KvPayload(
+                        *fields, first_decode_slack=slack, worker_id=target.worker_id, data=data
+                    )
+                )
             except AegaeonError as err:  # e.g. a KV payload over the link's frame limit
                 return (
                     f"request {swap.request_id} could not move to worker {target.worker_id}: {err}"
@@ -76,7 +87,7 @@ class KvRelay:
         target.send(request.run)
         if local_blocks:
             request.unreleased = swap.host_handles
-            target.send(SwapIn(*fields))
+            target.send(SwapIn(*fields, first_decode_slack=slack))
         else:
             self.pending_imports.append(
                 KvPayload(*fields, worker_id=target.worker_id, data=swap.data)
@@ -97,7 +108,8 @@ class KvRelay:
         for payload, handles in store_in_order(
             self.imports, self.pending_imports, wanted, lambda p: (p.data, p.block_bytes)
         ):
-            requests(payload.request_id).unreleased = handles
+            request = requests(payload.request_id)
+            request.unreleased = handles
             self.links(payload.worker_id).send(
                 SwapIn(
                     payload.request_id,
@@ -107,6 +119,7 @@ class KvRelay:
                     payload.generated,
                     payload.sampler_state,
                     payload.block_bytes,
+                    self.first_decode_slack(request),
                 )
             )
 

@@ -101,6 +101,7 @@ class Node:
                     limits=cfg.limits,
                     recovery=cfg.recovery,
                     prefetch=cfg.engine.prefetch,
+                    slo=cfg.slo,
                 )
                 self.unavailable.update(self.proxy.wait_ready(cfg.start_timeout, alive))
             self.models = sorted(set(self.good_models) - set(self.unavailable))
@@ -259,6 +260,7 @@ class Node:
             cfg.max_quota,
             generation,
             self.host_cache.segment_names(),
+            slo_aware_rounds=cfg.slo_aware_rounds,
         )
         process = mp.get_context("spawn").Process(
             target=worker_main,

@@ -42,6 +42,7 @@ from aegaeon.ipc.messages import (
 )
 from aegaeon.kv.host_partition import HostKvPartition
 from aegaeon.sched.decode import DEFAULT_MAX_BATCH
+from aegaeon.sched.slo import SLO, next_token_deadline
 from aegaeon.serve.handoff import KvRelay
 from aegaeon.serve.links import WorkerLink, start_link_threads, wait_for_workers
 from aegaeon.serve.model_changes import ModelChangeWaiter
@@ -84,6 +85,7 @@ class Proxy:
         recovery: RecoveryConfig = RecoveryConfig(),
         clock: Callable[[], float] = time.monotonic,
         prefetch: bool = False,
+        slo: SLO | None = None,
     ):
         self.links = {link.worker_id: link for link in links}
         if imports is None and not (
@@ -100,7 +102,8 @@ class Proxy:
             max_batch,
             prefetch=prefetch,
         )
-        self.relay = KvRelay(imports, self.links.get)
+        self.slo = slo  # with it, handoffs say when a request's first decode token is due
+        self.relay = KvRelay(imports, self.links.get, self._first_decode_slack)
         self.clock = clock
         self.recovery = Recovery(recovery, self.table, self.router, self.relay, clock)
         # every node's rings have the same slots, so a Submit that fits here fits a joined node's too
@@ -270,10 +273,25 @@ class Proxy:
         request = self.table.get(message.request_id)
         if request is None or link.worker_id not in (request.prefill_worker, request.decode_worker):
             return
+        if (
+            self.slo is not None
+            and request.first_decode_due is None
+            and message.token_ids
+            and link.worker_id == request.prefill_worker
+        ):
+            request.first_decode_due = next_token_deadline(
+                request.arrival, [self.clock()], self.slo
+            )
         request.deliver(message)
         if message.finish_reason is not None or message.error is not None:
             link.live.pop(message.request_id, None)
             self.table.end(request)
+
+    def _first_decode_slack(self, request: LiveRequest) -> float | None:
+        """Seconds from now until `request`'s first decode token is due (None: not known)."""
+        if request.first_decode_due is None:
+            return None
+        return request.first_decode_due - self.clock()
 
     def _on_handoff(self, link: WorkerLink, message: SwapOut | KvPayload) -> None:
         request = self.table.get(message.request_id)

@@ -39,6 +39,8 @@ class LiveRequest:
     delivered: list[int] = field(default_factory=list)  # every token the client has been sent
     run: Submit | None = None  # what its current run was dispatched with (see `next_run`)
     reruns: int = 0
+    # when (the proxy's clock) its first decode token is due by the SLO, once its prefill's token came
+    first_decode_due: float | None = None
     suspected: int = (
         0  # losses of a worker while it was computing this request (aegaeon.serve.recovery)
     )

@@ -56,7 +56,13 @@ class DecodeWorker(WorkerLoop):
     def __init__(self, spec: WorkerSpec):
         super().__init__(spec)
         self.cost = MeasuredCost(self.executor.model_sizes())
-        rounds = RoundConfig(spec.tpot_slo, spec.max_quota, spec.max_batch, spec.engine.prefetch)
+        rounds = RoundConfig(
+            spec.tpot_slo,
+            spec.max_quota,
+            spec.max_batch,
+            spec.engine.prefetch,
+            slo_aware=spec.slo_aware_rounds,
+        )
         decode_policy = policy(spec.policy).decode_policy(
             self.cost, rounds, self.executor.kv_capacity_bytes()
         )
@@ -68,7 +74,12 @@ class DecodeWorker(WorkerLoop):
         self.quantum = TurnTotals()
         self.turn: Turn | None = None  # the turn under way
         self.started = time.perf_counter()
-        self.handlers.update({Submit: self.on_submit, SwapIn: self.waiting.append})
+        self.received: dict[int, float] = {}  # request id -> when its SwapIn came (perf clock)
+        self.handlers.update({Submit: self.on_submit, SwapIn: self.on_swap_in})
+
+    def on_swap_in(self, message: SwapIn) -> None:
+        self.received[message.request_id] = time.perf_counter()
+        self.waiting.append(message)
 
     def on_submit(self, message: Submit) -> None:
         self.submitted[message.request_id] = message
@@ -77,6 +88,7 @@ class DecodeWorker(WorkerLoop):
         self.submitted.pop(message.request_id, None)
         for swap in [s for s in self.waiting if s.request_id == message.request_id]:
             self.waiting.remove(swap)  # its KV is still in the host cache: give it back
+            self.received.pop(swap.request_id, None)
             self.send(KvRelease(swap.request_id, swap.host_handles))
         self.timings.pop(message.request_id, None)
         self.loop.remove(message.request_id)
@@ -198,6 +210,7 @@ class DecodeWorker(WorkerLoop):
             submit = self.submitted.get(swap.request_id)
             if submit is None:  # its Submit was lost with a cancel: nothing to continue
                 self.waiting.popleft()
+                self.received.pop(swap.request_id, None)
                 self.send(KvRelease(swap.request_id, swap.host_handles))
                 continue
             request = KvImport(
@@ -216,6 +229,7 @@ class DecodeWorker(WorkerLoop):
             except Exception as err:  # a bad handoff fails its request only
                 self.waiting.popleft()
                 self.submitted.pop(swap.request_id, None)
+                self.received.pop(swap.request_id, None)
                 self.send(KvRelease(swap.request_id, swap.host_handles))
                 self.fail(
                     swap.request_id,
@@ -227,7 +241,9 @@ class DecodeWorker(WorkerLoop):
             self.timings[swap.request_id] = RequestTiming(time.time())
             self.report_measurements()
             self.send(KvRelease(swap.request_id, swap.host_handles))
-            self.loop.arrive(swap.request_id, swap.model)
+            received = self.received.pop(swap.request_id, time.perf_counter())
+            due = None if swap.first_decode_slack is None else received + swap.first_decode_slack
+            self.loop.arrive(swap.request_id, swap.model, due)
 
     def _report_left(self, request_id: int, model: str) -> None:
         timing = self.timings.pop(request_id, None)

@@ -70,22 +70,34 @@ class DecodeLoop:
             hooks,
         )
         self.live: dict[int, str] = {}  # request id -> model, in the order they arrived (FCFS)
+        # request id -> when (on `clock`) its first decode token is due, until it has decoded here once
+        self.first_due: dict[int, float] = {}
         self.turn_log: list[tuple[float, Turn]] | None = [] if record_turns else None
 
     def candidates(self) -> list[DecodeCandidate]:
+        now = self.clock() if self.first_due else 0.0
         return [
-            DecodeCandidate(i, model, self.executor.context_len(i))
+            DecodeCandidate(
+                i,
+                model,
+                self.executor.context_len(i),
+                self.first_due[i] - now if i in self.first_due else None,
+            )
             for i, model in self.live.items()
         ]
 
-    def arrive(self, request_id: int, model: str) -> Arrival:
-        """A request's KV is on the executor: the policy places it (a JOIN takes effect at the next step)."""
+    def arrive(self, request_id: int, model: str, first_due: float | None = None) -> Arrival:
+        """A request's KV is on the executor: the policy places it (a JOIN takes effect at the next step).
+        `first_due`: when (on the loop's clock) its first decode token is due, for SLO-aware rounds."""
         self.live[request_id] = model
+        if first_due is not None:
+            self.first_due[request_id] = first_due
         live = self.candidates()
         return self.policy.arrive(live[-1], live)
 
     def remove(self, request_id: int) -> None:
         self.live.pop(request_id, None)
+        self.first_due.pop(request_id, None)
 
     def run_next_turn(self) -> bool:
         """Run the policy's next turn; False when it has none (nothing live)."""
@@ -127,6 +139,8 @@ class DecodeLoop:
             switch_tail += waited
             seconds = self.clock() - stepped - waited
             steps += 1
+            for request_id in batch:
+                self.first_due.pop(request_id, None)  # decoded: no first deadline left
             self.cost.observe_step(turn.model, seconds)
             self._apply(updates)
             self.hooks.stepped(turn.model, batch, context, seconds, updates)

@@ -31,6 +31,8 @@ class WorkerSpec:
 
     generation: int = 0  # respawns of this worker id so far: each incarnation has rings of its own
     weight_segments: dict[str, str] = field(default_factory=dict)  # model -> its host cache segment
+    # beyond the paper: decode turns shortened for requests whose first decode deadline is at risk
+    slo_aware_rounds: bool = False
 
 
 def inbox_name(worker_id: int, generation: int = 0) -> str:

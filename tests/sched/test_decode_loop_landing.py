@@ -118,3 +118,19 @@ def test_the_wait_is_the_switchs_and_the_quota_counts_decoding_only():
     )  # reported once, after the step it landed in
     assert [c[0] for c in hooks.calls].count("landed") == 1
     assert hooks.calls[-1] == ("done", 4, 0.01 + WAIT)
+
+
+def test_a_request_carries_its_first_decode_slack_until_it_has_decoded():
+    clock, cost, hooks = Clock(), Cost(), Hooks()
+    loop = DecodeLoop(LandingExecutor(clock), OneTurn(), cost, clock, hooks)
+    clock.now = 2.0
+    loop.arrive(1, "a", first_due=5.0)
+    loop.arrive(2, "b")  # nothing known: no slack
+    assert [(c.request_id, c.first_decode_slack) for c in loop.candidates()] == [
+        (1, 3.0),
+        (2, None),
+    ]
+    loop.run_next_turn()  # request 1 decodes
+    assert all(c.first_decode_slack is None for c in loop.candidates())
+    loop.remove(2)
+    assert 1 not in loop.first_due and 2 not in loop.first_due

@@ -19,7 +19,7 @@ from aegaeon.ipc.messages import StepDone
 from aegaeon.sched.cost import MeasuredCost
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.rounds import RoundConfig, WeightedRoundRobin
-from aegaeon.sched.slo import SLO
+from aegaeon.sched.slo import SLO, next_token_deadline
 from aegaeon.serve.links import WorkerLink
 from aegaeon.serve.requests import RequestTable
 from aegaeon.serve.router import Router
@@ -114,15 +114,20 @@ class RecordedExecutor:
 class Arrivals:
     """DecodeHooks of the stubbed worker: requests reach it at their recorded times (seen between steps)."""
 
-    def __init__(self, specs, clock, executor):
+    def __init__(self, specs, clock, executor, slo=None):
         self.pending = sorted(specs, key=lambda s: s.arrival)
-        self.clock, self.executor, self.loop = clock, executor, None
+        self.clock, self.executor, self.loop, self.slo = clock, executor, None, slo
 
     def poll(self):
         while self.pending and self.pending[0].arrival <= self.clock.now:
             spec = self.pending.pop(0)
             self.executor.add(spec)
-            self.loop.arrive(spec.request_id, spec.model)
+            # with SLO-aware rounds the worker is told when the first decode token is due (its first
+            # token came at arrival here, as the simulator's requests have it)
+            due = None
+            if self.slo is not None:
+                due = next_token_deadline(spec.arrival, [spec.arrival], self.slo)
+            self.loop.arrive(spec.request_id, spec.model, due)
 
     def turn_started(self, turn):
         pass
@@ -151,13 +156,13 @@ def decode_workload(seed, count=60, span=20.0):
     return sorted(specs, key=lambda s: s.arrival)
 
 
-def live_turns(specs, rounds, capacity):
+def live_turns(specs, rounds, capacity, slo=None):
     clock, cost = FakeClock(), RecordedCost()
     executor = RecordedExecutor(clock, cost)
     measured = MeasuredCost(
         prior=cost
     )  # learns from the recorded steps; the same times the simulator has
-    hooks = Arrivals(specs, clock, executor)
+    hooks = Arrivals(specs, clock, executor, slo)
     loop = DecodeLoop(
         executor,
         WeightedRoundRobin(measured, rounds, capacity),
@@ -175,10 +180,10 @@ def live_turns(specs, rounds, capacity):
     return loop.turn_log
 
 
-def sim_turns(specs, rounds, capacity):
+def sim_turns(specs, rounds, capacity, slo=None):
     loop, cost = EventLoop(), RecordedCost()
     instance = SimDecodeInstance(
-        loop, cost, WeightedRoundRobin(cost, rounds, capacity), record_turns=True
+        loop, cost, WeightedRoundRobin(cost, rounds, capacity), record_turns=True, slo=slo
     )
     for spec in specs:
         state = RequestState(spec, token_times=[spec.arrival])
@@ -202,6 +207,19 @@ def test_decode_turns_of_the_live_worker_loop_and_the_simulator_are_identical(se
         tpot_slo=0.1, max_quota=4.0, max_batch=8
     )  # a small cap: batches fill and refill
     assert_same_turns(live_turns(specs, rounds, 10**9), sim_turns(specs, rounds, 10**9))
+
+
+@pytest.mark.parametrize("seed,ttft", [(0, 5.0), (1, 2.0)])
+def test_slo_aware_turns_of_the_live_worker_loop_and_the_simulator_are_identical(seed, ttft):
+    specs = decode_workload(seed)
+    slo = SLO(ttft=ttft, tpot=0.1)  # first decode deadlines a few quotas away: some turns get cut
+    rounds = RoundConfig(tpot_slo=0.1, max_quota=4.0, max_batch=8, slo_aware=True)
+    live = live_turns(specs, rounds, 10**9, slo)
+    assert_same_turns(live, sim_turns(specs, rounds, 10**9, slo))
+    plain = RoundConfig(tpot_slo=0.1, max_quota=4.0, max_batch=8)
+    cut = [a.quota for (_, a) in live]
+    paper = [a.quota for (_, a) in live_turns(specs, plain, 10**9)]
+    assert cut != paper  # deadlines were at risk: some turns were shortened
 
 
 def test_decode_turns_agree_when_kv_capacity_limits_the_rounds():
