@@ -27,8 +27,19 @@ from aegaeon.plot_backend import outside_legend, pyplot, save_figure
 log = logging.getLogger(__name__)
 
 # a switch's stages (aegaeon.engine.runner.SwitchRecord): a prefetched one waits for the rest of its copy
-# (wait_prefetch) instead of copying, a resident one only re-binds; each switch has some of them
-SWITCH_STAGES = ("wait_weights", "evict_kv", "copy_weights", "wait_prefetch", "resident", "bind")
+# (wait_prefetch) instead of copying, a resident one only re-binds, a layer-wise one's forwards wait for
+# layers still copying (wait_layers), one behind another model's copy waits for it (wait_other_copy); each
+# switch has some of them
+SWITCH_STAGES = (
+    "wait_weights",
+    "wait_other_copy",
+    "evict_kv",
+    "copy_weights",
+    "wait_prefetch",
+    "wait_layers",
+    "resident",
+    "bind",
+)
 SWAP_KINDS = {
     "export": "prefill -> host (export)",
     "import": "host -> decode (import)",

@@ -268,6 +268,11 @@ class StepExecutor:
         self.entry(model)
         return self.runner.switch_to(model)
 
+    def wait_landed(self) -> None:
+        """Wait until the bound model's copy has landed (layer-wise readiness), completing its switch record
+        (for a turn or group whose first forward never ran)."""
+        self.runner.wait_landed()
+
     def take_weight_wait(self) -> float:
         """Seconds the steps since the last call blocked on weights still copying (layer-wise readiness):
         switch time that ran inside a step, which callers count as the switch's, not as compute."""
@@ -543,7 +548,10 @@ class StepExecutor:
         return self.kv.finished_swaps()
 
     def close(self) -> None:
+        self.runner.wait_landed()  # no copy may read the host cache once it is unmapped
         self.runner.cancel_prefetch()
+        if self.arena.device.type == "cuda":
+            torch.cuda.synchronize(self.arena.device)
         self.host_cache.close()
         self.kv.swapper.close()
         if self.namespace is not None:

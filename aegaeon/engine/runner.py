@@ -104,6 +104,15 @@ class _Prefetch:
     error: BaseException | None = None
     resident: bool = False  # its weights were already there (from its last turn): no copy
     progress: CopyProgress | None = None  # how much has landed, stage by stage
+    started: Any = None  # a timing CUDA event before a staged copy's first chunk (GPU)
+
+
+def _charged(record: SwitchRecord, queued: float) -> SwitchRecord:
+    """`record` of a switch that first waited `queued` seconds for another model's copy on the link."""
+    if queued > 0:
+        record.stages["wait_other_copy"] = queued
+        record.seconds += queued
+    return record
 
 
 class ModelRunner:
@@ -180,13 +189,20 @@ class ModelRunner:
         job, record, entry = self.landing
         if not block and not job.progress.awaited() and job.error is None:
             return  # still copying: a later forward, or the next switch, finishes it
+        began = time.perf_counter()
         if job.thread is not None:
             job.thread.join()  # at most the copy's tail (it has landed when not blocking)
         if job.event is not None:
             torch.cuda.current_stream(self.arena.device).wait_event(job.event)
+            if block:  # the host may free or reuse what the copy reads: it must have ended
+                job.event.synchronize()
+            if job.started is not None:
+                job.event.synchronize()
+                job.copy_seconds = job.started.elapsed_time(job.event) / 1000
         self.landing = None
         entry.model.weights_ready = None
-        waited = job.progress.waited
+        # what nothing ran under (a blocking finish) was waited for too
+        waited = job.progress.waited + (time.perf_counter() - began if block else 0.0)
         record.stages["wait_layers"] = waited
         record.seconds += waited
         record.copy_seconds = job.copy_seconds or record.copy_seconds
@@ -326,6 +342,7 @@ class ModelRunner:
             before = SwitchRecord(
                 name, 0.0, 0, 0, 0, {"wait_weights": waited - start, "evict_kv": claimed - waited}
             )
+            self.active = None  # the claim may have taken the bound model's slabs
             job = self._start_copy(_Prefetch(name, region, "run"), pending=False)
             return self._switch_to_prefetched(entry, ahead=False, job=job, before=before)
         self.active = None  # the model object's views are re-pointed below
@@ -421,10 +438,14 @@ class ModelRunner:
         if self.copy_stream is not None:
             # the copy must not overwrite weights that kernels queued on the compute stream still read
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.arena.device))
+            staged = len(job.progress.ends) > 1
             with torch.cuda.stream(self.copy_stream):
+                if staged:  # its switch record learns the copy's time from the events
+                    job.started = torch.cuda.Event(enable_timing=True)
+                    job.started.record(self.copy_stream)
                 for start, end in copy_chunks(job.progress.ends):
                     region[start:end].copy_(source[start:end], non_blocking=True)
-                    event = torch.cuda.Event()
+                    event = torch.cuda.Event(enable_timing=staged)
                     event.record(self.copy_stream)
                     job.progress.events.append((end, event))
             job.event = job.progress.events[-1][1]
@@ -460,6 +481,10 @@ class ModelRunner:
         if self.landing is not None and self.landing[2].name == name:
             self._finish_landing(block=True)
         self.cancel_prefetch(name)
+        self._stage_ends.pop(name, None)
+        if self.arena.device.type == "cuda":
+            # the host cache frees the model's pinned memory next: no copy may still be reading it
+            torch.cuda.synchronize(self.arena.device)
         for slot, model in self.slot_model.items():
             if model == name:
                 self.slot_model[slot] = None
@@ -579,6 +604,8 @@ class ModelRunner:
             kv.units_view(self.arena.buffer),
         )
         self.entries[checkpoint.name] = entry
+        # a model re-added under a name has stages of its own
+        self._stage_ends.pop(checkpoint.name, None)
         return entry
 
     def switch_to(self, name: str) -> SwitchRecord | None:
@@ -599,7 +626,11 @@ class ModelRunner:
             self._retire_pending()
             self.resident.drop_all()
             self.active_slot = "arena"
+        queued_at = time.perf_counter()
         self._land_pending()  # a copy of another model may be writing the region this one takes
+        queued = (
+            time.perf_counter() - queued_at
+        )  # the link carried that copy first: this switch waited
         self.pending = None
         free = self._free_slot()
         if self.staging is not None and self.active is not None:
@@ -607,7 +638,7 @@ class ModelRunner:
             # weights stay intact for a switch back (the arena's slot takes a copy only as a prefetch)
             self.host_cache.wait(name)
             if (self.slot_model[free] == name or free == "staging") and self.prefetch(name):
-                return self._switch_to_prefetched(entry, ahead=False)
+                return _charged(self._switch_to_prefetched(entry, ahead=False), queued)
         waited = time.perf_counter()
         self.host_cache.wait(name)
         start = time.perf_counter()
@@ -635,8 +666,11 @@ class ModelRunner:
                 swapped,
                 {"wait_weights": start - waited, "evict_kv": evicted - start},
             )
+            self.slot_model["arena"] = None  # overwritten from now on
             job = self._start_copy(_Prefetch(name, region, "arena"), pending=False)
-            return self._switch_to_prefetched(entry, ahead=False, job=job, before=before)
+            return _charged(
+                self._switch_to_prefetched(entry, ahead=False, job=job, before=before), queued
+            )
         # From the page-locked host cache this is one DMA on the compute stream: the
         # forward kernels queued after it are ordered behind it without a device sync.
         source = self.host_cache.region(name)
@@ -655,8 +689,16 @@ class ModelRunner:
             "copy_weights": copied - evicted,
             "bind": bound - copied,
         }
-        record = SwitchRecord(
-            name, bound - start, entry.weights.total_bytes, len(placement.moved), swapped, stages
+        record = _charged(
+            SwitchRecord(
+                name,
+                bound - start,
+                entry.weights.total_bytes,
+                len(placement.moved),
+                swapped,
+                stages,
+            ),
+            queued,
         )
         self.switches.append(record)
         log.debug(

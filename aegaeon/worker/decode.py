@@ -149,6 +149,8 @@ class DecodeWorker(WorkerLoop):
         self.quantum = TurnTotals(decode_start=time.perf_counter())
 
     def switch_landed(self, turn: Turn, record: SwitchRecord) -> None:
+        # the first step's wait for layers still copying was switch, not serving: the quantum's wall omits it
+        self.quantum.decode_start += record.stages.get("wait_layers", 0.0)
         self.trace_switch(turn.model, record)
         for request_id in turn.request_ids:
             if request_id in self.timings:

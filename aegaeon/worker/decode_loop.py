@@ -31,6 +31,7 @@ class Executor(Protocol):
     def set_upcoming(self, models: list[str]) -> None: ...
     def step(self, model: str, request_ids: Sequence[int]) -> list[SeqUpdate]: ...
     def take_weight_wait(self) -> float: ...
+    def wait_landed(self) -> None: ...
     def context_len(self, request_id: int) -> int: ...
     def fail_model(self, model: str, reason: str) -> list[SeqUpdate]: ...
 
@@ -139,8 +140,9 @@ class DecodeLoop:
             switch_tail += waited
             seconds = self.clock() - stepped - waited
             steps += 1
-            for request_id in batch:
-                self.first_due.pop(request_id, None)  # decoded: no first deadline left
+            for update in updates:
+                if update.new_tokens:
+                    self.first_due.pop(update.request_id, None)  # decoded: no first deadline left
             self.cost.observe_step(turn.model, seconds)
             self._apply(updates)
             self.hooks.stepped(turn.model, batch, context, seconds, updates)
@@ -150,7 +152,8 @@ class DecodeLoop:
             self.hooks.poll()
             self._prefetch_next()  # an arrival may have given the round a next turn
             batch = self.policy.turn_batch(self.candidates())
-        if landing:  # no step let the copy land: the record says what the switch waited so far
+        if landing:  # no step let the copy land: wait for it, so the record is whole
+            self.executor.wait_landed()
             self._switch_landed(turn, record)
         self.hooks.turn_done(turn, steps, self.clock() - began, record.seconds if record else 0.0)
 
@@ -180,3 +183,4 @@ class DecodeLoop:
         for update in updates:
             if update.done:
                 self.live.pop(update.request_id, None)
+                self.first_due.pop(update.request_id, None)

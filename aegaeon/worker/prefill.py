@@ -151,9 +151,8 @@ class PrefillWorker(WorkerLoop):
                     request_id,
                     f"worker {self.spec.worker_id}: the prefill of model {group.model} failed: {err}",
                 )
-        if (
-            record is not None and record.landing
-        ):  # no prefill let its copy land: what it waited so far
+        if record is not None and record.landing:  # no prefill let its copy land: wait for it
+            self.executor.wait_landed()
             self.trace_switch(group.model, record)
         switch_seconds = record.seconds if record else 0.0
         self.send(
@@ -176,9 +175,13 @@ class PrefillWorker(WorkerLoop):
     ) -> None:
         landing = record is not None and record.landing
         began = time.perf_counter()
-        updates = self.executor.step(model, [request_id])
-        # a prefill that waited for weights still copying (layer-wise readiness) ran part of the switch
-        compute = time.perf_counter() - began - self.executor.take_weight_wait()
+        try:
+            updates = self.executor.step(model, [request_id])
+        finally:
+            # a prefill that waited for weights still copying (layer-wise readiness) ran part of the
+            # switch (taken even when the step raised, so the next prefill is not charged it)
+            waited = self.executor.take_weight_wait()
+        compute = time.perf_counter() - began - waited
         if (
             landing and not record.landing
         ):  # its copy landed under this prefill: the record is final

@@ -115,7 +115,9 @@ def test_the_next_switch_waits_for_a_copy_no_forward_finished(three, expected):
         first = engine.switch_to("big")
         assert first.landing
         engine.switch_to("small")  # before any forward of big: its copy must land first
-        assert not first.landing and first.stages["wait_layers"] == 0.0
+        # the next switch waited for the rest of big's copy: big's record counts that wait
+        assert not first.landing and first.stages["wait_layers"] > 0
+        assert first.seconds >= first.stages["wait_layers"]
         outputs, _ = _decode_round_robin(engine, prefetch=False)
     assert outputs == expected
 
@@ -217,3 +219,23 @@ def test_a_chunked_transfer_books_the_emulated_link_for_the_whole_copy():
 def test_layerwise_readiness_with_tensor_parallelism_is_refused_with_a_clear_error():
     with pytest.raises(ConfigError, match="--layerwise with --tp"):
         EngineConfig(layerwise=True, tp_size=2)
+
+
+def test_a_model_re_added_under_its_name_is_copied_by_its_own_stages(three, tmp_path):
+    # "small" is replaced by a checkpoint of another shape: its stage boundaries must be the new model's
+    with StepExecutor({"small": three["big"]}, EngineConfig(slab_bytes=SLAB)) as plain:
+        plain.add(1, "small", [3, 5, 7], SamplingParams(max_tokens=6))
+        plain.switch_to("small")
+        expected = [t for _ in range(6) for u in plain.step("small", [1]) for t in u.new_tokens]
+    config = EngineConfig(slab_bytes=SLAB, kv_bytes=4 * 2**20, layerwise=True, link_gbps=0.05)
+    with StepExecutor({"small": three["small"], "small2": three["small2"]}, config) as engine:
+        engine.host_cache.join()
+        engine.switch_to("small")
+        engine.switch_to("small2")
+        engine.remove_model("small")
+        engine.add_model("small", three["big"])
+        engine.host_cache.load("small")  # the node's model admin loads an added model so
+        engine.add(1, "small", [3, 5, 7], SamplingParams(max_tokens=6))
+        engine.switch_to("small")
+        tokens = [t for _ in range(6) for u in engine.step("small", [1]) for t in u.new_tokens]
+    assert len(expected) == 6 and tokens == expected

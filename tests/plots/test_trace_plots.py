@@ -208,4 +208,7 @@ def test_the_breakdown_counts_prefetched_and_resident_switches_and_names_the_var
     )
     assert out.exit_code == 0, out.output
     assert "aegaeon (prefetch) 4m" in out.output
-    assert "copy_weights 0.000, wait_prefetch 1.000, resident 0.000, bind 1.000" in out.output
+    assert (
+        "copy_weights 0.000, wait_prefetch 1.000, wait_layers 0.000, resident 0.000, bind 1.000"
+        in out.output
+    )

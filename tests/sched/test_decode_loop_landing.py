@@ -40,6 +40,12 @@ class LandingExecutor:
         waited, self.waited = self.waited, 0.0
         return waited
 
+    def wait_landed(self):  # the copy lands with nothing running under it
+        self.clock.now += COPY
+        self.record.seconds += COPY
+        self.record.copy_seconds = COPY
+        self.record.landing = False
+
     def prefetch(self, model):
         return False
 
@@ -134,3 +140,18 @@ def test_a_request_carries_its_first_decode_slack_until_it_has_decoded():
     assert all(c.first_decode_slack is None for c in loop.candidates())
     loop.remove(2)
     assert 1 not in loop.first_due and 2 not in loop.first_due
+
+
+class NoBatch(OneTurn):
+    def turn_batch(self, live):
+        return ()  # e.g. every request of the turn was cancelled while it switched
+
+
+def test_a_turn_that_never_steps_waits_for_its_copy_before_reporting_the_switch():
+    clock, cost, hooks = Clock(), Cost(), Hooks()
+    loop = DecodeLoop(LandingExecutor(clock), NoBatch(), cost, clock, hooks)
+    loop.arrive(1, "a")
+    loop.run_next_turn()
+    assert cost.switches == [COPY]  # the whole copy, not the bind time alone
+    assert hooks.calls[1] == ("landed", 0.01 + COPY, False)
+    assert hooks.calls[-1] == ("done", 0, 0.01 + COPY)

@@ -91,6 +91,9 @@ class RecordedExecutor:
     def take_weight_wait(self):
         return 0.0  # switches are whole before the first step here
 
+    def wait_landed(self):
+        pass
+
     def step(self, model, request_ids):
         self.clock.now += self.cost.decode_time(model, len(request_ids), 0)
         updates = []
