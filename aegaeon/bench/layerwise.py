@@ -25,22 +25,6 @@ from aegaeon.models.sampler import SamplingParams
 from aegaeon.profiler import sync
 from aegaeon.sched.layerwise import layerwise_exposed
 
-# a decoder deep enough that one layer is a small share of a copy, as in a real checkpoint (16 layers;
-# the embedding and head are 12 % of the bytes)
-DEEP_CONFIG = dict(
-    arch="llama", layers=16, hidden=256, heads=8, kv_heads=4, intermediate=768, vocab=4096
-)
-
-
-def deep_bench_model(root: Path) -> Path:
-    """A 15M-parameter, 16-layer model for this benchmark, made on first use."""
-    from aegaeon.models.maker import config_for, make_model
-
-    path = root / "bench-llama-deep"
-    if not (path / "config.json").is_file():
-        make_model(path, config_for(**DEEP_CONFIG), seed=0)
-    return path
-
 
 @dataclass(frozen=True)
 class Spread:

@@ -66,7 +66,8 @@ def bench_layerwise_cmd(
     """Switch time exposed to the first forward after a cold switch, with the forward waiting for the whole
     copy and with layer-wise readiness (each layer waits only for its own weights), on CPU at emulated links
     that make the copy a chosen multiple of the forward; beside the cost model's prediction."""
-    from aegaeon.bench.layerwise import bench_layerwise, deep_bench_model
+    from aegaeon.bench.layerwise import bench_layerwise
+    from aegaeon.bench.models import deep_bench_model
     from aegaeon.models.demo import aegaeon_home
 
     points = bench_layerwise(
