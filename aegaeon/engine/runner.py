@@ -23,9 +23,14 @@ only when no eviction can (KV blocks between the runs; then KV is moved or swapp
 residency), and it becomes a run again at the next switch. KV has priority: when a block cannot be
 allocated, a resident model is evicted first (`KVCacheManager.reclaim`).
 
-Longer than 300 lines, on purpose: switching, prefetching, the two slots and the resident runs read and
-write the same state (the bound model and where it lies, which slot or run holds which model, the copy in
-flight), which one class keeps consistent.
+Layer-wise readiness (`enable_layerwise`, beyond the paper): every copy runs in stages (aegaeon.engine.layerwise)
+and a switch binds the model before its copy has landed; the copy is then `landing`, its forwards wait layer by
+layer, and the forward after which it has landed (or the next switch, which waits for it) completes the switch's
+record.
+
+Longer than 300 lines, on purpose: switching, prefetching, the two slots, the resident runs and the landing
+copy read and write the same state (the bound model and where it lies, which slot or run holds which model,
+the copies in flight), which one class keeps consistent.
 """
 
 from __future__ import annotations
