@@ -23,12 +23,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from aegaeon.bench.trace import add_trace
+from aegaeon.bench.trace import add_trace, decode_switch_figures
 from aegaeon.client import Client
 from aegaeon.config.link import LinkConfig
 from aegaeon.config.serving import EngineConfig, NodeConfig
 from aegaeon.errors import ConfigError
-from aegaeon.ipc.events import SwitchEvent
 from aegaeon.models.maker import config_for, make_model
 from aegaeon.sched.request import RequestSpec, RequestState
 from aegaeon.sched.slo import SLO
@@ -253,25 +252,6 @@ def run_e2e(
     )
     add_trace(result, states, proxy_ids, events, start, nodes)
     return result
-
-
-def decode_switch_figures(events: list, prefill_instances: int, instances: int) -> dict:
-    """The switch time decode turns paid (what prefetch did not hide), p50 and p99, on the head node's decode
-    workers (ids `prefill_instances` to `instances` - 1)."""
-    import numpy as np
-
-    exposed = [
-        e.seconds
-        for e in events
-        if isinstance(e, SwitchEvent) and prefill_instances <= e.worker_id < instances
-    ]
-    if not exposed:
-        return {"decode_exposed_switch_p50": None, "decode_exposed_switch_p99": None}
-    return {
-        "decode_exposed_switch_p50": float(np.percentile(exposed, 50)),
-        "decode_exposed_switch_p99": float(np.percentile(exposed, 99)),
-        "decode_switches": len(exposed),
-    }
 
 
 def _replay(

@@ -128,3 +128,22 @@ def request_breakdowns(
             parts["decode_wait"] = last - d.admitted - d.switch - d.compute
         out.append(parts)
     return out
+
+
+def decode_switch_figures(events: list, prefill_instances: int, instances: int) -> dict:
+    """The switch time decode turns paid (what prefetch did not hide), p50 and p99, on the head node's decode
+    workers (ids `prefill_instances` to `instances` - 1)."""
+    import numpy as np
+
+    exposed = [
+        e.seconds
+        for e in events
+        if isinstance(e, SwitchEvent) and prefill_instances <= e.worker_id < instances
+    ]
+    if not exposed:
+        return {"decode_exposed_switch_p50": None, "decode_exposed_switch_p99": None}
+    return {
+        "decode_exposed_switch_p50": float(np.percentile(exposed, 50)),
+        "decode_exposed_switch_p99": float(np.percentile(exposed, 99)),
+        "decode_switches": len(exposed),
+    }

@@ -13,23 +13,12 @@ from aegaeon.device_link import DeviceLink, EmulatedLink
 from aegaeon.engine.executor import StepExecutor
 from aegaeon.engine.layerwise import CopyProgress, copy_chunks, stage_ends, stage_of, stage_shares
 from aegaeon.errors import ConfigError, IntegrityError
-from aegaeon.models.maker import config_for, make_model
+from aegaeon.models.maker import config_for
 from aegaeon.models.sampler import SamplingParams
 from aegaeon.weights.layout import WeightLayout
 from tests.engine.test_prefetch import _decode_round_robin
-from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
 
 SLAB = 64 * 1024
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory):
-    root = tmp_path_factory.mktemp("layerwise")
-    return {
-        "big": str(make_model(root / "big", LARGE_SHAPE, seed=1)),
-        "small": str(make_model(root / "small", SMALL_SHAPE, seed=2)),
-        "small2": str(make_model(root / "small2", SMALL_SHAPE, seed=3)),
-    }
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """Weight prefetch in the engine: a second weight slot beside the arena, filled while another model decodes;
 a switch to a prefetched model only waits and re-binds, and the outputs are the same greedy tokens."""
 
-import pytest
-
 from aegaeon.config.serving import EngineConfig
 from aegaeon.engine.executor import StepExecutor
 from aegaeon.models.maker import make_model
@@ -10,16 +8,6 @@ from aegaeon.models.sampler import SamplingParams
 from tests.models.reference import LARGE_SHAPE, SMALL_SHAPE
 
 SLAB = 64 * 1024
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prefetch")
-    return {
-        "big": str(make_model(root / "big", LARGE_SHAPE, seed=1)),
-        "small": str(make_model(root / "small", SMALL_SHAPE, seed=2)),
-        "small2": str(make_model(root / "small2", SMALL_SHAPE, seed=3)),
-    }
 
 
 def _decode_round_robin(executor: StepExecutor, prefetch: bool, rounds: int = 6) -> tuple:
